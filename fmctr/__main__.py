@@ -1,0 +1,3 @@
+from fmctr.cli import main
+
+main()

@@ -1,0 +1,278 @@
+"""The command line: thin typer commands over fmctr.pipeline.
+
+stdout carries only data (predictions, --json metrics); progress, tables, warnings
+and errors go to stderr. Every fmctr error becomes one `error: ...` line and exit 1.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from fmctr import __version__
+from fmctr.errors import BadOptions, FmctrError
+
+app = typer.Typer(
+    name="fmctr",
+    help=(
+        "Click-through-rate modeling with Factorization Machines.\n\n"
+        "Hash raw CTR data (CSV, TSV, Parquet, Criteo, libsvm/libffm; plain or gzip; a file or - for stdin) "
+        "into sparse features, train an FM, report AUC/logloss, and write predictions as CSV."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+SCHEMA = "Schema (how columns become features)"
+HASH = "Hashing"
+TRAIN = "Training"
+
+
+def _err(message: str) -> None:
+    sys.stderr.write(message.rstrip("\n") + "\n")
+    sys.stderr.flush()
+
+
+def errors_to_exit(fn):
+    """The one place where typed errors become an `error:` line and an exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except FmctrError as e:
+            _err(f"error: {e}")
+            raise typer.Exit(code=1) from None
+        except KeyboardInterrupt:
+            _err("error: interrupted")
+            raise typer.Exit(code=130) from None
+        except BrokenPipeError:
+            # The reader of our stdout went away (e.g. `| head`): stop quietly, and
+            # point stdout at /dev/null so the interpreter's final flush cannot fail.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise typer.Exit(code=0) from None
+
+    return wrapper
+
+
+def _names(values: Optional[list[str]]) -> list[str]:
+    """Columns may be given as `--numeric a,b --numeric c`."""
+    return [n.strip() for v in values or [] for n in v.split(",") if n.strip()]
+
+
+InputArg = Annotated[str, typer.Argument(help="Input data file, or - for stdin (gzip is detected).", show_default=True)]
+Preset = Annotated[Optional[str], typer.Option(help="Built-in schema: criteo (raw Criteo TSV) or avazu.", rich_help_panel=SCHEMA)]
+SchemaFile = Annotated[Optional[Path], typer.Option("--schema", help="Schema file (TOML or JSON); see README.", rich_help_panel=SCHEMA)]
+Label = Annotated[Optional[str], typer.Option(help="Label column (values 0/1 or -1/1).  [default: label]", rich_help_panel=SCHEMA)]
+Categorical = Annotated[Optional[list[str]], typer.Option(help="Categorical columns (comma-separated, repeatable). Default: every column not named otherwise.", rich_help_panel=SCHEMA)]
+Numeric = Annotated[Optional[list[str]], typer.Option(help="Numeric columns (comma-separated, repeatable).", rich_help_panel=SCHEMA)]
+Multi = Annotated[Optional[list[str]], typer.Option(help="Multi-valued columns, e.g. genres=\"Action|Comedy\" (comma-separated, repeatable).", rich_help_panel=SCHEMA)]
+Ignore = Annotated[Optional[list[str]], typer.Option(help="Columns that are not features, e.g. ids (comma-separated, repeatable).", rich_help_panel=SCHEMA)]
+Sep = Annotated[Optional[str], typer.Option("--sep", help="Separator inside multi-valued columns.  [default: |]", rich_help_panel=SCHEMA)]
+NumericMode = Annotated[Optional[str], typer.Option(help="How numeric columns become features: bucket (token floor(ln(x)^2) for x>2, else floor(x)), log1p (value sign(x)*ln(1+|x|) on one index) or raw.  [default: bucket]", rich_help_panel=SCHEMA)]
+Format = Annotated[Optional[str], typer.Option("--format", help="Input format: csv, tsv, criteo, parquet, libsvm, libffm.  [default: detected from the data]", rich_help_panel=SCHEMA)]
+Bits = Annotated[Optional[int], typer.Option(help="Hash space is 2^bits features.  [default: 22]", rich_help_panel=HASH)]
+HashSeed = Annotated[int, typer.Option(help="Seed of the feature hash.", rich_help_panel=HASH)]
+ModelOpt = Annotated[Path, typer.Option("--model", "-m", help="Model file written by `fmctr train`.")]
+Json = Annotated[bool, typer.Option("--json", help="Print metrics as one JSON object on stdout.")]
+
+
+def _spec(preset, schema_file, label, categorical, numeric, multi, ignore, sep, numeric_mode, fmt):
+    from fmctr.schema import build_spec
+
+    return build_spec(
+        preset=preset,
+        schema_file=schema_file,
+        label=label,
+        categorical=_names(categorical),
+        numeric=_names(numeric),
+        multi=_names(multi),
+        ignore=_names(ignore),
+        numeric_mode=numeric_mode,
+        sep=sep,
+        format=fmt,
+    )
+
+
+def _schema_flags_given(*values) -> bool:
+    return any(v not in (None, [], ()) for v in values)
+
+
+def _hashing(bits: Optional[int], seed: int):
+    from fmctr.hashing import HashSpec
+
+    if bits is None and seed == 0:
+        return None
+    from fmctr.pipeline import DEFAULT_BITS
+
+    return HashSpec(bits=DEFAULT_BITS if bits is None else bits, seed=seed).check()
+
+
+def _json_safe(value):
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+@app.command()
+@errors_to_exit
+def preprocess(
+    input: InputArg = "-",
+    output: Annotated[Path, typer.Option("--output", "-o", help="Hashed dataset directory to write.")] = ...,
+    preset: Preset = None,
+    schema: SchemaFile = None,
+    label: Label = None,
+    categorical: Categorical = None,
+    numeric: Numeric = None,
+    multi: Multi = None,
+    ignore: Ignore = None,
+    sep: Sep = None,
+    numeric_mode: NumericMode = None,
+    format: Format = None,
+    bits: Bits = None,
+    hash_seed: HashSeed = 0,
+) -> None:
+    """Hash raw data once into a dataset directory (for data trained on many times)."""
+    from fmctr.hashing import HashSpec
+    from fmctr.pipeline import DEFAULT_BITS, preprocess as run
+
+    spec = _spec(preset, schema, label, categorical, numeric, multi, ignore, sep, numeric_mode, format)
+    hashing = HashSpec(bits=DEFAULT_BITS if bits is None else bits, seed=hash_seed).check()
+    ds = run(input, output, spec=spec, hashing=hashing)
+    _err(f"wrote {ds.rows:,} rows in {len(ds.parts)} part(s) to {output}")
+
+
+@app.command("train")
+@errors_to_exit
+def train_cmd(
+    input: InputArg = "-",
+    output: Annotated[Path, typer.Option("--output", "-o", help="Model file to write.")] = ...,
+    valid: Annotated[Optional[str], typer.Option(help="Validation data (raw or hashed): early stopping keeps the best epoch.")] = None,
+    valid_fraction: Annotated[Optional[float], typer.Option(help="Hold out this last fraction of the training rows for validation instead.")] = None,
+    preset: Preset = None,
+    schema: SchemaFile = None,
+    label: Label = None,
+    categorical: Categorical = None,
+    numeric: Numeric = None,
+    multi: Multi = None,
+    ignore: Ignore = None,
+    sep: Sep = None,
+    numeric_mode: NumericMode = None,
+    format: Format = None,
+    bits: Bits = None,
+    hash_seed: HashSeed = 0,
+    dim: Annotated[int, typer.Option(help="Factor dimension k; 0 trains logistic regression.", rich_help_panel=TRAIN)] = 8,
+    epochs: Annotated[Optional[int], typer.Option(help="Passes over the data; with validation, the most (early stopping decides).  [default: 3, or 20 with validation]", rich_help_panel=TRAIN)] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Rows per update.  [default: 4 on the cpu engine, 1024 on torch]", rich_help_panel=TRAIN)] = None,
+    lr: Annotated[float, typer.Option(help="Learning rate.", rich_help_panel=TRAIN)] = 0.03,
+    optimizer: Annotated[str, typer.Option(help="adagrad or adam (both lazy: only the rows a batch touches move).", rich_help_panel=TRAIN)] = "adagrad",
+    l2: Annotated[float, typer.Option(help="L2 on the linear weights of the rows a batch touches, once per batch.", rich_help_panel=TRAIN)] = 0.01,
+    l2_factors: Annotated[float, typer.Option(help="L2 on the factors of the rows a batch touches, once per batch.", rich_help_panel=TRAIN)] = 0.05,
+    patience: Annotated[int, typer.Option(help="With validation: stop after this many epochs without improvement.", rich_help_panel=TRAIN)] = 2,
+    metric: Annotated[str, typer.Option(help="With validation: logloss or auc decides the best epoch.", rich_help_panel=TRAIN)] = "logloss",
+    seed: Annotated[int, typer.Option(help="Seed for initialisation and shuffling.", rich_help_panel=TRAIN)] = 0,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads.  [default: all cores]", rich_help_panel=TRAIN)] = None,
+    engine: Annotated[str, typer.Option(help="cpu (fused kernels), torch (EmbeddingBag + autograd) or auto.", rich_help_panel=TRAIN)] = "auto",
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto (CUDA when available).", rich_help_panel=TRAIN)] = "auto",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or tables.")] = False,
+    json_out: Json = False,
+) -> None:
+    """Train an FM on raw or hashed data and write a self-contained model file."""
+    from fmctr import dataset
+    from fmctr.modelfile import save
+    from fmctr.pipeline import train_model
+    from fmctr.progress import TrainProgress, history_table, stderr
+    from fmctr.train import NullProgress, TrainConfig
+
+    schema_flags = (preset, schema, label, categorical, numeric, multi, ignore, sep, numeric_mode, format)
+    if dataset.is_hashed(input) and _schema_flags_given(*schema_flags):
+        raise BadOptions(f"{input} is already hashed: schema options apply only to raw data")
+    spec = _spec(*schema_flags)
+    cfg = TrainConfig(
+        dim=dim, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, l2_linear=l2,
+        l2_factors=l2_factors, patience=patience, stop_metric=metric, seed=seed, threads=threads,
+        engine=engine, device=device,
+    ).check()
+    show = not quiet
+    progress = TrainProgress() if show else NullProgress()
+    log = _err
+    if show:
+        with progress:
+            model, result = train_model(input, spec=spec, hashing=_hashing(bits, hash_seed), cfg=cfg,
+                                        valid=valid, valid_fraction=valid_fraction, progress=progress, log=log)
+    else:
+        model, result = train_model(input, spec=spec, hashing=_hashing(bits, hash_seed), cfg=cfg,
+                                    valid=valid, valid_fraction=valid_fraction, log=log)
+    save(model, output)
+    if show:
+        stderr.print(history_table(result.history, result.best_epoch))
+        best = f", best epoch {result.best_epoch}" if valid or valid_fraction else ""
+        stderr.print(f"wrote {output} ({result.rows:,} rows, {len(result.history)} epoch(s){best})", highlight=False)
+    if json_out:
+        print(json.dumps(_json_safe(model.training)))
+
+
+@app.command("eval")
+@errors_to_exit
+def eval_cmd(
+    input: InputArg = "-",
+    model: ModelOpt = ...,
+    json_out: Json = False,
+) -> None:
+    """Report AUC, logloss, normalized entropy and calibration on labelled data."""
+    from fmctr.modelfile import load
+    from fmctr.pipeline import evaluate_model
+    from fmctr.progress import metrics_table, stderr
+
+    m = load(model)
+    metrics = evaluate_model(input, m, log=_err)
+    if json_out:
+        print(json.dumps(_json_safe(metrics)))
+    else:
+        stderr.print(metrics_table(metrics))
+
+
+@app.command()
+@errors_to_exit
+def predict(
+    input: InputArg = "-",
+    model: ModelOpt = ...,
+    output: Annotated[str, typer.Option("--output", "-o", help="CSV file to write, or - for stdout.")] = "-",
+    keep: Annotated[Optional[list[str]], typer.Option(help="Input columns to copy into the output before the probability (comma-separated, repeatable).")] = None,
+) -> None:
+    """Write click probabilities as CSV, one line per input row, in input order."""
+    from fmctr.modelfile import load
+    from fmctr.pipeline import predict as run
+
+    m = load(model)
+    run(input, m, output, keep=_names(keep), log=_err)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"fmctr {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")] = False,
+) -> None:
+    pass
+
+
+def main() -> None:
+    app()

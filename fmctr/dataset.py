@@ -1,0 +1,105 @@
+"""The hashed dataset on disk: a directory of CSR parts plus a manifest.
+
+    train.hashed/
+      manifest.json              format, version, schema, hashing spec, parts, row counts
+      part-00000.indices.npy     int32 feature indices
+      part-00000.values.npy      float32 feature values
+      part-00000.offsets.npy     int64 row offsets (rows + 1)
+      part-00000.labels.npy      float32 0/1 labels
+      ...
+
+Parts are plain .npy files, memory-mapped on read, so reading a part costs no copy
+and a dataset larger than memory can be streamed part by part.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fmctr.atomic import atomic_dir
+from fmctr.errors import BadInput
+from fmctr.hashing import HashSpec, Rows
+from fmctr.schema import Schema
+
+FORMAT = "fmctr-hashed"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+ARRAYS = ("indices", "values", "offsets", "labels")
+
+
+@dataclass
+class HashedDataset:
+    path: Path
+    schema: Schema
+    hashing: HashSpec
+    parts: list[dict]
+
+    @property
+    def rows(self) -> int:
+        return sum(p["rows"] for p in self.parts)
+
+    def iter_parts(self) -> Iterator[Rows]:
+        for part in self.parts:
+            arrays = {}
+            for name in ARRAYS:
+                file = self.path / f"{part['name']}.{name}.npy"
+                try:
+                    arrays[name] = np.load(file, mmap_mode="r", allow_pickle=False)
+                except (OSError, ValueError) as e:
+                    raise BadInput(f"{file}: unreadable part of the hashed dataset ({e})") from None
+            if len(arrays["offsets"]) != part["rows"] + 1 or len(arrays["labels"]) != part["rows"]:
+                raise BadInput(f"{self.path}: part {part['name']} does not match the manifest")
+            yield Rows(arrays["indices"], arrays["values"], arrays["offsets"], arrays["labels"])
+
+    def load(self) -> Rows:
+        """All parts, concatenated in memory."""
+        return Rows.concat([Rows(np.asarray(r.indices), np.asarray(r.values), np.asarray(r.offsets), np.asarray(r.labels)) for r in self.iter_parts()])
+
+
+def is_hashed(path: str | Path) -> bool:
+    return path != "-" and (Path(path) / MANIFEST).is_file()
+
+
+def write(parts: Iterable[Rows], path: str | Path, schema: Schema, hashing: HashSpec) -> HashedDataset:
+    """Write hashed parts to `path` (atomically: the directory appears complete or not at all)."""
+    path = Path(path)
+    records = []
+    with atomic_dir(path) as tmp:
+        for number, rows in enumerate(parts):
+            if rows.labels is None:
+                raise BadInput("a hashed dataset needs labels")
+            name = f"part-{number:05d}"
+            for array in ARRAYS:
+                np.save(tmp / f"{name}.{array}.npy", getattr(rows, array), allow_pickle=False)
+            records.append({"name": name, "rows": len(rows), "nnz": int(rows.offsets[-1]),
+                            "positives": int(rows.labels.sum())})
+        if not records or sum(r["rows"] for r in records) == 0:
+            raise BadInput("no data rows to write")
+        manifest = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "schema": schema.to_dict(),
+            "hashing": hashing.to_dict(),
+            "rows": sum(r["rows"] for r in records),
+            "parts": records,
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return HashedDataset(path, schema, hashing, records)
+
+
+def open_hashed(path: str | Path) -> HashedDataset:
+    path = Path(path)
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+    except (OSError, ValueError) as e:
+        raise BadInput(f"{path}: not a readable hashed dataset ({e})") from None
+    if manifest.get("format") != FORMAT:
+        raise BadInput(f"{path}: not an fmctr hashed dataset")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise BadInput(f"{path}: hashed dataset version {manifest.get('format_version')} is not one this fmctr reads ({FORMAT_VERSION})")
+    return HashedDataset(path, Schema.from_dict(manifest["schema"]), HashSpec(**manifest["hashing"]).check(), manifest["parts"])

@@ -1,0 +1,292 @@
+"""Stateless, field-aware feature hashing: string columns in, sparse rows (CSR) out.
+
+The index of a token is
+
+    index(field, token) = xxh64(utf8(token), seed=field_seed(field)) mod 2^bits
+    field_seed(field)   = xxh64(utf8(field), seed=hash_seed) & (2^63 - 1)
+
+xxHash64 is a published, versioned algorithm (computed here by polars-hash, checked
+against the `xxhash` package in the golden-vector tests), so an index depends only on
+(field, token, seed, bits): any shard can be hashed anywhere, in any order, and a model
+scores data it has never seen without a vocabulary. The same token in two fields gets
+two indices because the fields' seeds differ. A missing value (empty or null) is the
+empty token "" of its field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+import polars_hash as plh
+import xxhash
+
+from fmctr.errors import BadInput, BadSchema
+from fmctr.read import LINE_COLUMN, Chunk
+from fmctr.schema import SPARSE_FORMATS, Field, Schema
+
+HASH_FUNCTION = "xxhash64"
+MISSING = ""
+VALUE_TOKEN = "__value__"  # the one index a value-weighted numeric field puts its value on
+MAX_BITS = 31
+TRUE_LABELS = ("1", "+1", "1.0")
+FALSE_LABELS = ("0", "-1", "0.0", "-1.0")
+
+
+@dataclass(frozen=True)
+class HashSpec:
+    bits: int = 22
+    seed: int = 0
+    function: str = HASH_FUNCTION
+
+    def check(self) -> HashSpec:
+        if not 1 <= self.bits <= MAX_BITS:
+            raise BadSchema(f"--bits must be between 1 and {MAX_BITS}, got {self.bits}")
+        if self.function != HASH_FUNCTION:
+            raise BadSchema(f"unknown hash function {self.function!r} (this fmctr knows {HASH_FUNCTION})")
+        if not 0 <= self.seed < 2**63:
+            raise BadSchema(f"--hash-seed must be between 0 and 2^63-1, got {self.seed}")
+        return self
+
+    @property
+    def size(self) -> int:
+        return 1 << self.bits
+
+    def to_dict(self) -> dict:
+        return {"bits": self.bits, "seed": self.seed, "function": self.function}
+
+
+def field_seed(field: str, seed: int) -> int:
+    return xxhash.xxh64_intdigest(field.encode("utf-8"), seed=seed) & (2**63 - 1)
+
+
+def token_index(field: str, token: str, spec: HashSpec) -> int:
+    """The reference definition, one token at a time (the columnar path must agree)."""
+    return xxhash.xxh64_intdigest(token.encode("utf-8"), seed=field_seed(field, spec.seed)) & (spec.size - 1)
+
+
+@dataclass
+class Rows:
+    """Hashed rows in CSR form: row r's features are indices[offsets[r]:offsets[r+1]]
+    with values values[...]; labels are 0/1 (None where the input had none)."""
+
+    indices: np.ndarray  # int32
+    values: np.ndarray  # float32
+    offsets: np.ndarray  # int64, length n + 1
+    labels: np.ndarray | None  # float32
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def slice(self, start: int, stop: int) -> Rows:
+        lo, hi = self.offsets[start], self.offsets[stop]
+        return Rows(
+            self.indices[lo:hi],
+            self.values[lo:hi],
+            self.offsets[start : stop + 1] - lo,
+            None if self.labels is None else self.labels[start:stop],
+        )
+
+    def take(self, rows: np.ndarray) -> Rows:
+        """The given rows, in the given order."""
+        lengths = np.diff(self.offsets)[rows]
+        offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        gather = np.repeat(self.offsets[:-1][rows] - offsets[:-1], lengths) + np.arange(offsets[-1])
+        return Rows(
+            self.indices[gather],
+            self.values[gather],
+            offsets,
+            None if self.labels is None else self.labels[rows],
+        )
+
+    @staticmethod
+    def concat(parts: list[Rows]) -> Rows:
+        if not parts:
+            return Rows(np.zeros(0, np.int32), np.zeros(0, np.float32), np.zeros(1, np.int64), None)
+        starts = np.cumsum([0] + [p.offsets[-1] for p in parts[:-1]])
+        offsets = np.concatenate([parts[0].offsets[:1]] + [p.offsets[1:] + s for p, s in zip(parts, starts)])
+        labels = None if any(p.labels is None for p in parts) else np.concatenate([p.labels for p in parts])
+        return Rows(
+            np.concatenate([p.indices for p in parts]),
+            np.concatenate([p.values for p in parts]),
+            offsets,
+            labels,
+        )
+
+
+def _where(name: str, chunk: Chunk, row: int, column: int | None = None) -> str:
+    """file:line[:column] of a row in a chunk (Parquet has row numbers, not lines)."""
+    if chunk.first_line is None:
+        return f"{name}: row {row + 1}"
+    where = f"{name}:{chunk.first_line + row}"
+    return where if column is None else f"{where}:{column}"
+
+
+def parse_labels(values: pl.Series, name: str, chunk: Chunk, column: int | None) -> np.ndarray:
+    """0/1 or -1/1 text to float 0/1; anything else names its line."""
+    text = values.str.strip_chars()
+    positive = text.is_in(TRUE_LABELS)
+    valid = positive | text.is_in(FALSE_LABELS)
+    if not valid.all():
+        row = int(valid.arg_min())
+        shown = text[row]
+        what = "an empty label" if shown == "" else f"label {shown!r}"
+        raise BadInput(f"{_where(name, chunk, row, column)}: {what} in column {values.name!r}; labels must be 0/1 or -1/1")
+    return positive.to_numpy().astype(np.float32)
+
+
+def _check_numeric(frame: pl.DataFrame, field: Field, name: str, chunk: Chunk, column: int | None) -> None:
+    """Empty is missing; text that is not a number, NaN and inf are errors."""
+    text = frame.get_column(field.name).str.strip_chars()
+    parsed = text.cast(pl.Float64, strict=False)
+    junk = (text != MISSING) & parsed.is_null()
+    if junk.any():
+        row = int(junk.arg_max())
+        raise BadInput(f"{_where(name, chunk, row, column)}: {text[row]!r} in numeric column {field.name!r} is not a number")
+    nonfinite = parsed.is_nan() | parsed.is_infinite()
+    if nonfinite.any():
+        row = int(nonfinite.arg_max())
+        raise BadInput(
+            f"{_where(name, chunk, row, column)}: {text[row]!r} in numeric column {field.name!r} is not finite; "
+            "leave the field empty for a missing value"
+        )
+
+
+def bucket_tokens(x: pl.Expr) -> pl.Expr:
+    """The Criteo winners' rule: floor(ln(x)^2) for x > 2, else floor(x); as text."""
+    return (
+        pl.when(x > 2).then((x.log() ** 2).floor()).otherwise(x.floor()).cast(pl.Int64).cast(pl.String).fill_null(MISSING)
+    )
+
+
+def signed_log1p(x: pl.Expr) -> pl.Expr:
+    return x.sign() * x.abs().log1p()
+
+
+def hash_chunk(
+    chunk: Chunk,
+    schema: Schema,
+    spec: HashSpec,
+    *,
+    name: str,
+    columns: list[str],
+    require_label: bool,
+) -> Rows:
+    """Hash one chunk of string columns into CSR rows."""
+    frame = chunk.frame
+    if schema.format in SPARSE_FORMATS:
+        return _hash_sparse_lines(chunk, spec, name=name, require_label=require_label)
+    position = {c: i + 1 for i, c in enumerate(columns)} if chunk.first_line is not None else {}
+    labels = None
+    if schema.label in frame.columns and require_label:
+        labels = parse_labels(frame.get_column(schema.label), name, chunk, position.get(schema.label))
+    mask = np.uint64(spec.size - 1)
+
+    tokens: list[pl.Expr] = []  # one text token per single-valued field
+    weights: dict[int, pl.Expr] = {}  # value-weighted numeric fields: position -> value
+    multi: list[Field] = []
+    for f in schema.fields:
+        if f.kind == "multi":
+            multi.append(f)
+            continue
+        if f.kind == "categorical":
+            tokens.append(pl.col(f.name))
+            continue
+        _check_numeric(frame, f, name, chunk, position.get(f.name))
+        x = pl.col(f.name).str.strip_chars().cast(pl.Float64, strict=False)
+        if f.numeric == "bucket":
+            tokens.append(bucket_tokens(x))
+        else:
+            weights[len(tokens)] = pl.when(x.is_null()).then(1.0).otherwise(
+                x if f.numeric == "raw" else signed_log1p(x)
+            )
+            tokens.append(pl.when(x.is_null()).then(pl.lit(MISSING)).otherwise(pl.lit(VALUE_TOKEN)))
+
+    n = frame.height
+    n_single = len(tokens)
+    single = [f for f in schema.fields if f.kind != "multi"]
+    if n_single:
+        token_frame = frame.select([t.alias(f"t{j}") for j, t in enumerate(tokens)])
+        hashed = token_frame.select(
+            plh.col(f"t{j}").nchash.xxhash64(seed=field_seed(f.name, spec.seed)) for j, f in enumerate(single)
+        )
+        single_idx = (hashed.to_numpy() & mask).astype(np.int32)
+    else:
+        single_idx = np.zeros((n, 0), np.int32)
+    single_val = np.ones((n, n_single), dtype=np.float32)
+    if weights:
+        weight_frame = frame.select([w.cast(pl.Float32).alias(f"w{j}") for j, w in weights.items()])
+        for j, column in zip(weights, weight_frame.iter_columns()):
+            single_val[:, j] = column.to_numpy()
+
+    if not multi:
+        offsets = np.arange(n + 1, dtype=np.int64) * n_single
+        return Rows(single_idx.ravel(), single_val.ravel(), offsets, labels)
+
+    bags = []
+    for f in multi:
+        tokens = pl.col(f.name).str.split(f.sep)
+        hashed_bag = frame.select(tokens.list.eval(plh.col("").nchash.xxhash64(seed=field_seed(f.name, spec.seed))).alias("h"))
+        series = hashed_bag.to_series()
+        lengths = series.list.len().to_numpy().astype(np.int64)
+        flat = (series.explode().to_numpy() & mask).astype(np.int32)
+        bags.append((lengths, flat))
+    counts = n_single + sum(lengths for lengths, _ in bags)
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    indices = np.empty(offsets[-1], dtype=np.int32)
+    values = np.ones(offsets[-1], dtype=np.float32)
+    starts = offsets[:-1]
+    for j in range(n_single):
+        indices[starts + j] = single_idx[:, j]
+        values[starts + j] = single_val[:, j]
+    base = starts + n_single
+    for lengths, flat in bags:
+        bag_starts = np.zeros(n, dtype=np.int64)
+        np.cumsum(lengths[:-1], out=bag_starts[1:])
+        indices[np.repeat(base - bag_starts, lengths) + np.arange(len(flat))] = flat
+        base = base + lengths
+    return Rows(indices, values, offsets, labels)
+
+
+def _hash_sparse_lines(chunk: Chunk, spec: HashSpec, *, name: str, require_label: bool) -> Rows:
+    """libsvm (`label idx:val ...`) and libffm (`label field:idx:val ...`) lines. The token
+    hashed is everything before the last colon, so libffm's field stays part of it."""
+    from fmctr.schema import SPARSE_FIELD
+
+    frame = chunk.frame.select(pl.col(LINE_COLUMN).str.strip_chars().str.split(" ").list.eval(
+        pl.element().filter(pl.element() != "")
+    ).alias("parts"))
+    parts = frame.get_column("parts")
+    lengths = parts.list.len()
+    if (lengths == 0).any():
+        row = int((lengths == 0).arg_max())
+        raise BadInput(f"{_where(name, chunk, row)}: empty line (expected a label and features)")
+    labels = None
+    if require_label:
+        labels = parse_labels(parts.list.first().alias("label"), name, chunk, 1)
+    feats = frame.select(
+        pl.int_range(pl.len()).alias("row"), pl.col("parts").list.slice(1).alias("feat")
+    ).explode("feat").drop_nulls("feat")
+    pieces = feats.select(
+        "row",
+        pl.col("feat").str.extract(r"^(.*):([^:]*)$", 1).fill_null(pl.col("feat")).alias("token"),
+        pl.col("feat").str.extract(r"^(.*):([^:]*)$", 2).alias("value"),
+        "feat",
+    )
+    value = pieces.get_column("value").cast(pl.Float64, strict=False)
+    bad = (pieces.get_column("value").is_not_null() & (value.is_null() | value.is_nan() | value.is_infinite()))
+    if bad.any():
+        at = int(bad.arg_max())
+        row = int(pieces.get_column("row")[at])
+        raise BadInput(f"{_where(name, chunk, row)}: feature {pieces.get_column('feat')[at]!r} has no finite numeric value")
+    seed = field_seed(SPARSE_FIELD, spec.seed)
+    hashed = pieces.select(plh.col("token").nchash.xxhash64(seed=seed)).to_series().to_numpy()
+    indices = (hashed & np.uint64(spec.size - 1)).astype(np.int32)
+    values = value.fill_null(1.0).to_numpy().astype(np.float32)
+    counts = np.bincount(pieces.get_column("row").to_numpy(), minlength=chunk.frame.height)
+    offsets = np.zeros(chunk.frame.height + 1, dtype=np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    return Rows(indices, values, offsets, labels)

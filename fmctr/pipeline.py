@@ -1,0 +1,203 @@
+"""The four jobs as plain functions: preprocess, train, evaluate, predict.
+
+Each takes paths and options, returns values, and prints nothing; warnings go to an
+optional `log` callable. The CLI is a thin layer over these.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from fmctr import __version__, dataset
+from fmctr.atomic import atomic_file
+from fmctr.errors import BadInput, BadOptions, BadSchema
+from fmctr.hashing import HashSpec, Rows, hash_chunk
+from fmctr.metrics import evaluate
+from fmctr.modelfile import Model
+from fmctr.read import display_name, open_source
+from fmctr.schema import SPARSE_FORMATS, Schema, SchemaSpec
+from fmctr.train import TrainConfig, TrainResult, probabilities, train
+
+Log = Callable[[str], None]
+DEFAULT_BITS = 22
+
+
+def _silent(message: str) -> None:
+    pass
+
+
+@dataclass
+class Input:
+    """An opened input, raw or hashed: its schema, hashing spec, and a stream of
+    (hashed rows, passed-through columns) parts."""
+
+    name: str
+    schema: Schema
+    hashing: HashSpec
+    parts: Iterator[tuple[Rows, pl.DataFrame | None]]
+
+    def all_rows(self) -> Rows:
+        return Rows.concat([rows for rows, _ in self.parts])
+
+
+def open_input(
+    path: str,
+    *,
+    spec: SchemaSpec | None = None,
+    schema: Schema | None = None,
+    hashing: HashSpec | None = None,
+    require_label: bool,
+    keep: Sequence[str] = (),
+    log: Log = _silent,
+) -> Input:
+    """Open raw data (hashed on the fly) or a hashed dataset. Give `spec` to resolve
+    a schema against the data's columns, or `schema` (from a model) to apply it."""
+    name = display_name(path)
+    if dataset.is_hashed(path):
+        ds = dataset.open_hashed(path)
+        if keep:
+            raise BadOptions(f"{name}: a hashed dataset has no columns to --keep; predict from the raw data")
+        if hashing is not None and hashing != ds.hashing:
+            raise BadOptions(
+                f"{name}: hashed with bits={ds.hashing.bits} seed={ds.hashing.seed}, "
+                f"but bits={hashing.bits} seed={hashing.seed} were asked for"
+            )
+        if schema is not None and schema.fields != ds.schema.fields:
+            raise BadSchema(f"{name}: the hashed dataset's schema differs from the model's")
+        return Input(name, ds.schema, ds.hashing, ((rows, None) for rows in ds.iter_parts()))
+    hashing = hashing or HashSpec(bits=DEFAULT_BITS)
+    fmt_source = schema if schema is not None else spec
+    assert fmt_source is not None
+    source = open_source(path, format=fmt_source.format, column_names=fmt_source.column_names)
+    if schema is None:
+        assert spec is not None
+        schema = spec.resolve(source.columns)
+    sparse = source.format in SPARSE_FORMATS
+    if sparse != (schema.format in SPARSE_FORMATS):
+        raise BadSchema(f"{name}: {source.format} data does not fit a schema for {schema.format or 'columnar'} data")
+    columns = source.columns
+    if require_label and not sparse and schema.label not in columns:
+        raise BadInput(f"{name}: label column {schema.label!r} not found (columns: {', '.join(columns[:10])}{', ...' if len(columns) > 10 else ''})")
+    missing = [] if sparse else [f for f in schema.feature_names if f not in columns]
+    if missing:
+        log(f"warning: {name}: column(s) {', '.join(missing)} missing; treated as missing values")
+    absent_keep = [k for k in keep if k not in columns]
+    if absent_keep:
+        raise BadInput(f"{name}: --keep column(s) {', '.join(absent_keep)} not found")
+
+    def parts() -> Iterator[tuple[Rows, pl.DataFrame | None]]:
+        total = 0
+        for chunk in source.chunks:
+            if missing:
+                chunk.frame = chunk.frame.with_columns(pl.lit("").alias(m) for m in missing)
+            rows = hash_chunk(chunk, schema, hashing, name=name, columns=columns, require_label=require_label)
+            total += len(rows)
+            yield rows, (chunk.frame.select(keep) if keep else None)
+        if total == 0:
+            raise BadInput(f"{name}: no data rows" + ("" if sparse or source.format == "criteo" else " (only a header)"))
+
+    return Input(name, schema, hashing, parts())
+
+
+def preprocess(path: str, output: str | Path, *, spec: SchemaSpec, hashing: HashSpec) -> dataset.HashedDataset:
+    """Hash raw data once into a dataset directory that train/eval read directly."""
+    if dataset.is_hashed(path):
+        raise BadOptions(f"{path}: is already a hashed dataset")
+    data = open_input(path, spec=spec, hashing=hashing, require_label=True)
+    return dataset.write((rows for rows, _ in data.parts), output, data.schema, data.hashing)
+
+
+def train_model(
+    path: str,
+    *,
+    spec: SchemaSpec,
+    hashing: HashSpec | None,
+    cfg: TrainConfig,
+    valid: str | None = None,
+    valid_fraction: float | None = None,
+    progress=None,
+    log: Log = _silent,
+) -> tuple[Model, TrainResult]:
+    """Read (and hash) the training data, train, and return the model with its history."""
+    if valid is not None and valid_fraction is not None:
+        raise BadOptions("--valid and --valid-fraction both choose validation data: give one of them")
+    if valid_fraction is not None and not 0 < valid_fraction < 1:
+        raise BadOptions(f"--valid-fraction must be between 0 and 1, got {valid_fraction}")
+    cfg.check()
+    started = time.time()
+    data = open_input(path, spec=spec, hashing=hashing, require_label=True, log=log)
+    rows = data.all_rows()
+    valid_rows = None
+    if valid is not None:
+        valid_rows = open_input(valid, schema=data.schema, hashing=data.hashing, require_label=True, log=log).all_rows()
+    elif valid_fraction is not None:
+        cut = len(rows) - int(round(len(rows) * valid_fraction))
+        if cut <= 0 or cut >= len(rows):
+            raise BadOptions(f"--valid-fraction {valid_fraction} leaves no training or no validation rows")
+        rows, valid_rows = rows.slice(0, cut), rows.slice(cut, len(rows))
+    result = train(rows, cfg, bits=data.hashing.bits, valid=valid_rows, progress=progress)
+    best = result.history[result.best_epoch - 1]
+    training = {
+        "input": data.name,
+        "rows": len(rows),
+        "positive_rate": float(rows.labels.mean()),
+        "valid_rows": len(valid_rows) if valid_rows is not None else 0,
+        "epochs_run": len(result.history),
+        "best_epoch": result.best_epoch,
+        "valid_metrics": best.valid,
+        "train_logloss": best.train_logloss,
+        "config": asdict(result.config),
+        "engine": result.engine,
+        "device": result.device,
+        "seconds": round(time.time() - started, 3),
+        "fmctr_version": __version__,
+    }
+    return Model(result.weights, data.schema, data.hashing, training), result
+
+
+def evaluate_model(path: str, model: Model, *, log: Log = _silent) -> dict:
+    """AUC, logloss and friends of the model on labelled data."""
+    data = open_input(path, schema=model.schema, hashing=model.hashing, require_label=True, log=log)
+    labels, probs = [], []
+    for rows, _ in data.parts:
+        labels.append(rows.labels)
+        probs.append(probabilities(model.weights, rows))
+    return evaluate(np.concatenate(labels), np.concatenate(probs))
+
+
+PROBABILITY = "probability"
+
+
+def predict(path: str, model: Model, output: str, *, keep: Sequence[str] = (), log: Log = _silent) -> int:
+    """Write one CSV line per input row, in input order: the --keep columns, then the
+    click probability. `output` "-" is stdout; a file appears only when complete."""
+    if PROBABILITY in keep:
+        raise BadOptions(f"--keep {PROBABILITY}: that name is the output column")
+    data = open_input(path, schema=model.schema, hashing=model.hashing, require_label=False, keep=keep, log=log)
+    if output == "-":
+        return _write_predictions(data, model, sys.stdout.buffer)
+    with atomic_file(output) as tmp:
+        try:
+            with open(tmp, "wb") as out:
+                return _write_predictions(data, model, out)
+        except OSError as e:
+            raise BadOptions(f"{output}: cannot write: {e.strerror}") from None
+
+
+def _write_predictions(data: Input, model: Model, out) -> int:
+    written = 0
+    for rows, kept in data.parts:
+        frame = pl.DataFrame({PROBABILITY: probabilities(model.weights, rows)})
+        if kept is not None:
+            frame = pl.concat([kept, frame], how="horizontal")
+        out.write(frame.write_csv(include_header=written == 0).encode())
+        written += len(rows)
+    out.flush()
+    return written

@@ -1,0 +1,107 @@
+"""What a person watches on stderr: a progress bar while training, and tables."""
+
+from __future__ import annotations
+
+import math
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from fmctr.train import Epoch, NullProgress
+
+stderr = Console(stderr=True)
+
+
+class TrainProgress(NullProgress):
+    """A rich progress bar per epoch: rows/s, running loss, ETA."""
+
+    def __init__(self, console: Console = stderr):
+        self.console = console
+        self.progress = Progress(
+            TextColumn("epoch {task.fields[epoch]}"),
+            BarColumn(),
+            TextColumn("{task.completed:,.0f}/{task.total:,.0f} rows"),
+            TextColumn("{task.fields[speed]} rows/s"),
+            TextColumn("loss {task.fields[loss]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+        )
+        self.task = None
+        self.loss_sum = 0.0
+        self.seen = 0
+
+    def __enter__(self):
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.progress.__exit__(*exc)
+
+    def start_epoch(self, epoch: int, epochs: int, rows: int) -> None:
+        if self.task is not None:
+            self.progress.remove_task(self.task)
+        self.loss_sum, self.seen = 0.0, 0
+        self.task = self.progress.add_task("train", total=rows, epoch=f"{epoch}/{epochs}", speed="-", loss="-")
+
+    def advance(self, rows: int, loss: float) -> None:
+        self.loss_sum += loss * rows
+        self.seen += rows
+        task = self.progress.tasks[-1]
+        speed = task.speed or 0
+        self.progress.update(self.task, advance=rows, speed=f"{speed:,.0f}", loss=f"{self.loss_sum / self.seen:.4f}")
+
+    def end_epoch(self, record: Epoch) -> None:
+        line = f"epoch {record.epoch}: train logloss {record.train_logloss:.4f}, {record.rows_per_s:,.0f} rows/s"
+        if record.valid:
+            line += f"; valid AUC {record.valid['auc']:.4f}, logloss {record.valid['logloss']:.4f}"
+        self.console.print(line, highlight=False)
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.4f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def history_table(history: list[Epoch], best_epoch: int) -> Table:
+    table = Table(title="training", title_justify="left")
+    table.add_column("epoch", justify="right")
+    table.add_column("train logloss", justify="right")
+    has_valid = any(e.valid for e in history)
+    if has_valid:
+        table.add_column("valid AUC", justify="right")
+        table.add_column("valid logloss", justify="right")
+    table.add_column("rows/s", justify="right")
+    for e in history:
+        cells = [f"{e.epoch}{' *' if e.epoch == best_epoch and has_valid else ''}", _fmt(e.train_logloss)]
+        if has_valid:
+            cells += [_fmt(e.valid["auc"]), _fmt(e.valid["logloss"])] if e.valid else ["", ""]
+        cells.append(f"{e.rows_per_s:,.0f}")
+        table.add_row(*cells)
+    return table
+
+
+METRIC_LABELS = {
+    "rows": "rows",
+    "auc": "AUC",
+    "logloss": "logloss",
+    "normalized_entropy": "normalized entropy",
+    "calibration": "calibration (mean pred / rate)",
+    "positive_rate": "positive rate",
+    "mean_prediction": "mean prediction",
+}
+
+
+def metrics_table(metrics: dict, title: str = "evaluation") -> Table:
+    table = Table(title=title, title_justify="left")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, label in METRIC_LABELS.items():
+        if key in metrics:
+            table.add_row(label, _fmt(metrics[key]))
+    return table

@@ -1,0 +1,272 @@
+"""Raw rows in, string columns out: every input format becomes a stream of `Chunk`s.
+
+Text formats are parsed by pyarrow's streaming CSV reader (constant memory, exact line
+numbers for malformed rows) and handed on as polars frames whose columns are all
+strings; the hashing stage decides what each column means. gzip is detected from
+the data, not the file name, so `zcat`-less pipelines and `.gz` files both work.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+from fmctr.errors import BadInput
+from fmctr.schema import FORMATS, SPARSE_FORMATS
+
+GZIP_MAGIC = b"\x1f\x8b"
+PARQUET_MAGIC = b"PAR1"
+BLOCK_BYTES = 1 << 24  # rows per chunk follow from this: ~65k Criteo rows
+PEEK_BYTES = 1 << 16
+LINE_COLUMN = "line"
+_SPARSE_LINE = re.compile(r"^\s*[-+]?[0-9.eE+-]+(\s+[^\s:]+(:[^\s:]+){1,2})*\s*$")
+
+
+@dataclass
+class Chunk:
+    """Consecutive rows of one input. `first_line` is the 1-based line number of the
+    chunk's first row in the file (None for Parquet, which has no lines)."""
+
+    frame: pl.DataFrame
+    first_line: int | None
+
+
+@dataclass
+class Source:
+    """An opened input: its display name, format, column names and chunk stream."""
+
+    name: str
+    format: str
+    columns: list[str]
+    chunks: Iterator[Chunk]
+
+
+class _Prefixed(io.RawIOBase):
+    """A read-only stream that replays bytes already peeked, then reads on."""
+
+    def __init__(self, prefix: bytes, rest):
+        self._prefix = memoryview(prefix)
+        self._rest = rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if self._prefix:
+            n = min(len(buffer), len(self._prefix))
+            buffer[:n] = self._prefix[:n]
+            self._prefix = self._prefix[n:]
+            return n
+        data = self._rest.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def display_name(path: str) -> str:
+    return "<stdin>" if path == "-" else str(path)
+
+
+def _open_bytes(path: str):
+    if path == "-":
+        return sys.stdin.buffer
+    p = Path(path)
+    if p.is_dir():
+        raise BadInput(f"{path}: is a directory, not a data file (a hashed dataset needs its manifest.json)")
+    try:
+        return open(p, "rb")
+    except FileNotFoundError:
+        raise BadInput(f"{path}: no such file") from None
+    except OSError as e:
+        raise BadInput(f"{path}: cannot open: {e.strerror}") from None
+
+
+def _read_up_to(stream, n: int) -> bytes:
+    parts, got = [], 0
+    while got < n:
+        data = stream.read(n - got)
+        if not data:
+            break
+        parts.append(data)
+        got += len(data)
+    return b"".join(parts)
+
+
+class _Gunzip(io.RawIOBase):
+    """pyarrow's gzip decoder as a Python stream, with corruption reported as BadInput."""
+
+    def __init__(self, raw, name: str):
+        self._stream = pa.CompressedInputStream(pa.PythonFile(raw, mode="r"), "gzip")
+        self._name = name
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        try:
+            data = self._stream.read(len(buffer))
+        except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as e:
+            raise BadInput(f"{self._name}: corrupt or truncated gzip data ({_first_line(e)})") from None
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+def open_text(path: str) -> tuple[io.RawIOBase, bytes]:
+    """Open `path` ("-" is stdin), undo gzip if the data is gzipped, and peek at the
+    start. Returns a stream that still yields every byte, and the peeked bytes."""
+    name = display_name(path)
+    raw = _open_bytes(path)
+    head = _read_up_to(raw, 2)
+    stream = _Prefixed(head, raw)
+    if head == GZIP_MAGIC:
+        stream = _Gunzip(stream, name)
+    peek = _read_up_to(stream, PEEK_BYTES)
+    return _Prefixed(peek, stream), peek
+
+
+def sniff_format(peek: bytes, hint: str | None) -> str:
+    """Choose a format from the first bytes when the user or preset gave none."""
+    if hint is not None:
+        return hint
+    if peek.startswith(PARQUET_MAGIC):
+        return "parquet"
+    first = peek.split(b"\n", 1)[0].decode("utf-8", errors="replace").rstrip("\r")
+    if _SPARSE_LINE.match(first) and ":" in first:
+        return "libffm" if re.search(r"\s[^\s:]+:[^\s:]+:[^\s:]+", first) else "libsvm"
+    if "\t" in first:
+        return "tsv"
+    return "csv"
+
+
+def open_source(path: str, *, format: str | None = None, column_names: tuple[str, ...] | None = None) -> Source:
+    """Open any supported input as a stream of string-column chunks."""
+    name = display_name(path)
+    if format is not None and format not in FORMATS:
+        raise BadInput(f"unknown format {format!r} (choose from {', '.join(FORMATS)})")
+    stream, peek = open_text(path)
+    if not peek:
+        raise BadInput(f"{name}: empty file")
+    fmt = sniff_format(peek, format)
+    if fmt == "parquet":
+        return _open_parquet(stream if path == "-" else path, name)
+    if fmt in SPARSE_FORMATS:
+        return Source(name, fmt, [LINE_COLUMN], _csv_chunks(stream, name, [LINE_COLUMN], "\x1f", 0, False))
+    first = peek.split(b"\n", 1)[0].rstrip(b"\r")
+    if fmt == "criteo":
+        names = list(column_names or ())
+        n_fields = first.count(b"\t") + 1
+        if n_fields == len(names) - 1:
+            names = names[1:]  # Criteo test files carry no label column
+        elif n_fields != len(names):
+            raise BadInput(
+                f"{name}:1: the criteo format has {len(names)} tab-separated columns "
+                f"(or {len(names) - 1} without the label), found {n_fields}"
+            )
+        return Source(name, fmt, names, _csv_chunks(stream, name, names, "\t", 0, False))
+    separator = "\t" if fmt == "tsv" else ","
+    header_text = first.decode("utf-8", errors="replace").lstrip("\ufeff")
+    names = next(csv.reader([header_text], delimiter=separator))
+    if not names or names == [""]:
+        raise BadInput(f"{name}:1: the header line is empty")
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise BadInput(f"{name}:1: duplicate column name(s) in the header: {', '.join(dupes)}")
+    return Source(name, fmt, names, _csv_chunks(stream, name, names, separator, 1, fmt == "csv"))
+
+
+def _csv_chunks(stream, name: str, names: list[str], separator: str, header_lines: int, quoted: bool) -> Iterator[Chunk]:
+    bad: list = []
+
+    def on_bad_row(row) -> str:
+        bad.append(row)
+        return "skip"
+
+    try:
+        reader = pacsv.open_csv(
+            pa.PythonFile(stream, mode="r"),
+            read_options=pacsv.ReadOptions(
+                column_names=names, skip_rows=header_lines, use_threads=False, block_size=BLOCK_BYTES
+            ),
+            parse_options=pacsv.ParseOptions(
+                delimiter=separator,
+                quote_char='"' if quoted else False,
+                ignore_empty_lines=False,
+                invalid_row_handler=on_bad_row,
+            ),
+            convert_options=pacsv.ConvertOptions(
+                column_types={n: pa.string() for n in names}, strings_can_be_null=False
+            ),
+        )
+    except pa.ArrowInvalid as e:
+        if "Empty CSV file" in str(e):
+            return _no_rows(name)
+        raise BadInput(f"{name}: {_first_line(e)}") from None
+    return _batches(reader, name, names, header_lines, bad)
+
+
+def _no_rows(name: str) -> Iterator[Chunk]:
+    return iter(())
+
+
+def _batches(reader, name: str, names: list[str], header_lines: int, bad: list) -> Iterator[Chunk]:
+    line = header_lines + 1
+    while True:
+        try:
+            batch = reader.read_next_batch()
+        except StopIteration:
+            break
+        except (pa.ArrowInvalid, pa.ArrowIOError) as e:
+            raise BadInput(f"{name}: {_first_line(e).replace('CSV conversion error to string', 'not valid UTF-8 text')}") from None
+        if bad:
+            row = bad[0]
+            where = f"{name}:{row.number}" if row.number is not None else name
+            raise BadInput(f"{where}: expected {row.expected_columns} columns, found {row.actual_columns}")
+        frame = pl.from_arrow(batch)
+        assert isinstance(frame, pl.DataFrame)
+        yield Chunk(frame, line)
+        line += frame.height
+
+
+def _open_parquet(source, name: str) -> Source:
+    """A path is read row group by row group; stdin has to be read whole first."""
+    import pyarrow.parquet as pq
+
+    if not isinstance(source, str):
+        source = pa.BufferReader(source.read())
+    try:
+        parquet = pq.ParquetFile(source)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise BadInput(f"{name}: not a readable Parquet file ({_first_line(e)})") from None
+    names = parquet.schema_arrow.names
+
+    def chunks() -> Iterator[Chunk]:
+        try:
+            for batch in parquet.iter_batches(batch_size=65536):
+                frame = pl.from_arrow(batch)
+                assert isinstance(frame, pl.DataFrame)
+                yield Chunk(_as_strings(frame, name), None)
+        except (pa.ArrowInvalid, OSError) as e:
+            raise BadInput(f"{name}: corrupt Parquet data ({_first_line(e)})") from None
+
+    return Source(name, "parquet", names, chunks())
+
+
+def _as_strings(frame: pl.DataFrame, name: str) -> pl.DataFrame:
+    """Parquet columns arrive typed; features are hashed from their text."""
+    nested = [c for c, t in frame.schema.items() if t.is_nested()]
+    if nested:
+        raise BadInput(f"{name}: column {nested[0]!r} has nested type {frame.schema[nested[0]]}; fmctr reads flat columns")
+    return frame.with_columns(pl.all().cast(pl.String).fill_null(""))

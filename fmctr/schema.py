@@ -1,0 +1,242 @@
+"""Which column is the label, and what kind of feature every other column is.
+
+A `SchemaSpec` is what the user asked for (flags, a schema file or a preset); it may
+leave columns out ("every other column is categorical"). `SchemaSpec.resolve` meets it
+with the columns the data really has and returns a `Schema`: every feature named, in a
+fixed order. The resolved `Schema` is what the model file stores.
+"""
+
+from __future__ import annotations
+
+import json
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    import tomli as tomllib
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from fmctr.errors import BadSchema
+
+KINDS = ("categorical", "numeric", "multi")
+NUMERIC_MODES = ("bucket", "log1p", "raw")
+FORMATS = ("csv", "tsv", "criteo", "parquet", "libsvm", "libffm")
+SPARSE_FORMATS = ("libsvm", "libffm")
+
+# libsvm/libffm rows have no named columns: their features form one bag under this name.
+SPARSE_FIELD = "features"
+
+
+@dataclass(frozen=True)
+class Field:
+    """One feature column. `numeric` says how a numeric column becomes features:
+    `bucket` hashes the token floor(ln(x)^2) for x > 2 (else floor(x)); `log1p` and
+    `raw` put the value sign(x)*ln(1+|x|) or x on the field's one index.
+    `sep` splits a multi-valued column into a bag of tokens."""
+
+    name: str
+    kind: str = "categorical"
+    numeric: str = "bucket"
+    sep: str = "|"
+
+
+@dataclass(frozen=True)
+class Schema:
+    """A resolved schema: the label column and every feature field, in order."""
+
+    label: str | None
+    fields: tuple[Field, ...]
+    format: str | None = None
+    column_names: tuple[str, ...] | None = None  # for formats without a header
+
+    def to_dict(self) -> dict:
+        return {
+            "label": self.label,
+            "fields": [asdict(f) for f in self.fields],
+            "format": self.format,
+            "column_names": list(self.column_names) if self.column_names else None,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Schema:
+        try:
+            return cls(
+                label=d["label"],
+                fields=tuple(Field(**f) for f in d["fields"]),
+                format=d.get("format"),
+                column_names=tuple(d["column_names"]) if d.get("column_names") else None,
+            )
+        except (KeyError, TypeError) as e:
+            raise BadSchema(f"malformed schema: {e}") from None
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [f.name for f in self.fields]
+
+
+@dataclass(frozen=True)
+class SchemaSpec:
+    """What the user asked for. Lists name columns; `None` for `categorical` means
+    'every column not named elsewhere'."""
+
+    label: str = "label"
+    categorical: tuple[str, ...] | None = None
+    numeric: tuple[str, ...] = ()
+    multi: tuple[str, ...] = ()
+    ignore: tuple[str, ...] = ()
+    numeric_mode: str = "bucket"
+    sep: str = "|"
+    format: str | None = None
+    column_names: tuple[str, ...] | None = None
+
+    def check(self) -> SchemaSpec:
+        if self.numeric_mode not in NUMERIC_MODES:
+            raise BadSchema(
+                f"unknown numeric mode {self.numeric_mode!r} (choose from {', '.join(NUMERIC_MODES)})"
+            )
+        if self.format is not None and self.format not in FORMATS:
+            raise BadSchema(f"unknown format {self.format!r} (choose from {', '.join(FORMATS)})")
+        if not self.sep:
+            raise BadSchema("the multi-value separator must not be empty")
+        named: dict[str, str] = {}
+        groups = {
+            "label": (self.label,),
+            "categorical": self.categorical or (),
+            "numeric": self.numeric,
+            "multi": self.multi,
+            "ignore": self.ignore,
+        }
+        for group, names in groups.items():
+            for name in names:
+                if name in named and named[name] != group:
+                    raise BadSchema(f"column {name!r} is both {named[name]} and {group}")
+                named[name] = group
+        return self
+
+    def resolve(self, columns: list[str]) -> Schema:
+        """Meet the spec with the data's columns: every named column must exist."""
+        if self.format in SPARSE_FORMATS:
+            return Schema(
+                label=self.label,
+                fields=(Field(SPARSE_FIELD, "multi"),),
+                format=self.format,
+            )
+        present = set(columns)
+        for group in ("categorical", "numeric", "multi", "ignore"):
+            for name in getattr(self, group) or ():
+                if name not in present:
+                    raise BadSchema(f"{group} column {name!r} is not in the data (columns: {_short(columns)})")
+        explicit = set(self.numeric) | set(self.multi) | set(self.ignore) | {self.label}
+        if self.categorical is None:
+            categorical = [c for c in columns if c not in explicit]
+        else:
+            categorical = list(self.categorical)
+        kinds = {c: "categorical" for c in categorical}
+        kinds.update({c: "numeric" for c in self.numeric})
+        kinds.update({c: "multi" for c in self.multi})
+        fields = tuple(
+            Field(c, kinds[c], numeric=self.numeric_mode, sep=self.sep) for c in columns if c in kinds
+        )
+        if not fields:
+            raise BadSchema(f"no feature columns: the data has only {_short(columns)}")
+        return Schema(
+            label=self.label,
+            fields=fields,
+            format=self.format,
+            column_names=self.column_names,
+        )
+
+
+def _short(names: list[str], most: int = 8) -> str:
+    shown = ", ".join(names[:most])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > most else "")
+
+
+CRITEO_COLUMNS = ("label", *(f"I{i}" for i in range(1, 14)), *(f"C{i}" for i in range(1, 27)))
+
+PRESETS: dict[str, SchemaSpec] = {
+    # Criteo display-ads logs: no header; label, 13 integer and 26 hashed categorical columns.
+    "criteo": SchemaSpec(
+        label="label",
+        categorical=tuple(f"C{i}" for i in range(1, 27)),
+        numeric=tuple(f"I{i}" for i in range(1, 14)),
+        numeric_mode="bucket",
+        format="criteo",
+        column_names=CRITEO_COLUMNS,
+    ),
+    # Avazu mobile-ads logs: CSV with header, label `click`, a row id to ignore.
+    "avazu": SchemaSpec(label="click", ignore=("id",), format="csv"),
+}
+
+
+def load_schema_file(path: Path) -> SchemaSpec:
+    """Read a schema file (TOML or JSON, chosen by extension)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise BadSchema(f"{path}: cannot read schema file: {e.strerror}") from None
+    try:
+        raw = json.loads(text) if path.suffix.lower() == ".json" else tomllib.loads(text)
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
+        raise BadSchema(f"{path}: not valid {'JSON' if path.suffix.lower() == '.json' else 'TOML'}: {e}") from None
+    allowed = {"label", "categorical", "numeric", "multi", "ignore", "numeric_mode", "sep", "format", "column_names"}
+    unknown = set(raw) - allowed
+    if unknown:
+        raise BadSchema(f"{path}: unknown key(s) {', '.join(sorted(unknown))} (allowed: {', '.join(sorted(allowed))})")
+    spec = SchemaSpec()
+    for key, value in raw.items():
+        if key in ("categorical", "numeric", "multi", "ignore", "column_names"):
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise BadSchema(f"{path}: {key} must be a list of column names")
+            value = tuple(value)
+        elif not isinstance(value, str):
+            raise BadSchema(f"{path}: {key} must be a string")
+        spec = replace(spec, **{key: value})
+    return spec.check()
+
+
+def build_spec(
+    *,
+    preset: str | None = None,
+    schema_file: Path | None = None,
+    label: str | None = None,
+    categorical: list[str] | None = None,
+    numeric: list[str] | None = None,
+    multi: list[str] | None = None,
+    ignore: list[str] | None = None,
+    numeric_mode: str | None = None,
+    sep: str | None = None,
+    format: str | None = None,
+) -> SchemaSpec:
+    """Combine a preset or schema file with flags; flags override or extend."""
+    if preset is not None and schema_file is not None:
+        raise BadSchema("--preset and --schema both describe the columns: give one of them")
+    if preset is not None:
+        if preset not in PRESETS:
+            raise BadSchema(f"unknown preset {preset!r} (choose from {', '.join(PRESETS)})")
+        spec = PRESETS[preset]
+    elif schema_file is not None:
+        spec = load_schema_file(schema_file)
+    else:
+        spec = SchemaSpec()
+    changes: dict = {}
+    if label is not None:
+        changes["label"] = label
+    if categorical:
+        changes["categorical"] = (*(spec.categorical or ()), *categorical)
+    for key, value in (("numeric", numeric), ("multi", multi), ("ignore", ignore)):
+        if value:
+            # A column moved to another kind leaves the preset's categorical list.
+            changes[key] = (*getattr(spec, key), *value)
+    moved = set(numeric or ()) | set(multi or ()) | set(ignore or ())
+    if moved and spec.categorical is not None and not categorical:
+        changes["categorical"] = tuple(c for c in spec.categorical if c not in moved)
+    if numeric_mode is not None:
+        changes["numeric_mode"] = numeric_mode
+    if sep is not None:
+        changes["sep"] = sep
+    if format is not None:
+        if spec.format == "criteo" and format != "criteo":
+            raise BadSchema(f"--format {format} conflicts with the criteo preset, which reads the Criteo raw format")
+        changes["format"] = format
+    return replace(spec, **changes).check()

@@ -1,0 +1,64 @@
+"""The parameters of a Factorization Machine, as plain arrays every engine shares.
+
+    logit(x) = bias + sum_i w_i x_i + 1/2 sum_f [(sum_i v_if x_i)^2 - sum_i v_if^2 x_i^2]
+
+`dim = 0` leaves only bias and linear weights: logistic regression.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class FMWeights:
+    bias: np.ndarray  # (1,) float32
+    linear: np.ndarray  # (n,) float32
+    factors: np.ndarray  # (n, dim) float32
+
+    @property
+    def num_features(self) -> int:
+        return len(self.linear)
+
+    @property
+    def dim(self) -> int:
+        return self.factors.shape[1]
+
+    @classmethod
+    def zeros(cls, num_features: int, dim: int) -> FMWeights:
+        """All zero. Training gives a row its initial factors (`initial_factors`) when
+        it first meets the row, so a token never seen in training keeps exactly zero
+        weight and contributes nothing at predict time."""
+        return cls(np.zeros(1, np.float32), np.zeros(num_features, np.float32), np.zeros((num_features, dim), np.float32))
+
+    def copy(self) -> FMWeights:
+        return FMWeights(self.bias.copy(), self.linear.copy(), self.factors.copy())
+
+
+MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+def splitmix64(x: np.ndarray) -> np.ndarray:
+    """SplitMix64's output function on uint64 arrays (wrapping arithmetic)."""
+    with np.errstate(over="ignore"):
+        z = x + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
+def initial_factors(rows: np.ndarray, dim: int, *, seed: int, std: float) -> np.ndarray:
+    """Initial factors of the given rows: N(0, std^2) drawn from a counter-based hash of
+    (seed, row, f), so a row's start does not depend on when or where it is first met.
+    fmctr.kernel computes the same values one at a time."""
+    rows = np.asarray(rows, dtype=np.uint64)[:, None]
+    f = np.arange(dim, dtype=np.uint64)[None, :]
+    with np.errstate(over="ignore"):
+        h1 = splitmix64(splitmix64(splitmix64(np.uint64(seed)) + rows) + f)
+    h2 = splitmix64(h1)
+    u1 = ((h1 >> np.uint64(11)).astype(np.float64) + 1.0) * 2.0**-53
+    u2 = (h2 >> np.uint64(11)).astype(np.float64) * 2.0**-53
+    gauss = np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
+    return (gauss * std).astype(np.float32)

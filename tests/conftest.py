@@ -1,0 +1,39 @@
+"""Shared fixtures: the sample data, a CLI runner, and tiny data written per test."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from fmctr.cli import app
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "sample_data"
+CRITEO_TRAIN = SAMPLE / "criteo_like_train.tsv.gz"
+CRITEO_TEST = SAMPLE / "criteo_like_test.tsv"
+MOVIES_TRAIN = SAMPLE / "movies_train.csv"
+MOVIES_TEST = SAMPLE / "movies_test.csv"
+MOVIES_FLAGS = ["--multi", "genres", "--numeric", "price", "--ignore", "request_id"]
+
+
+def invoke(*args: str, input: str | bytes | None = None):
+    """Run the CLI in-process; returns click's Result (exit_code, stdout, stderr)."""
+    return CliRunner().invoke(app, [str(a) for a in args], input=input)
+
+
+@pytest.fixture(scope="session")
+def movies_model(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("models") / "movies.fm"
+    result = invoke("train", MOVIES_TRAIN, *MOVIES_FLAGS, "-o", path, "-q")
+    assert result.exit_code == 0, result.stderr
+    return path
+
+
+@pytest.fixture(scope="session")
+def criteo_model(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("models") / "criteo.fm"
+    result = invoke("train", CRITEO_TRAIN, "--preset", "criteo", "-o", path, "-q", "--bits", "20")
+    assert result.exit_code == 0, result.stderr
+    return path

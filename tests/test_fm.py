@@ -1,0 +1,130 @@
+"""The FM maths: closed form vs brute force, both engines, training agreement."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from fmctr.hashing import Rows
+from fmctr.model import FactorizationMachine
+from fmctr.train import TrainConfig, logits, train
+from fmctr.weights import FMWeights
+
+
+def random_rows(rng, n_rows=40, n_features=50, max_len=7, labels=True) -> Rows:
+    lengths = rng.integers(0, max_len + 1, n_rows)
+    offsets = np.zeros(n_rows + 1, np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    indices = rng.integers(0, n_features, offsets[-1]).astype(np.int32)  # repeats included
+    values = rng.normal(1.0, 0.5, offsets[-1]).astype(np.float32)
+    y = (rng.random(n_rows) < 0.3).astype(np.float32) if labels else None
+    return Rows(indices, values, offsets, y)
+
+
+def random_weights(rng, n_features=50, dim=5) -> FMWeights:
+    return FMWeights(
+        rng.normal(size=1).astype(np.float32),
+        rng.normal(size=n_features).astype(np.float32),
+        rng.normal(size=(n_features, dim)).astype(np.float32),
+    )
+
+
+def brute_force(w: FMWeights, rows: Rows) -> np.ndarray:
+    """bias + sum_i w_i x_i + sum_{p<q} <v_p, v_q> x_p x_q, over positions of each row."""
+    out = []
+    for r in range(len(rows)):
+        lo, hi = rows.offsets[r], rows.offsets[r + 1]
+        idx, x = rows.indices[lo:hi], rows.values[lo:hi].astype(np.float64)
+        total = float(w.bias[0]) + sum(w.linear[i] * xi for i, xi in zip(idx, x))
+        for p, q in itertools.combinations(range(len(idx)), 2):
+            total += float(np.dot(w.factors[idx[p]].astype(np.float64), w.factors[idx[q]])) * x[p] * x[q]
+        out.append(total)
+    return np.array(out)
+
+
+def torch_logits(w: FMWeights, rows: Rows) -> np.ndarray:
+    model = FactorizationMachine.from_weights(w)
+    with torch.no_grad():
+        z = model(
+            torch.from_numpy(rows.indices.astype(np.int64)),
+            torch.from_numpy(rows.offsets[:-1]),
+            torch.from_numpy(rows.values),
+        )
+    return z.double().numpy()
+
+
+@pytest.mark.parametrize("dim", [0, 1, 5])
+def test_cpu_kernel_matches_brute_force(dim):
+    rng = np.random.default_rng(dim)
+    w, rows = random_weights(rng, dim=dim), random_rows(rng)
+    np.testing.assert_allclose(logits(w, rows), brute_force(w, rows), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("dim", [0, 1, 5])
+def test_torch_embeddingbag_matches_brute_force(dim):
+    rng = np.random.default_rng(10 + dim)
+    w, rows = random_weights(rng, dim=dim), random_rows(rng)
+    np.testing.assert_allclose(torch_logits(w, rows), brute_force(w, rows), rtol=1e-4, atol=1e-4)
+
+
+def test_empty_row_is_bias_only():
+    rng = np.random.default_rng(3)
+    w = random_weights(rng)
+    rows = Rows(np.zeros(0, np.int32), np.zeros(0, np.float32), np.zeros(3, np.int64), None)
+    np.testing.assert_allclose(logits(w, rows), [w.bias[0]] * 2, rtol=1e-6)
+
+
+@pytest.mark.parametrize("optimizer", ["adagrad", "adam"])
+@pytest.mark.parametrize("dim", [0, 4])
+def test_engines_train_to_the_same_weights(optimizer, dim):
+    """The fused CPU kernel and torch autograd + row-wise optimizer make the same
+    updates: same init, same batches, same weights after two epochs."""
+    rng = np.random.default_rng(7)
+    rows = random_rows(rng, n_rows=300, n_features=64)
+    cfg = TrainConfig(dim=dim, epochs=2, batch_size=16, lr=0.05, optimizer=optimizer,
+                      l2_linear=0.01, l2_factors=0.02, init_std=0.1, seed=1, threads=1)
+    cpu = train(rows, TrainConfig(**{**cfg.__dict__, "engine": "cpu"}), bits=6)
+    tch = train(rows, TrainConfig(**{**cfg.__dict__, "engine": "torch", "device": "cpu"}), bits=6)
+    assert cpu.engine == "cpu" and tch.engine == "torch"
+    for name in ("bias", "linear", "factors"):
+        np.testing.assert_allclose(getattr(cpu.weights, name), getattr(tch.weights, name), rtol=1e-4, atol=1e-5)
+    assert not np.allclose(cpu.weights.linear, 0)  # it did learn something
+    np.testing.assert_allclose(
+        [e.train_logloss for e in cpu.history], [e.train_logloss for e in tch.history], rtol=1e-5
+    )
+
+
+def test_training_is_deterministic_for_a_seed():
+    rng = np.random.default_rng(8)
+    rows = random_rows(rng, n_rows=200)
+    cfg = TrainConfig(dim=3, epochs=2, seed=5, threads=1)
+    a, b = train(rows, cfg, bits=6), train(rows, cfg, bits=6)
+    np.testing.assert_array_equal(a.weights.factors, b.weights.factors)
+    c = train(rows, TrainConfig(dim=3, epochs=2, seed=6, threads=1), bits=6)
+    assert not np.array_equal(a.weights.factors, c.weights.factors)
+
+
+def test_untouched_rows_are_zero_after_training():
+    """A token never seen in training contributes nothing at predict time."""
+    rows = Rows(np.array([1, 2, 1, 3], np.int32), np.ones(4, np.float32), np.array([0, 2, 4]), np.array([1, 0], np.float32))
+    result = train(rows, TrainConfig(dim=2, epochs=1), bits=4)
+    touched = np.zeros(16, bool)
+    touched[[1, 2, 3]] = True
+    assert np.all(result.weights.linear[~touched] == 0) and np.all(result.weights.factors[~touched] == 0)
+    assert np.all(result.weights.factors[touched] != 0)
+
+
+def test_early_stopping_keeps_the_best_epoch():
+    rng = np.random.default_rng(9)
+    rows, valid = random_rows(rng, n_rows=400), random_rows(rng, n_rows=100)
+    result = train(rows, TrainConfig(dim=4, epochs=12, patience=2, lr=0.3, seed=0), bits=6, valid=valid)
+    scores = [e.valid["logloss"] for e in result.history]
+    assert result.best_epoch == int(np.argmin(scores)) + 1
+    assert len(result.history) <= result.best_epoch + 2
+    z = logits(result.weights, valid)
+    from fmctr.metrics import logloss
+
+    assert logloss(valid.labels, 1 / (1 + np.exp(-z))) == pytest.approx(min(scores), rel=1e-9)
