@@ -55,11 +55,18 @@ def errors_to_exit(fn):
         except KeyboardInterrupt:
             _err("error: interrupted")
             raise typer.Exit(code=130) from None
+        except typer.Exit:
+            raise
         except BrokenPipeError:
             # The reader of our stdout went away (e.g. `| head`): stop quietly, and
             # point stdout at /dev/null so the interpreter's final flush cannot fail.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             raise typer.Exit(code=0) from None
+        except Exception as e:
+            if os.environ.get("FMCTR_DEBUG"):
+                raise
+            _err(f"error: unexpected {type(e).__name__}: {e} (a bug in fmctr; FMCTR_DEBUG=1 shows the traceback)")
+            raise typer.Exit(code=2) from None
 
     return wrapper
 

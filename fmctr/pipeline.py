@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +78,8 @@ def open_input(
     source = open_source(path, format=fmt_source.format, column_names=fmt_source.column_names)
     if schema is None:
         assert spec is not None
+        if source.format in SPARSE_FORMATS and spec.format is None:
+            spec = replace(spec, format=source.format)  # sniffed: libsvm/libffm have no columns
         schema = spec.resolve(source.columns)
     sparse = source.format in SPARSE_FORMATS
     if sparse != (schema.format in SPARSE_FORMATS):

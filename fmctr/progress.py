@@ -34,14 +34,17 @@ class TrainProgress(NullProgress):
         self.seen = 0
 
     def __enter__(self):
-        self.progress.__enter__()
         return self
 
     def __exit__(self, *exc):
-        return self.progress.__exit__(*exc)
+        # Started only by the first epoch, so an error while reading prints nothing extra.
+        if self.task is not None:
+            self.progress.stop()
 
     def start_epoch(self, epoch: int, epochs: int, rows: int) -> None:
-        if self.task is not None:
+        if self.task is None:
+            self.progress.start()
+        else:
             self.progress.remove_task(self.task)
         self.loss_sum, self.seen = 0.0, 0
         self.task = self.progress.add_task("train", total=rows, epoch=f"{epoch}/{epochs}", speed="-", loss="-")

@@ -151,6 +151,20 @@ def sniff_format(peek: bytes, hint: str | None) -> str:
     return "csv"
 
 
+def _check_text(peek: bytes, name: str) -> None:
+    """Refuse binary data up front, with the line of the first undecodable byte."""
+    nul = peek.find(b"\x00")
+    if nul >= 0:
+        line = peek[:nul].count(b"\n") + 1
+        raise BadInput(f"{name}:{line}: binary data (a NUL byte), not text")
+    try:
+        peek.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if not (e.reason == "unexpected end of data" and len(peek) == PEEK_BYTES):  # a character cut by the peek is fine
+            line = peek[: e.start].count(b"\n") + 1
+            raise BadInput(f"{name}:{line}: not valid UTF-8 text") from None
+
+
 def open_source(path: str, *, format: str | None = None, column_names: tuple[str, ...] | None = None) -> Source:
     """Open any supported input as a stream of string-column chunks."""
     name = display_name(path)
@@ -160,6 +174,8 @@ def open_source(path: str, *, format: str | None = None, column_names: tuple[str
     if not peek:
         raise BadInput(f"{name}: empty file")
     fmt = sniff_format(peek, format)
+    if fmt != "parquet":
+        _check_text(peek, name)
     if fmt == "parquet":
         return _open_parquet(stream if path == "-" else path, name)
     if fmt in SPARSE_FORMATS:
@@ -212,13 +228,9 @@ def _csv_chunks(stream, name: str, names: list[str], separator: str, header_line
         )
     except pa.ArrowInvalid as e:
         if "Empty CSV file" in str(e):
-            return _no_rows(name)
-        raise BadInput(f"{name}: {_first_line(e)}") from None
+            return iter(())
+        raise BadInput(_arrow_error(name, e)) from None
     return _batches(reader, name, names, header_lines, bad)
-
-
-def _no_rows(name: str) -> Iterator[Chunk]:
-    return iter(())
 
 
 def _batches(reader, name: str, names: list[str], header_lines: int, bad: list) -> Iterator[Chunk]:
@@ -229,7 +241,7 @@ def _batches(reader, name: str, names: list[str], header_lines: int, bad: list) 
         except StopIteration:
             break
         except (pa.ArrowInvalid, pa.ArrowIOError) as e:
-            raise BadInput(f"{name}: {_first_line(e).replace('CSV conversion error to string', 'not valid UTF-8 text')}") from None
+            raise BadInput(_arrow_error(name, e)) from None
         if bad:
             row = bad[0]
             where = f"{name}:{row.number}" if row.number is not None else name
@@ -238,6 +250,20 @@ def _batches(reader, name: str, names: list[str], header_lines: int, bad: list) 
         assert isinstance(frame, pl.DataFrame)
         yield Chunk(frame, line)
         line += frame.height
+
+
+_ARROW_PREFIX = re.compile(r"^(In CSV column #\d+: )?(CSV parse error: )?(Row #\d+: )?")
+
+
+def _arrow_error(name: str, e: Exception) -> str:
+    """pyarrow's CSV errors say 'In CSV column #C: Row #L: ...'; say file:line:column."""
+    text = _first_line(e)
+    row = re.search(r"Row #(\d+)", text)
+    column = re.search(r"column #(\d+)", text)
+    where = name + (f":{row.group(1)}" if row else "") + (f":{int(column.group(1)) + 1}" if row and column else "")
+    if "invalid UTF8" in text:
+        return f"{where}: not valid UTF-8 text"
+    return f"{where}: {_ARROW_PREFIX.sub('', text)}"
 
 
 def _open_parquet(source, name: str) -> Source:

@@ -1,0 +1,132 @@
+"""Bad input: one `error:` line on stderr naming the file (and line, column where it
+can), exit code 1, no traceback, and no output file left behind."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+import json
+
+import pytest
+
+from conftest import MOVIES_FLAGS, MOVIES_TRAIN, invoke
+
+GOOD = "label,user,price\n1,u1,3\n0,u2,4\n"
+
+
+def write(tmp_path, name, content):
+    path = tmp_path / name
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    return path
+
+
+# (name, file content, extra train flags, expected message with {path} for the file)
+TRAIN_CASES = [
+    ("empty file", "", [], "error: {path}: empty file"),
+    ("header only", "label,user,price\n", [], "error: {path}: no data rows (only a header)"),
+    ("label column missing", "click,user,price\n1,u1,3\n", [], "error: {path}: label column 'label' not found (columns: click, user, price)"),
+    ("label of 2", "label,user,price\n1,u1,3\n2,u2,4\n", [], "error: {path}:3:1: label '2' in column 'label'; labels must be 0/1 or -1/1"),
+    ("empty label", "label,user,price\n1,u1,3\n,u2,4\n", [], "error: {path}:3:1: an empty label in column 'label'; labels must be 0/1 or -1/1"),
+    ("too few columns", "label,user,price\n1,u1,3\n0,u2\n", [], "error: {path}:3: expected 3 columns, found 2"),
+    ("too many columns", "label,user,price\n1,u1,3\n0,u2,4,5\n1,u3,1\n", [], "error: {path}:3: expected 3 columns, found 4"),
+    ("text in a numeric column", "label,user,price\n1,u1,3\n0,u2,abc\n", ["--numeric", "price"], "error: {path}:3:3: 'abc' in numeric column 'price' is not a number"),
+    ("NaN in a numeric column", "label,user,price\n1,u1,nan\n", ["--numeric", "price"], "error: {path}:2:3: 'nan' in numeric column 'price' is not finite; leave the field empty for a missing value"),
+    ("inf in a numeric column", "label,user,price\n1,u1,3\n0,u2,-inf\n", ["--numeric", "price"], "error: {path}:3:3: '-inf' in numeric column 'price' is not finite; leave the field empty for a missing value"),
+    ("1e400 in a numeric column", "label,user,price\n1,u1,1e400\n", ["--numeric", "price"], "error: {path}:2:3: '1e400' in numeric column 'price' is not finite; leave the field empty for a missing value"),
+    ("unknown preset", GOOD, ["--preset", "kaggle"], "error: unknown preset 'kaggle' (choose from criteo, avazu)"),
+    ("preset and schema file", GOOD, ["--preset", "criteo", "--schema", "s.toml"], "error: --preset and --schema both describe the columns: give one of them"),
+    ("column of two kinds", GOOD, ["--numeric", "price", "--multi", "price"], "error: column 'price' is both numeric and multi"),
+    ("valid and valid-fraction", GOOD, ["--valid", "x.csv", "--valid-fraction", "0.1"], "error: --valid and --valid-fraction both choose validation data: give one of them"),
+    ("named column absent", GOOD, ["--numeric", "cost"], "error: numeric column 'cost' is not in the data (columns: label, user, price)"),
+    ("negative dim", GOOD, ["--dim", "-1"], "error: --dim must be 0 or more, got -1"),
+    ("bits out of range", GOOD, ["--bits", "40"], "error: --bits must be between 1 and 31, got 40"),
+    ("unknown optimizer", GOOD, ["--optimizer", "sgd"], "error: unknown optimizer 'sgd' (choose from adagrad, adam)"),
+    ("truncated gzip", gzip.compress(GOOD.encode() * 200)[:-30], [], "error: {path}: corrupt or truncated gzip data"),
+    ("criteo row with 39 fields in a 40-field file", "1" + "\t1" * 13 + "\tc" * 26 + "\n" + "0" + "\t1" * 13 + "\tc" * 25 + "\n", ["--preset", "criteo"], "error: {path}:2: expected 40 columns, found 39"),
+    ("libsvm feature without a number", "1 3:1\n0 4:x\n", [], "error: {path}:2: feature '4:x' has no finite numeric value"),
+    ("binary garbage", bytes(range(256)) * 4, [], "error: {path}:1: binary data (a NUL byte), not text"),
+    ("invalid UTF-8", b"label,user\n1,u1\n0,\xff\xfe\n", [], "error: {path}:3: not valid UTF-8 text"),
+    ("invalid UTF-8 past the first 64 KiB", b"label,user\n" + b"1,u1\n" * 20000 + b"0,\xff\n", [], "error: {path}:20002:2: not valid UTF-8 text"),
+]
+
+
+@pytest.mark.parametrize("name,content,flags,message", TRAIN_CASES, ids=[c[0] for c in TRAIN_CASES])
+def test_train_rejects_bad_input(tmp_path, name, content, flags, message):
+    path = write(tmp_path, "data.csv", content)
+    out = tmp_path / "model.fm"
+    before = set(tmp_path.iterdir())
+    result = invoke("train", path, "-o", out, "-q", *flags)
+    assert result.exit_code == 1, result.stderr
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(message.format(path=path)), lines[0]
+    assert "Traceback" not in result.stderr
+    assert set(tmp_path.iterdir()) == before  # no model, no temp file
+
+
+def test_missing_input_file(tmp_path):
+    result = invoke("train", tmp_path / "nope.csv", "-o", tmp_path / "m.fm")
+    assert (result.exit_code, result.stderr) == (1, f"error: {tmp_path / 'nope.csv'}: no such file\n")
+    assert not (tmp_path / "m.fm").exists()
+
+
+def test_eval_with_a_non_model_file(tmp_path):
+    not_model = write(tmp_path, "model.fm", GOOD)
+    result = invoke("eval", MOVIES_TRAIN, "-m", not_model)
+    assert (result.exit_code, result.stderr) == (1, f"error: {not_model}: not an fmctr model file, or truncated (bad header length)\n")
+
+
+def test_predict_with_a_missing_model(tmp_path):
+    result = invoke("predict", MOVIES_TRAIN, "-m", tmp_path / "none.fm", "-o", tmp_path / "p.csv")
+    assert (result.exit_code, result.stderr) == (1, f"error: {tmp_path / 'none.fm'}: no such model file\n")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_model_file_damage_is_caught(tmp_path, movies_model):
+    data = movies_model.read_bytes()
+    cases = {
+        "truncated.fm": (data[: len(data) // 2], "corrupt or truncated model file"),
+        "flipped.fm": (data[:-5] + bytes([data[-5] ^ 0xFF]) + data[-4:], "model file is corrupt (checksum mismatch)"),
+    }
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + n])
+    meta = json.loads(header["__metadata__"]["fmctr"])
+    meta["format_version"] = 99
+    header["__metadata__"]["fmctr"] = json.dumps(meta)
+    raw = json.dumps(header).encode()
+    raw += b" " * ((8 - len(raw) % 8) % 8)
+    cases["future.fm"] = (struct.pack("<Q", len(raw)) + raw + data[8 + n :], "model format version 99 is not one this fmctr")
+    for name, (content, message) in cases.items():
+        path = write(tmp_path, name, content)
+        result = invoke("eval", MOVIES_TRAIN, "-m", path)
+        assert result.exit_code == 1
+        assert result.stderr.startswith(f"error: {path}: {message}"), result.stderr
+        assert len(result.stderr.splitlines()) == 1
+
+
+def test_predict_bad_rows_leave_no_output_file(tmp_path, movies_model):
+    bad = write(tmp_path, "bad.csv", "label,user,item,genres,price,request_id\n1,u1,i1,A,3,r\n1,u1,i1,A,zz,r\n")
+    out = tmp_path / "preds.csv"
+    result = invoke("predict", bad, "-m", movies_model, "-o", out)
+    assert (result.exit_code, result.stderr) == (1, f"error: {bad}:3:5: 'zz' in numeric column 'price' is not a number\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.csv"]
+
+
+def test_output_into_a_missing_directory(tmp_path):
+    out = tmp_path / "no" / "such" / "model.fm"
+    result = invoke("train", MOVIES_TRAIN, *MOVIES_FLAGS, "-o", out, "-q", "--epochs", "1")
+    assert result.exit_code == 1
+    assert result.stderr == f"error: {out}: cannot write: directory {out.parent} does not exist\n"
+
+
+def test_predict_keep_column_absent(tmp_path, movies_model):
+    result = invoke("predict", MOVIES_TRAIN, "-m", movies_model, "--keep", "session")
+    assert (result.exit_code, result.stderr) == (1, f"error: {MOVIES_TRAIN}: --keep column(s) session not found\n")
+
+
+def test_schema_options_on_hashed_input_conflict(tmp_path):
+    ds = tmp_path / "d.hashed"
+    assert invoke("preprocess", MOVIES_TRAIN, *MOVIES_FLAGS, "-o", ds).exit_code == 0
+    result = invoke("train", ds, "--preset", "criteo", "-o", tmp_path / "m.fm")
+    assert (result.exit_code, result.stderr) == (1, f"error: {ds} is already hashed: schema options apply only to raw data\n")
