@@ -76,14 +76,14 @@ def _names(values: Optional[list[str]]) -> list[str]:
     return [n.strip() for v in values or [] for n in v.split(",") if n.strip()]
 
 
-InputArg = Annotated[str, typer.Argument(help="Input data file, or - for stdin (gzip is detected).", show_default=True)]
+InputArg = Annotated[str, typer.Argument(metavar="INPUT", help="Input data file, or - for stdin (gzip is detected).", show_default=True)]
 Preset = Annotated[Optional[str], typer.Option(help="Built-in schema: criteo (raw Criteo TSV) or avazu.", rich_help_panel=SCHEMA)]
 SchemaFile = Annotated[Optional[Path], typer.Option("--schema", help="Schema file (TOML or JSON); see README.", rich_help_panel=SCHEMA)]
 Label = Annotated[Optional[str], typer.Option(help="Label column (values 0/1 or -1/1).  [default: label]", rich_help_panel=SCHEMA)]
-Categorical = Annotated[Optional[list[str]], typer.Option(help="Categorical columns (comma-separated, repeatable). Default: every column not named otherwise.", rich_help_panel=SCHEMA)]
-Numeric = Annotated[Optional[list[str]], typer.Option(help="Numeric columns (comma-separated, repeatable).", rich_help_panel=SCHEMA)]
-Multi = Annotated[Optional[list[str]], typer.Option(help="Multi-valued columns, e.g. genres=\"Action|Comedy\" (comma-separated, repeatable).", rich_help_panel=SCHEMA)]
-Ignore = Annotated[Optional[list[str]], typer.Option(help="Columns that are not features, e.g. ids (comma-separated, repeatable).", rich_help_panel=SCHEMA)]
+Categorical = Annotated[Optional[list[str]], typer.Option(metavar="COLS", help="Categorical columns (comma-separated, repeatable). Default: every column not named otherwise.", rich_help_panel=SCHEMA)]
+Numeric = Annotated[Optional[list[str]], typer.Option(metavar="COLS", help="Numeric columns (comma-separated, repeatable).", rich_help_panel=SCHEMA)]
+Multi = Annotated[Optional[list[str]], typer.Option(metavar="COLS", help="Multi-valued columns, e.g. genres=\"Action|Comedy\" (comma-separated, repeatable).", rich_help_panel=SCHEMA)]
+Ignore = Annotated[Optional[list[str]], typer.Option(metavar="COLS", help="Columns that are not features, e.g. ids (comma-separated, repeatable).", rich_help_panel=SCHEMA)]
 Sep = Annotated[Optional[str], typer.Option("--sep", help="Separator inside multi-valued columns.  [default: |]", rich_help_panel=SCHEMA)]
 NumericMode = Annotated[Optional[str], typer.Option(help="How numeric columns become features: bucket (token floor(ln(x)^2) for x>2, else floor(x)), log1p (value sign(x)*ln(1+|x|) on one index) or raw.  [default: bucket]", rich_help_panel=SCHEMA)]
 Format = Annotated[Optional[str], typer.Option("--format", help="Input format: csv, tsv, criteo, parquet, libsvm, libffm.  [default: detected from the data]", rich_help_panel=SCHEMA)]
@@ -195,7 +195,7 @@ def train_cmd(
     engine: Annotated[str, typer.Option(help="cpu (fused kernels), torch (EmbeddingBag + autograd) or auto.", rich_help_panel=TRAIN)] = "auto",
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto (CUDA when available).", rich_help_panel=TRAIN)] = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or tables.")] = False,
-    json_out: Json = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the training summary (the model file's training metadata) as JSON on stdout.")] = False,
 ) -> None:
     """Train an FM on raw or hashed data and write a self-contained model file."""
     from fmctr import dataset
@@ -258,7 +258,7 @@ def predict(
     input: InputArg = "-",
     model: ModelOpt = ...,
     output: Annotated[str, typer.Option("--output", "-o", help="CSV file to write, or - for stdout.")] = "-",
-    keep: Annotated[Optional[list[str]], typer.Option(help="Input columns to copy into the output before the probability (comma-separated, repeatable).")] = None,
+    keep: Annotated[Optional[list[str]], typer.Option(metavar="COLS", help="Input columns to copy into the output before the probability (comma-separated, repeatable).")] = None,
 ) -> None:
     """Write click probabilities as CSV, one line per input row, in input order."""
     from fmctr.modelfile import load

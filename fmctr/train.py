@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import time
 from dataclasses import asdict, dataclass, replace
 
@@ -60,6 +61,7 @@ class TrainConfig:
             (self.optimizer in OPTIMIZERS, f"unknown optimizer {self.optimizer!r} (choose from {', '.join(OPTIMIZERS)})"),
             (self.engine in ENGINES, f"unknown engine {self.engine!r} (choose from {', '.join(ENGINES)})"),
             (self.stop_metric in STOP_METRICS, f"unknown metric {self.stop_metric!r} (choose from {', '.join(STOP_METRICS)})"),
+            (re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None, f"unknown device {self.device!r} (choose from auto, cpu, cuda, cuda:N)"),
             (self.patience >= 1, f"--patience must be at least 1, got {self.patience}"),
             (self.threads is None or self.threads >= 1, f"--threads must be at least 1, got {self.threads}"),
         ]
@@ -109,6 +111,14 @@ class NullProgress:
     def end_epoch(self, record: Epoch) -> None: ...
 
 
+def _torch():
+    try:
+        import torch
+    except ImportError:
+        raise BadOptions("the torch engine needs PyTorch: pip install 'fmctr[torch]'") from None
+    return torch
+
+
 def resolve_device(engine: str, device: str) -> tuple[str, str]:
     """'auto' picks the fused CPU engine on a CPU and the torch engine on CUDA."""
     if device == "auto":
@@ -125,11 +135,12 @@ def resolve_device(engine: str, device: str) -> tuple[str, str]:
         engine = "cpu" if device == "cpu" else "torch"
     if engine == "cpu" and device != "cpu":
         raise BadOptions(f"--engine cpu runs on the CPU only; use --engine torch for --device {device}")
-    if device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise BadOptions(f"--device {device}: CUDA is not available on this machine")
+    if engine not in ("cpu", "torch"):
+        raise BadOptions(f"unknown engine {engine!r} (choose from {', '.join(ENGINES)})")
+    if engine == "torch" and device != "cpu" and not _torch().cuda.is_available():
+        raise BadOptions(f"--device {device}: CUDA is not available on this machine")
+    if engine == "torch":
+        _torch()
     return engine, device
 
 
