@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
-import polars_hash as plh
+import polars_hash  # noqa: F401  (registers the .nchash expression namespace)
 import xxhash
 
 from fmctr.errors import BadInput, BadSchema
@@ -137,21 +137,37 @@ def parse_labels(values: pl.Series, name: str, chunk: Chunk, column: int | None)
     return positive.to_numpy().astype(np.float32)
 
 
-def _check_numeric(frame: pl.DataFrame, field: Field, name: str, chunk: Chunk, column: int | None) -> None:
-    """Empty is missing; text that is not a number, NaN and inf are errors."""
-    text = frame.get_column(field.name).str.strip_chars()
-    parsed = text.cast(pl.Float64, strict=False)
-    junk = (text != MISSING) & parsed.is_null()
-    if junk.any():
-        row = int(junk.arg_max())
-        raise BadInput(f"{_where(name, chunk, row, column)}: {text[row]!r} in numeric column {field.name!r} is not a number")
-    nonfinite = parsed.is_nan() | parsed.is_infinite()
-    if nonfinite.any():
-        row = int(nonfinite.arg_max())
-        raise BadInput(
-            f"{_where(name, chunk, row, column)}: {text[row]!r} in numeric column {field.name!r} is not finite; "
-            "leave the field empty for a missing value"
-        )
+def _parsed(name: str) -> pl.Expr:
+    return pl.col(name).str.strip_chars().cast(pl.Float64, strict=False)
+
+
+def _check_numeric(frame: pl.DataFrame, fields: list[Field], name: str, chunk: Chunk, position: dict) -> None:
+    """Empty is missing; text that is not a number, NaN and inf are errors. One pass
+    flags every numeric column; only a bad chunk pays for finding the first bad row."""
+    if not fields:
+        return
+    flags = frame.select(
+        pl.any_horizontal(
+            ((pl.col(f.name).str.strip_chars() != MISSING) & _parsed(f.name).is_null())
+            | _parsed(f.name).is_nan()
+            | _parsed(f.name).is_infinite()
+            for f in fields
+        ).alias("bad")
+    ).to_series()
+    if not flags.any():
+        return
+    row = int(flags.arg_max())
+    for f in fields:
+        text = frame.get_column(f.name)[row].strip()
+        where = _where(name, chunk, row, position.get(f.name))
+        if text == MISSING:
+            continue
+        try:
+            value = float(text)
+        except ValueError:
+            raise BadInput(f"{where}: {text!r} in numeric column {f.name!r} is not a number") from None
+        if value != value or value in (float("inf"), float("-inf")):
+            raise BadInput(f"{where}: {text!r} in numeric column {f.name!r} is not finite; leave the field empty for a missing value")
 
 
 def bucket_tokens(x: pl.Expr) -> pl.Expr:
@@ -163,6 +179,16 @@ def bucket_tokens(x: pl.Expr) -> pl.Expr:
 
 def signed_log1p(x: pl.Expr) -> pl.Expr:
     return x.sign() * x.abs().log1p()
+
+
+def _index_expr(spec: HashSpec):
+    """token expression, field name -> int32 index expression (hash, then keep `bits`)."""
+    mask = spec.size - 1
+
+    def index_of(tokens: pl.Expr, field: str) -> pl.Expr:
+        return (tokens.nchash.xxhash64(seed=field_seed(field, spec.seed)) & mask).cast(pl.Int32)
+
+    return index_of
 
 
 def hash_chunk(
@@ -182,9 +208,9 @@ def hash_chunk(
     labels = None
     if schema.label in frame.columns and require_label:
         labels = parse_labels(frame.get_column(schema.label), name, chunk, position.get(schema.label))
-    mask = np.uint64(spec.size - 1)
-
-    tokens: list[pl.Expr] = []  # one text token per single-valued field
+    _check_numeric(frame, [f for f in schema.fields if f.kind == "numeric"], name, chunk, position)
+    index_of = _index_expr(spec)
+    single: list[pl.Expr] = []  # one index per single-valued field
     weights: dict[int, pl.Expr] = {}  # value-weighted numeric fields: position -> value
     multi: list[Field] = []
     for f in schema.fields:
@@ -192,27 +218,21 @@ def hash_chunk(
             multi.append(f)
             continue
         if f.kind == "categorical":
-            tokens.append(pl.col(f.name))
+            single.append(index_of(pl.col(f.name), f.name))
             continue
-        _check_numeric(frame, f, name, chunk, position.get(f.name))
-        x = pl.col(f.name).str.strip_chars().cast(pl.Float64, strict=False)
+        x = _parsed(f.name)
         if f.numeric == "bucket":
-            tokens.append(bucket_tokens(x))
+            single.append(index_of(bucket_tokens(x), f.name))
         else:
-            weights[len(tokens)] = pl.when(x.is_null()).then(1.0).otherwise(
+            weights[len(single)] = pl.when(x.is_null()).then(1.0).otherwise(
                 x if f.numeric == "raw" else signed_log1p(x)
             )
-            tokens.append(pl.when(x.is_null()).then(pl.lit(MISSING)).otherwise(pl.lit(VALUE_TOKEN)))
+            single.append(index_of(pl.when(x.is_null()).then(pl.lit(MISSING)).otherwise(pl.lit(VALUE_TOKEN)), f.name))
 
     n = frame.height
-    n_single = len(tokens)
-    single = [f for f in schema.fields if f.kind != "multi"]
+    n_single = len(single)
     if n_single:
-        token_frame = frame.select([t.alias(f"t{j}") for j, t in enumerate(tokens)])
-        hashed = token_frame.select(
-            plh.col(f"t{j}").nchash.xxhash64(seed=field_seed(f.name, spec.seed)) for j, f in enumerate(single)
-        )
-        single_idx = (hashed.to_numpy() & mask).astype(np.int32)
+        single_idx = frame.select(e.alias(f"h{j}") for j, e in enumerate(single)).to_numpy(order="c")
     else:
         single_idx = np.zeros((n, 0), np.int32)
     single_val = np.ones((n, n_single), dtype=np.float32)
@@ -228,10 +248,9 @@ def hash_chunk(
     bags = []
     for f in multi:
         tokens = pl.col(f.name).str.split(f.sep)
-        hashed_bag = frame.select(tokens.list.eval(plh.col("").nchash.xxhash64(seed=field_seed(f.name, spec.seed))).alias("h"))
-        series = hashed_bag.to_series()
+        series = frame.select(tokens.list.eval(index_of(pl.element(), f.name)).alias("h")).to_series()
         lengths = series.list.len().to_numpy().astype(np.int64)
-        flat = (series.explode().to_numpy() & mask).astype(np.int32)
+        flat = series.explode().to_numpy()
         bags.append((lengths, flat))
     counts = n_single + sum(lengths for lengths, _ in bags)
     offsets = np.zeros(n + 1, dtype=np.int64)
@@ -282,9 +301,7 @@ def _hash_sparse_lines(chunk: Chunk, spec: HashSpec, *, name: str, require_label
         at = int(bad.arg_max())
         row = int(pieces.get_column("row")[at])
         raise BadInput(f"{_where(name, chunk, row)}: feature {pieces.get_column('feat')[at]!r} has no finite numeric value")
-    seed = field_seed(SPARSE_FIELD, spec.seed)
-    hashed = pieces.select(plh.col("token").nchash.xxhash64(seed=seed)).to_series().to_numpy()
-    indices = (hashed & np.uint64(spec.size - 1)).astype(np.int32)
+    indices = pieces.select(_index_expr(spec)(pl.col("token"), SPARSE_FIELD)).to_series().to_numpy()
     values = value.fill_null(1.0).to_numpy().astype(np.float32)
     counts = np.bincount(pieces.get_column("row").to_numpy(), minlength=chunk.frame.height)
     offsets = np.zeros(chunk.frame.height + 1, dtype=np.int64)

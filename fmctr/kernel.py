@@ -16,9 +16,12 @@ import numpy as np
 
 ADAGRAD = 0
 ADAM = 1
+# fastmath without assuming no inf/NaN. And every kernel uses error_model="numpy":
+# Python's error model checks each float division for zero, which stops vectorization.
+FAST = {"contract", "reassoc", "arcp", "nsz"}
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _splitmix64(x):
     z = x + np.uint64(0x9E3779B97F4A7C15)
     z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
@@ -26,7 +29,7 @@ def _splitmix64(x):
     return z ^ (z >> np.uint64(31))
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _init_row(factors, i, seed, std):
     """fmctr.weights.initial_factors for one row, in place."""
     base = _splitmix64(_splitmix64(np.uint64(seed)) + np.uint64(i))
@@ -38,14 +41,14 @@ def _init_row(factors, i, seed, std):
         factors[i, f] = math.sqrt(-2.0 * math.log(u1)) * math.cos(2.0 * math.pi * u2) * std
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=FAST)
 def _row_logit(indices, values, lo, hi, bias, linear, factors, s):
     """Logit of one row; leaves sum_i v_if x_i in s for the gradient."""
     k = factors.shape[1]
     for f in range(k):
-        s[f] = 0.0
-    lin = np.float64(bias)
-    square_then_sum = 0.0
+        s[f] = 0
+    lin = bias
+    square_then_sum = np.float32(0)
     for p in range(lo, hi):
         i = indices[p]
         x = values[p]
@@ -54,13 +57,13 @@ def _row_logit(indices, values, lo, hi, bias, linear, factors, s):
             vx = factors[i, f] * x
             s[f] += vx
             square_then_sum += vx * vx
-    sum_then_square = 0.0
+    sum_then_square = np.float32(0)
     for f in range(k):
         sum_then_square += s[f] * s[f]
-    return lin + 0.5 * (sum_then_square - square_then_sum)
+    return np.float64(lin + np.float32(0.5) * (sum_then_square - square_then_sum))
 
 
-@numba.njit(cache=True, parallel=True, nogil=True)
+@numba.njit(cache=True, parallel=True, nogil=True, error_model="numpy")
 def fm_logits(indices, values, offsets, bias, linear, factors, out):
     """(nnz,), (nnz,), (n+1,) CSR rows -> out (n,) logits."""
     n = len(offsets) - 1
@@ -70,7 +73,7 @@ def fm_logits(indices, values, offsets, bias, linear, factors, out):
         out[r] = _row_logit(indices, values, offsets[r], offsets[r + 1], bias[0], linear, factors, s)
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _step(theta, g, acc1, acc2, optimizer, lr, eps, beta1, beta2, correction1, correction2):
     """One optimizer update of one scalar: (new value, new state1, new state2).
     Adagrad has one accumulator and returns it twice, so its two state arrays may be
@@ -83,75 +86,143 @@ def _step(theta, g, acc1, acc2, optimizer, lr, eps, beta1, beta2, correction1, c
     return theta - lr * (m / correction1) / (math.sqrt(v / correction2) + eps), m, v
 
 
-@numba.njit(cache=True, nogil=True)
-def train_rows(
-    indices, values, offsets, labels, order, batch_size,
+@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=FAST)
+def _adagrad_row(theta, acc, grad, l2, lr, eps):
+    """One row of factors (float32 throughout, so the loop vectorizes)."""
+    for f in range(theta.shape[0]):
+        g = grad[f] + l2 * theta[f]
+        a = acc[f] + g * g
+        acc[f] = a
+        theta[f] -= lr * g / (np.sqrt(a) + eps)
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=FAST)
+def _adam_row(theta, m_state, v_state, grad, l2, lr, eps, beta1, beta2, c1, c2):
+    one = np.float32(1)
+    for f in range(theta.shape[0]):
+        g = grad[f] + l2 * theta[f]
+        m = beta1 * m_state[f] + (one - beta1) * g
+        v = beta2 * v_state[f] + (one - beta2) * g * g
+        m_state[f] = m
+        v_state[f] = v
+        theta[f] -= lr * (m / c1) / (np.sqrt(v / c2) + eps)
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=FAST)
+def _train_batch(
+    indices, values, offsets, labels, order, b0, b1,
     bias, linear, factors,
     bias_state, linear_state1, linear_state2, factor_state1, factor_state2,
-    grad_linear, grad_factors, mark, touched, seen,
+    stamp, batch_id, slot_rows, slot_linear, slot_factors, s, seen,
+    optimizer, lr, l2_linear, l2_factors, eps, beta1, beta2, step, init_seed, init_std,
+):
+    """One mini-batch: the gradient of the mean logloss over rows order[b0:b1] at the
+    current weights, plus L2 on the rows it touches, then one optimizer step on those
+    rows. Gradients gather in per-batch slots; stamp[i] = batch_id << 24 | slot maps a
+    row to its slot. Returns the batch's summed logloss."""
+    k = factors.shape[1]
+    inv_batch = 1.0 / (b1 - b0)
+    # float32 throughout the updates: float64 constants would turn every vector
+    # operation into scalar double arithmetic.
+    lr32, eps32 = np.float32(lr), np.float32(eps)
+    l2_lin32, l2_fac32 = np.float32(l2_linear), np.float32(l2_factors)
+    beta1_32, beta2_32 = np.float32(beta1), np.float32(beta2)
+    one = np.float32(1)
+    n_slots = 0
+    grad_bias = 0.0
+    total_loss = 0.0
+    for j in range(b0, b1):
+        r = order[j]
+        lo = offsets[r]
+        hi = offsets[r + 1]
+        for p in range(lo, hi):
+            i = indices[p]
+            if not seen[i]:
+                seen[i] = True
+                _init_row(factors, i, init_seed, init_std)
+        z = _row_logit(indices, values, lo, hi, bias[0], linear, factors, s)
+        y = labels[r]
+        total_loss += max(z, 0.0) - z * y + math.log1p(math.exp(-abs(z)))
+        g64 = (1.0 / (1.0 + math.exp(-z)) - y) * inv_batch
+        grad_bias += g64
+        g = np.float32(g64)
+        for p in range(lo, hi):
+            i = indices[p]
+            x = values[p]
+            if (stamp[i] >> 24) != batch_id:
+                stamp[i] = (batch_id << 24) | n_slots
+                slot_rows[n_slots] = i
+                slot_linear[n_slots] = 0.0
+                for f in range(k):
+                    slot_factors[n_slots, f] = 0.0
+                n_slots += 1
+            slot = stamp[i] & 0xFFFFFF
+            gx = g * x
+            slot_linear[slot] += gx
+            for f in range(k):
+                slot_factors[slot, f] += gx * (s[f] - factors[i, f] * x)
+    c1 = np.float32(1.0 - beta1**step)
+    c2 = np.float32(1.0 - beta2**step)
+    bias[0], bias_state[0], bias_state[1] = _step(
+        bias[0], grad_bias, bias_state[0], bias_state[1], optimizer, lr, eps, beta1, beta2, c1, c2
+    )
+    # The two optimizers in separate plain loops, so the loop over f vectorizes.
+    if optimizer == ADAGRAD:
+        for slot in range(n_slots):
+            i = slot_rows[slot]
+            g = slot_linear[slot] + l2_lin32 * linear[i]
+            a = linear_state1[i] + g * g
+            linear_state1[i] = a
+            linear[i] -= lr32 * g / (np.sqrt(a) + eps32)
+            _adagrad_row(factors[i], factor_state1[i], slot_factors[slot], l2_fac32, lr32, eps32)
+    else:
+        for slot in range(n_slots):
+            i = slot_rows[slot]
+            g = slot_linear[slot] + l2_lin32 * linear[i]
+            m = beta1_32 * linear_state1[i] + (one - beta1_32) * g
+            v = beta2_32 * linear_state2[i] + (one - beta2_32) * g * g
+            linear_state1[i] = m
+            linear_state2[i] = v
+            linear[i] -= lr32 * (m / c1) / (np.sqrt(v / c2) + eps32)
+            _adam_row(factors[i], factor_state1[i], factor_state2[i], slot_factors[slot],
+                      l2_fac32, lr32, eps32, beta1_32, beta2_32, c1, c2)
+    return total_loss
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy", parallel=True)
+def train_rows(
+    indices, values, offsets, labels, order, batch_size, threads,
+    bias, linear, factors,
+    bias_state, linear_state1, linear_state2, factor_state1, factor_state2,
+    stamps, seen, max_row,
     optimizer, lr, l2_linear, l2_factors, eps, beta1, beta2, counters, init_seed, init_std,
 ):
     """Train on the rows `order` (indices into the CSR arrays), batch by batch.
-    Each batch: gradient of the mean logloss over its rows at the current weights,
-    plus L2 on the rows it touches; then one optimizer step on those rows only.
-    A row met for the first time (seen[i] false) gets its initial factors first.
-    counters[0] is the optimizer step count, counters[1] the batch id used to mark
-    rows. Returns the summed logloss of the rows (before their batch's update)."""
-    k = factors.shape[1]
-    s = np.empty(k, np.float64)
-    total_loss = 0.0
+    With one thread the batches run in order: deterministic, and the same updates as
+    the torch engine. With more, thread t takes batches t, t+threads, ... and all
+    update the shared weights without locks (Hogwild): sparse rows rarely collide.
+    A row met for the first time gets its initial factors. counters[0] counts
+    optimizer steps (batches), counters[1] stamps batches. Returns the summed logloss
+    of the rows, each taken before its batch's update."""
     n = len(order)
-    for b0 in range(0, n, batch_size):
-        b1 = min(b0 + batch_size, n)
-        inv_batch = 1.0 / (b1 - b0)
-        counters[1] += 1
-        batch_id = counters[1]
-        n_touched = 0
-        grad_bias = 0.0
-        for j in range(b0, b1):
-            r = order[j]
-            lo = offsets[r]
-            hi = offsets[r + 1]
-            for p in range(lo, hi):
-                i = indices[p]
-                if not seen[i]:
-                    seen[i] = True
-                    _init_row(factors, i, init_seed, init_std)
-            z = _row_logit(indices, values, lo, hi, bias[0], linear, factors, s)
-            y = labels[r]
-            total_loss += max(z, 0.0) - z * y + math.log1p(math.exp(-abs(z)))
-            g = (1.0 / (1.0 + math.exp(-z)) - y) * inv_batch
-            grad_bias += g
-            for p in range(lo, hi):
-                i = indices[p]
-                x = values[p]
-                if mark[i] != batch_id:
-                    mark[i] = batch_id
-                    touched[n_touched] = i
-                    n_touched += 1
-                    grad_linear[i] = 0.0
-                    for f in range(k):
-                        grad_factors[i, f] = 0.0
-                gx = g * x
-                grad_linear[i] += gx
-                for f in range(k):
-                    grad_factors[i, f] += gx * (s[f] - factors[i, f] * x)
-        counters[0] += 1
-        c1 = 1.0 - beta1 ** counters[0]
-        c2 = 1.0 - beta2 ** counters[0]
-        bias[0], bias_state[0], bias_state[1] = _step(
-            bias[0], grad_bias, bias_state[0], bias_state[1], optimizer, lr, eps, beta1, beta2, c1, c2
-        )
-        for t in range(n_touched):
-            i = touched[t]
-            g = grad_linear[i] + l2_linear * linear[i]
-            linear[i], linear_state1[i], linear_state2[i] = _step(
-                linear[i], g, linear_state1[i], linear_state2[i], optimizer, lr, eps, beta1, beta2, c1, c2
+    k = factors.shape[1]
+    n_batches = (n + batch_size - 1) // batch_size
+    losses = np.zeros(threads, np.float64)
+    for t in numba.prange(threads):
+        slot_rows = np.empty(batch_size * max_row + 1, np.int64)
+        slot_linear = np.empty(batch_size * max_row + 1, np.float32)
+        slot_factors = np.empty((batch_size * max_row + 1, k), np.float32)
+        s = np.empty(k, np.float32)
+        for b in range(t, n_batches, threads):
+            b0 = b * batch_size
+            losses[t] += _train_batch(
+                indices, values, offsets, labels, order, b0, min(b0 + batch_size, n),
+                bias, linear, factors,
+                bias_state, linear_state1, linear_state2, factor_state1, factor_state2,
+                stamps[t], counters[1] + b + 1, slot_rows, slot_linear, slot_factors, s, seen,
+                optimizer, lr, l2_linear, l2_factors, eps, beta1, beta2, counters[0] + b + 1,
+                init_seed, init_std,
             )
-            for f in range(k):
-                g = grad_factors[i, f] + l2_factors * factors[i, f]
-                factors[i, f], factor_state1[i, f], factor_state2[i, f] = _step(
-                    factors[i, f], g, factor_state1[i, f], factor_state2[i, f],
-                    optimizer, lr, eps, beta1, beta2, c1, c2,
-                )
-    return total_loss
+    counters[0] += n_batches
+    counters[1] += n_batches
+    return losses.sum()

@@ -144,17 +144,19 @@ def resolve_device(engine: str, device: str) -> tuple[str, str]:
     return engine, device
 
 
-def set_threads(threads: int | None) -> None:
-    n = threads or os.cpu_count() or 1
+def set_threads(threads: int | None) -> int:
+    """Use `threads` (default: every core) in the numba kernels; returns the number."""
     import numba
 
-    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    n = min(threads or os.cpu_count() or 1, numba.config.NUMBA_NUM_THREADS)
+    numba.set_num_threads(n)
+    return n
 
 
 class CpuEngine:
     """Fused numba kernels over numpy arrays."""
 
-    def __init__(self, w: FMWeights, cfg: TrainConfig):
+    def __init__(self, w: FMWeights, cfg: TrainConfig, threads: int):
         self.w = w
         self.cfg = cfg
         n, k = w.num_features, w.dim
@@ -164,9 +166,9 @@ class CpuEngine:
         self.linear_state2 = np.zeros(n, np.float32) if adam else self.linear_state1
         self.factor_state1 = np.zeros((n, k), np.float32)
         self.factor_state2 = np.zeros((n, k), np.float32) if adam else self.factor_state1
-        self.grad_linear = np.zeros(n, np.float32)
-        self.grad_factors = np.zeros((n, k), np.float32)
-        self.mark = np.zeros(n, np.int64)
+        self.threads = threads
+        # Per thread, the last batch that met each row and the row's slot in it.
+        self.stamps = np.zeros((threads, n), np.int64)
         self.seen = np.zeros(n, np.bool_)
         self.counters = np.zeros(2, np.int64)
         if not adam:
@@ -176,13 +178,14 @@ class CpuEngine:
 
     def train(self, rows: Rows, order: np.ndarray) -> float:
         cfg = self.cfg
-        max_len = int(np.diff(rows.offsets).max(initial=0))
-        touched = np.empty(max(1, min(self.w.num_features, cfg.batch_size * max_len)), np.int64)
+        max_row = int(np.diff(rows.offsets).max(initial=0))
+        if cfg.batch_size * max_row >= 1 << 24:
+            raise BadOptions(f"--batch-size {cfg.batch_size} times {max_row} features per row is too many for one batch")
         return kernel.train_rows(
-            rows.indices, rows.values, rows.offsets, rows.labels, order, cfg.batch_size,
+            rows.indices, rows.values, rows.offsets, rows.labels, order, cfg.batch_size, self.threads,
             self.w.bias, self.w.linear, self.w.factors,
             self.bias_state, self.linear_state1, self.linear_state2, self.factor_state1, self.factor_state2,
-            self.grad_linear, self.grad_factors, self.mark, touched, self.seen,
+            self.stamps, self.seen, max_row,
             self.code, cfg.lr, cfg.l2_linear, cfg.l2_factors, cfg.eps, 0.9, 0.999, self.counters,
             cfg.seed, cfg.init_std,
         )
@@ -300,9 +303,9 @@ def train(
         raise BadOptions("no training rows")
     if rows.labels is None:
         raise BadOptions("training data has no labels")
-    set_threads(cfg.threads)
+    threads = set_threads(cfg.threads)
     w = FMWeights.zeros(1 << bits, cfg.dim)
-    engine = CpuEngine(w, cfg) if engine_name == "cpu" else TorchEngine(w, cfg, device)
+    engine = CpuEngine(w, cfg, threads) if engine_name == "cpu" else TorchEngine(w, cfg, device)
     if engine_name == "torch":
         import torch
 
