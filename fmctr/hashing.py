@@ -15,6 +15,7 @@ empty token "" of its field.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -137,31 +138,25 @@ def parse_labels(values: pl.Series, name: str, chunk: Chunk, column: int | None)
     return positive.to_numpy().astype(np.float32)
 
 
-def _parsed(name: str) -> pl.Expr:
-    return pl.col(name).str.strip_chars().cast(pl.Float64, strict=False)
+BAD = "__bad__"
 
 
-def _check_numeric(frame: pl.DataFrame, fields: list[Field], name: str, chunk: Chunk, position: dict) -> None:
-    """Empty is missing; text that is not a number, NaN and inf are errors. One pass
-    flags every numeric column; only a bad chunk pays for finding the first bad row."""
-    if not fields:
-        return
-    flags = frame.select(
-        pl.any_horizontal(
-            ((pl.col(f.name).str.strip_chars() != MISSING) & _parsed(f.name).is_null())
-            | _parsed(f.name).is_nan()
-            | _parsed(f.name).is_infinite()
-            for f in fields
-        ).alias("bad")
-    ).to_series()
-    if not flags.any():
-        return
-    row = int(flags.arg_max())
+def _number(text: pl.Expr) -> pl.Expr:
+    """Numeric text as float64; NaN where the text is empty (missing) or not a number."""
+    return text.cast(pl.Float64, strict=False).fill_null(float("nan"))
+
+
+def _bad_number(text: pl.Expr) -> pl.Expr:
+    """Non-empty text that is not a finite number (junk, NaN, inf, 1e400)."""
+    return (text != MISSING) & text.cast(pl.Float64, strict=False).is_finite().not_().fill_null(True)
+
+
+def _raise_bad_numeric(frame: pl.DataFrame, fields: list[Field], row: int, name: str, chunk: Chunk, position: dict) -> None:
     for f in fields:
         text = frame.get_column(f.name)[row].strip()
-        where = _where(name, chunk, row, position.get(f.name))
         if text == MISSING:
             continue
+        where = _where(name, chunk, row, position.get(f.name))
         try:
             value = float(text)
         except ValueError:
@@ -170,15 +165,38 @@ def _check_numeric(frame: pl.DataFrame, fields: list[Field], name: str, chunk: C
             raise BadInput(f"{where}: {text!r} in numeric column {f.name!r} is not finite; leave the field empty for a missing value")
 
 
-def bucket_tokens(x: pl.Expr) -> pl.Expr:
-    """The Criteo winners' rule: floor(ln(x)^2) for x > 2, else floor(x); as text."""
-    return (
-        pl.when(x > 2).then((x.log() ** 2).floor()).otherwise(x.floor()).cast(pl.Int64).cast(pl.String).fill_null(MISSING)
-    )
+def bucket_values(x: np.ndarray) -> np.ndarray:
+    """The Criteo winners' rule: floor(ln(x)^2) for x > 2, else floor(x); NaN if
+    missing. The token hashed is the bucket's decimal text ("" when missing)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(x > 2, np.floor(np.log(x) ** 2), np.floor(x))
 
 
-def signed_log1p(x: pl.Expr) -> pl.Expr:
-    return x.sign() * x.abs().log1p()
+BUCKET_TABLE = range(-1024, 1024)  # buckets whose index is looked up, not hashed per row
+
+
+@functools.lru_cache(maxsize=4096)
+def _bucket_table(field: str, spec: HashSpec) -> np.ndarray:
+    """Indices of the tokens "-1024" .. "1023", then "" (missing), for one field."""
+    tokens = [str(b) for b in BUCKET_TABLE] + [MISSING]
+    frame = pl.DataFrame({"t": tokens})
+    return frame.select(_index_expr(spec)(pl.col("t"), field)).to_series().to_numpy()
+
+
+def _bucket_indices(x: np.ndarray, field: str, spec: HashSpec) -> np.ndarray:
+    """Numbers -> indices of their buckets' tokens: the same as hashing the text, by
+    table lookup for the usual buckets."""
+    table = _bucket_table(field, spec)
+    lo, hi = BUCKET_TABLE.start, BUCKET_TABLE.stop
+    b = bucket_values(x)
+    missing = np.isnan(b)
+    outside = ~missing & ((b < lo) | (b >= hi))
+    slot = np.where(missing | outside, len(table) - 1, b - lo).astype(np.int64)
+    out = table[slot]
+    if outside.any():
+        rare = pl.Series("t", [str(int(v)) for v in b[outside]])
+        out[outside] = pl.DataFrame({"t": rare}).select(_index_expr(spec)(pl.col("t"), field)).to_series().to_numpy()
+    return out
 
 
 def _index_expr(spec: HashSpec):
@@ -208,38 +226,43 @@ def hash_chunk(
     labels = None
     if schema.label in frame.columns and require_label:
         labels = parse_labels(frame.get_column(schema.label), name, chunk, position.get(schema.label))
-    _check_numeric(frame, [f for f in schema.fields if f.kind == "numeric"], name, chunk, position)
     index_of = _index_expr(spec)
-    single: list[pl.Expr] = []  # one index per single-valued field
-    weights: dict[int, pl.Expr] = {}  # value-weighted numeric fields: position -> value
-    multi: list[Field] = []
-    for f in schema.fields:
-        if f.kind == "multi":
-            multi.append(f)
-            continue
-        if f.kind == "categorical":
-            single.append(index_of(pl.col(f.name), f.name))
-            continue
-        x = _parsed(f.name)
-        if f.numeric == "bucket":
-            single.append(index_of(bucket_tokens(x), f.name))
-        else:
-            weights[len(single)] = pl.when(x.is_null()).then(1.0).otherwise(
-                x if f.numeric == "raw" else signed_log1p(x)
-            )
-            single.append(index_of(pl.when(x.is_null()).then(pl.lit(MISSING)).otherwise(pl.lit(VALUE_TOKEN)), f.name))
+    singles = [f for f in schema.fields if f.kind != "multi"]
+    multi = [f for f in schema.fields if f.kind == "multi"]
+    numeric = [f for f in singles if f.kind == "numeric"]
+    # One select: the index of every categorical field, the parsed value of every
+    # numeric one, and a flag for rows with numeric text that is not a finite number.
+    outputs = [
+        (index_of(pl.col(f.name), f.name) if f.kind == "categorical" else _number(pl.col(f.name))).alias(f.name)
+        for f in singles
+    ]
+    if numeric:
+        outputs.append(pl.any_horizontal(_bad_number(pl.col(f.name)) for f in numeric).alias(BAD))
+    computed = frame.select(outputs)
+    if numeric and computed.get_column(BAD).any():
+        # Padded numbers (" 7") are fine; anything else names its row and column.
+        stripped = [_number(pl.col(f.name).str.strip_chars()).alias(f.name) for f in numeric]
+        bad = pl.any_horizontal(_bad_number(pl.col(f.name).str.strip_chars()) for f in numeric).alias(BAD)
+        computed = computed.with_columns(frame.select(*stripped, bad))
+        if computed.get_column(BAD).any():
+            _raise_bad_numeric(frame, numeric, int(computed.get_column(BAD).arg_max()), name, chunk, position)
 
     n = frame.height
-    n_single = len(single)
-    if n_single:
-        single_idx = frame.select(e.alias(f"h{j}") for j, e in enumerate(single)).to_numpy(order="c")
-    else:
-        single_idx = np.zeros((n, 0), np.int32)
+    n_single = len(singles)
+    single_idx = np.empty((n, n_single), np.int32)
     single_val = np.ones((n, n_single), dtype=np.float32)
-    if weights:
-        weight_frame = frame.select([w.cast(pl.Float32).alias(f"w{j}") for j, w in weights.items()])
-        for j, column in zip(weights, weight_frame.iter_columns()):
-            single_val[:, j] = column.to_numpy()
+    for j, f in enumerate(singles):
+        column = computed.get_column(f.name)
+        if f.kind == "categorical":
+            single_idx[:, j] = column.to_numpy()
+        elif f.numeric == "bucket":
+            single_idx[:, j] = _bucket_indices(column.to_numpy(), f.name, spec)
+        else:
+            x = column.to_numpy()
+            missing = np.isnan(x)
+            single_idx[:, j] = np.where(missing, token_index(f.name, MISSING, spec), token_index(f.name, VALUE_TOKEN, spec))
+            value = x if f.numeric == "raw" else np.sign(x) * np.log1p(np.abs(x))
+            single_val[:, j] = np.where(missing, 1.0, value)
 
     if not multi:
         offsets = np.arange(n + 1, dtype=np.int64) * n_single
