@@ -43,22 +43,23 @@ class HashedDataset:
     def rows(self) -> int:
         return sum(p["rows"] for p in self.parts)
 
-    def iter_parts(self) -> Iterator[Rows]:
-        for part in self.parts:
-            arrays = {}
-            for name in ARRAYS:
-                file = self.path / f"{part['name']}.{name}.npy"
-                try:
-                    arrays[name] = np.load(file, mmap_mode="r", allow_pickle=False)
-                except (OSError, ValueError) as e:
-                    raise BadInput(f"{file}: unreadable part of the hashed dataset ({e})") from None
-            if len(arrays["offsets"]) != part["rows"] + 1 or len(arrays["labels"]) != part["rows"]:
-                raise BadInput(f"{self.path}: part {part['name']} does not match the manifest")
-            yield Rows(arrays["indices"], arrays["values"], arrays["offsets"], arrays["labels"])
+    def read_part(self, number: int) -> Rows:
+        """One part, memory-mapped: reading it costs no copy."""
+        part = self.parts[number]
+        arrays = {}
+        for name in ARRAYS:
+            file = self.path / f"{part['name']}.{name}.npy"
+            try:
+                arrays[name] = np.load(file, mmap_mode="r", allow_pickle=False)
+            except (OSError, ValueError) as e:
+                raise BadInput(f"{file}: unreadable part of the hashed dataset ({e})") from None
+        if len(arrays["offsets"]) != part["rows"] + 1 or len(arrays["labels"]) != part["rows"]:
+            raise BadInput(f"{self.path}: part {part['name']} does not match the manifest")
+        return Rows(arrays["indices"], arrays["values"], arrays["offsets"], arrays["labels"])
 
-    def load(self) -> Rows:
-        """All parts, concatenated in memory."""
-        return Rows.concat([Rows(np.asarray(r.indices), np.asarray(r.values), np.asarray(r.offsets), np.asarray(r.labels)) for r in self.iter_parts()])
+    def iter_parts(self) -> Iterator[Rows]:
+        for number in range(len(self.parts)):
+            yield self.read_part(number)
 
 
 def is_hashed(path: str | Path) -> bool:

@@ -7,6 +7,7 @@ optional `log` callable. The CLI is a thin layer over these.
 from __future__ import annotations
 
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -17,6 +18,7 @@ import polars as pl
 
 from fmctr import __version__, dataset
 from fmctr.atomic import atomic_file
+from fmctr.batches import DatasetRows
 from fmctr.errors import BadInput, BadOptions, BadSchema
 from fmctr.hashing import HashSpec, Rows, hash_chunk
 from fmctr.metrics import evaluate
@@ -116,6 +118,10 @@ def preprocess(path: str, output: str | Path, *, spec: SchemaSpec, hashing: Hash
     return dataset.write((rows for rows, _ in data.parts), output, data.schema, data.hashing)
 
 
+def _as_dataset(data: Input, path: Path) -> dataset.HashedDataset:
+    return dataset.write((rows for rows, _ in data.parts), path, data.schema, data.hashing)
+
+
 def train_model(
     path: str,
     *,
@@ -127,30 +133,37 @@ def train_model(
     progress=None,
     log: Log = _silent,
 ) -> tuple[Model, TrainResult]:
-    """Read (and hash) the training data, train, and return the model with its history."""
+    """Read (and hash) the training data, train, and return the model with its history.
+
+    Raw data is hashed once into a temporary dataset (under $TMPDIR) and every epoch
+    streams it from there, so memory does not grow with the number of rows."""
     if valid is not None and valid_fraction is not None:
         raise BadOptions("--valid and --valid-fraction both choose validation data: give one of them")
     if valid_fraction is not None and not 0 < valid_fraction < 1:
         raise BadOptions(f"--valid-fraction must be between 0 and 1, got {valid_fraction}")
     cfg.check()
     started = time.time()
-    data = open_input(path, spec=spec, hashing=hashing, require_label=True, log=log)
-    rows = data.all_rows()
-    valid_rows = None
-    if valid is not None:
-        valid_rows = open_input(valid, schema=data.schema, hashing=data.hashing, require_label=True, log=log).all_rows()
-    elif valid_fraction is not None:
-        cut = len(rows) - int(round(len(rows) * valid_fraction))
-        if cut <= 0 or cut >= len(rows):
-            raise BadOptions(f"--valid-fraction {valid_fraction} leaves no training or no validation rows")
-        rows, valid_rows = rows.slice(0, cut), rows.slice(cut, len(rows))
-    result = train(rows, cfg, bits=data.hashing.bits, valid=valid_rows, progress=progress)
+    with tempfile.TemporaryDirectory(prefix="fmctr-") as tmp:
+        data = open_input(path, spec=spec, hashing=hashing, require_label=True, log=log)
+        ds = dataset.open_hashed(path) if dataset.is_hashed(path) else _as_dataset(data, Path(tmp) / "train")
+        rows = DatasetRows(ds)
+        valid_rows = None
+        if valid is not None:
+            valid_data = open_input(valid, schema=data.schema, hashing=data.hashing, require_label=True, log=log)
+            valid_ds = dataset.open_hashed(valid) if dataset.is_hashed(valid) else _as_dataset(valid_data, Path(tmp) / "valid")
+            valid_rows = DatasetRows(valid_ds)
+        elif valid_fraction is not None:
+            rows, valid_rows = rows.split_tail(valid_fraction)
+            if rows.rows == 0 or valid_rows.rows == 0:
+                raise BadOptions(f"--valid-fraction {valid_fraction} leaves no training or no validation rows")
+        result = train(rows, cfg, bits=data.hashing.bits, valid=valid_rows, progress=progress)
+        positives = sum(float(block.labels.sum()) for block in rows.blocks())
     best = result.history[result.best_epoch - 1]
     training = {
         "input": data.name,
-        "rows": len(rows),
-        "positive_rate": float(rows.labels.mean()),
-        "valid_rows": len(valid_rows) if valid_rows is not None else 0,
+        "rows": rows.rows,
+        "positive_rate": positives / rows.rows,
+        "valid_rows": valid_rows.rows if valid_rows is not None else 0,
         "epochs_run": len(result.history),
         "best_epoch": result.best_epoch,
         "valid_metrics": best.valid,

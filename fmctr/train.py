@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 
 from fmctr import kernel
+from fmctr.batches import MemoryRows, RowSource
 from fmctr.errors import BadOptions
 from fmctr.hashing import Rows
 from fmctr.metrics import evaluate
@@ -23,7 +24,6 @@ from fmctr.weights import FMWeights, initial_factors
 OPTIMIZERS = ("adagrad", "adam")
 ENGINES = ("auto", "cpu", "torch")
 STOP_METRICS = ("logloss", "auc")
-PROGRESS_ROWS = 1 << 16  # the kernel returns to Python this often, for the progress bar
 # Defaults chosen by measurement (README, "Accuracy"): without validation data a few
 # epochs of small batches; with validation, early stopping decides.
 DEFAULT_EPOCHS = 3
@@ -178,7 +178,7 @@ class CpuEngine:
 
     def train(self, rows: Rows, order: np.ndarray) -> float:
         cfg = self.cfg
-        max_row = int(np.diff(rows.offsets).max(initial=0))
+        max_row = int((rows.offsets[order + 1] - rows.offsets[order]).max(initial=0))
         if cfg.batch_size * max_row >= 1 << 24:
             raise BadOptions(f"--batch-size {cfg.batch_size} times {max_row} features per row is too many for one batch")
         return kernel.train_rows(
@@ -279,16 +279,24 @@ def _better(metric: str, new: float, old: float | None) -> bool:
     return new < old if metric == "logloss" else new > old
 
 
+def predict_source(w: FMWeights, source: RowSource) -> np.ndarray:
+    """Probabilities for every row of a source, in order."""
+    return np.concatenate([probabilities(w, block) for block in source.blocks()])
+
+
 def train(
-    rows: Rows,
+    rows: Rows | RowSource,
     cfg: TrainConfig,
     *,
     bits: int,
-    valid: Rows | None = None,
+    valid: Rows | RowSource | None = None,
     progress=None,
 ) -> TrainResult:
-    """Train an FM on hashed rows. With `valid`, keep the best epoch by
-    `cfg.stop_metric` and stop after `cfg.patience` epochs without improvement."""
+    """Train an FM on hashed rows (in memory or streamed from a dataset). With
+    `valid`, keep the best epoch by `cfg.stop_metric` and stop after `cfg.patience`
+    epochs without improvement."""
+    source = MemoryRows(rows) if isinstance(rows, Rows) else rows
+    valid_source = MemoryRows(valid) if isinstance(valid, Rows) else valid
     cfg.check()
     engine_name, device = resolve_device(cfg.engine, cfg.device)
     cfg = replace(
@@ -299,10 +307,8 @@ def train(
         batch_size=cfg.batch_size or DEFAULT_BATCH[engine_name],
     )
     progress = progress or NullProgress()
-    if len(rows) == 0:
+    if source.rows == 0:
         raise BadOptions("no training rows")
-    if rows.labels is None:
-        raise BadOptions("training data has no labels")
     threads = set_threads(cfg.threads)
     w = FMWeights.zeros(1 << bits, cfg.dim)
     engine = CpuEngine(w, cfg, threads) if engine_name == "cpu" else TorchEngine(w, cfg, device)
@@ -318,21 +324,20 @@ def train(
     best_score: float | None = None
     best_epoch = 0
     since_best = 0
+    valid_labels = valid_source.labels() if valid_source is not None else None
     for epoch in range(1, cfg.epochs + 1):
-        order = rng.permutation(len(rows)).astype(np.int64)
-        progress.start_epoch(epoch, cfg.epochs, len(rows))
+        progress.start_epoch(epoch, cfg.epochs, source.rows)
         started = time.perf_counter()
         loss = 0.0
-        for lo in range(0, len(order), PROGRESS_ROWS):
-            part = order[lo : lo + PROGRESS_ROWS]
-            part_loss = engine.train(rows, part)
-            loss += part_loss
-            progress.advance(len(part), part_loss / len(part))
+        for block, order in source.shuffled(rng):
+            block_loss = engine.train(block, order)
+            loss += block_loss
+            progress.advance(len(order), block_loss / len(order))
         seconds = time.perf_counter() - started
-        record = Epoch(epoch, loss / len(rows), seconds, len(rows) / max(seconds, 1e-9))
+        record = Epoch(epoch, loss / source.rows, seconds, source.rows / max(seconds, 1e-9))
         current = engine.weights()
-        if valid is not None:
-            record.valid = evaluate(valid.labels, probabilities(current, valid))
+        if valid_source is not None:
+            record.valid = evaluate(valid_labels, predict_source(current, valid_source))
             score = record.valid[cfg.stop_metric]
             if _better(cfg.stop_metric, score, best_score):
                 best_score, best_epoch, since_best = score, epoch, 0
@@ -343,7 +348,7 @@ def train(
             best_epoch = epoch
         history.append(record)
         progress.end_epoch(record)
-        if valid is not None and since_best >= cfg.patience:
+        if valid_source is not None and since_best >= cfg.patience:
             break
     final = best if best is not None else engine.weights().copy()
-    return TrainResult(final, history, best_epoch, len(rows), engine_name, device, cfg)
+    return TrainResult(final, history, best_epoch, source.rows, engine_name, device, cfg)

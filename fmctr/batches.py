@@ -1,0 +1,107 @@
+"""Row sources for training and scoring: rows in memory, or a hashed dataset streamed
+part by part, so memory stays flat however many rows there are.
+
+A source yields blocks. For training each epoch shuffles: the parts' order, then the
+rows within a shuffle buffer of consecutive parts (at least SHUFFLE_ROWS rows).
+A dataset smaller than the buffer is shuffled as a whole, exactly like rows in memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from fmctr.dataset import HashedDataset
+from fmctr.hashing import Rows
+
+SHUFFLE_ROWS = 1 << 18
+BLOCK_ROWS = 1 << 16  # rows handed to an engine at a time (the progress bar's step)
+
+
+@dataclass
+class Span:
+    """Rows [start, stop) of part `part` of a dataset."""
+
+    part: int
+    start: int
+    stop: int
+
+
+class RowSource:
+    rows: int
+
+    def blocks(self) -> Iterator[Rows]:
+        """Every row once, in order, in blocks."""
+        raise NotImplementedError
+
+    def shuffled(self, rng: np.random.Generator) -> Iterator[tuple[Rows, np.ndarray]]:
+        """(rows, order) pairs covering every row once; `order` indexes into `rows`."""
+        raise NotImplementedError
+
+    def labels(self) -> np.ndarray:
+        return np.concatenate([b.labels for b in self.blocks()])
+
+
+class MemoryRows(RowSource):
+    def __init__(self, rows: Rows):
+        self.data = rows
+        self.rows = len(rows)
+
+    def blocks(self) -> Iterator[Rows]:
+        for lo in range(0, self.rows, BLOCK_ROWS):
+            yield self.data.slice(lo, min(lo + BLOCK_ROWS, self.rows))
+
+    def shuffled(self, rng: np.random.Generator) -> Iterator[tuple[Rows, np.ndarray]]:
+        order = rng.permutation(self.rows).astype(np.int64)
+        for lo in range(0, self.rows, BLOCK_ROWS):
+            yield self.data, order[lo : lo + BLOCK_ROWS]
+
+
+class DatasetRows(RowSource):
+    """Some or all rows of a hashed dataset, read part by part (memory-mapped)."""
+
+    def __init__(self, dataset: HashedDataset, spans: list[Span] | None = None):
+        self.dataset = dataset
+        self.spans = spans if spans is not None else [Span(i, 0, p["rows"]) for i, p in enumerate(dataset.parts)]
+        self.rows = sum(s.stop - s.start for s in self.spans)
+
+    def _read(self, span: Span) -> Rows:
+        return self.dataset.read_part(span.part).slice(span.start, span.stop)
+
+    def blocks(self) -> Iterator[Rows]:
+        for span in self.spans:
+            yield self._read(span)
+
+    def shuffled(self, rng: np.random.Generator) -> Iterator[tuple[Rows, np.ndarray]]:
+        spans = [self.spans[i] for i in rng.permutation(len(self.spans))] if len(self.spans) > 1 else self.spans
+        group: list[Span] = []
+        size = 0
+        for position, span in enumerate(spans):
+            group.append(span)
+            size += span.stop - span.start
+            if size >= SHUFFLE_ROWS or position == len(spans) - 1:
+                rows = Rows.concat([self._read(s) for s in group])
+                order = rng.permutation(len(rows)).astype(np.int64)
+                for lo in range(0, len(rows), BLOCK_ROWS):
+                    yield rows, order[lo : lo + BLOCK_ROWS]
+                group, size = [], 0
+
+    def split_tail(self, fraction: float) -> tuple[DatasetRows, DatasetRows]:
+        """The first rows and the last `fraction` of rows (file order)."""
+        cut = self.rows - int(round(self.rows * fraction))
+        head: list[Span] = []
+        tail: list[Span] = []
+        seen = 0
+        for s in self.spans:
+            n = s.stop - s.start
+            if seen + n <= cut:
+                head.append(s)
+            elif seen >= cut:
+                tail.append(s)
+            else:
+                head.append(Span(s.part, s.start, s.start + cut - seen))
+                tail.append(Span(s.part, s.start + cut - seen, s.stop))
+            seen += n
+        return DatasetRows(self.dataset, head), DatasetRows(self.dataset, tail)
