@@ -66,12 +66,30 @@ def is_hashed(path: str | Path) -> bool:
     return path != "-" and (Path(path) / MANIFEST).is_file()
 
 
-def write(parts: Iterable[Rows], path: str | Path, schema: Schema, hashing: HashSpec) -> HashedDataset:
-    """Write hashed parts to `path` (atomically: the directory appears complete or not at all)."""
+PART_ROWS = 1 << 16
+
+
+def _coalesce(chunks: Iterable[Rows], rows: int) -> Iterator[Rows]:
+    """Merge small chunks into parts of at least `rows` rows (the last may be smaller)."""
+    pending: list[Rows] = []
+    size = 0
+    for chunk in chunks:
+        pending.append(chunk)
+        size += len(chunk)
+        if size >= rows:
+            yield Rows.concat(pending)
+            pending, size = [], 0
+    if pending:
+        yield Rows.concat(pending)
+
+
+def write(chunks: Iterable[Rows], path: str | Path, schema: Schema, hashing: HashSpec) -> HashedDataset:
+    """Write hashed rows to `path` in parts of PART_ROWS rows (atomically: the
+    directory appears complete or not at all)."""
     path = Path(path)
     records = []
     with atomic_dir(path) as tmp:
-        for number, rows in enumerate(parts):
+        for number, rows in enumerate(_coalesce(chunks, PART_ROWS)):
             if rows.labels is None:
                 raise BadInput("a hashed dataset needs labels")
             name = f"part-{number:05d}"

@@ -74,26 +74,27 @@ def fm_logits(indices, values, offsets, bias, linear, factors, out):
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def _step(theta, g, acc1, acc2, optimizer, lr, eps, beta1, beta2, correction1, correction2):
+def _step(theta, g, acc1, acc2, optimizer, lr, eps, beta1, beta2, correction1, correction2, acc0):
     """One optimizer update of one scalar: (new value, new state1, new state2).
-    Adagrad has one accumulator and returns it twice, so its two state arrays may be
-    the same array."""
+    Adagrad's accumulator holds the sum of squared gradients, to which its initial
+    value acc0 is added when used (so the state starts as untouched zero pages); it
+    returns the accumulator twice, so its two state arrays may be the same array."""
     if optimizer == ADAGRAD:
         a = acc1 + g * g
-        return theta - lr * g / (math.sqrt(a) + eps), a, a
+        return theta - lr * g / (math.sqrt(a + acc0) + eps), a, a
     m = beta1 * acc1 + (1.0 - beta1) * g
     v = beta2 * acc2 + (1.0 - beta2) * g * g
     return theta - lr * (m / correction1) / (math.sqrt(v / correction2) + eps), m, v
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=FAST)
-def _adagrad_row(theta, acc, grad, l2, lr, eps):
+def _adagrad_row(theta, acc, grad, l2, lr, eps, acc0):
     """One row of factors (float32 throughout, so the loop vectorizes)."""
     for f in range(theta.shape[0]):
         g = grad[f] + l2 * theta[f]
         a = acc[f] + g * g
         acc[f] = a
-        theta[f] -= lr * g / (np.sqrt(a) + eps)
+        theta[f] -= lr * g / (np.sqrt(a + acc0) + eps)
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=FAST)
@@ -114,7 +115,7 @@ def _train_batch(
     bias, linear, factors,
     bias_state, linear_state1, linear_state2, factor_state1, factor_state2,
     stamp, batch_id, slot_rows, slot_linear, slot_factors, s, seen,
-    optimizer, lr, l2_linear, l2_factors, eps, beta1, beta2, step, init_seed, init_std,
+    optimizer, lr, l2_linear, l2_factors, eps, beta1, beta2, step, init_seed, init_std, acc0,
 ):
     """One mini-batch: the gradient of the mean logloss over rows order[b0:b1] at the
     current weights, plus L2 on the rows it touches, then one optimizer step on those
@@ -127,6 +128,7 @@ def _train_batch(
     lr32, eps32 = np.float32(lr), np.float32(eps)
     l2_lin32, l2_fac32 = np.float32(l2_linear), np.float32(l2_factors)
     beta1_32, beta2_32 = np.float32(beta1), np.float32(beta2)
+    acc0_32 = np.float32(acc0)
     one = np.float32(1)
     n_slots = 0
     grad_bias = 0.0
@@ -164,7 +166,7 @@ def _train_batch(
     c1 = np.float32(1.0 - beta1**step)
     c2 = np.float32(1.0 - beta2**step)
     bias[0], bias_state[0], bias_state[1] = _step(
-        bias[0], grad_bias, bias_state[0], bias_state[1], optimizer, lr, eps, beta1, beta2, c1, c2
+        bias[0], grad_bias, bias_state[0], bias_state[1], optimizer, lr, eps, beta1, beta2, c1, c2, acc0
     )
     # The two optimizers in separate plain loops, so the loop over f vectorizes.
     if optimizer == ADAGRAD:
@@ -173,8 +175,8 @@ def _train_batch(
             g = slot_linear[slot] + l2_lin32 * linear[i]
             a = linear_state1[i] + g * g
             linear_state1[i] = a
-            linear[i] -= lr32 * g / (np.sqrt(a) + eps32)
-            _adagrad_row(factors[i], factor_state1[i], slot_factors[slot], l2_fac32, lr32, eps32)
+            linear[i] -= lr32 * g / (np.sqrt(a + acc0_32) + eps32)
+            _adagrad_row(factors[i], factor_state1[i], slot_factors[slot], l2_fac32, lr32, eps32, acc0_32)
     else:
         for slot in range(n_slots):
             i = slot_rows[slot]
@@ -195,7 +197,7 @@ def train_rows(
     bias, linear, factors,
     bias_state, linear_state1, linear_state2, factor_state1, factor_state2,
     stamps, seen, max_row,
-    optimizer, lr, l2_linear, l2_factors, eps, beta1, beta2, counters, init_seed, init_std,
+    optimizer, lr, l2_linear, l2_factors, eps, beta1, beta2, counters, init_seed, init_std, acc0,
 ):
     """Train on the rows `order` (indices into the CSR arrays), batch by batch.
     With one thread the batches run in order: deterministic, and the same updates as
@@ -221,7 +223,7 @@ def train_rows(
                 bias_state, linear_state1, linear_state2, factor_state1, factor_state2,
                 stamps[t], counters[1] + b + 1, slot_rows, slot_linear, slot_factors, s, seen,
                 optimizer, lr, l2_linear, l2_factors, eps, beta1, beta2, counters[0] + b + 1,
-                init_seed, init_std,
+                init_seed, init_std, acc0,
             )
     counters[0] += n_batches
     counters[1] += n_batches

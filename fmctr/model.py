@@ -106,9 +106,7 @@ class RowwiseOptimizer(torch.optim.Optimizer):
                     continue
                 state = self.state[p]
                 if not state:
-                    state["acc1"] = torch.zeros_like(p)
-                    if self.kind == "adagrad":
-                        state["acc1"].fill_(self.initial_accumulator)
+                    state["acc1"] = torch.zeros_like(p)  # Adagrad: sum of squared gradients
                     state["acc2"] = torch.zeros_like(p) if self.kind == "adam" else state["acc1"]
                 if p.grad.is_sparse:
                     grad = p.grad.coalesce()
@@ -120,7 +118,7 @@ class RowwiseOptimizer(torch.optim.Optimizer):
                 if self.kind == "adagrad":
                     acc = state["acc1"][rows] + g * g
                     state["acc1"][rows] = acc
-                    p[rows] = p[rows] - lr * g / (acc.sqrt() + eps)
+                    p[rows] = p[rows] - lr * g / ((acc + self.initial_accumulator).sqrt() + eps)
                 else:
                     m = beta1 * state["acc1"][rows] + (1 - beta1) * g
                     v = beta2 * state["acc2"][rows] + (1 - beta2) * g * g

@@ -23,7 +23,7 @@ from fmctr.errors import BadInput, BadOptions, BadSchema
 from fmctr.hashing import HashSpec, Rows, hash_chunk
 from fmctr.metrics import evaluate
 from fmctr.modelfile import Model
-from fmctr.read import display_name, open_source
+from fmctr.read import display_name, open_source, prefetch
 from fmctr.schema import SPARSE_FORMATS, Schema, SchemaSpec
 from fmctr.train import TrainConfig, TrainResult, probabilities, train
 
@@ -98,7 +98,7 @@ def open_input(
 
     def parts() -> Iterator[tuple[Rows, pl.DataFrame | None]]:
         total = 0
-        for chunk in source.chunks:
+        for chunk in prefetch(source.chunks):
             if missing:
                 chunk.frame = chunk.frame.with_columns(pl.lit("").alias(m) for m in missing)
             rows = hash_chunk(chunk, schema, hashing, name=name, columns=columns, require_label=require_label)
@@ -107,7 +107,7 @@ def open_input(
         if total == 0:
             raise BadInput(f"{name}: no data rows" + ("" if sparse or source.format == "criteo" else " (only a header)"))
 
-    return Input(name, schema, hashing, parts())
+    return Input(name, schema, hashing, prefetch(parts()))
 
 
 def preprocess(path: str, output: str | Path, *, spec: SchemaSpec, hashing: HashSpec) -> dataset.HashedDataset:

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import csv
 import io
+import queue
 import re
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +27,7 @@ from fmctr.schema import FORMATS, SPARSE_FORMATS
 
 GZIP_MAGIC = b"\x1f\x8b"
 PARQUET_MAGIC = b"PAR1"
-BLOCK_BYTES = 1 << 24  # rows per chunk follow from this: ~65k Criteo rows
+BLOCK_BYTES = 1 << 22  # ~16k Criteo rows a chunk; measured twice as fast as 16 MiB blocks
 PEEK_BYTES = 1 << 16
 LINE_COLUMN = "line"
 _SPARSE_LINE = re.compile(r"^\s*[-+]?[0-9.eE+-]+(\s+[^\s:]+(:[^\s:]+){1,2})*\s*$")
@@ -69,6 +71,43 @@ class _Prefixed(io.RawIOBase):
         data = self._rest.read(len(buffer))
         buffer[: len(data)] = data
         return len(data)
+
+
+def prefetch(items: Iterator, depth: int = 2) -> Iterator:
+    """Run an iterator in a background thread, `depth` items ahead, so reading (which
+    releases the GIL in pyarrow and polars) overlaps the consumer's work. Errors
+    arrive in order; a consumer that stops early stops the thread."""
+    done = object()
+    slots: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def run() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        slots.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            slots.put((done, None))
+        except BaseException as e:  # handed to the consumer, raised there
+            slots.put((None, e))
+
+    worker = threading.Thread(target=run, daemon=True, name="fmctr-prefetch")
+    worker.start()
+    try:
+        while True:
+            item, error = slots.get()
+            if error is not None:
+                raise error
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
 
 
 def display_name(path: str) -> str:

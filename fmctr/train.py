@@ -119,11 +119,16 @@ def _torch():
     return torch
 
 
+def _maybe_cuda() -> bool:
+    """Whether an NVIDIA driver is present, without importing torch (1-2 s) to ask."""
+    return os.path.exists("/proc/driver/nvidia/version") or os.environ.get("CUDA_VISIBLE_DEVICES") not in (None, "")
+
+
 def resolve_device(engine: str, device: str) -> tuple[str, str]:
     """'auto' picks the fused CPU engine on a CPU and the torch engine on CUDA."""
     if device == "auto":
         device = "cpu"
-        if engine != "cpu":
+        if engine != "cpu" and (engine == "torch" or _maybe_cuda()):
             try:
                 import torch
 
@@ -171,9 +176,6 @@ class CpuEngine:
         self.stamps = np.zeros((threads, n), np.int64)
         self.seen = np.zeros(n, np.bool_)
         self.counters = np.zeros(2, np.int64)
-        if not adam:
-            for state in (self.bias_state, self.linear_state1, self.factor_state1):
-                state.fill(cfg.adagrad_init)
         self.code = kernel.ADAM if adam else kernel.ADAGRAD
 
     def train(self, rows: Rows, order: np.ndarray) -> float:
@@ -187,7 +189,7 @@ class CpuEngine:
             self.bias_state, self.linear_state1, self.linear_state2, self.factor_state1, self.factor_state2,
             self.stamps, self.seen, max_row,
             self.code, cfg.lr, cfg.l2_linear, cfg.l2_factors, cfg.eps, 0.9, 0.999, self.counters,
-            cfg.seed, cfg.init_std,
+            cfg.seed, cfg.init_std, cfg.adagrad_init,
         )
 
     def weights(self) -> FMWeights:
@@ -350,5 +352,5 @@ def train(
         progress.end_epoch(record)
         if valid_source is not None and since_best >= cfg.patience:
             break
-    final = best if best is not None else engine.weights().copy()
+    final = best if best is not None else engine.weights()
     return TrainResult(final, history, best_epoch, source.rows, engine_name, device, cfg)

@@ -111,12 +111,12 @@ def criteo_like(rows: int, *, seed: int = 0, vocab_max: int = 300, interacting: 
     logits += _bias_for_rate(logits, target_rate)
     p = 1 / (1 + np.exp(-logits))
     labels = (rng.random(rows) < p).astype(np.int64)
-    out = io.StringIO()
+    import polars as pl
+
     cols = [labels.astype(str), *numeric_text, *names]
-    for r in range(rows):
-        out.write("\t".join(c[r] for c in cols))
-        out.write("\n")
-    return Generated(out.getvalue().encode(), labels, p)
+    frame = pl.DataFrame({f"c{j}": c for j, c in enumerate(cols)})
+    text = frame.write_csv(separator="\t", include_header=False, quote_style="never")
+    return Generated(text.encode(), labels, p)
 
 
 def _bias_for_rate(logits: np.ndarray, rate: float) -> float:

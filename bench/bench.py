@@ -1,0 +1,178 @@
+"""fmctr's speed and memory, each stage against a baseline measured in the same run.
+
+    python bench/bench.py                       # 1M rows; memory also at 20M rows
+    python bench/bench.py --rows 200000 --memory-rows 0
+
+Generates Criteo-like data (sample_data/generate.py, planted FM, 13 numeric + 26
+categorical fields), then runs every stage in a fresh process, timing the work inside
+it and reading the process's peak RSS from the kernel (wait4). Prints a table of
+rows/s, the ratio to the stage's baseline, and peak RSS. The machine is shared and
+noisy: compare ratios, not absolutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+STAGES = {
+    # name -> Python code run in a child process; it prints {"rows": n, "seconds": s}.
+    "read (bare polars.read_csv)": """
+import polars as pl
+t = time.perf_counter()
+df = pl.read_csv(DATA, separator="\\t", has_header=False, infer_schema=False, quote_char=None)
+report(df.height, time.perf_counter() - t)
+""",
+    "preprocess TSV -> hashed": """
+from fmctr.pipeline import preprocess
+from fmctr.schema import build_spec
+from fmctr.hashing import HashSpec
+t = time.perf_counter()
+ds = preprocess(DATA, HASHED, spec=build_spec(preset="criteo"), hashing=HashSpec(bits=BITS))
+report(ds.rows, time.perf_counter() - t)
+""",
+    "train hashed, torch autograd + Adagrad, batch 4096 (baseline)": """
+from fmctr.pipeline import train_model
+from fmctr.schema import build_spec
+from fmctr.train import TrainConfig
+model, result = train_model(HASHED, spec=build_spec(), hashing=None,
+    cfg=TrainConfig(dim=DIM, epochs=1, engine="torch", device="cpu", batch_size=4096, threads=THREADS))
+report(result.rows, result.history[0].seconds)
+""",
+    "train hashed, fmctr cpu engine (1 epoch)": """
+from fmctr.pipeline import train_model
+from fmctr.schema import build_spec
+from fmctr.train import TrainConfig
+from fmctr.modelfile import save
+model, result = train_model(HASHED, spec=build_spec(), hashing=None, cfg=TrainConfig(dim=DIM, epochs=1, threads=THREADS))
+save(model, MODEL)
+report(result.rows, result.history[0].seconds)
+""",
+    "train from raw TSV (hash + 1 epoch)": """
+from fmctr.pipeline import train_model
+from fmctr.schema import build_spec
+from fmctr.hashing import HashSpec
+from fmctr.train import TrainConfig
+t = time.perf_counter()
+model, result = train_model(DATA, spec=build_spec(preset="criteo"), hashing=HashSpec(bits=BITS), cfg=TrainConfig(dim=DIM, epochs=1, threads=THREADS))
+report(result.rows, time.perf_counter() - t)
+""",
+    "predict TSV -> CSV": """
+from fmctr.pipeline import predict
+from fmctr.modelfile import load
+model = load(MODEL)
+t = time.perf_counter()
+n = predict(DATA, model, PREDS)
+report(n, time.perf_counter() - t)
+""",
+}
+
+PRELUDE = """
+import json, sys, time
+def report(rows, seconds):
+    print(json.dumps({"rows": rows, "seconds": seconds}))
+"""
+
+
+def run_stage(code: str, variables: dict) -> dict:
+    """Run `code` in a fresh Python; return its report plus its peak RSS in MiB."""
+    assignments = "".join(f"{k} = {v!r}\n" for k, v in variables.items())
+    proc = subprocess.Popen([sys.executable, "-c", PRELUDE + assignments + code], stdout=subprocess.PIPE, cwd=ROOT)
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    if status != 0:
+        raise SystemExit(f"stage failed (status {status}):\n{code}")
+    report = json.loads(out.decode().strip().splitlines()[-1])
+    report["rss_mib"] = usage.ru_maxrss / 1024
+    report["rows_per_s"] = report["rows"] / report["seconds"]
+    return report
+
+
+def replicate(hashed: Path, copies: int, out: Path) -> None:
+    """A hashed dataset of `copies` times the rows of `hashed`, by hard links."""
+    manifest = json.loads((hashed / "manifest.json").read_text())
+    out.mkdir()
+    parts = []
+    for c in range(copies):
+        for part in manifest["parts"]:
+            name = f"part-{len(parts):05d}"
+            for array in ("indices", "values", "offsets", "labels"):
+                os.link(hashed / f"{part['name']}.{array}.npy", out / f"{name}.{array}.npy")
+            parts.append({**part, "name": name})
+    manifest["parts"] = parts
+    manifest["rows"] = manifest["rows"] * copies
+    (out / "manifest.json").write_text(json.dumps(manifest))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--memory-rows", type=int, default=20_000_000, help="rows for the memory check (0: skip)")
+    parser.add_argument("--dim", type=int, default=16)
+    parser.add_argument("--bits", type=int, default=22)
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--vocab", type=int, default=100_000, help="largest categorical vocabulary")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="fmctr-bench-"))
+    try:
+        data = work / "data.tsv"
+        started = time.perf_counter()
+        # In a child, so that this process stays small: a child forked from a big
+        # parent would report the parent's pages as its peak RSS.
+        subprocess.run([sys.executable, "-c", "import sys, generate; sys.stdout.buffer.write("
+                        f"generate.criteo_like({args.rows}, seed=0, vocab_max={args.vocab}).text)"],
+                       stdout=data.open("wb"), cwd=ROOT / "sample_data", check=True)
+        print(f"generated {args.rows:,} Criteo-like rows ({data.stat().st_size / 2**20:.0f} MiB) "
+              f"in {time.perf_counter() - started:.0f}s; dim {args.dim}, bits {args.bits}, threads {args.threads}",
+              file=sys.stderr)
+        variables = {"DATA": str(data), "HASHED": str(work / "data.hashed"), "MODEL": str(work / "model.fm"),
+                     "PREDS": str(work / "preds.csv"), "BITS": args.bits, "DIM": args.dim, "THREADS": args.threads}
+        results = {}
+        for name, code in STAGES.items():
+            results[name] = run_stage(code, variables)
+            print(f"  {name}: {results[name]['rows_per_s']:,.0f} rows/s", file=sys.stderr)
+
+        read = results["read (bare polars.read_csv)"]["rows_per_s"]
+        torch_train = results["train hashed, torch autograd + Adagrad, batch 4096 (baseline)"]["rows_per_s"]
+        baseline_of = {
+            "preprocess TSV -> hashed": ("bare read", read),
+            "train hashed, fmctr cpu engine (1 epoch)": ("torch baseline", torch_train),
+            "train from raw TSV (hash + 1 epoch)": ("torch baseline", torch_train),
+            "predict TSV -> CSV": ("bare read", read),
+        }
+        print(f"\n| stage ({args.rows:,} rows) | rows/s | vs baseline | peak RSS |")
+        print("|---|---:|---:|---:|")
+        for name, r in results.items():
+            ratio = ""
+            if name in baseline_of:
+                label, base = baseline_of[name]
+                ratio = f"{r['rows_per_s'] / base:.2f}x {label}"
+            print(f"| {name} | {r['rows_per_s']:,.0f} | {ratio} | {r['rss_mib']:,.0f} MiB |")
+
+        if args.memory_rows:
+            copies = max(1, args.memory_rows // args.rows)
+            big = work / "big.hashed"
+            replicate(work / "data.hashed", copies, big)
+            code = STAGES["train hashed, fmctr cpu engine (1 epoch)"].replace("save(model, MODEL)", "")
+            small_run = results["train hashed, fmctr cpu engine (1 epoch)"]
+            big_run = run_stage(code, {**variables, "HASHED": str(big)})
+            print(f"| train hashed, {big_run['rows']:,} rows | {big_run['rows_per_s']:,.0f} | "
+                  f"RSS {big_run['rss_mib'] / small_run['rss_mib']:.2f}x the {args.rows:,}-row run | {big_run['rss_mib']:,.0f} MiB |")
+        model_mib = (2**args.bits) * (args.dim + 1) * 4 * 2 / 2**20
+        print(f"\nmodel + optimizer state at bits {args.bits}, dim {args.dim}: {model_mib:,.0f} MiB")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
