@@ -89,6 +89,7 @@ NumericMode = Annotated[Optional[str], typer.Option(help="How numeric columns be
 Format = Annotated[Optional[str], typer.Option("--format", help="Input format: csv, tsv, criteo, parquet, libsvm, libffm.  [default: detected from the data]", rich_help_panel=SCHEMA)]
 Bits = Annotated[Optional[int], typer.Option(help="Hash space is 2^bits features.  [default: 22]", rich_help_panel=HASH)]
 HashSeed = Annotated[int, typer.Option(help="Seed of the feature hash.", rich_help_panel=HASH)]
+Threads = Annotated[Optional[int], typer.Option(help="CPU threads for reading, hashing, training and scoring.  [default: all cores]")]
 ModelOpt = Annotated[Path, typer.Option("--model", "-m", help="Model file written by `fmctr train`.")]
 Json = Annotated[bool, typer.Option("--json", help="Print metrics as one JSON object on stdout.")]
 
@@ -124,6 +125,22 @@ def _hashing(bits: Optional[int], seed: int):
     return HashSpec(bits=DEFAULT_BITS if bits is None else bits, seed=seed).check()
 
 
+def _use_threads(threads: Optional[int]) -> None:
+    """Every stage's thread pool: polars and pyarrow read it at start-up, numba per call."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise BadOptions(f"--threads must be at least 1, got {threads}")
+    os.environ["POLARS_MAX_THREADS"] = str(threads)
+    import pyarrow
+
+    pyarrow.set_cpu_count(threads)
+    pyarrow.set_io_thread_count(threads)
+    from fmctr.train import set_threads
+
+    set_threads(threads)
+
+
 def _json_safe(value):
     if isinstance(value, float) and math.isnan(value):
         return None
@@ -151,8 +168,10 @@ def preprocess(
     format: Format = None,
     bits: Bits = None,
     hash_seed: HashSeed = 0,
+    threads: Threads = None,
 ) -> None:
     """Hash raw data once into a dataset directory (for data trained on many times)."""
+    _use_threads(threads)
     from fmctr.hashing import HashSpec
     from fmctr.pipeline import DEFAULT_BITS, preprocess as run
 
@@ -191,13 +210,14 @@ def train_cmd(
     patience: Annotated[int, typer.Option(help="With validation: stop after this many epochs without improvement.", rich_help_panel=TRAIN)] = 2,
     metric: Annotated[str, typer.Option(help="With validation: logloss or auc decides the best epoch.", rich_help_panel=TRAIN)] = "logloss",
     seed: Annotated[int, typer.Option(help="Seed for initialisation and shuffling.", rich_help_panel=TRAIN)] = 0,
-    threads: Annotated[Optional[int], typer.Option(help="CPU threads.  [default: all cores]", rich_help_panel=TRAIN)] = None,
+    threads: Threads = None,
     engine: Annotated[str, typer.Option(help="cpu (fused kernels), torch (EmbeddingBag + autograd) or auto.", rich_help_panel=TRAIN)] = "auto",
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto (CUDA when available).", rich_help_panel=TRAIN)] = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or tables.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the training summary (the model file's training metadata) as JSON on stdout.")] = False,
 ) -> None:
     """Train an FM on raw or hashed data and write a self-contained model file."""
+    _use_threads(threads)
     from fmctr import dataset
     from fmctr.modelfile import save
     from fmctr.pipeline import train_model
@@ -238,8 +258,10 @@ def eval_cmd(
     input: InputArg = "-",
     model: ModelOpt = ...,
     json_out: Json = False,
+    threads: Threads = None,
 ) -> None:
     """Report AUC, logloss, normalized entropy and calibration on labelled data."""
+    _use_threads(threads)
     from fmctr.modelfile import load
     from fmctr.pipeline import evaluate_model
     from fmctr.progress import metrics_table, stderr
@@ -259,8 +281,10 @@ def predict(
     model: ModelOpt = ...,
     output: Annotated[str, typer.Option("--output", "-o", help="CSV file to write, or - for stdout.")] = "-",
     keep: Annotated[Optional[list[str]], typer.Option(metavar="COLS", help="Input columns to copy into the output before the probability (comma-separated, repeatable).")] = None,
+    threads: Threads = None,
 ) -> None:
     """Write click probabilities as CSV, one line per input row, in input order."""
+    _use_threads(threads)
     from fmctr.modelfile import load
     from fmctr.pipeline import predict as run
 

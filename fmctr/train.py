@@ -172,8 +172,6 @@ class CpuEngine:
         self.factor_state1 = np.zeros((n, k), np.float32)
         self.factor_state2 = np.zeros((n, k), np.float32) if adam else self.factor_state1
         self.threads = threads
-        # Per thread, the last batch that met each row and the row's slot in it.
-        self.stamps = np.zeros((threads, n), np.int64)
         self.seen = np.zeros(n, np.bool_)
         self.counters = np.zeros(2, np.int64)
         self.code = kernel.ADAM if adam else kernel.ADAGRAD
@@ -181,13 +179,11 @@ class CpuEngine:
     def train(self, rows: Rows, order: np.ndarray) -> float:
         cfg = self.cfg
         max_row = int((rows.offsets[order + 1] - rows.offsets[order]).max(initial=0))
-        if cfg.batch_size * max_row >= 1 << 24:
-            raise BadOptions(f"--batch-size {cfg.batch_size} times {max_row} features per row is too many for one batch")
         return kernel.train_rows(
             rows.indices, rows.values, rows.offsets, rows.labels, order, cfg.batch_size, self.threads,
             self.w.bias, self.w.linear, self.w.factors,
             self.bias_state, self.linear_state1, self.linear_state2, self.factor_state1, self.factor_state2,
-            self.stamps, self.seen, max_row,
+            self.seen, max_row,
             self.code, cfg.lr, cfg.l2_linear, cfg.l2_factors, cfg.eps, 0.9, 0.999, self.counters,
             cfg.seed, cfg.init_std, cfg.adagrad_init,
         )
