@@ -16,14 +16,14 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from fmctr import __version__, dataset
+from fmctr import __version__, dataset, onepass
 from fmctr.atomic import atomic_file
 from fmctr.batches import DatasetRows
 from fmctr.errors import BadInput, BadOptions, BadSchema
 from fmctr.hashing import HashSpec, Rows, hash_chunk
 from fmctr.metrics import evaluate
 from fmctr.modelfile import Model
-from fmctr.read import display_name, open_source, prefetch
+from fmctr.read import Chunk, RawChunk, display_name, open_source, prefetch
 from fmctr.schema import SPARSE_FORMATS, Schema, SchemaSpec
 from fmctr.train import TrainConfig, TrainResult, probabilities, train
 
@@ -77,7 +77,7 @@ def open_input(
     hashing = hashing or HashSpec(bits=DEFAULT_BITS)
     fmt_source = schema if schema is not None else spec
     assert fmt_source is not None
-    source = open_source(path, format=fmt_source.format, column_names=fmt_source.column_names)
+    source = open_source(path, format=fmt_source.format, column_names=fmt_source.column_names, raw=True)
     if schema is None:
         assert spec is not None
         if source.format in SPARSE_FORMATS and spec.format is None:
@@ -96,14 +96,33 @@ def open_input(
     if absent_keep:
         raise BadInput(f"{name}: --keep column(s) {', '.join(absent_keep)} not found")
 
+    plan = None
+    if source.separator is not None and onepass.Plan.applies(schema) and not keep and not missing:
+        plan = onepass.Plan(schema, hashing, columns, require_label)
+        plan = plan if plan.ok else None
+
+    def columnar(chunk: Chunk) -> tuple[Rows, pl.DataFrame | None]:
+        if missing:
+            chunk.frame = chunk.frame.with_columns(pl.lit("").alias(m) for m in missing)
+        rows = hash_chunk(chunk, schema, hashing, name=name, columns=columns, require_label=require_label)
+        return rows, (chunk.frame.select(keep) if keep else None)
+
+    def one(chunk: Chunk | RawChunk) -> tuple[Rows, pl.DataFrame | None]:
+        if isinstance(chunk, Chunk):
+            return columnar(chunk)
+        rows = onepass.hash_bytes(chunk.data, plan, source.separator) if plan is not None else None
+        if rows is not None:
+            return rows, None
+        pieces = [columnar(c) for c in chunk.parse(name, columns, source.separator)]
+        kept = [k for _, k in pieces if k is not None]
+        return Rows.concat([r for r, _ in pieces]), (pl.concat(kept) if kept else None)
+
     def parts() -> Iterator[tuple[Rows, pl.DataFrame | None]]:
         total = 0
         for chunk in prefetch(source.chunks):
-            if missing:
-                chunk.frame = chunk.frame.with_columns(pl.lit("").alias(m) for m in missing)
-            rows = hash_chunk(chunk, schema, hashing, name=name, columns=columns, require_label=require_label)
+            rows, kept = one(chunk)
             total += len(rows)
-            yield rows, (chunk.frame.select(keep) if keep else None)
+            yield rows, kept
         if total == 0:
             raise BadInput(f"{name}: no data rows" + ("" if sparse or source.format == "criteo" else " (only a header)"))
 

@@ -43,13 +43,27 @@ class Chunk:
 
 
 @dataclass
+class RawChunk:
+    """Whole lines of unquoted delimited text, as bytes; `first_line` as in Chunk."""
+
+    data: bytes
+    first_line: int
+
+    def parse(self, name: str, columns: list[str], separator: str) -> Iterator[Chunk]:
+        """The same lines as string columns (pyarrow), with the file's line numbers."""
+        return _csv_chunks(io.BytesIO(self.data), name, columns, separator, 0, False, self.first_line - 1)
+
+
+@dataclass
 class Source:
-    """An opened input: its display name, format, column names and chunk stream."""
+    """An opened input: its display name, format, column names and chunk stream.
+    `separator` is set for unquoted text read as RawChunks."""
 
     name: str
     format: str
     columns: list[str]
-    chunks: Iterator[Chunk]
+    chunks: Iterator[Chunk] | Iterator[RawChunk]
+    separator: str | None = None
 
 
 class _Prefixed(io.RawIOBase):
@@ -204,8 +218,10 @@ def _check_text(peek: bytes, name: str) -> None:
             raise BadInput(f"{name}:{line}: not valid UTF-8 text") from None
 
 
-def open_source(path: str, *, format: str | None = None, column_names: tuple[str, ...] | None = None) -> Source:
-    """Open any supported input as a stream of string-column chunks."""
+def open_source(path: str, *, format: str | None = None, column_names: tuple[str, ...] | None = None,
+                raw: bool = False) -> Source:
+    """Open any supported input as a stream of string-column chunks; with `raw`,
+    TSV and Criteo text come as RawChunks of whole lines instead."""
     name = display_name(path)
     if format is not None and format not in FORMATS:
         raise BadInput(f"unknown format {format!r} (choose from {', '.join(FORMATS)})")
@@ -230,6 +246,8 @@ def open_source(path: str, *, format: str | None = None, column_names: tuple[str
                 f"{name}:1: the criteo format has {len(names)} tab-separated columns "
                 f"(or {len(names) - 1} without the label), found {n_fields}"
             )
+        if raw:
+            return Source(name, fmt, names, _raw_chunks(stream, 0), "\t")
         return Source(name, fmt, names, _csv_chunks(stream, name, names, "\t", 0, False))
     separator = "\t" if fmt == "tsv" else ","
     header_text = first.decode("utf-8", errors="replace").lstrip("\ufeff")
@@ -239,10 +257,42 @@ def open_source(path: str, *, format: str | None = None, column_names: tuple[str
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise BadInput(f"{name}:1: duplicate column name(s) in the header: {', '.join(dupes)}")
+    if raw and fmt == "tsv":
+        return Source(name, fmt, names, _raw_chunks(stream, 1), "\t")
     return Source(name, fmt, names, _csv_chunks(stream, name, names, separator, 1, fmt == "csv"))
 
 
-def _csv_chunks(stream, name: str, names: list[str], separator: str, header_lines: int, quoted: bool) -> Iterator[Chunk]:
+def _raw_chunks(stream, header_lines: int) -> Iterator[RawChunk]:
+    """Blocks of whole lines, about BLOCK_BYTES each, after `header_lines` lines."""
+    rest = b""
+    line = 1
+    skip = header_lines
+    while True:
+        block = stream.read(BLOCK_BYTES)
+        data = rest + block if block else rest
+        if not data:
+            return
+        cut = data.rfind(b"\n") + 1 if block else len(data)
+        if cut == 0:  # no line end yet: read on
+            rest = data
+            continue
+        lines, rest = data[:cut], data[cut:]
+        while skip and lines:
+            end = lines.find(b"\n")
+            lines = lines[end + 1 :] if end >= 0 else b""
+            line += 1
+            skip -= 1
+        if lines:
+            yield RawChunk(lines, line)
+            line += lines.count(b"\n")
+        if not block:
+            return
+
+
+def _csv_chunks(stream, name: str, names: list[str], separator: str, header_lines: int, quoted: bool,
+                lines_before: int = 0) -> Iterator[Chunk]:
+    """Parse delimited text with pyarrow. `lines_before` counts lines of the file
+    that precede `stream` (when it is a piece of a file), for line numbers."""
     bad: list = []
 
     def on_bad_row(row) -> str:
@@ -269,11 +319,11 @@ def _csv_chunks(stream, name: str, names: list[str], separator: str, header_line
         if "Empty CSV file" in str(e):
             return iter(())
         raise BadInput(_arrow_error(name, e)) from None
-    return _batches(reader, name, names, header_lines, bad)
+    return _batches(reader, name, header_lines, lines_before, bad)
 
 
-def _batches(reader, name: str, names: list[str], header_lines: int, bad: list) -> Iterator[Chunk]:
-    line = header_lines + 1
+def _batches(reader, name: str, header_lines: int, lines_before: int, bad: list) -> Iterator[Chunk]:
+    line = lines_before + header_lines + 1
     while True:
         try:
             batch = reader.read_next_batch()
@@ -283,7 +333,7 @@ def _batches(reader, name: str, names: list[str], header_lines: int, bad: list) 
             raise BadInput(_arrow_error(name, e)) from None
         if bad:
             row = bad[0]
-            where = f"{name}:{row.number}" if row.number is not None else name
+            where = f"{name}:{row.number + lines_before}" if row.number is not None else name
             raise BadInput(f"{where}: expected {row.expected_columns} columns, found {row.actual_columns}")
         frame = pl.from_arrow(batch)
         assert isinstance(frame, pl.DataFrame)

@@ -1,0 +1,266 @@
+"""The one-pass path for unquoted delimited text (TSV, the Criteo format): numba
+kernels split the raw bytes into fields and hash each field where it lies, without
+building string columns first. It computes exactly what fmctr.hashing computes (the
+tests compare the two on the same data); a chunk it cannot take whole (a number that
+is not a plain integer, text that is not UTF-8, ...) goes the columnar way instead,
+which also words the error for bad input.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from fmctr.hashing import BUCKET_TABLE, HashSpec, Rows, _bucket_table, field_seed, token_index
+from fmctr.schema import Schema
+
+P1 = np.uint64(0x9E3779B185EBCA87)
+P2 = np.uint64(0xC2B2AE3D27D4EB4F)
+P3 = np.uint64(0x165667B19E3779F9)
+P4 = np.uint64(0x85EBCA77C2B2AE63)
+P5 = np.uint64(0x27D4EB2F165667C5)
+
+IGNORE, CATEGORICAL, BUCKET, LABEL = 0, 1, 2, 3
+OK, FALLBACK = 0, 1
+NEWLINE, CR = 10, 13
+
+
+@numba.njit(cache=True, inline="always")
+def _rotl(x, r):
+    return (x << np.uint64(r)) | (x >> np.uint64(64 - r))
+
+
+@numba.njit(cache=True, inline="always")
+def _read64(buf, p):
+    v = np.uint64(0)
+    for b in range(8):
+        v |= np.uint64(buf[p + b]) << np.uint64(8 * b)
+    return v
+
+
+@numba.njit(cache=True, inline="always")
+def _read32(buf, p):
+    v = np.uint64(0)
+    for b in range(4):
+        v |= np.uint64(buf[p + b]) << np.uint64(8 * b)
+    return v
+
+
+@numba.njit(cache=True, inline="always")
+def _round(acc, lane):
+    return _rotl(acc + lane * P2, 31) * P1
+
+
+@numba.njit(cache=True)
+def xxh64(buf, start, end, seed):
+    """XXH64 of buf[start:end] (the published algorithm; the tests check it against
+    the xxhash package)."""
+    n = end - start
+    p = start
+    if n >= 32:
+        v1 = seed + P1 + P2
+        v2 = seed + P2
+        v3 = seed
+        v4 = seed - P1
+        limit = end - 32
+        while p <= limit:
+            v1 = _round(v1, _read64(buf, p))
+            v2 = _round(v2, _read64(buf, p + 8))
+            v3 = _round(v3, _read64(buf, p + 16))
+            v4 = _round(v4, _read64(buf, p + 24))
+            p += 32
+        h = _rotl(v1, 1) + _rotl(v2, 7) + _rotl(v3, 12) + _rotl(v4, 18)
+        for v in (v1, v2, v3, v4):
+            h = (h ^ _round(np.uint64(0), v)) * P1 + P4
+    else:
+        h = seed + P5
+    h += np.uint64(n)
+    while p + 8 <= end:
+        h ^= _round(np.uint64(0), _read64(buf, p))
+        h = _rotl(h, 27) * P1 + P4
+        p += 8
+    if p + 4 <= end:
+        h ^= _read32(buf, p) * P1
+        h = _rotl(h, 23) * P2 + P3
+        p += 4
+    while p < end:
+        h ^= np.uint64(buf[p]) * P5
+        h = _rotl(h, 11) * P1
+        p += 1
+    h ^= h >> np.uint64(33)
+    h *= P2
+    h ^= h >> np.uint64(29)
+    h *= P3
+    h ^= h >> np.uint64(32)
+    return h
+
+
+@numba.njit(cache=True)
+def line_starts(buf):
+    """Start offset of every line, plus the end (a last line without newline counts)."""
+    n = 0
+    for b in buf:
+        if b == NEWLINE:
+            n += 1
+    if len(buf) and buf[-1] != NEWLINE:
+        n += 1
+    starts = np.empty(n + 1, np.int64)
+    starts[0] = 0
+    row = 1
+    for p in range(len(buf)):
+        if buf[p] == NEWLINE:
+            starts[row] = p + 1
+            row += 1
+    starts[n] = len(buf) + (0 if len(buf) and buf[-1] == NEWLINE else 1)
+    return starts
+
+
+@numba.njit(cache=True)
+def _parse_int(buf, start, end):
+    """(ok, value) for [+-]?[0-9]{1,18}; not ok for anything else."""
+    p = start
+    negative = False
+    if p < end and (buf[p] == 45 or buf[p] == 43):
+        negative = buf[p] == 45
+        p += 1
+    if p == end or end - p > 18:
+        return False, 0
+    value = 0
+    while p < end:
+        d = buf[p] - 48
+        if d < 0 or d > 9:
+            return False, 0
+        value = value * 10 + d
+        p += 1
+    return True, -value if negative else value
+
+
+@numba.njit(cache=True)
+def _label(buf, start, end):
+    """1.0 / 0.0 for 1, +1, 1.0 / 0, -1, 0.0, -1.0; -1.0 for anything else."""
+    n = end - start
+    text = 0
+    for p in range(start, min(end, start + 4)):
+        text = text * 256 + buf[p]
+    if n == 1 and text == 49 or n == 2 and text == 0x2B31 or n == 3 and text == 0x312E30:
+        return 1.0
+    if n == 1 and text == 48 or n == 2 and text == 0x2D31 or n == 3 and text == 0x302E30 or n == 4 and text == 0x2D312E30:
+        return 0.0
+    return -1.0
+
+
+@numba.njit(cache=True, parallel=True)
+def hash_lines(buf, starts, sep, kinds, seeds, tables, table_lo, bucket_lo, bucket_hi, mask, n_features, need_label,
+               indices, labels, status, unusual):
+    """Parse and hash every line. Per row a status: OK, or FALLBACK for anything the
+    columnar path must look at (wrong column count, a label or number it may read
+    or reject). A bucket outside the lookup table is left in unusual[row, feature]
+    (else 0) for the caller to hash from its text."""
+    n_rows = len(starts) - 1
+    n_columns = len(kinds)
+    for r in numba.prange(n_rows):
+        p = starts[r]
+        end = starts[r + 1] - 1  # the newline
+        if end > p and end <= len(buf) and buf[end - 1] == CR:
+            end -= 1
+        if end > len(buf):
+            end = len(buf)
+        column = 0
+        feature = 0
+        status[r] = OK
+        while True:
+            q = p
+            while q < end and buf[q] != sep:
+                q += 1
+            if column >= n_columns:
+                status[r] = FALLBACK  # too many columns
+                break
+            kind = kinds[column]
+            if kind == CATEGORICAL:
+                indices[r, feature] = np.int32(xxh64(buf, p, q, seeds[column]) & mask)
+                feature += 1
+            elif kind == BUCKET:
+                if q == p:
+                    indices[r, feature] = tables[column, len(tables[column]) - 1]
+                else:
+                    ok, x = _parse_int(buf, p, q)
+                    if not ok:
+                        status[r] = FALLBACK
+                        break
+                    b = np.int64(np.floor(np.log(np.float64(x)) ** 2)) if x > 2 else x
+                    if b >= bucket_lo and b < bucket_hi:
+                        indices[r, feature] = tables[column, b - table_lo]
+                    else:
+                        indices[r, feature] = 0
+                        unusual[r, feature] = b
+                feature += 1
+            elif kind == LABEL and need_label:
+                y = _label(buf, p, q)
+                if y < 0:
+                    status[r] = FALLBACK
+                    break
+                labels[r] = y
+            column += 1
+            if q >= end:
+                break
+            p = q + 1
+        if status[r] == OK and column < n_columns:
+            status[r] = FALLBACK  # too few columns
+
+
+class Plan:
+    """What the kernels need to know about a schema, computed once per input."""
+
+    def __init__(self, schema: Schema, spec: HashSpec, columns: list[str], need_label: bool):
+        kinds = np.zeros(len(columns), np.int64)
+        seeds = np.zeros(len(columns), np.uint64)
+        tables = np.zeros((len(columns), len(BUCKET_TABLE) + 1), np.int32)
+        fields = {f.name: f for f in schema.fields}
+        self.feature_columns = []
+        for c, name in enumerate(columns):
+            if name == schema.label:
+                kinds[c] = LABEL
+            elif name in fields:
+                f = fields[name]
+                kinds[c] = CATEGORICAL if f.kind == "categorical" else BUCKET
+                seeds[c] = field_seed(name, spec.seed)
+                if f.kind == "numeric":
+                    tables[c] = _bucket_table(name, spec)
+                self.feature_columns.append(name)
+        # Features come out in column order; the schema's order must match.
+        self.ok = self.feature_columns == schema.feature_names
+        self.kinds, self.seeds, self.tables = kinds, seeds, tables
+        self.spec = spec
+        self.need_label = need_label and schema.label in columns
+        self.columns = columns
+
+    @staticmethod
+    def applies(schema: Schema) -> bool:
+        return all(f.kind == "categorical" or (f.kind == "numeric" and f.numeric == "bucket") for f in schema.fields)
+
+
+def hash_bytes(buf: bytes, plan: Plan, sep: str) -> Rows | None:
+    """Hash the complete lines in `buf`; None when the chunk must go the columnar way."""
+    try:
+        buf.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if b"\x00" in buf:
+        return None
+    data = np.frombuffer(buf, np.uint8)
+    starts = line_starts(data)
+    n = len(starts) - 1
+    n_features = len(plan.feature_columns)
+    indices = np.empty((n, n_features), np.int32)
+    labels = np.zeros(n, np.float32)
+    status = np.empty(n, np.int8)
+    unusual = np.zeros((n, n_features), np.int64)
+    hash_lines(data, starts, ord(sep), plan.kinds, plan.seeds, plan.tables, BUCKET_TABLE.start, BUCKET_TABLE.start,
+               BUCKET_TABLE.stop, np.uint64(plan.spec.size - 1), n_features, plan.need_label,
+               indices, labels, status, unusual)
+    if status.any():
+        return None  # the columnar path reads it, or words the error
+    for r, j in zip(*np.nonzero(unusual)):
+        indices[r, j] = token_index(plan.feature_columns[j], str(int(unusual[r, j])), plan.spec)
+    offsets = np.arange(n + 1, dtype=np.int64) * n_features
+    return Rows(indices.ravel(), np.ones(n * n_features, np.float32), offsets, labels if plan.need_label else None)
