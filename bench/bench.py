@@ -106,7 +106,8 @@ def replicate(hashed: Path, copies: int, out: Path) -> None:
         for part in manifest["parts"]:
             name = f"part-{len(parts):05d}"
             for array in ("indices", "values", "offsets", "labels"):
-                os.link(hashed / f"{part['name']}.{array}.npy", out / f"{name}.{array}.npy")
+                if (hashed / f"{part['name']}.{array}.npy").exists():
+                    os.link(hashed / f"{part['name']}.{array}.npy", out / f"{name}.{array}.npy")
             parts.append({**part, "name": name})
     manifest["parts"] = parts
     manifest["rows"] = manifest["rows"] * copies

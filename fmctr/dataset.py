@@ -3,7 +3,7 @@
     train.hashed/
       manifest.json              format, version, schema, hashing spec, parts, row counts
       part-00000.indices.npy     int32 feature indices
-      part-00000.values.npy      float32 feature values
+      part-00000.values.npy      float32 feature values (absent when all are 1)
       part-00000.offsets.npy     int64 row offsets (rows + 1)
       part-00000.labels.npy      float32 0/1 labels
       ...
@@ -48,6 +48,8 @@ class HashedDataset:
         part = self.parts[number]
         arrays = {}
         for name in ARRAYS:
+            if name == "values" and not part.get("values", True):
+                continue
             file = self.path / f"{part['name']}.{name}.npy"
             try:
                 arrays[name] = np.load(file, mmap_mode="r", allow_pickle=False)
@@ -55,6 +57,8 @@ class HashedDataset:
                 raise BadInput(f"{file}: unreadable part of the hashed dataset ({e})") from None
         if len(arrays["offsets"]) != part["rows"] + 1 or len(arrays["labels"]) != part["rows"]:
             raise BadInput(f"{self.path}: part {part['name']} does not match the manifest")
+        if "values" not in arrays:
+            arrays["values"] = np.ones(len(arrays["indices"]), np.float32)
         return Rows(arrays["indices"], arrays["values"], arrays["offsets"], arrays["labels"])
 
     def iter_parts(self) -> Iterator[Rows]:
@@ -93,10 +97,12 @@ def write(chunks: Iterable[Rows], path: str | Path, schema: Schema, hashing: Has
             if rows.labels is None:
                 raise BadInput("a hashed dataset needs labels")
             name = f"part-{number:05d}"
+            ones = bool(np.all(rows.values == 1))  # one-hot data: no need to store the values
             for array in ARRAYS:
-                np.save(tmp / f"{name}.{array}.npy", getattr(rows, array), allow_pickle=False)
+                if not (array == "values" and ones):
+                    np.save(tmp / f"{name}.{array}.npy", getattr(rows, array), allow_pickle=False)
             records.append({"name": name, "rows": len(rows), "nnz": int(rows.offsets[-1]),
-                            "positives": int(rows.labels.sum())})
+                            "positives": int(rows.labels.sum()), "values": not ones})
         if not records or sum(r["rows"] for r in records) == 0:
             raise BadInput("no data rows to write")
         manifest = {

@@ -104,6 +104,8 @@ class Rows:
 
     @staticmethod
     def concat(parts: list[Rows]) -> Rows:
+        if len(parts) == 1:
+            return parts[0]
         if not parts:
             return Rows(np.zeros(0, np.int32), np.zeros(0, np.float32), np.zeros(1, np.int64), None)
         starts = np.cumsum([0] + [p.offsets[-1] for p in parts[:-1]])
