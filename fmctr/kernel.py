@@ -130,7 +130,6 @@ def _train_batch(
     l2_lin32, l2_fac32 = np.float32(l2_linear), np.float32(l2_factors)
     beta1_32, beta2_32 = np.float32(beta1), np.float32(beta2)
     acc0_32 = np.float32(acc0)
-    one = np.float32(1)
     n_slots = 0
     grad_bias = 0.0
     total_loss = 0.0
@@ -178,20 +177,13 @@ def _train_batch(
     if optimizer == ADAGRAD:
         for slot in range(n_slots):
             i = slot_rows[slot]
-            g = slot_linear[slot] + l2_lin32 * linear[i]
-            a = linear_state1[i] + g * g
-            linear_state1[i] = a
-            linear[i] -= lr32 * g / (np.sqrt(a + acc0_32) + eps32)
+            _adagrad_row(linear[i : i + 1], linear_state1[i : i + 1], slot_linear[slot : slot + 1], l2_lin32, lr32, eps32, acc0_32)
             _adagrad_row(factors[i], factor_state1[i], slot_factors[slot], l2_fac32, lr32, eps32, acc0_32)
     else:
         for slot in range(n_slots):
             i = slot_rows[slot]
-            g = slot_linear[slot] + l2_lin32 * linear[i]
-            m = beta1_32 * linear_state1[i] + (one - beta1_32) * g
-            v = beta2_32 * linear_state2[i] + (one - beta2_32) * g * g
-            linear_state1[i] = m
-            linear_state2[i] = v
-            linear[i] -= lr32 * (m / c1) / (np.sqrt(v / c2) + eps32)
+            _adam_row(linear[i : i + 1], linear_state1[i : i + 1], linear_state2[i : i + 1], slot_linear[slot : slot + 1],
+                      l2_lin32, lr32, eps32, beta1_32, beta2_32, c1, c2)
             _adam_row(factors[i], factor_state1[i], factor_state2[i], slot_factors[slot],
                       l2_fac32, lr32, eps32, beta1_32, beta2_32, c1, c2)
     for slot in range(n_slots):

@@ -31,17 +31,10 @@ def _rotl(x, r):
 
 
 @numba.njit(cache=True, inline="always")
-def _read64(buf, p):
+def _read_le(buf, p, n):
+    """n bytes at p as a little-endian unsigned integer."""
     v = np.uint64(0)
-    for b in range(8):
-        v |= np.uint64(buf[p + b]) << np.uint64(8 * b)
-    return v
-
-
-@numba.njit(cache=True, inline="always")
-def _read32(buf, p):
-    v = np.uint64(0)
-    for b in range(4):
+    for b in range(n):
         v |= np.uint64(buf[p + b]) << np.uint64(8 * b)
     return v
 
@@ -64,10 +57,10 @@ def xxh64(buf, start, end, seed):
         v4 = seed - P1
         limit = end - 32
         while p <= limit:
-            v1 = _round(v1, _read64(buf, p))
-            v2 = _round(v2, _read64(buf, p + 8))
-            v3 = _round(v3, _read64(buf, p + 16))
-            v4 = _round(v4, _read64(buf, p + 24))
+            v1 = _round(v1, _read_le(buf, p, 8))
+            v2 = _round(v2, _read_le(buf, p + 8, 8))
+            v3 = _round(v3, _read_le(buf, p + 16, 8))
+            v4 = _round(v4, _read_le(buf, p + 24, 8))
             p += 32
         h = _rotl(v1, 1) + _rotl(v2, 7) + _rotl(v3, 12) + _rotl(v4, 18)
         for v in (v1, v2, v3, v4):
@@ -76,11 +69,11 @@ def xxh64(buf, start, end, seed):
         h = seed + P5
     h += np.uint64(n)
     while p + 8 <= end:
-        h ^= _round(np.uint64(0), _read64(buf, p))
+        h ^= _round(np.uint64(0), _read_le(buf, p, 8))
         h = _rotl(h, 27) * P1 + P4
         p += 8
     if p + 4 <= end:
-        h ^= _read32(buf, p) * P1
+        h ^= _read_le(buf, p, 4) * P1
         h = _rotl(h, 23) * P2 + P3
         p += 4
     while p < end:
