@@ -11,7 +11,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from fmctr.hashing import BUCKET_TABLE, HashSpec, Rows, _bucket_table, field_seed, token_index
+from fmctr.hashing import BUCKET_TABLE, HashSpec, Rows, _bucket_table, bucket_values, field_seed, token_index
 from fmctr.schema import Schema
 
 P1 = np.uint64(0x9E3779B185EBCA87)
@@ -44,7 +44,7 @@ def _round(acc, lane):
     return _rotl(acc + lane * P2, 31) * P1
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, inline="always")
 def xxh64(buf, start, end, seed):
     """XXH64 of buf[start:end] (the published algorithm; the tests check it against
     the xxhash package)."""
@@ -144,11 +144,12 @@ def _label(buf, start, end):
 
 @numba.njit(cache=True, parallel=True)
 def hash_lines(buf, starts, sep, kinds, seeds, tables, table_lo, bucket_lo, bucket_hi, mask, n_features, need_label,
-               indices, labels, status, unusual):
+               small_buckets, indices, labels, status):
     """Parse and hash every line. Per row a status: OK, or FALLBACK for anything the
     columnar path must look at (wrong column count, a label or number it may read
-    or reject). A bucket outside the lookup table is left in unusual[row, feature]
-    (else 0) for the caller to hash from its text."""
+    or reject). Buckets of 0 <= x < len(small_buckets) are looked up (numpy computed
+    them, so they match the columnar path bit for bit); a bucket outside the index
+    table is marked -1 for the caller to hash from its text."""
     n_rows = len(starts) - 1
     n_columns = len(kinds)
     for r in numba.prange(n_rows):
@@ -180,12 +181,14 @@ def hash_lines(buf, starts, sep, kinds, seeds, tables, table_lo, bucket_lo, buck
                     if not ok:
                         status[r] = FALLBACK
                         break
-                    b = np.int64(np.floor(np.log(np.float64(x)) ** 2)) if x > 2 else x
+                    if x >= 0 and x < len(small_buckets):
+                        b = np.int64(small_buckets[x])
+                    else:
+                        b = np.int64(np.floor(np.log(np.float64(x)) ** 2)) if x > 2 else x
                     if b >= bucket_lo and b < bucket_hi:
                         indices[r, feature] = tables[column, b - table_lo]
                     else:
-                        indices[r, feature] = 0
-                        unusual[r, feature] = b
+                        indices[r, feature] = -1  # a rare bucket: the caller hashes its text
                 feature += 1
             elif kind == LABEL and need_label:
                 y = _label(buf, p, q)
@@ -199,6 +202,10 @@ def hash_lines(buf, starts, sep, kinds, seeds, tables, table_lo, bucket_lo, buck
             p = q + 1
         if status[r] == OK and column < n_columns:
             status[r] = FALLBACK  # too few columns
+
+
+# Buckets of the integers 0 .. 65535, computed once by the columnar path's own rule.
+SMALL_BUCKETS = bucket_values(np.arange(1 << 16, dtype=np.float64)).astype(np.int32)
 
 
 class Plan:
@@ -247,13 +254,15 @@ def hash_bytes(buf: bytes, plan: Plan, sep: str) -> Rows | None:
     indices = np.empty((n, n_features), np.int32)
     labels = np.zeros(n, np.float32)
     status = np.empty(n, np.int8)
-    unusual = np.zeros((n, n_features), np.int64)
     hash_lines(data, starts, ord(sep), plan.kinds, plan.seeds, plan.tables, BUCKET_TABLE.start, BUCKET_TABLE.start,
                BUCKET_TABLE.stop, np.uint64(plan.spec.size - 1), n_features, plan.need_label,
-               indices, labels, status, unusual)
+               SMALL_BUCKETS, indices, labels, status)
     if status.any():
         return None  # the columnar path reads it, or words the error
-    for r, j in zip(*np.nonzero(unusual)):
-        indices[r, j] = token_index(plan.feature_columns[j], str(int(unusual[r, j])), plan.spec)
+    for r, j in zip(*np.nonzero(indices < 0)):
+        fields = buf[starts[r] : starts[r + 1]].rstrip(b"\r\n").split(sep.encode())
+        text = fields[plan.columns.index(plan.feature_columns[j])].decode()
+        bucket = int(bucket_values(np.array([float(int(text))]))[0])
+        indices[r, j] = token_index(plan.feature_columns[j], str(bucket), plan.spec)
     offsets = np.arange(n + 1, dtype=np.int64) * n_features
     return Rows(indices.ravel(), np.ones(n * n_features, np.float32), offsets, labels if plan.need_label else None)
