@@ -33,12 +33,10 @@ def _splitmix64(x):
 def _init_row(factors, i, seed, std):
     """fmctr.weights.initial_factors for one row, in place."""
     base = _splitmix64(_splitmix64(np.uint64(seed)) + np.uint64(i))
+    half_width = math.sqrt(3.0) * std
     for f in range(factors.shape[1]):
-        h1 = _splitmix64(base + np.uint64(f))
-        h2 = _splitmix64(h1)
-        u1 = (np.float64(h1 >> np.uint64(11)) + 1.0) * 2.0**-53
-        u2 = np.float64(h2 >> np.uint64(11)) * 2.0**-53
-        factors[i, f] = math.sqrt(-2.0 * math.log(u1)) * math.cos(2.0 * math.pi * u2) * std
+        u = np.float64(_splitmix64(base + np.uint64(f)) >> np.uint64(11)) * 2.0**-53
+        factors[i, f] = (2.0 * u - 1.0) * half_width
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=FAST)

@@ -50,15 +50,14 @@ def splitmix64(x: np.ndarray) -> np.ndarray:
 
 
 def initial_factors(rows: np.ndarray, dim: int, *, seed: int, std: float) -> np.ndarray:
-    """Initial factors of the given rows: N(0, std^2) drawn from a counter-based hash of
-    (seed, row, f), so a row's start does not depend on when or where it is first met.
+    """Initial factors of the given rows: uniform on [-sqrt(3) std, sqrt(3) std] (mean 0,
+    standard deviation std), drawn from a counter-based hash of (seed, row, f), so a
+    row's start does not depend on when or where it is first met. Uniform, not
+    Gaussian: no logarithm or cosine per value when a row is first met.
     fmctr.kernel computes the same values one at a time."""
     rows = np.asarray(rows, dtype=np.uint64)[:, None]
     f = np.arange(dim, dtype=np.uint64)[None, :]
     with np.errstate(over="ignore"):
-        h1 = splitmix64(splitmix64(splitmix64(np.uint64(seed)) + rows) + f)
-    h2 = splitmix64(h1)
-    u1 = ((h1 >> np.uint64(11)).astype(np.float64) + 1.0) * 2.0**-53
-    u2 = (h2 >> np.uint64(11)).astype(np.float64) * 2.0**-53
-    gauss = np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
-    return (gauss * std).astype(np.float32)
+        h = splitmix64(splitmix64(splitmix64(np.uint64(seed)) + rows) + f)
+    u = (h >> np.uint64(11)).astype(np.float64) * 2.0**-53
+    return ((2.0 * u - 1.0) * (np.sqrt(3.0) * std)).astype(np.float32)
