@@ -77,7 +77,7 @@ def open_input(
     hashing = hashing or HashSpec(bits=DEFAULT_BITS)
     fmt_source = schema if schema is not None else spec
     assert fmt_source is not None
-    source = open_source(path, format=fmt_source.format, column_names=fmt_source.column_names, raw=True)
+    source = open_source(path, format=fmt_source.format, column_names=fmt_source.column_names)
     if schema is None:
         assert spec is not None
         if source.format in SPARSE_FORMATS and spec.format is None:
@@ -97,7 +97,7 @@ def open_input(
         raise BadInput(f"{name}: --keep column(s) {', '.join(absent_keep)} not found")
 
     plan = None
-    if source.separator is not None and onepass.Plan.applies(schema) and not keep and not missing:
+    if source.format in ("tsv", "criteo") and onepass.Plan.applies(schema) and not keep and not missing:
         plan = onepass.Plan(schema, hashing, columns, require_label)
         plan = plan if plan.ok else None
 
@@ -113,7 +113,7 @@ def open_input(
         rows = onepass.hash_bytes(chunk.data, plan, source.separator) if plan is not None else None
         if rows is not None:
             return rows, None
-        pieces = [columnar(c) for c in chunk.parse(name, columns, source.separator)]
+        pieces = [columnar(c) for c in chunk.parse(name, columns, source.separator, source.quoted)]
         kept = [k for _, k in pieces if k is not None]
         return Rows.concat([r for r, _ in pieces]), (pl.concat(kept) if kept else None)
 

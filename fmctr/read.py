@@ -50,21 +50,39 @@ class RawChunk:
     data: bytes
     first_line: int
 
-    def parse(self, name: str, columns: list[str], separator: str) -> Iterator[Chunk]:
+    def parse(self, name: str, columns: list[str], separator: str, quoted: bool = False) -> Iterator[Chunk]:
         """The same lines as string columns (pyarrow), with the file's line numbers."""
-        return _csv_chunks(io.BytesIO(self.data), name, columns, separator, 0, False, self.first_line - 1)
+        self.check_utf8(name, separator)
+        try:
+            yield from _csv_chunks(io.BytesIO(self.data), name, columns, separator, 0, quoted, self.first_line - 1)
+        except _Straddling:
+            # A line longer than pyarrow's block: parse the chunk as one block.
+            yield from _csv_chunks(io.BytesIO(self.data), name, columns, separator, 0, quoted, self.first_line - 1,
+                                   block=len(self.data) + 1)
+
+
+    def check_utf8(self, name: str, separator: str) -> None:
+        """Invalid UTF-8 is an error naming its line and column."""
+        try:
+            self.data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            line_start = self.data.rfind(b"\n", 0, e.start) + 1
+            line = self.first_line + self.data.count(b"\n", 0, e.start)
+            column = self.data.count(separator.encode(), line_start, e.start) + 1
+            raise BadInput(f"{name}:{line}:{column}: not valid UTF-8 text") from None
 
 
 @dataclass
 class Source:
     """An opened input: its display name, format, column names and chunk stream.
-    `separator` is set for unquoted text read as RawChunks."""
+    Text comes as RawChunks, to be split on `separator` (with `"` quoting if `quoted`)."""
 
     name: str
     format: str
     columns: list[str]
     chunks: Iterator[Chunk] | Iterator[RawChunk]
     separator: str | None = None
+    quoted: bool = False
 
 
 class _Prefixed(io.RawIOBase):
@@ -219,10 +237,9 @@ def _check_text(peek: bytes, name: str) -> None:
             raise BadInput(f"{name}:{line}: not valid UTF-8 text") from None
 
 
-def open_source(path: str, *, format: str | None = None, column_names: tuple[str, ...] | None = None,
-                raw: bool = False) -> Source:
-    """Open any supported input as a stream of string-column chunks; with `raw`,
-    TSV and Criteo text come as RawChunks of whole lines instead."""
+def open_source(path: str, *, format: str | None = None, column_names: tuple[str, ...] | None = None) -> Source:
+    """Open any supported input as a stream of chunks: RawChunks of whole lines for
+    text formats, string-column Chunks for Parquet."""
     name = display_name(path)
     if format is not None and format not in FORMATS:
         raise BadInput(f"unknown format {format!r} (choose from {', '.join(FORMATS)})")
@@ -230,26 +247,24 @@ def open_source(path: str, *, format: str | None = None, column_names: tuple[str
     if not peek:
         raise BadInput(f"{name}: empty file")
     fmt = sniff_format(peek, format)
-    if fmt != "parquet":
-        _check_text(peek, name)
     if fmt == "parquet":
         return _open_parquet(stream if path == "-" else path, name)
+    _check_text(peek, name)
     if fmt in SPARSE_FORMATS:
-        return Source(name, fmt, [LINE_COLUMN], _csv_chunks(stream, name, [LINE_COLUMN], "\x1f", 0, False))
-    first = peek.split(b"\n", 1)[0].rstrip(b"\r")
+        return Source(name, fmt, [LINE_COLUMN], _raw_chunks(stream, 0), "\x1f")
+    first, newline, _ = peek.partition(b"\n")
+    first = first.rstrip(b"\r")
     if fmt == "criteo":
         names = list(column_names or ())
         n_fields = first.count(b"\t") + 1
         if n_fields == len(names) - 1:
             names = names[1:]  # Criteo test files carry no label column
-        elif n_fields != len(names):
+        elif n_fields != len(names) and newline:
             raise BadInput(
                 f"{name}:1: the criteo format has {len(names)} tab-separated columns "
                 f"(or {len(names) - 1} without the label), found {n_fields}"
             )
-        if raw:
-            return Source(name, fmt, names, _raw_chunks(stream, 0), "\t")
-        return Source(name, fmt, names, _csv_chunks(stream, name, names, "\t", 0, False))
+        return Source(name, fmt, names, _raw_chunks(stream, 0), "\t")
     separator = "\t" if fmt == "tsv" else ","
     header_text = first.decode("utf-8", errors="replace").lstrip("\ufeff")
     names = next(csv.reader([header_text], delimiter=separator))
@@ -258,9 +273,7 @@ def open_source(path: str, *, format: str | None = None, column_names: tuple[str
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise BadInput(f"{name}:1: duplicate column name(s) in the header: {', '.join(dupes)}")
-    if raw and fmt == "tsv":
-        return Source(name, fmt, names, _raw_chunks(stream, 1), "\t")
-    return Source(name, fmt, names, _csv_chunks(stream, name, names, separator, 1, fmt == "csv"))
+    return Source(name, fmt, names, _raw_chunks(stream, 1), separator, quoted=fmt == "csv")
 
 
 def _raw_chunks(stream, header_lines: int) -> Iterator[RawChunk]:
@@ -290,8 +303,12 @@ def _raw_chunks(stream, header_lines: int) -> Iterator[RawChunk]:
             return
 
 
+class _Straddling(Exception):
+    pass
+
+
 def _csv_chunks(stream, name: str, names: list[str], separator: str, header_lines: int, quoted: bool,
-                lines_before: int = 0) -> Iterator[Chunk]:
+                lines_before: int = 0, block: int = BLOCK_BYTES) -> Iterator[Chunk]:
     """Parse delimited text with pyarrow. `lines_before` counts lines of the file
     that precede `stream` (when it is a piece of a file), for line numbers."""
     bad: list = []
@@ -304,7 +321,7 @@ def _csv_chunks(stream, name: str, names: list[str], separator: str, header_line
         reader = pacsv.open_csv(
             pa.PythonFile(stream, mode="r"),
             read_options=pacsv.ReadOptions(
-                column_names=names, skip_rows=header_lines, use_threads=False, block_size=BLOCK_BYTES
+                column_names=names, skip_rows=header_lines, use_threads=False, block_size=block
             ),
             parse_options=pacsv.ParseOptions(
                 delimiter=separator,
@@ -319,6 +336,8 @@ def _csv_chunks(stream, name: str, names: list[str], separator: str, header_line
     except pa.ArrowInvalid as e:
         if "Empty CSV file" in str(e):
             return iter(())
+        if "straddling" in str(e):
+            raise _Straddling() from None
         raise BadInput(_arrow_error(name, e)) from None
     return _batches(reader, name, header_lines, lines_before, bad)
 
@@ -331,6 +350,8 @@ def _batches(reader, name: str, header_lines: int, lines_before: int, bad: list)
         except StopIteration:
             break
         except (pa.ArrowInvalid, pa.ArrowIOError) as e:
+            if "straddling" in str(e):
+                raise _Straddling() from None
             raise BadInput(_arrow_error(name, e)) from None
         if bad:
             row = bad[0]
