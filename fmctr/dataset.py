@@ -14,6 +14,7 @@ and a dataset larger than memory can be streamed part by part.
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from fmctr.atomic import atomic_dir
-from fmctr.errors import BadInput
+from fmctr.errors import BadInput, BadOptions
 from fmctr.hashing import HashSpec, Rows
 from fmctr.schema import Schema
 
@@ -87,6 +88,20 @@ def _coalesce(chunks: Iterable[Rows], rows: int) -> Iterator[Rows]:
         yield Rows.concat(pending)
 
 
+def _save(path: Path, array: np.ndarray) -> None:
+    """An .npy file written through Python's file object, which raises on a full disk
+    (numpy's own tofile can leave a short file without an error)."""
+    array = np.ascontiguousarray(array)
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, np.lib.format.header_data_from_array_1_0(array))
+    try:
+        with open(path, "wb") as f:
+            f.write(header.getvalue())
+            f.write(memoryview(array).cast("B"))
+    except OSError as e:
+        raise BadOptions(f"{path}: cannot write: {e.strerror}") from None
+
+
 def write(chunks: Iterable[Rows], path: str | Path, schema: Schema, hashing: HashSpec) -> HashedDataset:
     """Write hashed rows to `path` in parts of PART_ROWS rows (atomically: the
     directory appears complete or not at all)."""
@@ -100,7 +115,7 @@ def write(chunks: Iterable[Rows], path: str | Path, schema: Schema, hashing: Has
             ones = bool(np.all(rows.values == 1))  # one-hot data: no need to store the values
             for array in ARRAYS:
                 if not (array == "values" and ones):
-                    np.save(tmp / f"{name}.{array}.npy", getattr(rows, array), allow_pickle=False)
+                    _save(tmp / f"{name}.{array}.npy", getattr(rows, array))
             records.append({"name": name, "rows": len(rows), "nnz": int(rows.offsets[-1]),
                             "positives": int(rows.labels.sum()), "values": not ones})
         if not records or sum(r["rows"] for r in records) == 0:
@@ -113,7 +128,10 @@ def write(chunks: Iterable[Rows], path: str | Path, schema: Schema, hashing: Has
             "rows": sum(r["rows"] for r in records),
             "parts": records,
         }
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        try:
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        except OSError as e:
+            raise BadOptions(f"{tmp / MANIFEST}: cannot write: {e.strerror}") from None
     return HashedDataset(path, schema, hashing, records)
 
 

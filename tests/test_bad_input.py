@@ -4,8 +4,8 @@ can), exit code 1, no traceback, and no output file left behind."""
 from __future__ import annotations
 
 import gzip
-import struct
 import json
+import struct
 
 import pytest
 
@@ -130,3 +130,152 @@ def test_schema_options_on_hashed_input_conflict(tmp_path):
     assert invoke("preprocess", MOVIES_TRAIN, *MOVIES_FLAGS, "-o", ds).exit_code == 0
     result = invoke("train", ds, "--preset", "criteo", "-o", tmp_path / "m.fm")
     assert (result.exit_code, result.stderr) == (1, f"error: {ds} is already hashed: schema options apply only to raw data\n")
+
+
+# More malformed inputs, across readers and commands.
+
+def test_a_10_mb_field_is_read(tmp_path):
+    for sep, ext in ((",", "csv"), ("\t", "tsv")):
+        path = write(tmp_path, f"big.{ext}", f"label{sep}user{sep}item\n1{sep}{'x' * 10_000_000}{sep}i1\n0{sep}u2{sep}i2\n")
+        result = invoke("train", path, "-o", tmp_path / f"{ext}.fm", "-q", "--json")
+        assert result.exit_code == 0, result.stderr
+        assert json.loads(result.stdout)["rows"] == 2
+
+
+def test_too_few_columns_at_line_1_000_001(tmp_path):
+    path = write(tmp_path, "long.csv", "label,user\n" + "1,u\n" * 999_999 + "0\n")
+    result = invoke("train", path, "-o", tmp_path / "m.fm", "-q")
+    assert (result.exit_code, result.stderr) == (1, f"error: {path}:1000001: expected 2 columns, found 1\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["long.csv"]
+
+
+def test_duplicate_header_names(tmp_path):
+    path = write(tmp_path, "d.csv", "label,user,user\n1,a,b\n")
+    result = invoke("train", path, "-o", tmp_path / "m.fm")
+    assert (result.exit_code, result.stderr) == (1, f"error: {path}:1: duplicate column name(s) in the header: user\n")
+
+
+def test_empty_stdin():
+    result = invoke("predict", "-m", "unused.fm", input=b"")
+    assert result.exit_code == 1  # the model is checked first
+    result = invoke("train", "-o", "unused.fm", input=b"")
+    assert (result.exit_code, result.stderr) == (1, "error: <stdin>: empty file\n")
+
+
+def test_gzip_magic_then_garbage(tmp_path):
+    path = write(tmp_path, "bad.csv.gz", b"\x1f\x8b" + b"not really gzip" * 10)
+    result = invoke("train", path, "-o", tmp_path / "m.fm")
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"error: {path}: corrupt or truncated gzip data")
+
+
+def test_parquet_with_a_nested_column(tmp_path):
+    import polars as pl
+
+    path = tmp_path / "nested.parquet"
+    pl.DataFrame({"label": [1, 0], "tags": [["a"], ["b", "c"]]}).write_parquet(path)
+    result = invoke("train", path, "-o", tmp_path / "m.fm")
+    assert (result.exit_code, result.stderr) == (1, f"error: {path}: column 'tags' has nested type List(String); fmctr reads flat columns\n")
+
+
+def test_parquet_with_a_float_label(tmp_path):
+    import polars as pl
+
+    path = tmp_path / "labels.parquet"
+    pl.DataFrame({"label": [1.0, 0.5], "user": ["a", "b"]}).write_parquet(path)
+    result = invoke("train", path, "-o", tmp_path / "m.fm")
+    assert (result.exit_code, result.stderr) == (1, f"error: {path}: row 2: label '0.5' in column 'label'; labels must be 0/1 or -1/1\n")
+
+
+def test_truncated_parquet(tmp_path):
+    import polars as pl
+
+    path = tmp_path / "t.parquet"
+    pl.DataFrame({"label": [1, 0] * 100, "user": ["a", "b"] * 100}).write_parquet(path)
+    path.write_bytes(path.read_bytes()[:-40])
+    result = invoke("train", path, "-o", tmp_path / "m.fm")
+    assert result.exit_code == 1 and result.stderr.startswith(f"error: {path}: not a readable Parquet file")
+
+
+def test_libffm_value_that_is_not_a_number(tmp_path):
+    path = write(tmp_path, "d.ffm", "1 0:3:1 1:4:1\n0 0:3:x\n")
+    result = invoke("train", path, "-o", tmp_path / "m.fm")
+    assert (result.exit_code, result.stderr) == (1, f"error: {path}:2: feature '0:3:x' has no finite numeric value\n")
+
+
+def test_eval_needs_labels(tmp_path, movies_model):
+    import polars as pl
+    from conftest import MOVIES_TEST
+
+    path = tmp_path / "nolabel.csv"
+    pl.read_csv(MOVIES_TEST).drop("label").write_csv(path)
+    result = invoke("eval", path, "-m", movies_model)
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"error: {path}: label column 'label' not found")
+
+
+def test_extra_and_new_values_at_predict_are_fine(tmp_path, movies_model):
+    """Extra columns are ignored; unseen categories score deterministically."""
+    path = write(tmp_path, "new.csv", "extra,label,user,item,genres,price,request_id\nz,,u_never_seen,i_new,Noir,12.5,r1\n")
+    a = invoke("predict", path, "-m", movies_model)
+    b = invoke("predict", path, "-m", movies_model)
+    assert a.exit_code == 0 and a.stderr == ""
+    assert a.stdout == b.stdout and len(a.stdout.splitlines()) == 2
+
+
+def test_a_pickle_posing_as_a_model_is_not_executed(tmp_path):
+    import pickle
+
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    path = tmp_path / "evil.fm"
+    path.write_bytes(pickle.dumps(Exploit()))
+    result = invoke("predict", MOVIES_TRAIN, "-m", path)
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"error: {path}: not an fmctr model file")
+    assert not marker.exists()
+
+
+def run_with_file_size_limit(args, limit_bytes):
+    """Run fmctr with RLIMIT_FSIZE: writes beyond the limit fail as on a full disk."""
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
+
+    return subprocess.run([sys.executable, "-m", "fmctr", *map(str, args)], capture_output=True, text=True, preexec_fn=limit)
+
+
+def test_disk_full_while_writing_a_model(tmp_path):
+    data = tmp_path / "data.hashed"
+    assert invoke("preprocess", MOVIES_TRAIN, *MOVIES_FLAGS, "-o", data).exit_code == 0
+    out = tmp_path / "m.fm"
+    proc = run_with_file_size_limit(["train", data, "-o", out, "-q", "--dim", "64"], 20_000)
+    assert proc.returncode == 1
+    assert proc.stderr == f"error: {out}: cannot write: File too large\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["data.hashed"]
+    # Too small even for training's temporary hashed data: that write fails as cleanly.
+    data.rename(tmp_path.parent / f"{tmp_path.name}-data.hashed")
+    proc = run_with_file_size_limit(["train", MOVIES_TRAIN, *MOVIES_FLAGS, "-o", out, "-q"], 50_000)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("error: ") and proc.stderr.endswith(": cannot write: File too large\n")
+    assert len(proc.stderr.splitlines()) == 1 and list(tmp_path.iterdir()) == []
+
+
+def test_disk_full_while_writing_predictions(tmp_path, movies_model):
+    out = tmp_path / "preds.csv"
+    big = tmp_path / "big.csv"
+    lines = open(MOVIES_TRAIN).read().splitlines(keepends=True)
+    big.write_text(lines[0] + "".join(lines[1:]) * 4)
+    proc = run_with_file_size_limit(["predict", big, "-m", movies_model, "-o", out, "--keep", "request_id"], 300_000)
+    assert proc.returncode == 1
+    assert proc.stderr == f"error: {out}: cannot write: File too large\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.csv"]
