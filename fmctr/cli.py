@@ -10,6 +10,7 @@ import functools
 import json
 import math
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -17,7 +18,7 @@ from typing import Annotated, Optional
 import typer
 
 from fmctr import __version__
-from fmctr.errors import BadOptions, FmctrError
+from fmctr.errors import BadOptions, FmctrError, Interrupted
 
 app = typer.Typer(
     name="fmctr",
@@ -184,8 +185,12 @@ def preprocess(
 @app.command("train")
 @errors_to_exit
 def train_cmd(
-    input: InputArg = "-",
-    output: Annotated[Path, typer.Option("--output", "-o", help="Model file to write.")] = ...,
+    input: Annotated[Optional[str], typer.Argument(metavar="INPUT", help="Training data file, or - for stdin (gzip is detected).  [default: -, or the checkpoint's input with --resume]")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Model file to write.  [required, except with --resume]")] = None,
+    start: Annotated[Optional[Path], typer.Option("--model", "-m", help="Continue from this model (warm start): its schema, hashing, weights and optimizer state; new data, same columns.")] = None,
+    resume: Annotated[Optional[Path], typer.Option(help="Finish an interrupted run from its checkpoint; the checkpoint holds every option (give INPUT again if it was stdin).")] = None,
+    checkpoint: Annotated[Optional[Path], typer.Option(help="Where SIGINT/SIGTERM and --checkpoint-every write a checkpoint.  [default: OUTPUT.ckpt]")] = None,
+    checkpoint_every: Annotated[Optional[float], typer.Option(help="Also write a checkpoint every this many seconds (removed when training ends well).")] = None,
     valid: Annotated[Optional[str], typer.Option(help="Validation data (raw or hashed): early stopping keeps the best epoch.")] = None,
     valid_fraction: Annotated[Optional[float], typer.Option(help="Hold out this last fraction of the training rows for validation instead.")] = None,
     preset: Preset = None,
@@ -216,40 +221,107 @@ def train_cmd(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or tables.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the training summary (the model file's training metadata) as JSON on stdout.")] = False,
 ) -> None:
-    """Train an FM on raw or hashed data and write a self-contained model file."""
+    """Train an FM on raw or hashed data and write a self-contained model file.
+
+    SIGINT (Ctrl-C) or SIGTERM during training writes a checkpoint and exits
+    non-zero; `fmctr train --resume CHECKPOINT` then finishes the job."""
     _use_threads(threads)
     from fmctr import dataset
-    from fmctr.modelfile import save
+    from fmctr.modelfile import load, save
     from fmctr.pipeline import train_model
     from fmctr.progress import TrainProgress, history_table, stderr
     from fmctr.train import NullProgress, TrainConfig
 
     schema_flags = (preset, schema, label, categorical, numeric, multi, ignore, sep, numeric_mode, format)
-    if dataset.is_hashed(input) and _schema_flags_given(*schema_flags):
-        raise BadOptions(f"{input} is already hashed: schema options apply only to raw data")
-    spec = _spec(*schema_flags)
-    cfg = TrainConfig(
-        dim=dim, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, l2_linear=l2,
-        l2_factors=l2_factors, patience=patience, stop_metric=metric, seed=seed, threads=threads,
-        engine=engine, device=device,
-    ).check()
+    if resume is not None:
+        if start is not None:
+            raise BadOptions("--resume and --model both give a starting point: give one of them")
+        base = load(resume)
+        job = (base.training or {}).get("resume")
+        if job is None or base.checkpoint is None:
+            raise BadOptions(f"{resume}: not a checkpoint (a model file continues with --model)")
+        if _schema_flags_given(*schema_flags):
+            raise BadOptions("--resume takes the schema from the checkpoint: give no schema options")
+        input = input or job["input"]
+        output = output or (Path(job["output"]) if job["output"] else None)
+        valid, valid_fraction = job["valid"], job["valid_fraction"]
+        cfg = TrainConfig(**{**job["config"], "threads": threads if threads is not None else job["config"]["threads"]}).check()
+        spec = None
+    else:
+        base = None
+        input = input or "-"
+        if dataset.is_hashed(input) and _schema_flags_given(*schema_flags):
+            raise BadOptions(f"{input} is already hashed: schema options apply only to raw data")
+        if start is not None and _schema_flags_given(*schema_flags):
+            raise BadOptions("--model takes the schema from the model: give no schema options")
+        spec = _spec(*schema_flags)
+        cfg = TrainConfig(
+            dim=dim, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, l2_linear=l2,
+            l2_factors=l2_factors, patience=patience, stop_metric=metric, seed=seed, threads=threads,
+            engine=engine, device=device,
+        ).check()
+    if output is None:
+        raise BadOptions("give the model file to write with -o/--output")
+    if checkpoint_every is not None and checkpoint_every <= 0:
+        raise BadOptions(f"--checkpoint-every must be a positive number of seconds, got {checkpoint_every}")
+    checkpoint_path = checkpoint or Path(f"{output}.ckpt")
+    warm = load(start) if start is not None else None
     show = not quiet
     progress = TrainProgress() if show else NullProgress()
-    log = _err
-    if show:
-        with progress:
-            model, result = train_model(input, spec=spec, hashing=_hashing(bits, hash_seed), cfg=cfg,
-                                        valid=valid, valid_fraction=valid_fraction, progress=progress, log=log)
-    else:
-        model, result = train_model(input, spec=spec, hashing=_hashing(bits, hash_seed), cfg=cfg,
-                                    valid=valid, valid_fraction=valid_fraction, log=log)
+    stop = _StopOnSignal()
+    try:
+        with stop, progress:
+            model, result = train_model(
+                input, spec=spec, hashing=_hashing(bits, hash_seed) if base is None else None, cfg=cfg,
+                valid=valid, valid_fraction=valid_fraction, progress=progress, log=_err, start=warm,
+                resume=base, checkpoint_path=checkpoint_path, checkpoint_every=checkpoint_every,
+                should_stop=stop.requested, output=str(output),
+            )
+    except Interrupted as e:
+        _err(f"error: {e}; checkpoint written to {checkpoint_path}; resume with: fmctr train --resume {checkpoint_path}")
+        raise typer.Exit(code=128 + stop.signal) from None
     save(model, output)
+    if checkpoint_every is not None or resume is not None:
+        checkpoint_path.unlink(missing_ok=True)  # superseded by the model
+        if resume is not None:
+            resume.unlink(missing_ok=True)
     if show:
         stderr.print(history_table(result.history, result.best_epoch))
         best = f", best epoch {result.best_epoch}" if valid or valid_fraction else ""
         stderr.print(f"wrote {output} ({result.rows:,} rows, {len(result.history)} epoch(s){best})", highlight=False)
     if json_out:
         print(json.dumps(_json_safe(model.training)))
+
+
+class _StopOnSignal:
+    """SIGINT and SIGTERM ask training to stop at the next block (it then writes a
+    checkpoint); before training has begun they interrupt at once."""
+
+    def __init__(self):
+        self.signal = 0
+        self.training = False
+        self.previous: dict = {}
+
+    def requested(self) -> bool:
+        self.training = True
+        return self.signal != 0
+
+    def _handle(self, signum, frame) -> None:
+        self.signal = signum
+        if not self.training:
+            raise KeyboardInterrupt
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self.previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread (e.g. some test runners)
+                pass
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
 
 
 @app.command("eval")

@@ -19,3 +19,11 @@ class BadModel(FmctrError):
 
 class BadOptions(FmctrError):
     """Command-line options that conflict or are out of range."""
+
+
+class Interrupted(FmctrError):
+    """Training stopped on request (SIGINT/SIGTERM) after writing a checkpoint."""
+
+    def __init__(self, epoch: int, rows_done: int, rows: int):
+        self.epoch, self.rows_done, self.rows = epoch, rows_done, rows
+        super().__init__(f"interrupted in epoch {epoch} after {rows_done:,} of {rows:,} rows")

@@ -34,22 +34,38 @@ TENSORS = ("bias", "rows", "linear", "factors")
 
 @dataclass
 class Model:
+    """A model file's content. `optimizer` (arrays over all rows: bias (2,),
+    linear1, linear2, factors1, factors2, seen; plus kind and step) lets training
+    continue where it stopped; `checkpoint` holds a checkpoint's resume state
+    (JSON-able) and `best` its best-epoch weights."""
+
     weights: FMWeights
     schema: Schema
     hashing: HashSpec
     training: dict
+    optimizer: dict | None = None
+    checkpoint: dict | None = None
+    best: FMWeights | None = None
+
+
+OPTIMIZER_ARRAYS = ("linear1", "linear2", "factors1", "factors2")
 
 
 def _checksum(tensors: dict[str, np.ndarray]) -> str:
     h = hashlib.sha256()
-    for name in TENSORS:
+    for name in sorted(tensors):
+        h.update(name.encode())
         h.update(np.ascontiguousarray(tensors[name]).tobytes())
     return h.hexdigest()
 
 
 def to_bytes(model: Model) -> bytes:
     w = model.weights
-    rows = np.flatnonzero((w.linear != 0) | np.any(w.factors != 0, axis=1)).astype(np.int64)
+    opt = model.optimizer
+    if opt is not None:
+        rows = np.flatnonzero(opt["seen"]).astype(np.int64)
+    else:
+        rows = np.flatnonzero((w.linear != 0) | np.any(w.factors != 0, axis=1)).astype(np.int64)
     tensors = {
         "bias": w.bias.astype(np.float32),
         "rows": rows,
@@ -65,8 +81,20 @@ def to_bytes(model: Model) -> bytes:
         "schema": model.schema.to_dict(),
         "hashing": model.hashing.to_dict(),
         "training": model.training,
-        "sha256": _checksum(tensors),
     }
+    if opt is not None:
+        tensors["opt.bias"] = opt["bias"].astype(np.float32)
+        for name in OPTIMIZER_ARRAYS:
+            if opt["kind"] == "adam" or name.endswith("1"):
+                tensors[f"opt.{name}"] = np.ascontiguousarray(opt[name][rows], dtype=np.float32)
+        header["optimizer"] = {"kind": opt["kind"], "step": int(opt["step"])}
+    if model.best is not None:
+        tensors["best.bias"] = model.best.bias.astype(np.float32)
+        tensors["best.linear"] = model.best.linear[rows].astype(np.float32)
+        tensors["best.factors"] = np.ascontiguousarray(model.best.factors[rows], dtype=np.float32)
+    if model.checkpoint is not None:
+        header["checkpoint"] = model.checkpoint
+    header["sha256"] = _checksum(tensors)
     return st_save(tensors, metadata={METADATA_KEY: json.dumps(header)})
 
 
@@ -96,13 +124,20 @@ def _header(data: bytes, name: str) -> dict:
     return meta
 
 
+def _full(values: np.ndarray, rows: np.ndarray, n: int, dim: int | None = None) -> np.ndarray:
+    """Per-row values of the stored rows, spread over all n rows (zeros elsewhere)."""
+    full = np.zeros(n if dim is None else (n, dim), np.float32)
+    full[rows] = values if dim is None else values.reshape(len(rows), dim)
+    return full
+
+
 def from_bytes(data: bytes, name: str = "model") -> Model:
     meta = _header(data, name)
     try:
         tensors = st_load(data)
     except (SafetensorError, ValueError) as e:
         raise BadModel(f"{name}: corrupt or truncated model file ({str(e).splitlines()[0]})") from None
-    if set(tensors) != set(TENSORS):
+    if not set(TENSORS) <= set(tensors):
         raise BadModel(f"{name}: model file has tensors {sorted(tensors)}, expected {list(TENSORS)}")
     if _checksum(tensors) != meta.get("sha256"):
         raise BadModel(f"{name}: model file is corrupt (checksum mismatch)")
@@ -111,18 +146,29 @@ def from_bytes(data: bytes, name: str = "model") -> Model:
         rows = tensors["rows"]
         if rows.size and (rows.min() < 0 or rows.max() >= n):
             raise ValueError("row index out of range")
-        weights = FMWeights(tensors["bias"].copy(), np.zeros(n, np.float32), np.zeros((n, dim), np.float32))
-        weights.linear[rows] = tensors["linear"]
-        weights.factors[rows] = tensors["factors"].reshape(len(rows), dim)
+        weights = FMWeights(tensors["bias"].copy(), _full(tensors["linear"], rows, n), _full(tensors["factors"], rows, n, dim))
+        optimizer = None
+        if "optimizer" in meta:
+            kind = meta["optimizer"]["kind"]
+            optimizer = {"kind": kind, "step": int(meta["optimizer"]["step"]), "bias": tensors["opt.bias"].copy()}
+            optimizer["seen"] = np.zeros(n, np.bool_)
+            optimizer["seen"][rows] = True
+            for array in OPTIMIZER_ARRAYS:
+                source = array if kind == "adam" else array[:-1] + "1"
+                optimizer[array] = _full(tensors[f"opt.{source}"], rows, n, None if array.startswith("linear") else dim)
+        best = None
+        if "best.bias" in tensors:
+            best = FMWeights(tensors["best.bias"].copy(), _full(tensors["best.linear"], rows, n),
+                             _full(tensors["best.factors"], rows, n, dim))
         hashing = HashSpec(**meta["hashing"]).check()
         schema = Schema.from_dict(meta["schema"])
     except BadModel:
         raise
     except Exception as e:  # any inconsistency in an untrusted file is the file's fault
-        raise BadModel(f"{name}: inconsistent model file ({e})") from None
+        raise BadModel(f"{name}: inconsistent model file ({type(e).__name__}: {e})") from None
     if hashing.size != n:
         raise BadModel(f"{name}: inconsistent model file (2^bits != number of features)")
-    return Model(weights, schema, hashing, meta.get("training", {}))
+    return Model(weights, schema, hashing, meta.get("training", {}), optimizer, meta.get("checkpoint"), best)
 
 
 def load(path: Path | str) -> Model:

@@ -22,10 +22,10 @@ from fmctr.batches import DatasetRows
 from fmctr.errors import BadInput, BadOptions, BadSchema
 from fmctr.hashing import HashSpec, Rows, hash_chunk
 from fmctr.metrics import evaluate
-from fmctr.modelfile import Model
+from fmctr.modelfile import Model, save
 from fmctr.read import Chunk, RawChunk, display_name, open_source, prefetch
 from fmctr.schema import SPARSE_FORMATS, Schema, SchemaSpec
-from fmctr.train import TrainConfig, TrainResult, probabilities, train
+from fmctr.train import Resume, TrainConfig, TrainResult, probabilities, train
 
 Log = Callable[[str], None]
 DEFAULT_BITS = 22
@@ -141,29 +141,71 @@ def _as_dataset(data: Input, path: Path) -> dataset.HashedDataset:
     return dataset.write((rows for rows, _ in data.parts), path, data.schema, data.hashing)
 
 
+@dataclass
+class Job:
+    """What a training run was asked to do, kept in checkpoints so that
+    `fmctr train --resume` needs nothing else."""
+
+    input: str
+    valid: str | None
+    valid_fraction: float | None
+    output: str | None
+    config: dict
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def check_warm_start(model: Model, cfg: TrainConfig, hashing: HashSpec | None, name: str) -> None:
+    """A model to continue from must agree with the options given now."""
+    if hashing is not None and hashing != model.hashing:
+        raise BadOptions(f"{name} hashes with bits={model.hashing.bits} seed={model.hashing.seed}; "
+                         f"--bits {hashing.bits} --hash-seed {hashing.seed} conflict with it")
+    if cfg.dim != model.weights.dim:
+        raise BadOptions(f"{name} has --dim {model.weights.dim}; --dim {cfg.dim} conflicts with it")
+    if model.optimizer is not None and model.optimizer["kind"] != cfg.optimizer:
+        raise BadOptions(f"{name} was trained with --optimizer {model.optimizer['kind']}; --optimizer {cfg.optimizer} conflicts with it")
+
+
 def train_model(
     path: str,
     *,
-    spec: SchemaSpec,
+    spec: SchemaSpec | None,
     hashing: HashSpec | None,
     cfg: TrainConfig,
     valid: str | None = None,
     valid_fraction: float | None = None,
     progress=None,
     log: Log = _silent,
+    start: Model | None = None,
+    resume: Model | None = None,
+    checkpoint_path: str | Path | None = None,
+    checkpoint_every: float | None = None,
+    should_stop=None,
+    output: str | None = None,
 ) -> tuple[Model, TrainResult]:
     """Read (and hash) the training data, train, and return the model with its history.
 
     Raw data is hashed once into a temporary dataset (under $TMPDIR) and every epoch
-    streams it from there, so memory does not grow with the number of rows."""
+    streams it from there, so memory does not grow with the number of rows.
+    `start` warm-starts from a model (its schema, hashing, weights and optimizer
+    state); `resume` continues an interrupted run from its checkpoint. With
+    `checkpoint_path`, a stop request (see fmctr.train.train) or every
+    `checkpoint_every` seconds writes a checkpoint there."""
     if valid is not None and valid_fraction is not None:
         raise BadOptions("--valid and --valid-fraction both choose validation data: give one of them")
     if valid_fraction is not None and not 0 < valid_fraction < 1:
         raise BadOptions(f"--valid-fraction must be between 0 and 1, got {valid_fraction}")
     cfg.check()
+    base = resume or start
+    if base is not None:
+        check_warm_start(base, cfg, hashing, "the model" if resume is None else "the checkpoint")
+        spec, schema, hashing = None, base.schema, base.hashing
+    else:
+        schema = None
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="fmctr-") as tmp:
-        data = open_input(path, spec=spec, hashing=hashing, require_label=True, log=log)
+        data = open_input(path, spec=spec, schema=schema, hashing=hashing, require_label=True, log=log)
         ds = dataset.open_hashed(path) if dataset.is_hashed(path) else _as_dataset(data, Path(tmp) / "train")
         rows = DatasetRows(ds)
         valid_rows = None
@@ -175,7 +217,25 @@ def train_model(
             rows, valid_rows = rows.split_tail(valid_fraction)
             if rows.rows == 0 or valid_rows.rows == 0:
                 raise BadOptions(f"--valid-fraction {valid_fraction} leaves no training or no validation rows")
-        result = train(rows, cfg, bits=data.hashing.bits, valid=valid_rows, progress=progress)
+        job = Job(path, valid, valid_fraction, output, asdict(cfg))
+
+        def write_checkpoint(state: Resume) -> None:
+            partial = {"input": data.name, "rows": rows.rows, "fmctr_version": __version__, "resume": job.to_dict()}
+            save(Model(state.weights, data.schema, data.hashing, partial, state.optimizer, state.progress(), state.best),
+                 checkpoint_path)
+
+        resume_state = None
+        if resume is not None:
+            if resume.checkpoint is None or resume.optimizer is None:
+                raise BadOptions("--resume needs a checkpoint written by an interrupted `fmctr train`, not a model file")
+            resume_state = Resume.from_parts(resume.weights, resume.optimizer, resume.best, resume.checkpoint)
+        result = train(
+            rows, cfg, bits=data.hashing.bits, valid=valid_rows, progress=progress,
+            start=start.weights if start is not None else None,
+            start_optimizer=start.optimizer if start is not None else None,
+            resume=resume_state, should_stop=should_stop,
+            checkpoint=write_checkpoint if checkpoint_path is not None else None, checkpoint_every=checkpoint_every,
+        )
         positives = sum(float(block.labels.sum()) for block in rows.blocks())
     best = result.history[result.best_epoch - 1]
     training = {
@@ -193,7 +253,9 @@ def train_model(
         "seconds": round(time.time() - started, 3),
         "fmctr_version": __version__,
     }
-    return Model(result.weights, data.schema, data.hashing, training), result
+    if start is not None:
+        training["warm_start"] = start.training.get("input")
+    return Model(result.weights, data.schema, data.hashing, training, result.optimizer), result
 
 
 def evaluate_model(path: str, model: Model, *, log: Log = _silent) -> dict:

@@ -16,7 +16,7 @@ import numpy as np
 
 from fmctr import kernel
 from fmctr.batches import MemoryRows, RowSource
-from fmctr.errors import BadOptions
+from fmctr.errors import BadOptions, Interrupted
 from fmctr.hashing import Rows
 from fmctr.metrics import evaluate
 from fmctr.weights import FMWeights, initial_factors
@@ -89,6 +89,7 @@ class TrainResult:
     engine: str
     device: str
     config: TrainConfig  # with every default resolved
+    optimizer: dict | None = None  # the optimizer's state after the last epoch
 
     def summary(self) -> dict:
         return {
@@ -103,6 +104,11 @@ class TrainResult:
 
 class NullProgress:
     """Progress callbacks that do nothing: the core is silent unless asked."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None: ...
 
     def start_epoch(self, epoch: int, epochs: int, rows: int) -> None: ...
 
@@ -161,19 +167,27 @@ def set_threads(threads: int | None) -> int:
 class CpuEngine:
     """Fused numba kernels over numpy arrays."""
 
-    def __init__(self, w: FMWeights, cfg: TrainConfig, threads: int):
+    def __init__(self, w: FMWeights, cfg: TrainConfig, threads: int, optimizer: dict | None = None):
         self.w = w
         self.cfg = cfg
         n, k = w.num_features, w.dim
         adam = cfg.optimizer == "adam"
-        self.bias_state = np.zeros(2, np.float32)
-        self.linear_state1 = np.zeros(n, np.float32)
-        self.linear_state2 = np.zeros(n, np.float32) if adam else self.linear_state1
-        self.factor_state1 = np.zeros((n, k), np.float32)
-        self.factor_state2 = np.zeros((n, k), np.float32) if adam else self.factor_state1
+        if optimizer is not None:
+            self.bias_state = optimizer["bias"].copy()
+            self.linear_state1, self.factor_state1 = optimizer["linear1"], optimizer["factors1"]
+            self.linear_state2 = optimizer["linear2"] if adam else self.linear_state1
+            self.factor_state2 = optimizer["factors2"] if adam else self.factor_state1
+            self.seen = optimizer["seen"]
+            self.counters = np.array([optimizer["step"], 0], np.int64)
+        else:
+            self.bias_state = np.zeros(2, np.float32)
+            self.linear_state1 = np.zeros(n, np.float32)
+            self.linear_state2 = np.zeros(n, np.float32) if adam else self.linear_state1
+            self.factor_state1 = np.zeros((n, k), np.float32)
+            self.factor_state2 = np.zeros((n, k), np.float32) if adam else self.factor_state1
+            self.seen = np.zeros(n, np.bool_)
+            self.counters = np.zeros(2, np.int64)
         self.threads = threads
-        self.seen = np.zeros(n, np.bool_)
-        self.counters = np.zeros(2, np.int64)
         self.code = kernel.ADAM if adam else kernel.ADAGRAD
 
     def train(self, rows: Rows, order: np.ndarray) -> float:
@@ -191,12 +205,19 @@ class CpuEngine:
     def weights(self) -> FMWeights:
         return self.w
 
+    def optimizer_state(self) -> dict:
+        """The optimizer's arrays (live, not copies), as fmctr.modelfile stores them."""
+        return {
+            "kind": self.cfg.optimizer, "step": int(self.counters[0]), "bias": self.bias_state,
+            "linear1": self.linear_state1, "linear2": self.linear_state2,
+            "factors1": self.factor_state1, "factors2": self.factor_state2, "seen": self.seen,
+        }
 
 
 class TorchEngine:
     """EmbeddingBag model + autograd + row-wise optimizer, on any torch device."""
 
-    def __init__(self, w: FMWeights, cfg: TrainConfig, device: str):
+    def __init__(self, w: FMWeights, cfg: TrainConfig, device: str, optimizer: dict | None = None):
         import torch
 
         from fmctr.model import FactorizationMachine, RowwiseOptimizer
@@ -215,6 +236,39 @@ class TorchEngine:
             groups, kind=cfg.optimizer, lr=cfg.lr, eps=cfg.eps, initial_accumulator=cfg.adagrad_init
         )
         self.seen = torch.zeros(w.num_features, dtype=torch.bool, device=device)
+        self.params = [g["params"][0] for g in groups]  # bias, linear, factors
+        if optimizer is not None:
+            self._load_optimizer(optimizer)
+
+    def _load_optimizer(self, optimizer: dict) -> None:
+        t = self.torch
+        n = self.seen.shape[0]
+        self.seen = t.from_numpy(optimizer["seen"].copy()).to(self.device)
+        self.optimizer.step_count = optimizer["step"]
+        pairs = [(optimizer["bias"][:1], optimizer["bias"][1:2]),
+                 (optimizer["linear1"].reshape(n, 1), optimizer["linear2"].reshape(n, 1)),
+                 (optimizer["factors1"], optimizer["factors2"])]
+        for p, (first, second) in zip(self.params, pairs):
+            acc1 = t.from_numpy(np.array(first, np.float32)).to(self.device)
+            acc2 = t.from_numpy(np.array(second, np.float32)).to(self.device) if self.cfg.optimizer == "adam" else acc1
+            self.optimizer.state[p] = {"acc1": acc1, "acc2": acc2}
+
+    def optimizer_state(self) -> dict:
+        n = self.seen.shape[0]
+
+        def acc(p, key):
+            state = self.optimizer.state.get(p)
+            return np.zeros(tuple(p.shape), np.float32) if not state else state[key].detach().cpu().numpy()
+
+        bias, linear = self.params[0], self.params[1]
+        k = self.params[2].shape[1] if len(self.params) > 2 else 0
+        factors = (lambda key: acc(self.params[2], key)) if k else (lambda key: np.zeros((n, 0), np.float32))
+        return {
+            "kind": self.cfg.optimizer, "step": self.optimizer.step_count, "seen": self.seen.cpu().numpy(),
+            "bias": np.array([acc(bias, "acc1")[0], acc(bias, "acc2")[0]], np.float32),
+            "linear1": acc(linear, "acc1").reshape(n), "linear2": acc(linear, "acc2").reshape(n),
+            "factors1": factors("acc1"), "factors2": factors("acc2"),
+        }
 
     def init_new_rows(self, indices) -> None:
         """Give rows met for the first time their initial factors (as the CPU kernel does)."""
@@ -282,6 +336,38 @@ def predict_source(w: FMWeights, source: RowSource) -> np.ndarray:
     return np.concatenate([probabilities(w, block) for block in source.blocks()])
 
 
+@dataclass
+class Resume:
+    """Where an interrupted run stopped: everything to continue it exactly."""
+
+    weights: FMWeights
+    optimizer: dict
+    epoch: int  # the epoch in progress (1-based)
+    block: int  # blocks of that epoch already trained
+    epoch_rng: dict  # the shuffling RNG's state when that epoch began
+    loss: float  # summed training loss of those blocks
+    rows_done: int
+    history: list[Epoch]
+    best: FMWeights | None = None
+    best_score: float | None = None
+    best_epoch: int = 0
+    since_best: int = 0
+
+    def progress(self) -> dict:
+        """The JSON-able part (the arrays travel as tensors)."""
+        return {
+            "epoch": self.epoch, "block": self.block, "epoch_rng": self.epoch_rng, "loss": self.loss,
+            "rows_done": self.rows_done, "history": [asdict(e) for e in self.history],
+            "best_score": self.best_score, "best_epoch": self.best_epoch, "since_best": self.since_best,
+        }
+
+    @classmethod
+    def from_parts(cls, weights: FMWeights, optimizer: dict, best: FMWeights | None, progress: dict) -> Resume:
+        return cls(weights, optimizer, progress["epoch"], progress["block"], progress["epoch_rng"], progress["loss"],
+                   progress["rows_done"], [Epoch(**e) for e in progress["history"]], best,
+                   progress["best_score"], progress["best_epoch"], progress["since_best"])
+
+
 def train(
     rows: Rows | RowSource,
     cfg: TrainConfig,
@@ -289,10 +375,21 @@ def train(
     bits: int,
     valid: Rows | RowSource | None = None,
     progress=None,
+    start: FMWeights | None = None,
+    start_optimizer: dict | None = None,
+    resume: Resume | None = None,
+    should_stop=None,
+    checkpoint=None,
+    checkpoint_every: float | None = None,
 ) -> TrainResult:
     """Train an FM on hashed rows (in memory or streamed from a dataset). With
     `valid`, keep the best epoch by `cfg.stop_metric` and stop after `cfg.patience`
-    epochs without improvement."""
+    epochs without improvement.
+
+    `start` (and `start_optimizer`) warm-start from a model; `resume` continues an
+    interrupted run exactly. Between blocks, `should_stop()` is asked: when true,
+    `checkpoint(Resume)` is called and Interrupted raised; `checkpoint` is also called
+    every `checkpoint_every` seconds."""
     source = MemoryRows(rows) if isinstance(rows, Rows) else rows
     valid_source = MemoryRows(valid) if isinstance(valid, Rows) else valid
     cfg.check()
@@ -308,8 +405,12 @@ def train(
     if source.rows == 0:
         raise BadOptions("no training rows")
     threads = set_threads(cfg.threads)
-    w = FMWeights.zeros(1 << bits, cfg.dim)
-    engine = CpuEngine(w, cfg, threads) if engine_name == "cpu" else TorchEngine(w, cfg, device)
+    if resume is not None:
+        w, optimizer = resume.weights, resume.optimizer
+    else:
+        w = start.copy() if start is not None else FMWeights.zeros(1 << bits, cfg.dim)
+        optimizer = start_optimizer
+    engine = CpuEngine(w, cfg, threads, optimizer) if engine_name == "cpu" else TorchEngine(w, cfg, device, optimizer)
     if engine_name == "torch":
         import torch
 
@@ -317,36 +418,59 @@ def train(
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
     rng = np.random.default_rng(cfg.seed)
-    history: list[Epoch] = []
-    best: FMWeights | None = None
-    best_score: float | None = None
-    best_epoch = 0
-    since_best = 0
+    state = resume or Resume(w, {}, 1, 0, rng.bit_generator.state, 0.0, 0, [])
+    first_epoch = state.epoch
+    if resume is not None:
+        rng.bit_generator.state = resume.epoch_rng
     valid_labels = valid_source.labels() if valid_source is not None else None
-    for epoch in range(1, cfg.epochs + 1):
+    last_checkpoint = time.monotonic()
+
+    def save_checkpoint(epoch: int, block: int, epoch_rng: dict, loss: float, rows_done: int) -> None:
+        state.weights, state.optimizer = engine.weights(), engine.optimizer_state()
+        state.epoch, state.block, state.epoch_rng, state.loss, state.rows_done = epoch, block, epoch_rng, loss, rows_done
+        checkpoint(state)
+
+    for epoch in range(first_epoch, cfg.epochs + 1):
+        epoch_rng = rng.bit_generator.state
+        skip = state.block if epoch == first_epoch else 0
+        loss = state.loss if epoch == first_epoch else 0.0
+        rows_done = state.rows_done if epoch == first_epoch else 0
         progress.start_epoch(epoch, cfg.epochs, source.rows)
+        if rows_done:
+            progress.advance(rows_done, loss / rows_done)  # resumed mid-epoch
         started = time.perf_counter()
-        loss = 0.0
-        for block, order in source.shuffled(rng):
+        for number, (block, order) in enumerate(source.shuffled(rng)):
+            if number < skip:
+                continue  # trained before the interruption; the RNG draws stay the same
+            if should_stop is not None and should_stop():
+                if checkpoint is not None:
+                    save_checkpoint(epoch, number, epoch_rng, loss, rows_done)
+                raise Interrupted(epoch, rows_done, source.rows)
             block_loss = engine.train(block, order)
             loss += block_loss
+            rows_done += len(order)
             progress.advance(len(order), block_loss / len(order))
+            if checkpoint is not None and checkpoint_every is not None and time.monotonic() - last_checkpoint >= checkpoint_every:
+                save_checkpoint(epoch, number + 1, epoch_rng, loss, rows_done)
+                last_checkpoint = time.monotonic()
         seconds = time.perf_counter() - started
-        record = Epoch(epoch, loss / source.rows, seconds, source.rows / max(seconds, 1e-9))
+        record = Epoch(epoch, loss / source.rows, seconds, (rows_done - (state.rows_done if epoch == first_epoch else 0)) / max(seconds, 1e-9))
         current = engine.weights()
         if valid_source is not None:
             record.valid = evaluate(valid_labels, predict_source(current, valid_source))
             score = record.valid[cfg.stop_metric]
-            if _better(cfg.stop_metric, score, best_score):
-                best_score, best_epoch, since_best = score, epoch, 0
-                best = current.copy()
+            if _better(cfg.stop_metric, score, state.best_score):
+                state.best_score, state.best_epoch, state.since_best = score, epoch, 0
+                state.best = current.copy()
             else:
-                since_best += 1
+                state.since_best += 1
         else:
-            best_epoch = epoch
-        history.append(record)
+            state.best_epoch = epoch
+        state.history.append(record)
         progress.end_epoch(record)
-        if valid_source is not None and since_best >= cfg.patience:
+        if valid_source is not None and state.since_best >= cfg.patience:
             break
-    final = best if best is not None else engine.weights()
-    return TrainResult(final, history, best_epoch, source.rows, engine_name, device, cfg)
+    final = state.best if state.best is not None else engine.weights()
+    result = TrainResult(final, state.history, state.best_epoch, source.rows, engine_name, device, cfg)
+    result.optimizer = engine.optimizer_state()
+    return result
