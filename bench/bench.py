@@ -69,7 +69,7 @@ report(result.rows, time.perf_counter() - t)
     "predict TSV -> CSV": """
 from fmctr.pipeline import predict
 from fmctr.modelfile import load
-model = load(MODEL)
+model = load(MODEL, training_state=False)
 t = time.perf_counter()
 n = predict(DATA, model, PREDS)
 report(n, time.perf_counter() - t)

@@ -338,7 +338,7 @@ def eval_cmd(
     from fmctr.pipeline import evaluate_model
     from fmctr.progress import metrics_table, stderr
 
-    m = load(model)
+    m = load(model, training_state=False)
     metrics = evaluate_model(input, m, log=_err)
     if json_out:
         print(json.dumps(_json_safe(metrics)))
@@ -360,7 +360,7 @@ def predict(
     from fmctr.modelfile import load
     from fmctr.pipeline import predict as run
 
-    m = load(model)
+    m = load(model, training_state=False)
     run(input, m, output, keep=_names(keep), log=_err)
 
 

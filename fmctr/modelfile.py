@@ -131,7 +131,9 @@ def _full(values: np.ndarray, rows: np.ndarray, n: int, dim: int | None = None) 
     return full
 
 
-def from_bytes(data: bytes, name: str = "model") -> Model:
+def from_bytes(data: bytes, name: str = "model", *, training_state: bool = True) -> Model:
+    """Parse a model file. Scoring needs no optimizer state or best weights:
+    `training_state=False` leaves them out (they can double the memory)."""
     meta = _header(data, name)
     try:
         tensors = st_load(data)
@@ -148,7 +150,7 @@ def from_bytes(data: bytes, name: str = "model") -> Model:
             raise ValueError("row index out of range")
         weights = FMWeights(tensors["bias"].copy(), _full(tensors["linear"], rows, n), _full(tensors["factors"], rows, n, dim))
         optimizer = None
-        if "optimizer" in meta:
+        if "optimizer" in meta and training_state:
             kind = meta["optimizer"]["kind"]
             optimizer = {"kind": kind, "step": int(meta["optimizer"]["step"]), "bias": tensors["opt.bias"].copy()}
             optimizer["seen"] = np.zeros(n, np.bool_)
@@ -157,7 +159,7 @@ def from_bytes(data: bytes, name: str = "model") -> Model:
                 source = array if kind == "adam" else array[:-1] + "1"
                 optimizer[array] = _full(tensors[f"opt.{source}"], rows, n, None if array.startswith("linear") else dim)
         best = None
-        if "best.bias" in tensors:
+        if "best.bias" in tensors and training_state:
             best = FMWeights(tensors["best.bias"].copy(), _full(tensors["best.linear"], rows, n),
                              _full(tensors["best.factors"], rows, n, dim))
         hashing = HashSpec(**meta["hashing"]).check()
@@ -171,7 +173,7 @@ def from_bytes(data: bytes, name: str = "model") -> Model:
     return Model(weights, schema, hashing, meta.get("training", {}), optimizer, meta.get("checkpoint"), best)
 
 
-def load(path: Path | str) -> Model:
+def load(path: Path | str, *, training_state: bool = True) -> Model:
     p = Path(path)
     try:
         data = p.read_bytes()
@@ -181,4 +183,4 @@ def load(path: Path | str) -> Model:
         raise BadModel(f"{path}: is a directory, not a model file") from None
     except OSError as e:
         raise BadModel(f"{path}: cannot read model file: {e.strerror}") from None
-    return from_bytes(data, str(path))
+    return from_bytes(data, str(path), training_state=training_state)

@@ -247,6 +247,7 @@ def train_model(
         "best_epoch": result.best_epoch,
         "valid_metrics": best.valid,
         "train_logloss": best.train_logloss,
+        "history": [asdict(e) for e in result.history],
         "config": asdict(result.config),
         "engine": result.engine,
         "device": result.device,

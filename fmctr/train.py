@@ -91,16 +91,6 @@ class TrainResult:
     config: TrainConfig  # with every default resolved
     optimizer: dict | None = None  # the optimizer's state after the last epoch
 
-    def summary(self) -> dict:
-        return {
-            "rows": self.rows,
-            "epochs_run": len(self.history),
-            "best_epoch": self.best_epoch,
-            "engine": self.engine,
-            "device": self.device,
-            "history": [asdict(e) for e in self.history],
-        }
-
 
 class NullProgress:
     """Progress callbacks that do nothing: the core is silent unless asked."""
