@@ -37,7 +37,7 @@ from fmctr.pipeline import preprocess
 from fmctr.schema import build_spec
 from fmctr.hashing import HashSpec
 t = time.perf_counter()
-ds = preprocess(DATA, HASHED, spec=build_spec(preset="criteo"), hashing=HashSpec(bits=BITS))
+[ds] = preprocess(DATA, HASHED, spec=build_spec(preset="criteo"), hashing=HashSpec(bits=BITS))
 report(ds.rows, time.perf_counter() - t)
 """,
     "train hashed, torch autograd + Adagrad, batch 4096 (baseline)": """

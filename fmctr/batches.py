@@ -22,8 +22,9 @@ BLOCK_ROWS = 1 << 16  # rows handed to an engine at a time (the progress bar's s
 
 @dataclass
 class Span:
-    """Rows [start, stop) of part `part` of a dataset."""
+    """Rows [start, stop) of part `part` of dataset `dataset` (an index into a list)."""
 
+    dataset: int
     part: int
     start: int
     stop: int
@@ -60,15 +61,22 @@ class MemoryRows(RowSource):
 
 
 class DatasetRows(RowSource):
-    """Some or all rows of a hashed dataset, read part by part (memory-mapped)."""
+    """Some or all rows of one or more hashed datasets (shards), read part by part
+    (memory-mapped)."""
 
-    def __init__(self, dataset: HashedDataset, spans: list[Span] | None = None):
-        self.dataset = dataset
-        self.spans = spans if spans is not None else [Span(i, 0, p["rows"]) for i, p in enumerate(dataset.parts)]
+    def __init__(self, datasets: HashedDataset | list[HashedDataset], spans: list[Span] | None = None):
+        self.datasets = datasets if isinstance(datasets, list) else [datasets]
+        if spans is None:
+            spans = [Span(d, i, 0, p["rows"]) for d, ds in enumerate(self.datasets) for i, p in enumerate(ds.parts)]
+        self.spans = spans
         self.rows = sum(s.stop - s.start for s in self.spans)
 
     def _read(self, span: Span) -> Rows:
-        return self.dataset.read_part(span.part).slice(span.start, span.stop)
+        return self.datasets[span.dataset].read_part(span.part).slice(span.start, span.stop)
+
+    def shard(self, rank: int, world: int) -> DatasetRows:
+        """This rank's share for data-parallel training: every world-th part."""
+        return DatasetRows(self.datasets, self.spans[rank::world])
 
     def blocks(self) -> Iterator[Rows]:
         for span in self.spans:
@@ -101,7 +109,7 @@ class DatasetRows(RowSource):
             elif seen >= cut:
                 tail.append(s)
             else:
-                head.append(Span(s.part, s.start, s.start + cut - seen))
-                tail.append(Span(s.part, s.start + cut - seen, s.stop))
+                head.append(Span(s.dataset, s.part, s.start, s.start + cut - seen))
+                tail.append(Span(s.dataset, s.part, s.start + cut - seen, s.stop))
             seen += n
-        return DatasetRows(self.dataset, head), DatasetRows(self.dataset, tail)
+        return DatasetRows(self.datasets, head), DatasetRows(self.datasets, tail)

@@ -155,8 +155,8 @@ def _json_safe(value):
 @app.command()
 @errors_to_exit
 def preprocess(
-    input: InputArg = "-",
-    output: Annotated[Path, typer.Option("--output", "-o", help="Hashed dataset directory to write.")] = ...,
+    inputs: Annotated[Optional[list[str]], typer.Argument(metavar="INPUT...", help="Input data file(s), or - for stdin (gzip is detected). Several inputs give one shard each.  [default: -]")] = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Hashed dataset directory to write (with several inputs: a directory of shards).")] = ...,
     preset: Preset = None,
     schema: SchemaFile = None,
     label: Label = None,
@@ -178,8 +178,11 @@ def preprocess(
 
     spec = _spec(preset, schema, label, categorical, numeric, multi, ignore, sep, numeric_mode, format)
     hashing = HashSpec(bits=DEFAULT_BITS if bits is None else bits, seed=hash_seed).check()
-    ds = run(input, output, spec=spec, hashing=hashing)
-    _err(f"wrote {ds.rows:,} rows in {len(ds.parts)} part(s) to {output}")
+    shards = run(inputs or ["-"], output, spec=spec, hashing=hashing)
+    rows = sum(ds.rows for ds in shards)
+    parts = sum(len(ds.parts) for ds in shards)
+    what = f"{len(shards)} shards, {parts} parts" if len(shards) > 1 else f"{parts} part(s)"
+    _err(f"wrote {rows:,} rows in {what} to {output}")
 
 
 @app.command("train")

@@ -14,6 +14,7 @@ and a dataset larger than memory can be streamed part by part.
 
 from __future__ import annotations
 
+import glob
 import io
 import json
 from collections.abc import Iterable, Iterator
@@ -67,8 +68,37 @@ class HashedDataset:
             yield self.read_part(number)
 
 
+def hashed_paths(path: str | Path) -> list[Path] | None:
+    """The hashed datasets that `path` names: itself, the datasets directly inside it
+    (shards, e.g. from `fmctr preprocess a.tsv b.tsv -o dir`), or a glob's matches.
+    None when it names none (it is raw data, or nothing)."""
+    if str(path) == "-":
+        return None
+    p = Path(path)
+    if (p / MANIFEST).is_file():
+        return [p]
+    if p.is_dir():
+        return sorted(d for d in p.iterdir() if (d / MANIFEST).is_file()) or None
+    if any(ch in str(path) for ch in "*?["):
+        return sorted(Path(m) for m in glob.glob(str(path)) if (Path(m) / MANIFEST).is_file()) or None
+    return None
+
+
 def is_hashed(path: str | Path) -> bool:
-    return path != "-" and (Path(path) / MANIFEST).is_file()
+    return hashed_paths(path) is not None
+
+
+def open_many(path: str | Path) -> list[HashedDataset]:
+    """Every hashed dataset `path` names; they must share schema and hashing."""
+    paths = hashed_paths(path)
+    if paths is None:
+        raise BadInput(f"{path}: no hashed dataset there")
+    datasets = [open_hashed(p) for p in paths]
+    first = datasets[0]
+    for other in datasets[1:]:
+        if other.hashing != first.hashing or other.schema.fields != first.schema.fields:
+            raise BadInput(f"{other.path}: hashed with other options or schema than {first.path}; shards must agree")
+    return datasets
 
 
 PART_ROWS = 1 << 16

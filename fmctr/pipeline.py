@@ -17,7 +17,7 @@ import numpy as np
 import polars as pl
 
 from fmctr import __version__, dataset, onepass
-from fmctr.atomic import atomic_file
+from fmctr.atomic import atomic_dir, atomic_file
 from fmctr.batches import DatasetRows
 from fmctr.errors import BadInput, BadOptions, BadSchema
 from fmctr.hashing import HashSpec, Rows, hash_chunk
@@ -63,7 +63,8 @@ def open_input(
     a schema against the data's columns, or `schema` (from a model) to apply it."""
     name = display_name(path)
     if dataset.is_hashed(path):
-        ds = dataset.open_hashed(path)
+        shards = dataset.open_many(path)
+        ds = shards[0]
         if keep:
             raise BadOptions(f"{name}: a hashed dataset has no columns to --keep; predict from the raw data")
         if hashing is not None and hashing != ds.hashing:
@@ -73,7 +74,7 @@ def open_input(
             )
         if schema is not None and schema.fields != ds.schema.fields:
             raise BadSchema(f"{name}: the hashed dataset's schema differs from the model's")
-        return Input(name, ds.schema, ds.hashing, ((rows, None) for rows in ds.iter_parts()))
+        return Input(name, ds.schema, ds.hashing, ((rows, None) for shard in shards for rows in shard.iter_parts()))
     hashing = hashing or HashSpec(bits=DEFAULT_BITS)
     fmt_source = schema if schema is not None else spec
     assert fmt_source is not None
@@ -129,12 +130,24 @@ def open_input(
     return Input(name, schema, hashing, prefetch(parts()))
 
 
-def preprocess(path: str, output: str | Path, *, spec: SchemaSpec, hashing: HashSpec) -> dataset.HashedDataset:
-    """Hash raw data once into a dataset directory that train/eval read directly."""
-    if dataset.is_hashed(path):
-        raise BadOptions(f"{path}: is already a hashed dataset")
-    data = open_input(path, spec=spec, hashing=hashing, require_label=True)
-    return dataset.write((rows for rows, _ in data.parts), output, data.schema, data.hashing)
+def preprocess(paths: str | Sequence[str], output: str | Path, *, spec: SchemaSpec, hashing: HashSpec) -> list[dataset.HashedDataset]:
+    """Hash raw data once into a dataset directory that train/eval read directly.
+    Several inputs give one shard per input, `output/shard-NNNNN.hashed`: shards
+    hashed anywhere (other processes, other machines) can be used together, since
+    hashing is stateless."""
+    paths = [paths] if isinstance(paths, str) else list(paths)
+    for path in paths:
+        if dataset.is_hashed(path):
+            raise BadOptions(f"{path}: is already a hashed dataset")
+    if len(paths) == 1:
+        data = open_input(paths[0], spec=spec, hashing=hashing, require_label=True)
+        return [_as_dataset(data, Path(output))]
+    shards = []
+    with atomic_dir(output) as tmp:
+        for number, path in enumerate(paths):
+            data = open_input(path, spec=spec, hashing=hashing, require_label=True)
+            shards.append(_as_dataset(data, tmp / f"shard-{number:05d}.hashed"))
+    return [dataset.open_hashed(Path(output) / s.path.name) for s in shards]
 
 
 def _as_dataset(data: Input, path: Path) -> dataset.HashedDataset:
@@ -206,12 +219,12 @@ def train_model(
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="fmctr-") as tmp:
         data = open_input(path, spec=spec, schema=schema, hashing=hashing, require_label=True, log=log)
-        ds = dataset.open_hashed(path) if dataset.is_hashed(path) else _as_dataset(data, Path(tmp) / "train")
+        ds = dataset.open_many(path) if dataset.is_hashed(path) else _as_dataset(data, Path(tmp) / "train")
         rows = DatasetRows(ds)
         valid_rows = None
         if valid is not None:
             valid_data = open_input(valid, schema=data.schema, hashing=data.hashing, require_label=True, log=log)
-            valid_ds = dataset.open_hashed(valid) if dataset.is_hashed(valid) else _as_dataset(valid_data, Path(tmp) / "valid")
+            valid_ds = dataset.open_many(valid) if dataset.is_hashed(valid) else _as_dataset(valid_data, Path(tmp) / "valid")
             valid_rows = DatasetRows(valid_ds)
         elif valid_fraction is not None:
             rows, valid_rows = rows.split_tail(valid_fraction)
