@@ -75,8 +75,21 @@ class DatasetRows(RowSource):
         return self.datasets[span.dataset].read_part(span.part).slice(span.start, span.stop)
 
     def shard(self, rank: int, world: int) -> DatasetRows:
-        """This rank's share for data-parallel training: every world-th part."""
-        return DatasetRows(self.datasets, self.spans[rank::world])
+        """This rank's share for data-parallel training: the rank-th of `world`
+        contiguous, equal row ranges (every row in exactly one share)."""
+        return self._range(self.rows * rank // world, self.rows * (rank + 1) // world)
+
+    def _range(self, lo: int, hi: int) -> DatasetRows:
+        """Rows [lo, hi) of this source, as spans."""
+        spans: list[Span] = []
+        seen = 0
+        for s in self.spans:
+            n = s.stop - s.start
+            a, b = max(lo - seen, 0), min(hi - seen, n)
+            if a < b:
+                spans.append(Span(s.dataset, s.part, s.start + a, s.start + b))
+            seen += n
+        return DatasetRows(self.datasets, spans)
 
     def blocks(self) -> Iterator[Rows]:
         for span in self.spans:
@@ -99,17 +112,4 @@ class DatasetRows(RowSource):
     def split_tail(self, fraction: float) -> tuple[DatasetRows, DatasetRows]:
         """The first rows and the last `fraction` of rows (file order)."""
         cut = self.rows - int(round(self.rows * fraction))
-        head: list[Span] = []
-        tail: list[Span] = []
-        seen = 0
-        for s in self.spans:
-            n = s.stop - s.start
-            if seen + n <= cut:
-                head.append(s)
-            elif seen >= cut:
-                tail.append(s)
-            else:
-                head.append(Span(s.dataset, s.part, s.start, s.start + cut - seen))
-                tail.append(Span(s.dataset, s.part, s.start + cut - seen, s.stop))
-            seen += n
-        return DatasetRows(self.datasets, head), DatasetRows(self.datasets, tail)
+        return self._range(0, cut), self._range(cut, self.rows)

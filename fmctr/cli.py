@@ -12,6 +12,7 @@ import math
 import os
 import signal
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -142,6 +143,10 @@ def _use_threads(threads: Optional[int]) -> None:
     set_threads(threads)
 
 
+def _quiet(message: str) -> None:
+    pass
+
+
 def _json_safe(value):
     if isinstance(value, float) and math.isnan(value):
         return None
@@ -194,6 +199,7 @@ def train_cmd(
     resume: Annotated[Optional[Path], typer.Option(help="Finish an interrupted run from its checkpoint; the checkpoint holds every option (give INPUT again if it was stdin).")] = None,
     checkpoint: Annotated[Optional[Path], typer.Option(help="Where SIGINT/SIGTERM and --checkpoint-every write a checkpoint.  [default: OUTPUT.ckpt]")] = None,
     checkpoint_every: Annotated[Optional[float], typer.Option(help="Also write a checkpoint every this many seconds (removed when training ends well).")] = None,
+    sync_every: Annotated[int, typer.Option(help="Under torchrun: rows each rank trains between averaging the model across ranks.")] = 1 << 16,
     valid: Annotated[Optional[str], typer.Option(help="Validation data (raw or hashed): early stopping keeps the best epoch.")] = None,
     valid_fraction: Annotated[Optional[float], typer.Option(help="Hold out this last fraction of the training rows for validation instead.")] = None,
     preset: Preset = None,
@@ -233,7 +239,8 @@ def train_cmd(
     from fmctr.modelfile import load, save
     from fmctr.pipeline import train_model
     from fmctr.progress import TrainProgress, history_table, stderr
-    from fmctr.train import NullProgress, TrainConfig
+    from fmctr import distributed
+    from fmctr.train import NullProgress, TrainConfig, resolve_device
 
     schema_flags = (preset, schema, label, categorical, numeric, multi, ignore, sep, numeric_mode, format)
     if resume is not None:
@@ -269,20 +276,37 @@ def train_cmd(
         raise BadOptions(f"--checkpoint-every must be a positive number of seconds, got {checkpoint_every}")
     checkpoint_path = checkpoint or Path(f"{output}.ckpt")
     warm = load(start) if start is not None else None
-    show = not quiet
+    replicas = None
+    if distributed.launched():
+        if resume is not None or checkpoint_every is not None:
+            raise BadOptions("--resume and --checkpoint-every are for single-process training, not under torchrun")
+        if sync_every < 1:
+            raise BadOptions(f"--sync-every must be at least 1, got {sync_every}")
+        if threads is None:  # share the cores among this machine's ranks
+            cfg = replace(cfg, threads=max(1, (os.cpu_count() or 1) // distributed.local_world()))
+            _use_threads(cfg.threads)
+        replicas = distributed.Replicas(resolve_device(cfg.engine, cfg.device)[1])
+    lead = replicas is None or replicas.rank == 0  # only rank 0 writes and talks
+    show = not quiet and lead
     progress = TrainProgress() if show else NullProgress()
-    stop = _StopOnSignal()
+    stop = _StopOnSignal() if replicas is None else NullProgress()
     try:
         with stop, progress:
             model, result = train_model(
                 input, spec=spec, hashing=_hashing(bits, hash_seed) if base is None else None, cfg=cfg,
-                valid=valid, valid_fraction=valid_fraction, progress=progress, log=_err, start=warm,
+                valid=valid, valid_fraction=valid_fraction, progress=progress, log=_err if lead else _quiet, start=warm,
                 resume=base, checkpoint_path=checkpoint_path, checkpoint_every=checkpoint_every,
-                should_stop=stop.requested, output=str(output),
+                should_stop=stop.requested if replicas is None else None, output=str(output),
+                replicas=replicas, sync_rows=sync_every,
             )
     except Interrupted as e:
         _err(f"error: {e}; checkpoint written to {checkpoint_path}; resume with: fmctr train --resume {checkpoint_path}")
         raise typer.Exit(code=128 + stop.signal) from None
+    finally:
+        if replicas is not None:
+            replicas.close()
+    if not lead:
+        return
     save(model, output)
     if checkpoint_every is not None or resume is not None:
         checkpoint_path.unlink(missing_ok=True)  # superseded by the model

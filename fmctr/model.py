@@ -94,6 +94,15 @@ class RowwiseOptimizer(torch.optim.Optimizer):
         self.step_count = 0
 
     @torch.no_grad()
+    def init_state(self) -> None:
+        """Create every parameter's state now (a step creates it otherwise)."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                if not self.state[p]:
+                    self.state[p]["acc1"] = torch.zeros_like(p)
+                    self.state[p]["acc2"] = torch.zeros_like(p) if self.kind == "adam" else self.state[p]["acc1"]
+
+    @torch.no_grad()
     def step(self, closure=None):
         self.step_count += 1
         for group in self.param_groups:

@@ -196,6 +196,8 @@ def train_model(
     checkpoint_every: float | None = None,
     should_stop=None,
     output: str | None = None,
+    replicas=None,
+    sync_rows: int = 1 << 16,
 ) -> tuple[Model, TrainResult]:
     """Read (and hash) the training data, train, and return the model with its history.
 
@@ -204,7 +206,9 @@ def train_model(
     `start` warm-starts from a model (its schema, hashing, weights and optimizer
     state); `resume` continues an interrupted run from its checkpoint. With
     `checkpoint_path`, a stop request (see fmctr.train.train) or every
-    `checkpoint_every` seconds writes a checkpoint there."""
+    `checkpoint_every` seconds writes a checkpoint there. With `replicas` this is
+    one rank of a data-parallel run: it trains on every world-th part of the data
+    (checkpoints are not written then)."""
     if valid is not None and valid_fraction is not None:
         raise BadOptions("--valid and --valid-fraction both choose validation data: give one of them")
     if valid_fraction is not None and not 0 < valid_fraction < 1:
@@ -230,6 +234,9 @@ def train_model(
             rows, valid_rows = rows.split_tail(valid_fraction)
             if rows.rows == 0 or valid_rows.rows == 0:
                 raise BadOptions(f"--valid-fraction {valid_fraction} leaves no training or no validation rows")
+        if replicas is not None:
+            rows = rows.shard(replicas.rank, replicas.world)
+            checkpoint_path = should_stop = None
         job = Job(path, valid, valid_fraction, output, asdict(cfg))
 
         def write_checkpoint(state: Resume) -> None:
@@ -248,13 +255,17 @@ def train_model(
             start_optimizer=start.optimizer if start is not None else None,
             resume=resume_state, should_stop=should_stop,
             checkpoint=write_checkpoint if checkpoint_path is not None else None, checkpoint_every=checkpoint_every,
+            replicas=replicas, sync_rows=sync_rows,
         )
         positives = sum(float(block.labels.sum()) for block in rows.blocks())
+        if replicas is not None:
+            [positives] = replicas.sum([positives])
     best = result.history[result.best_epoch - 1]
     training = {
         "input": data.name,
-        "rows": rows.rows,
-        "positive_rate": positives / rows.rows,
+        "rows": result.rows,
+        "positive_rate": positives / result.rows,
+        "ranks": replicas.world if replicas is not None else 1,
         "valid_rows": valid_rows.rows if valid_rows is not None else 0,
         "epochs_run": len(result.history),
         "best_epoch": result.best_epoch,

@@ -6,6 +6,7 @@ and `torch`, EmbeddingBag + autograd, for CUDA. The loop here is shared.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import re
@@ -195,6 +196,14 @@ class CpuEngine:
     def weights(self) -> FMWeights:
         return self.w
 
+    def average(self, replicas, rows: np.ndarray) -> None:
+        """Average the given rows (weights and optimizer state) across ranks."""
+        tables = [self.w.linear, self.w.factors, self.linear_state1, self.factor_state1]
+        if self.cfg.optimizer == "adam":
+            tables += [self.linear_state2, self.factor_state2]
+        replicas.average_rows(rows, tables, [self.w.bias, self.bias_state])
+        self.seen[rows] = True
+
     def optimizer_state(self) -> dict:
         """The optimizer's arrays (live, not copies), as fmctr.modelfile stores them."""
         return {
@@ -229,6 +238,17 @@ class TorchEngine:
         self.params = [g["params"][0] for g in groups]  # bias, linear, factors
         if optimizer is not None:
             self._load_optimizer(optimizer)
+
+    def average(self, replicas, rows: np.ndarray) -> None:
+        self.optimizer.init_state()
+        tables, scalars = [], []
+        for p in self.params:
+            state = self.optimizer.state[p]
+            group = [p, state["acc1"]] + ([state["acc2"]] if self.cfg.optimizer == "adam" else [])
+            (scalars if p is self.params[0] else tables).extend(group)
+        with self.torch.no_grad():
+            replicas.average_rows(rows, tables, scalars)
+        self.seen[self.torch.from_numpy(rows).to(self.device)] = True
 
     def _load_optimizer(self, optimizer: dict) -> None:
         t = self.torch
@@ -321,6 +341,14 @@ def _better(metric: str, new: float, old: float | None) -> bool:
     return new < old if metric == "logloss" else new > old
 
 
+def _pieces(blocks, rows: int | None):
+    """The shuffled (rows, order) blocks, cut into pieces of at most `rows` rows."""
+    for block, order in blocks:
+        step = rows or len(order)
+        for lo in range(0, len(order), step):
+            yield block, order[lo : lo + step]
+
+
 def predict_source(w: FMWeights, source: RowSource) -> np.ndarray:
     """Probabilities for every row of a source, in order."""
     return np.concatenate([probabilities(w, block) for block in source.blocks()])
@@ -371,6 +399,8 @@ def train(
     should_stop=None,
     checkpoint=None,
     checkpoint_every: float | None = None,
+    replicas=None,
+    sync_rows: int = 1 << 16,
 ) -> TrainResult:
     """Train an FM on hashed rows (in memory or streamed from a dataset). With
     `valid`, keep the best epoch by `cfg.stop_metric` and stop after `cfg.patience`
@@ -379,7 +409,11 @@ def train(
     `start` (and `start_optimizer`) warm-start from a model; `resume` continues an
     interrupted run exactly. Between blocks, `should_stop()` is asked: when true,
     `checkpoint(Resume)` is called and Interrupted raised; `checkpoint` is also called
-    every `checkpoint_every` seconds."""
+    every `checkpoint_every` seconds.
+
+    With `replicas` (fmctr.distributed.Replicas) this process is one rank of a
+    data-parallel run: `rows` is its share, and every `sync_rows` rows the ranks
+    average the model rows any of them touched."""
     source = MemoryRows(rows) if isinstance(rows, Rows) else rows
     valid_source = MemoryRows(valid) if isinstance(valid, Rows) else valid
     cfg.check()
@@ -392,7 +426,8 @@ def train(
         batch_size=cfg.batch_size or DEFAULT_BATCH[engine_name],
     )
     progress = progress or NullProgress()
-    if source.rows == 0:
+    total_rows = source.rows if replicas is None else int(replicas.sum([source.rows])[0])
+    if total_rows == 0:
         raise BadOptions("no training rows")
     threads = set_threads(cfg.threads)
     if resume is not None:
@@ -429,22 +464,37 @@ def train(
         if rows_done:
             progress.advance(rows_done, loss / rows_done)  # resumed mid-epoch
         started = time.perf_counter()
-        for number, (block, order) in enumerate(source.shuffled(rng)):
+        blocks = _pieces(source.shuffled(rng), sync_rows if replicas is not None else None)
+        for number in itertools.count():
+            piece = next(blocks, None)
+            if replicas is not None:
+                if not replicas.max(piece is not None):
+                    break  # every rank is done with this epoch
+            elif piece is None:
+                break
             if number < skip:
                 continue  # trained before the interruption; the RNG draws stay the same
             if should_stop is not None and should_stop():
                 if checkpoint is not None:
                     save_checkpoint(epoch, number, epoch_rng, loss, rows_done)
                 raise Interrupted(epoch, rows_done, source.rows)
-            block_loss = engine.train(block, order)
-            loss += block_loss
-            rows_done += len(order)
-            progress.advance(len(order), block_loss / len(order))
+            if piece is not None:
+                block, order = piece
+                block_loss = engine.train(block, order)
+                loss += block_loss
+                rows_done += len(order)
+                progress.advance(len(order), block_loss / len(order))
+            if replicas is not None:
+                touched = np.unique(block.take(order).indices) if piece is not None else np.zeros(0, np.int64)
+                engine.average(replicas, replicas.union(touched.astype(np.int64)))
             if checkpoint is not None and checkpoint_every is not None and time.monotonic() - last_checkpoint >= checkpoint_every:
                 save_checkpoint(epoch, number + 1, epoch_rng, loss, rows_done)
                 last_checkpoint = time.monotonic()
         seconds = time.perf_counter() - started
-        record = Epoch(epoch, loss / source.rows, seconds, (rows_done - (state.rows_done if epoch == first_epoch else 0)) / max(seconds, 1e-9))
+        epoch_rows = rows_done - (state.rows_done if epoch == first_epoch else 0)
+        if replicas is not None:
+            loss, epoch_rows = replicas.sum([loss, epoch_rows])
+        record = Epoch(epoch, loss / total_rows, seconds, epoch_rows / max(seconds, 1e-9))
         current = engine.weights()
         if valid_source is not None:
             record.valid = evaluate(valid_labels, predict_source(current, valid_source))
@@ -461,6 +511,6 @@ def train(
         if valid_source is not None and state.since_best >= cfg.patience:
             break
     final = state.best if state.best is not None else engine.weights()
-    result = TrainResult(final, state.history, state.best_epoch, source.rows, engine_name, device, cfg)
+    result = TrainResult(final, state.history, state.best_epoch, total_rows, engine_name, device, cfg)
     result.optimizer = engine.optimizer_state()
     return result
