@@ -91,6 +91,7 @@ NumericMode = Annotated[Optional[str], typer.Option(help="How numeric columns be
 Format = Annotated[Optional[str], typer.Option("--format", help="Input format: csv, tsv, criteo, parquet, libsvm, libffm.  [default: detected from the data]", rich_help_panel=SCHEMA)]
 Bits = Annotated[Optional[int], typer.Option(help="Hash space is 2^bits features.  [default: 22]", rich_help_panel=HASH)]
 HashSeed = Annotated[int, typer.Option(help="Seed of the feature hash.", rich_help_panel=HASH)]
+Device = Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto (CUDA when available; scoring on a GPU uses the torch model).")]
 Threads = Annotated[Optional[int], typer.Option(help="CPU threads for reading, hashing, training and scoring.  [default: all cores]")]
 ModelOpt = Annotated[Path, typer.Option("--model", "-m", help="Model file written by `fmctr train`.")]
 Json = Annotated[bool, typer.Option("--json", help="Print metrics as one JSON object on stdout.")]
@@ -358,6 +359,7 @@ def eval_cmd(
     model: ModelOpt = ...,
     json_out: Json = False,
     threads: Threads = None,
+    device: Device = "auto",
 ) -> None:
     """Report AUC, logloss, normalized entropy and calibration on labelled data."""
     _use_threads(threads)
@@ -366,7 +368,7 @@ def eval_cmd(
     from fmctr.progress import metrics_table, stderr
 
     m = load(model, training_state=False)
-    metrics = evaluate_model(input, m, log=_err)
+    metrics = evaluate_model(input, m, log=_err, device=device)
     if json_out:
         print(json.dumps(_json_safe(metrics)))
     else:
@@ -381,6 +383,7 @@ def predict(
     output: Annotated[str, typer.Option("--output", "-o", help="CSV file to write, or - for stdout.")] = "-",
     keep: Annotated[Optional[list[str]], typer.Option(metavar="COLS", help="Input columns to copy into the output before the probability (comma-separated, repeatable).")] = None,
     threads: Threads = None,
+    device: Device = "auto",
 ) -> None:
     """Write click probabilities as CSV, one line per input row, in input order."""
     _use_threads(threads)
@@ -388,7 +391,7 @@ def predict(
     from fmctr.pipeline import predict as run
 
     m = load(model, training_state=False)
-    run(input, m, output, keep=_names(keep), log=_err)
+    run(input, m, output, keep=_names(keep), log=_err, device=device)
 
 
 def _version(value: bool) -> None:

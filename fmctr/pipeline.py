@@ -25,7 +25,7 @@ from fmctr.metrics import evaluate
 from fmctr.modelfile import Model, save
 from fmctr.read import Chunk, RawChunk, display_name, open_source, prefetch
 from fmctr.schema import SPARSE_FORMATS, Schema, SchemaSpec
-from fmctr.train import Resume, TrainConfig, TrainResult, probabilities, train
+from fmctr.train import Resume, Scorer, TrainConfig, TrainResult, train
 
 Log = Callable[[str], None]
 DEFAULT_BITS = 22
@@ -283,39 +283,42 @@ def train_model(
     return Model(result.weights, data.schema, data.hashing, training, result.optimizer), result
 
 
-def evaluate_model(path: str, model: Model, *, log: Log = _silent) -> dict:
+def evaluate_model(path: str, model: Model, *, log: Log = _silent, device: str = "auto") -> dict:
     """AUC, logloss and friends of the model on labelled data."""
     data = open_input(path, schema=model.schema, hashing=model.hashing, require_label=True, log=log)
+    score = Scorer(model.weights, device)
     labels, probs = [], []
     for rows, _ in data.parts:
         labels.append(rows.labels)
-        probs.append(probabilities(model.weights, rows))
+        probs.append(score(rows))
     return evaluate(np.concatenate(labels), np.concatenate(probs))
 
 
 PROBABILITY = "probability"
 
 
-def predict(path: str, model: Model, output: str, *, keep: Sequence[str] = (), log: Log = _silent) -> int:
+def predict(path: str, model: Model, output: str, *, keep: Sequence[str] = (), log: Log = _silent,
+            device: str = "auto") -> int:
     """Write one CSV line per input row, in input order: the --keep columns, then the
     click probability. `output` "-" is stdout; a file appears only when complete."""
     if PROBABILITY in keep:
         raise BadOptions(f"--keep {PROBABILITY}: that name is the output column")
     data = open_input(path, schema=model.schema, hashing=model.hashing, require_label=False, keep=keep, log=log)
+    score = Scorer(model.weights, device)
     if output == "-":
-        return _write_predictions(data, model, sys.stdout.buffer)
+        return _write_predictions(data, score, sys.stdout.buffer)
     with atomic_file(output) as tmp:
         try:
             with open(tmp, "wb") as out:
-                return _write_predictions(data, model, out)
+                return _write_predictions(data, score, out)
         except OSError as e:
             raise BadOptions(f"{output}: cannot write: {e.strerror}") from None
 
 
-def _write_predictions(data: Input, model: Model, out) -> int:
+def _write_predictions(data: Input, score: Scorer, out) -> int:
     written = 0
     for rows, kept in data.parts:
-        frame = pl.DataFrame({PROBABILITY: probabilities(model.weights, rows)})
+        frame = pl.DataFrame({PROBABILITY: score(rows)})
         if kept is not None:
             frame = pl.concat([kept, frame], how="horizontal")
         out.write(frame.write_csv(include_header=written == 0).encode())

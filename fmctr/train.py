@@ -123,6 +123,8 @@ def _maybe_cuda() -> bool:
 
 def resolve_device(engine: str, device: str) -> tuple[str, str]:
     """'auto' picks the fused CPU engine on a CPU and the torch engine on CUDA."""
+    if re.fullmatch(r"auto|cpu|cuda(:\d+)?", device) is None:
+        raise BadOptions(f"unknown device {device!r} (choose from auto, cpu, cuda, cuda:N)")
     if device == "auto":
         device = "cpu"
         if engine != "cpu" and (engine == "torch" or _maybe_cuda()):
@@ -331,6 +333,34 @@ def logits(w: FMWeights, rows: Rows) -> np.ndarray:
 def probabilities(w: FMWeights, rows: Rows) -> np.ndarray:
     z = logits(w, rows)
     return 1.0 / (1.0 + np.exp(-z))
+
+
+class Scorer:
+    """Click probabilities from weights: the CPU kernel, or the torch model on a GPU
+    (`engine="torch"` also forces the torch model on a CPU)."""
+
+    def __init__(self, w: FMWeights, device: str = "auto", engine: str = "auto"):
+        engine, device = resolve_device(engine, device)
+        self.w = w
+        self.model = None
+        if engine == "torch":
+            from fmctr.model import FactorizationMachine
+
+            self.torch = _torch()
+            self.device = device
+            self.model = FactorizationMachine.from_weights(w, device).eval()
+
+    def __call__(self, rows: Rows) -> np.ndarray:
+        if self.model is None:
+            return probabilities(self.w, rows)
+        t = self.torch
+        with t.no_grad():
+            z = self.model(
+                t.from_numpy(rows.indices.astype(np.int64)).to(self.device),
+                t.from_numpy(np.ascontiguousarray(rows.offsets[:-1])).to(self.device),
+                t.from_numpy(np.ascontiguousarray(rows.values)).to(self.device),
+            )
+        return t.sigmoid(z.double()).cpu().numpy()
 
 
 def _better(metric: str, new: float, old: float | None) -> bool:

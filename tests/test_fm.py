@@ -128,3 +128,19 @@ def test_early_stopping_keeps_the_best_epoch():
     from fmctr.metrics import logloss
 
     assert logloss(valid.labels, 1 / (1 + np.exp(-z))) == pytest.approx(min(scores), rel=1e-9)
+
+
+def test_torch_scorer_matches_the_cpu_kernel():
+    """Scoring on a GPU runs the torch model; on a CPU the kernel. Same numbers."""
+    from fmctr.train import Scorer
+
+    rng = np.random.default_rng(11)
+    w, rows = random_weights(rng, dim=4), random_rows(rng)
+    np.testing.assert_allclose(Scorer(w, "cpu", engine="torch")(rows), Scorer(w, "cpu")(rows), rtol=1e-5, atol=1e-6)
+
+
+def test_cuda_device_without_cuda_is_a_clear_error(movies_model):
+    from conftest import MOVIES_TEST, invoke
+
+    result = invoke("eval", MOVIES_TEST, "-m", movies_model, "--device", "cuda")
+    assert (result.exit_code, result.stderr) == (1, "error: --device cuda: CUDA is not available on this machine\n")
