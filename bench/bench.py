@@ -57,6 +57,21 @@ model, result = train_model(HASHED, spec=build_spec(), hashing=None, cfg=TrainCo
 save(model, MODEL)
 report(result.rows, result.history[0].seconds)
 """,
+    "train hashed, 1 process x 1 thread": """
+from fmctr.pipeline import train_model
+from fmctr.schema import build_spec
+from fmctr.train import TrainConfig
+model, result = train_model(HASHED, spec=build_spec(), hashing=None, cfg=TrainConfig(dim=DIM, epochs=1, threads=1))
+report(result.rows, result.history[0].seconds)
+""",
+    "train hashed, 2 ranks x 1 thread (torchrun, gloo)": """
+import subprocess
+out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                      "-m", "fmctr", "train", HASHED, "-o", MODEL + ".2", "-q", "--json", "--epochs", "1",
+                      "--dim", str(DIM), "--threads", "1"], capture_output=True, text=True, check=True).stdout
+summary = json.loads(out.strip().splitlines()[-1])
+report(summary["rows"], summary["history"][0]["seconds"])
+""",
     "train from raw TSV (hash + 1 epoch)": """
 from fmctr.pipeline import train_model
 from fmctr.schema import build_spec
@@ -149,6 +164,8 @@ def main() -> None:
             "preprocess TSV -> hashed": ("bare read", read),
             "train hashed, fmctr cpu engine (1 epoch)": ("torch baseline", torch_train),
             "train from raw TSV (hash + 1 epoch)": ("torch baseline", torch_train),
+            "train hashed, 2 ranks x 1 thread (torchrun, gloo)": ("1 process x 1 thread",
+                                                                   results["train hashed, 1 process x 1 thread"]["rows_per_s"]),
             "predict TSV -> CSV": ("bare read", read),
         }
         print(f"\n| stage ({args.rows:,} rows) | rows/s | vs baseline | peak RSS |")

@@ -31,6 +31,7 @@ from fmctr.schema import Schema
 FORMAT = "fmctr-hashed"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+SHARDS = "shards.json"  # in a directory of shards: which input made which shard
 ARRAYS = ("indices", "values", "offsets", "labels")
 
 

@@ -6,6 +6,8 @@ optional `log` callable. The CLI is a thin layer over these.
 
 from __future__ import annotations
 
+import glob
+import json
 import sys
 import tempfile
 import time
@@ -136,6 +138,7 @@ def preprocess(paths: str | Sequence[str], output: str | Path, *, spec: SchemaSp
     hashed anywhere (other processes, other machines) can be used together, since
     hashing is stateless."""
     paths = [paths] if isinstance(paths, str) else list(paths)
+    paths = [m for p in paths for m in _expand(p)]
     for path in paths:
         if dataset.is_hashed(path):
             raise BadOptions(f"{path}: is already a hashed dataset")
@@ -147,7 +150,19 @@ def preprocess(paths: str | Sequence[str], output: str | Path, *, spec: SchemaSp
         for number, path in enumerate(paths):
             data = open_input(path, spec=spec, hashing=hashing, require_label=True)
             shards.append(_as_dataset(data, tmp / f"shard-{number:05d}.hashed"))
+        listing = [{"shard": s.path.name, "input": display_name(p), "rows": s.rows} for s, p in zip(shards, paths)]
+        (tmp / dataset.SHARDS).write_text(json.dumps({"shards": listing}, indent=2) + "\n")
     return [dataset.open_hashed(Path(output) / s.path.name) for s in shards]
+
+
+def _expand(path: str) -> list[str]:
+    """A quoted glob ('logs/*.tsv.gz') names its matches; anything else itself."""
+    if path != "-" and any(ch in path for ch in "*?[") and not Path(path).exists():
+        matches = sorted(glob.glob(path))
+        if not matches:
+            raise BadInput(f"{path}: no file matches")
+        return matches
+    return [path]
 
 
 def _as_dataset(data: Input, path: Path) -> dataset.HashedDataset:

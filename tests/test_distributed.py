@@ -22,7 +22,13 @@ def test_preprocess_several_inputs_into_shards(tmp_path):
     out = tmp_path / "shards"
     result = invoke("preprocess", a, b, "--preset", "criteo", "--bits", "18", "-o", out)
     assert (result.exit_code, result.stderr) == (0, f"wrote 20,000 rows in 2 shards, 2 parts to {out}\n")
-    assert sorted(p.name for p in out.iterdir()) == ["shard-00000.hashed", "shard-00001.hashed"]
+    assert sorted(p.name for p in out.iterdir()) == ["shard-00000.hashed", "shard-00001.hashed", "shards.json"]
+    listing = json.loads((out / "shards.json").read_text())["shards"]
+    assert [(s["input"], s["rows"]) for s in listing] == [(str(a), 12_000), (str(b), 8_000)]
+    # A quoted glob names the same inputs.
+    again = tmp_path / "again"
+    assert invoke("preprocess", str(tmp_path / "[ab].tsv"), "--preset", "criteo", "--bits", "18", "-o", again).exit_code == 0
+    assert json.loads((again / "shards.json").read_text()) == json.loads((out / "shards.json").read_text())
     # Shards hashed separately equal the whole file hashed at once.
     whole = tmp_path / "whole.hashed"
     assert invoke("preprocess", CRITEO_TRAIN, "--preset", "criteo", "--bits", "18", "-o", whole).exit_code == 0
