@@ -6,6 +6,7 @@ and errors go to stderr. Every fmctr error becomes one `error: ...` line and exi
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -290,9 +291,9 @@ def train_cmd(
     lead = replicas is None or replicas.rank == 0  # only rank 0 writes and talks
     show = not quiet and lead
     progress = TrainProgress() if show else NullProgress()
-    stop = _StopOnSignal() if replicas is None else NullProgress()
+    stop = _StopOnSignal()
     try:
-        with stop, progress:
+        with stop if replicas is None else contextlib.nullcontext(), progress:
             model, result = train_model(
                 input, spec=spec, hashing=_hashing(bits, hash_seed) if base is None else None, cfg=cfg,
                 valid=valid, valid_fraction=valid_fraction, progress=progress, log=_err if lead else _quiet, start=warm,

@@ -3,8 +3,9 @@
 This is the CPU engine. It computes exactly what the torch engine (fmctr.model) does
 - the same logits, the same mean-loss gradient per mini-batch, the same lazy L2 on
 the rows a batch touches, the same Adagrad/Adam updates - but in one pass per row
-with no autograd graph, which is where CPU speed comes from. tests/test_engines.py
-holds the two engines to the same weights.
+with no autograd graph, which is where CPU speed comes from.
+tests/test_fm.py::test_engines_train_to_the_same_weights holds the two engines to
+the same weights.
 """
 
 from __future__ import annotations

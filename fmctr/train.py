@@ -62,7 +62,7 @@ class TrainConfig:
             (self.optimizer in OPTIMIZERS, f"unknown optimizer {self.optimizer!r} (choose from {', '.join(OPTIMIZERS)})"),
             (self.engine in ENGINES, f"unknown engine {self.engine!r} (choose from {', '.join(ENGINES)})"),
             (self.stop_metric in STOP_METRICS, f"unknown metric {self.stop_metric!r} (choose from {', '.join(STOP_METRICS)})"),
-            (re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None, f"unknown device {self.device!r} (choose from auto, cpu, cuda, cuda:N)"),
+            (_known_device(self.device), f"unknown device {self.device!r} (choose from auto, cpu, cuda, cuda:N)"),
             (self.patience >= 1, f"--patience must be at least 1, got {self.patience}"),
             (self.threads is None or self.threads >= 1, f"--threads must be at least 1, got {self.threads}"),
         ]
@@ -108,6 +108,10 @@ class NullProgress:
     def end_epoch(self, record: Epoch) -> None: ...
 
 
+def _known_device(device: str) -> bool:
+    return re.fullmatch(r"auto|cpu|cuda(:\d+)?", device) is not None
+
+
 def _torch():
     try:
         import torch
@@ -123,7 +127,7 @@ def _maybe_cuda() -> bool:
 
 def resolve_device(engine: str, device: str) -> tuple[str, str]:
     """'auto' picks the fused CPU engine on a CPU and the torch engine on CUDA."""
-    if re.fullmatch(r"auto|cpu|cuda(:\d+)?", device) is None:
+    if not _known_device(device):
         raise BadOptions(f"unknown device {device!r} (choose from auto, cpu, cuda, cuda:N)")
     if device == "auto":
         device = "cpu"
