@@ -46,6 +46,7 @@ class Input:
     schema: Schema
     hashing: HashSpec
     parts: Iterator[tuple[Rows, pl.DataFrame | None]]
+    shards: list[dataset.HashedDataset] | None = None  # when the input is hashed already
 
     def all_rows(self) -> Rows:
         return Rows.concat([rows for rows, _ in self.parts])
@@ -76,7 +77,7 @@ def open_input(
             )
         if schema is not None and schema.fields != ds.schema.fields:
             raise BadSchema(f"{name}: the hashed dataset's schema differs from the model's")
-        return Input(name, ds.schema, ds.hashing, ((rows, None) for shard in shards for rows in shard.iter_parts()))
+        return Input(name, ds.schema, ds.hashing, ((rows, None) for shard in shards for rows in shard.iter_parts()), shards)
     hashing = hashing or HashSpec(bits=DEFAULT_BITS)
     fmt_source = schema if schema is not None else spec
     assert fmt_source is not None
@@ -238,12 +239,12 @@ def train_model(
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="fmctr-") as tmp:
         data = open_input(path, spec=spec, schema=schema, hashing=hashing, require_label=True, log=log)
-        ds = dataset.open_many(path) if dataset.is_hashed(path) else _as_dataset(data, Path(tmp) / "train")
+        ds = data.shards or _as_dataset(data, Path(tmp) / "train")
         rows = DatasetRows(ds)
         valid_rows = None
         if valid is not None:
             valid_data = open_input(valid, schema=data.schema, hashing=data.hashing, require_label=True, log=log)
-            valid_ds = dataset.open_many(valid) if dataset.is_hashed(valid) else _as_dataset(valid_data, Path(tmp) / "valid")
+            valid_ds = valid_data.shards or _as_dataset(valid_data, Path(tmp) / "valid")
             valid_rows = DatasetRows(valid_ds)
         elif valid_fraction is not None:
             rows, valid_rows = rows.split_tail(valid_fraction)

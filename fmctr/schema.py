@@ -13,7 +13,7 @@ try:
     import tomllib
 except ImportError:  # Python 3.10
     import tomli as tomllib
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from fmctr.errors import BadSchema

@@ -23,7 +23,6 @@ import argparse
 import gzip
 import io
 import json
-import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,7 +74,6 @@ def criteo_like(rows: int, *, seed: int = 0, vocab_max: int = 300, interacting: 
     # Truth for each categorical token and each numeric bucket (buckets 0..60, plus missing).
     n_buckets = 64
     ids = np.empty((rows, N_CATEGORICAL + N_NUMERIC), dtype=np.int64)
-    columns: list[np.ndarray] = []
     offset = 0
     field_offsets = []
     numeric_text = []

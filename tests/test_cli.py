@@ -9,7 +9,6 @@ import sys
 
 import numpy as np
 import polars as pl
-import pytest
 
 from conftest import CRITEO_TEST, CRITEO_TRAIN, MOVIES_FLAGS, MOVIES_TEST, MOVIES_TRAIN, SAMPLE, invoke
 from fmctr.modelfile import load

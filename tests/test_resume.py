@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import CRITEO_TRAIN, MOVIES_FLAGS, MOVIES_TEST, MOVIES_TRAIN, invoke
+from conftest import CRITEO_TRAIN, MOVIES_TEST, MOVIES_TRAIN, invoke
 from fmctr.modelfile import load
 
 ARGS = ["--preset", "criteo", "--threads", "1", "--epochs", "3", "--bits", "18", "-q"]
