@@ -214,6 +214,7 @@ def train_model(
     output: str | None = None,
     replicas=None,
     sync_rows: int = 1 << 16,
+    on_epoch=None,
 ) -> tuple[Model, TrainResult]:
     """Read (and hash) the training data, train, and return the model with its history.
 
@@ -271,7 +272,7 @@ def train_model(
             start_optimizer=start.optimizer if start is not None else None,
             resume=resume_state, should_stop=should_stop,
             checkpoint=write_checkpoint if checkpoint_path is not None else None, checkpoint_every=checkpoint_every,
-            replicas=replicas, sync_rows=sync_rows,
+            replicas=replicas, sync_rows=sync_rows, on_epoch=on_epoch,
         )
         positives = sum(float(block.labels.sum()) for block in rows.blocks())
         if replicas is not None:

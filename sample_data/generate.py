@@ -40,6 +40,7 @@ class Generated:
     text: bytes  # the data file's bytes
     labels: np.ndarray
     probabilities: np.ndarray  # the planted model's click probabilities
+    truth: dict | None = None  # the planted model itself: ids (rows x fields), w, v, scale, shift
 
 
 def _zipf_ids(rng: np.random.Generator, vocab: int, n: int, exponent: float = 1.1) -> np.ndarray:
@@ -105,8 +106,10 @@ def criteo_like(rows: int, *, seed: int = 0, vocab_max: int = 300, interacting: 
     logits = w[ids].sum(1)
     s = v[ids].sum(1)
     logits += 0.5 * ((s**2).sum(1) - (v[ids] ** 2).sum((1, 2)))
-    logits = (logits - logits.mean()) / logits.std() * 1.3
-    logits += _bias_for_rate(logits, target_rate)
+    mean, std = logits.mean(), logits.std()
+    logits = (logits - mean) / std * 1.3
+    shift = _bias_for_rate(logits, target_rate)
+    logits += shift
     p = 1 / (1 + np.exp(-logits))
     labels = (rng.random(rows) < p).astype(np.int64)
     import polars as pl
@@ -114,7 +117,21 @@ def criteo_like(rows: int, *, seed: int = 0, vocab_max: int = 300, interacting: 
     cols = [labels.astype(str), *numeric_text, *names]
     frame = pl.DataFrame({f"c{j}": c for j, c in enumerate(cols)})
     text = frame.write_csv(separator="\t", include_header=False, quote_style="never")
-    return Generated(text.encode(), labels, p)
+    truth = {"ids": ids, "w": w, "v": v, "mean": mean, "std": std / 1.3, "shift": shift}
+    return Generated(text.encode(), labels, p, truth)
+
+
+def truth_logits(truth: dict, rows: slice | np.ndarray, known: np.ndarray | None = None) -> np.ndarray:
+    """The planted model's logits for some rows; with `known` (a mask over token ids),
+    tokens outside it contribute nothing (a model that never learned them)."""
+    ids = truth["ids"][rows]
+    w, v = truth["w"], truth["v"]
+    if known is not None:
+        w, v = np.where(known, w, 0.0), np.where(known[:, None], v, 0.0)
+    z = w[ids].sum(1)
+    vs = v[ids]
+    z += 0.5 * ((vs.sum(1) ** 2).sum(1) - (vs**2).sum((1, 2)))
+    return (z - truth["mean"]) / truth["std"] + truth["shift"]
 
 
 def _bias_for_rate(logits: np.ndarray, rate: float) -> float:
