@@ -220,10 +220,15 @@ def train_cmd(
     epochs: Annotated[Optional[int], typer.Option(help="Passes over the data; with validation, the most (early stopping decides).  [default: 3, or 20 with validation]", rich_help_panel=TRAIN)] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Rows per update.  [default: 4 on the cpu engine, 1024 on torch]", rich_help_panel=TRAIN)] = None,
     lr: Annotated[float, typer.Option(help="Learning rate.", rich_help_panel=TRAIN)] = 0.03,
-    optimizer: Annotated[str, typer.Option(help="adagrad or adam (both lazy: only the rows a batch touches move).", rich_help_panel=TRAIN)] = "adagrad",
-    l2: Annotated[float, typer.Option(help="L2 on the linear weights of the rows a batch touches, once per batch.", rich_help_panel=TRAIN)] = 0.01,
+    optimizer: Annotated[str, typer.Option(help="adagrad, adam (both lazy: only the rows a batch touches move), or ftrl (FTRL-Proximal for the linear weights, Adagrad for the factors).", rich_help_panel=TRAIN)] = "adagrad",
+    l2: Annotated[float, typer.Option(help="L2 on the linear weights: added to the gradient of the rows a batch touches; with ftrl, FTRL's lambda2.", rich_help_panel=TRAIN)] = 0.01,
     l2_factors: Annotated[float, typer.Option(help="L2 on the factors of the rows a batch touches, once per batch.", rich_help_panel=TRAIN)] = 0.05,
-    patience: Annotated[int, typer.Option(help="With validation: stop after this many epochs without improvement.", rich_help_panel=TRAIN)] = 2,
+    l1: Annotated[float, typer.Option(help="ftrl: L1 on the linear weights (lambda1; larger values zero more weights).", rich_help_panel=TRAIN)] = 0.0,
+    ftrl_alpha: Annotated[float, typer.Option(help="ftrl: learning rate alpha of the linear weights.", rich_help_panel=TRAIN)] = 0.05,
+    ftrl_beta: Annotated[float, typer.Option(help="ftrl: beta (smooths the per-coordinate learning rate).", rich_help_panel=TRAIN)] = 1.0,
+    lr_decay: Annotated[float, typer.Option(help="With validation: multiply the learning rate by this after a check that does not improve (1: never).", rich_help_panel=TRAIN)] = 0.5,
+    valid_every: Annotated[Optional[int], typer.Option(metavar="ROWS", help="With validation: check every this many training rows.  [default: once per epoch]", rich_help_panel=TRAIN)] = None,
+    patience: Annotated[int, typer.Option(help="With validation: stop after this many checks without improvement.", rich_help_panel=TRAIN)] = 2,
     metric: Annotated[str, typer.Option(help="With validation: logloss or auc decides the best epoch.", rich_help_panel=TRAIN)] = "logloss",
     seed: Annotated[int, typer.Option(help="Seed for initialisation and shuffling.", rich_help_panel=TRAIN)] = 0,
     threads: Threads = None,
@@ -270,7 +275,8 @@ def train_cmd(
         cfg = TrainConfig(
             dim=dim, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, l2_linear=l2,
             l2_factors=l2_factors, patience=patience, stop_metric=metric, seed=seed, threads=threads,
-            engine=engine, device=device,
+            engine=engine, device=device, l1=l1, ftrl_alpha=ftrl_alpha, ftrl_beta=ftrl_beta, lr_decay=lr_decay,
+            valid_every=valid_every,
         ).check()
     if output is None:
         raise BadOptions("give the model file to write with -o/--output")

@@ -17,6 +17,7 @@ import numpy as np
 
 ADAGRAD = 0
 ADAM = 1
+FTRL = 2  # FTRL-Proximal for the linear weights, Adagrad for the bias and the factors
 # fastmath without assuming no inf/NaN. And every kernel uses error_model="numpy":
 # Python's error model checks each float division for zero, which stops vectorization.
 FAST = {"contract", "reassoc", "arcp", "nsz"}
@@ -78,7 +79,7 @@ def _step(theta, g, acc1, acc2, optimizer, lr, eps, beta1, beta2, correction1, c
     Adagrad's accumulator holds the sum of squared gradients, to which its initial
     value acc0 is added when used (so the state starts as untouched zero pages); it
     returns the accumulator twice, so its two state arrays may be the same array."""
-    if optimizer == ADAGRAD:
+    if optimizer != ADAM:
         a = acc1 + g * g
         return theta - lr * g / (math.sqrt(a + acc0) + eps), a, a
     m = beta1 * acc1 + (1.0 - beta1) * g
@@ -94,6 +95,24 @@ def _adagrad_row(theta, acc, grad, l2, lr, eps, acc0):
         a = acc[f] + g * g
         acc[f] = a
         theta[f] -= lr * g / (np.sqrt(a + acc0) + eps)
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=FAST)
+def _ftrl_one(w, z, n, i, g, alpha, beta, l1, l2):
+    """FTRL-Proximal (McMahan et al. 2013) for one linear weight with gradient g: z and
+    n are its summed adjusted gradients and squared gradients; the weight is the
+    closed-form minimiser, so L1 makes it exactly 0 and L2 acts as a prior whose
+    strength does not grow with the number of times the feature is seen."""
+    n_old = n[i]
+    n_new = n_old + g * g
+    sigma = (np.sqrt(n_new) - np.sqrt(n_old)) / alpha
+    zi = z[i] + g - sigma * w[i]
+    z[i] = zi
+    n[i] = n_new
+    if abs(zi) <= l1:
+        w[i] = 0
+    else:
+        w[i] = -(zi - np.sign(zi) * l1) / ((beta + np.sqrt(n_new)) / alpha + l2)
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=FAST)
@@ -114,7 +133,7 @@ def _train_batch(
     bias, linear, factors,
     bias_state, linear_state1, linear_state2, factor_state1, factor_state2,
     table_keys, table_slots, slot_pos, slot_rows, slot_linear, slot_factors, s, seen,
-    optimizer, lr, l2_linear, l2_factors, eps, beta1, beta2, step, init_seed, init_std, acc0,
+    optimizer, lr, l2_linear, l2_factors, eps, beta1, beta2, step, init_seed, init_std, acc0, ftrl,
 ):
     """One mini-batch: the gradient of the mean logloss over rows order[b0:b1] at the
     current weights, plus L2 on the rows it touches, then one optimizer step on those
@@ -173,7 +192,16 @@ def _train_batch(
         bias[0], grad_bias, bias_state[0], bias_state[1], optimizer, lr, eps, beta1, beta2, c1, c2, acc0
     )
     # The two optimizers in separate plain loops, so the loop over f vectorizes.
-    if optimizer == ADAGRAD:
+    if optimizer == FTRL:
+        # FTRL's hyper-parameters are in the classic per-example units: the batch's
+        # summed gradient, not its mean.
+        batch = np.float32(b1 - b0)
+        for slot in range(n_slots):
+            i = slot_rows[slot]
+            _ftrl_one(linear, linear_state1, linear_state2, i, slot_linear[slot] * batch,
+                      np.float32(ftrl[0]), np.float32(ftrl[1]), np.float32(ftrl[2]), np.float32(ftrl[3]))
+            _adagrad_row(factors[i], factor_state1[i], slot_factors[slot], l2_fac32, lr32, eps32, acc0_32)
+    elif optimizer == ADAGRAD:
         for slot in range(n_slots):
             i = slot_rows[slot]
             _adagrad_row(linear[i : i + 1], linear_state1[i : i + 1], slot_linear[slot : slot + 1], l2_lin32, lr32, eps32, acc0_32)
@@ -196,7 +224,7 @@ def train_rows(
     bias, linear, factors,
     bias_state, linear_state1, linear_state2, factor_state1, factor_state2,
     seen, max_row,
-    optimizer, lr, l2_linear, l2_factors, eps, beta1, beta2, counters, init_seed, init_std, acc0,
+    optimizer, lr, l2_linear, l2_factors, eps, beta1, beta2, counters, init_seed, init_std, acc0, ftrl,
 ):
     """Train on the rows `order` (indices into the CSR arrays), batch by batch.
     With one thread the batches run in order: deterministic, and the same updates as
@@ -229,7 +257,7 @@ def train_rows(
                 bias_state, linear_state1, linear_state2, factor_state1, factor_state2,
                 table_keys, table_slots, slot_pos, slot_rows, slot_linear, slot_factors, s, seen,
                 optimizer, lr, l2_linear, l2_factors, eps, beta1, beta2, counters[0] + b + 1,
-                init_seed, init_std, acc0,
+                init_seed, init_std, acc0, ftrl,
             )
     counters[0] += n_batches
     return losses.sum()

@@ -85,13 +85,16 @@ class FactorizationMachine(nn.Module):
 class RowwiseOptimizer(torch.optim.Optimizer):
     """Adagrad or Adam that updates only the rows a batch touched (lazy, like the CPU
     kernel), with L2 added to the gradient of those rows only. Dense parameters (the
-    bias) get the same update rule without L2."""
+    bias) get the same update rule without L2. A group with `ftrl` set (alpha, beta,
+    l1, l2) is updated by FTRL-Proximal instead, on the batch's summed gradient
+    (`batch_rows` times the mean), as fmctr.kernel does for the linear weights."""
 
     def __init__(self, params, *, kind: str, lr: float, eps: float, initial_accumulator: float = 0.0, betas=(0.9, 0.999)):
-        super().__init__(params, dict(lr=lr, eps=eps, betas=betas, l2=0.0))
+        super().__init__(params, dict(lr=lr, eps=eps, betas=betas, l2=0.0, ftrl=None))
         self.initial_accumulator = initial_accumulator
         self.kind = kind
         self.step_count = 0
+        self.batch_rows = 1
 
     @torch.no_grad()
     def init_state(self) -> None:
@@ -100,7 +103,8 @@ class RowwiseOptimizer(torch.optim.Optimizer):
             for p in group["params"]:
                 if not self.state[p]:
                     self.state[p]["acc1"] = torch.zeros_like(p)
-                    self.state[p]["acc2"] = torch.zeros_like(p) if self.kind == "adam" else self.state[p]["acc1"]
+                    two = self.kind == "adam" or group["ftrl"] is not None
+                    self.state[p]["acc2"] = torch.zeros_like(p) if two else self.state[p]["acc1"]
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -116,15 +120,18 @@ class RowwiseOptimizer(torch.optim.Optimizer):
                 state = self.state[p]
                 if not state:
                     state["acc1"] = torch.zeros_like(p)  # Adagrad: sum of squared gradients
-                    state["acc2"] = torch.zeros_like(p) if self.kind == "adam" else state["acc1"]
+                    two = self.kind == "adam" or group["ftrl"] is not None
+                    state["acc2"] = torch.zeros_like(p) if two else state["acc1"]
                 if p.grad.is_sparse:
                     grad = p.grad.coalesce()
                     rows = grad.indices()[0]
-                    g = grad.values() + l2 * p[rows]
+                    g = grad.values() + (0.0 if group["ftrl"] is not None else l2) * p[rows]
                 else:
                     rows = slice(None)
                     g = p.grad
-                if self.kind == "adagrad":
+                if group["ftrl"] is not None:
+                    self._ftrl(p, state, rows, g * self.batch_rows, *group["ftrl"])
+                elif self.kind != "adam":
                     acc = state["acc1"][rows] + g * g
                     state["acc1"][rows] = acc
                     p[rows] = p[rows] - lr * g / ((acc + self.initial_accumulator).sqrt() + eps)
@@ -134,3 +141,15 @@ class RowwiseOptimizer(torch.optim.Optimizer):
                     state["acc1"][rows] = m
                     state["acc2"][rows] = v
                     p[rows] = p[rows] - lr * (m / c1) / ((v / c2).sqrt() + eps)
+
+    @staticmethod
+    def _ftrl(p, state, rows, g, alpha, beta, l1, l2) -> None:
+        """FTRL-Proximal: acc1 holds z, acc2 holds n (see fmctr.kernel._ftrl_one)."""
+        n_old = state["acc2"][rows]
+        n_new = n_old + g * g
+        sigma = (n_new.sqrt() - n_old.sqrt()) / alpha
+        z = state["acc1"][rows] + g - sigma * p[rows]
+        state["acc1"][rows] = z
+        state["acc2"][rows] = n_new
+        w = -(z - z.sign() * l1) / ((beta + n_new.sqrt()) / alpha + l2)
+        p[rows] = torch.where(z.abs() <= l1, torch.zeros_like(w), w)

@@ -59,6 +59,12 @@ def _checksum(tensors: dict[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
+def _own_array(kind: str, name: str) -> bool:
+    """Whether an optimizer's state array is stored, or is the same as its "...1"
+    (Adagrad keeps one accumulator; FTRL keeps z and n for the linear weights)."""
+    return kind == "adam" or name.endswith("1") or (kind == "ftrl" and name == "linear2")
+
+
 def to_bytes(model: Model) -> bytes:
     w = model.weights
     opt = model.optimizer
@@ -85,7 +91,7 @@ def to_bytes(model: Model) -> bytes:
     if opt is not None:
         tensors["opt.bias"] = opt["bias"].astype(np.float32)
         for name in OPTIMIZER_ARRAYS:
-            if opt["kind"] == "adam" or name.endswith("1"):
+            if _own_array(opt["kind"], name):
                 tensors[f"opt.{name}"] = np.ascontiguousarray(opt[name][rows], dtype=np.float32)
         header["optimizer"] = {"kind": opt["kind"], "step": int(opt["step"])}
     if model.best is not None:
@@ -156,7 +162,7 @@ def from_bytes(data: bytes, name: str = "model", *, training_state: bool = True)
             optimizer["seen"] = np.zeros(n, np.bool_)
             optimizer["seen"][rows] = True
             for array in OPTIMIZER_ARRAYS:
-                source = array if kind == "adam" else array[:-1] + "1"
+                source = array if _own_array(kind, array) else array[:-1] + "1"
                 optimizer[array] = _full(tensors[f"opt.{source}"], rows, n, None if array.startswith("linear") else dim)
         best = None
         if "best.bias" in tensors and training_state:

@@ -22,7 +22,7 @@ from fmctr.hashing import Rows
 from fmctr.metrics import evaluate
 from fmctr.weights import FMWeights, initial_factors
 
-OPTIMIZERS = ("adagrad", "adam")
+OPTIMIZERS = ("adagrad", "adam", "ftrl")
 ENGINES = ("auto", "cpu", "torch")
 STOP_METRICS = ("logloss", "auc")
 # Defaults chosen by measurement (README, "Accuracy"): without validation data a few
@@ -45,12 +45,17 @@ class TrainConfig:
     init_std: float = 0.01
     eps: float = 1e-8
     adagrad_init: float = 1.0
+    l1: float = 0.0
+    ftrl_alpha: float = 0.05
+    ftrl_beta: float = 1.0
     seed: int = 0
     engine: str = "auto"
     device: str = "auto"
     patience: int = 2
     stop_metric: str = "logloss"
     threads: int | None = None
+    lr_decay: float = 0.5  # with validation: the learning rate is multiplied by this after a check that does not improve
+    valid_every: int | None = None  # rows between validation checks (None: once per epoch)
 
     def check(self) -> TrainConfig:
         rules = [
@@ -64,6 +69,10 @@ class TrainConfig:
             (self.stop_metric in STOP_METRICS, f"unknown metric {self.stop_metric!r} (choose from {', '.join(STOP_METRICS)})"),
             (_known_device(self.device), f"unknown device {self.device!r} (choose from auto, cpu, cuda, cuda:N)"),
             (self.patience >= 1, f"--patience must be at least 1, got {self.patience}"),
+            (0 < self.lr_decay <= 1, f"--lr-decay must be in (0, 1], got {self.lr_decay}"),
+            (self.valid_every is None or self.valid_every >= 1, f"--valid-every must be at least 1 row, got {self.valid_every}"),
+            (self.l1 >= 0 and self.ftrl_alpha > 0 and self.ftrl_beta >= 0,
+             "--l1 and --ftrl-beta must be 0 or more, --ftrl-alpha positive"),
             (self.threads is None or self.threads >= 1, f"--threads must be at least 1, got {self.threads}"),
         ]
         for ok, message in rules:
@@ -78,7 +87,9 @@ class Epoch:
     train_logloss: float
     seconds: float
     rows_per_s: float
-    valid: dict | None = None
+    valid: dict | None = None  # metrics at the epoch's last validation check
+    lr: float | None = None  # the learning rate the epoch ended with
+    checks: list[dict] | None = None  # validation checks within the epoch (with --valid-every)
 
 
 @dataclass
@@ -104,6 +115,8 @@ class NullProgress:
     def start_epoch(self, epoch: int, epochs: int, rows: int) -> None: ...
 
     def advance(self, rows: int, loss: float) -> None: ...
+
+    def validated(self, metrics: dict) -> None: ...
 
     def end_epoch(self, record: Epoch) -> None: ...
 
@@ -169,23 +182,26 @@ class CpuEngine:
         self.cfg = cfg
         n, k = w.num_features, w.dim
         adam = cfg.optimizer == "adam"
+        two_linear = cfg.optimizer in ("adam", "ftrl")
         if optimizer is not None:
             self.bias_state = optimizer["bias"].copy()
             self.linear_state1, self.factor_state1 = optimizer["linear1"], optimizer["factors1"]
-            self.linear_state2 = optimizer["linear2"] if adam else self.linear_state1
+            self.linear_state2 = optimizer["linear2"] if two_linear else self.linear_state1
             self.factor_state2 = optimizer["factors2"] if adam else self.factor_state1
             self.seen = optimizer["seen"]
             self.counters = np.array([optimizer["step"], 0], np.int64)
         else:
             self.bias_state = np.zeros(2, np.float32)
             self.linear_state1 = np.zeros(n, np.float32)
-            self.linear_state2 = np.zeros(n, np.float32) if adam else self.linear_state1
+            self.linear_state2 = np.zeros(n, np.float32) if two_linear else self.linear_state1
             self.factor_state1 = np.zeros((n, k), np.float32)
             self.factor_state2 = np.zeros((n, k), np.float32) if adam else self.factor_state1
             self.seen = np.zeros(n, np.bool_)
             self.counters = np.zeros(2, np.int64)
         self.threads = threads
-        self.code = kernel.ADAM if adam else kernel.ADAGRAD
+        self.lr = cfg.lr
+        self.code = {"adagrad": kernel.ADAGRAD, "adam": kernel.ADAM, "ftrl": kernel.FTRL}[cfg.optimizer]
+        self.ftrl = np.array([cfg.ftrl_alpha, cfg.ftrl_beta, cfg.l1, cfg.l2_linear], np.float64)
 
     def train(self, rows: Rows, order: np.ndarray) -> float:
         cfg = self.cfg
@@ -195,18 +211,23 @@ class CpuEngine:
             self.w.bias, self.w.linear, self.w.factors,
             self.bias_state, self.linear_state1, self.linear_state2, self.factor_state1, self.factor_state2,
             self.seen, max_row,
-            self.code, cfg.lr, cfg.l2_linear, cfg.l2_factors, cfg.eps, 0.9, 0.999, self.counters,
-            cfg.seed, cfg.init_std, cfg.adagrad_init,
+            self.code, self.lr, cfg.l2_linear, cfg.l2_factors, cfg.eps, 0.9, 0.999, self.counters,
+            cfg.seed, cfg.init_std, cfg.adagrad_init, self.ftrl,
         )
 
     def weights(self) -> FMWeights:
         return self.w
+
+    def set_lr(self, lr: float) -> None:
+        self.lr = lr
 
     def average(self, replicas, rows: np.ndarray) -> None:
         """Average the given rows (weights and optimizer state) across ranks."""
         tables = [self.w.linear, self.w.factors, self.linear_state1, self.factor_state1]
         if self.cfg.optimizer == "adam":
             tables += [self.linear_state2, self.factor_state2]
+        elif self.cfg.optimizer == "ftrl":
+            tables.append(self.linear_state2)
         replicas.average_rows(rows, tables, [self.w.bias, self.bias_state])
         self.seen[rows] = True
 
@@ -231,9 +252,10 @@ class TorchEngine:
         self.device = device
         self.cfg = cfg
         self.model = FactorizationMachine.from_weights(w, device)
+        ftrl = (cfg.ftrl_alpha, cfg.ftrl_beta, cfg.l1, cfg.l2_linear) if cfg.optimizer == "ftrl" else None
         groups = [
             {"params": [self.model.linear.bias], "l2": 0.0},
-            {"params": [self.model.linear.weight.weight], "l2": cfg.l2_linear},
+            {"params": [self.model.linear.weight.weight], "l2": cfg.l2_linear, "ftrl": ftrl},
         ]
         if self.model.pairwise is not None:
             groups.append({"params": [self.model.pairwise.embedding.weight], "l2": cfg.l2_factors})
@@ -242,6 +264,7 @@ class TorchEngine:
         )
         self.seen = torch.zeros(w.num_features, dtype=torch.bool, device=device)
         self.params = [g["params"][0] for g in groups]  # bias, linear, factors
+        self.lr = cfg.lr
         if optimizer is not None:
             self._load_optimizer(optimizer)
 
@@ -250,7 +273,8 @@ class TorchEngine:
         tables, scalars = [], []
         for p in self.params:
             state = self.optimizer.state[p]
-            group = [p, state["acc1"]] + ([state["acc2"]] if self.cfg.optimizer == "adam" else [])
+            two = self.cfg.optimizer == "adam" or (self.cfg.optimizer == "ftrl" and p is self.params[1])
+            group = [p, state["acc1"]] + ([state["acc2"]] if two else [])
             (scalars if p is self.params[0] else tables).extend(group)
         with self.torch.no_grad():
             replicas.average_rows(rows, tables, scalars)
@@ -266,7 +290,8 @@ class TorchEngine:
                  (optimizer["factors1"], optimizer["factors2"])]
         for p, (first, second) in zip(self.params, pairs):
             acc1 = t.from_numpy(np.array(first, np.float32)).to(self.device)
-            acc2 = t.from_numpy(np.array(second, np.float32)).to(self.device) if self.cfg.optimizer == "adam" else acc1
+            two = self.cfg.optimizer == "adam" or (self.cfg.optimizer == "ftrl" and p is self.params[1])
+            acc2 = t.from_numpy(np.array(second, np.float32)).to(self.device) if two else acc1
             self.optimizer.state[p] = {"acc1": acc1, "acc2": acc2}
 
     def optimizer_state(self) -> dict:
@@ -317,6 +342,7 @@ class TorchEngine:
             labels = t.from_numpy(batch.labels).to(self.device)
             self.init_new_rows(indices)
             self.optimizer.zero_grad(set_to_none=True)
+            self.optimizer.batch_rows = len(batch)
             loss = t.nn.functional.binary_cross_entropy_with_logits(self.model(indices, offsets, values), labels)
             loss.backward()
             self.optimizer.step()
@@ -325,6 +351,11 @@ class TorchEngine:
 
     def weights(self) -> FMWeights:
         return self.model.to_weights()
+
+    def set_lr(self, lr: float) -> None:
+        self.lr = lr
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
 
 
 def logits(w: FMWeights, rows: Rows) -> np.ndarray:
@@ -404,6 +435,8 @@ class Resume:
     best_score: float | None = None
     best_epoch: int = 0
     since_best: int = 0
+    lr_scale: float = 1.0  # decays after validation checks that do not improve
+    since_check: int = 0  # rows trained since the last validation check
 
     def progress(self) -> dict:
         """The JSON-able part (the arrays travel as tensors)."""
@@ -411,13 +444,15 @@ class Resume:
             "epoch": self.epoch, "block": self.block, "epoch_rng": self.epoch_rng, "loss": self.loss,
             "rows_done": self.rows_done, "history": [asdict(e) for e in self.history],
             "best_score": self.best_score, "best_epoch": self.best_epoch, "since_best": self.since_best,
+            "lr_scale": self.lr_scale, "since_check": self.since_check,
         }
 
     @classmethod
     def from_parts(cls, weights: FMWeights, optimizer: dict, best: FMWeights | None, progress: dict) -> Resume:
         return cls(weights, optimizer, progress["epoch"], progress["block"], progress["epoch_rng"], progress["loss"],
                    progress["rows_done"], [Epoch(**e) for e in progress["history"]], best,
-                   progress["best_score"], progress["best_epoch"], progress["since_best"])
+                   progress["best_score"], progress["best_epoch"], progress["since_best"],
+                   progress.get("lr_scale", 1.0), progress.get("since_check", 0))
 
 
 def train(
@@ -435,6 +470,7 @@ def train(
     checkpoint_every: float | None = None,
     replicas=None,
     sync_rows: int = 1 << 16,
+    on_epoch=None,
 ) -> TrainResult:
     """Train an FM on hashed rows (in memory or streamed from a dataset). With
     `valid`, keep the best epoch by `cfg.stop_metric` and stop after `cfg.patience`
@@ -447,7 +483,8 @@ def train(
 
     With `replicas` (fmctr.distributed.Replicas) this process is one rank of a
     data-parallel run: `rows` is its share, and every `sync_rows` rows the ranks
-    average the model rows any of them touched."""
+    average the model rows any of them touched. `on_epoch(record, weights)` is called
+    after each epoch with that epoch's weights (e.g. to score a test set per epoch)."""
     source = MemoryRows(rows) if isinstance(rows, Rows) else rows
     valid_source = MemoryRows(valid) if isinstance(valid, Rows) else valid
     cfg.check()
@@ -489,16 +526,39 @@ def train(
         state.epoch, state.block, state.epoch_rng, state.loss, state.rows_done = epoch, block, epoch_rng, loss, rows_done
         checkpoint(state)
 
+    def validate(epoch: int, rows_done: int) -> dict:
+        """Score the validation rows; keep the best weights; decay the learning rate
+        after a check that does not improve."""
+        current = engine.weights()
+        metrics = evaluate(valid_labels, predict_source(current, valid_source))
+        score = metrics[cfg.stop_metric]
+        if _better(cfg.stop_metric, score, state.best_score):
+            state.best_score, state.best_epoch, state.since_best = score, epoch, 0
+            state.best = current.copy()
+        else:
+            state.since_best += 1
+            state.lr_scale *= cfg.lr_decay
+            engine.set_lr(cfg.lr * state.lr_scale)
+        state.since_check = 0
+        metrics = {**metrics, "epoch": epoch, "rows": rows_done, "lr": engine.lr, "best": state.since_best == 0}
+        progress.validated(metrics)
+        return metrics
+
+    every = cfg.valid_every if valid_source is not None else None
+    piece_rows = min([r for r in (sync_rows if replicas is not None else None, every) if r], default=None)
+    engine.set_lr(cfg.lr * state.lr_scale)
+    stopped = False
     for epoch in range(first_epoch, cfg.epochs + 1):
         epoch_rng = rng.bit_generator.state
         skip = state.block if epoch == first_epoch else 0
         loss = state.loss if epoch == first_epoch else 0.0
         rows_done = state.rows_done if epoch == first_epoch else 0
+        checks = []
         progress.start_epoch(epoch, cfg.epochs, source.rows)
         if rows_done:
             progress.advance(rows_done, loss / rows_done)  # resumed mid-epoch
         started = time.perf_counter()
-        blocks = _pieces(source.shuffled(rng), sync_rows if replicas is not None else None)
+        blocks = _pieces(source.shuffled(rng), piece_rows)
         for number in itertools.count():
             piece = next(blocks, None)
             if replicas is not None:
@@ -517,32 +577,41 @@ def train(
                 block_loss = engine.train(block, order)
                 loss += block_loss
                 rows_done += len(order)
+                state.since_check += len(order)
                 progress.advance(len(order), block_loss / len(order))
             if replicas is not None:
                 touched = np.unique(block.take(order).indices) if piece is not None else np.zeros(0, np.int64)
                 engine.average(replicas, replicas.union(touched.astype(np.int64)))
+            if every is not None:
+                due = state.since_check >= every
+                if replicas.max(due) if replicas is not None else due:
+                    checks.append(validate(epoch, rows_done))
+                    stopped = state.since_best >= cfg.patience
             if checkpoint is not None and checkpoint_every is not None and time.monotonic() - last_checkpoint >= checkpoint_every:
                 save_checkpoint(epoch, number + 1, epoch_rng, loss, rows_done)
                 last_checkpoint = time.monotonic()
+            if stopped:
+                break
         seconds = time.perf_counter() - started
         epoch_rows = rows_done - (state.rows_done if epoch == first_epoch else 0)
+        total_done = rows_done
         if replicas is not None:
-            loss, epoch_rows = replicas.sum([loss, epoch_rows])
-        record = Epoch(epoch, loss / total_rows, seconds, epoch_rows / max(seconds, 1e-9))
-        current = engine.weights()
-        if valid_source is not None:
-            record.valid = evaluate(valid_labels, predict_source(current, valid_source))
-            score = record.valid[cfg.stop_metric]
-            if _better(cfg.stop_metric, score, state.best_score):
-                state.best_score, state.best_epoch, state.since_best = score, epoch, 0
-                state.best = current.copy()
-            else:
-                state.since_best += 1
-        else:
+            loss, epoch_rows, total_done = replicas.sum([loss, epoch_rows, total_done])
+        record = Epoch(epoch, loss / max(total_done, 1), seconds, epoch_rows / max(seconds, 1e-9))
+        if valid_source is not None and every is None:
+            checks.append(validate(epoch, rows_done))
+            stopped = state.since_best >= cfg.patience
+        elif valid_source is None:
             state.best_epoch = epoch
+        if checks:
+            record.valid = {k: v for k, v in checks[-1].items() if k not in ("epoch", "rows", "lr", "best")}
+        record.checks = checks if every is not None else None
+        record.lr = engine.lr
         state.history.append(record)
+        if on_epoch is not None:
+            on_epoch(record, engine.weights())
         progress.end_epoch(record)
-        if valid_source is not None and state.since_best >= cfg.patience:
+        if stopped:
             break
     final = state.best if state.best is not None else engine.weights()
     result = TrainResult(final, state.history, state.best_epoch, total_rows, engine_name, device, cfg)

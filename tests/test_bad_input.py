@@ -40,7 +40,7 @@ TRAIN_CASES = [
     ("named column absent", GOOD, ["--numeric", "cost"], "error: numeric column 'cost' is not in the data (columns: label, user, price)"),
     ("negative dim", GOOD, ["--dim", "-1"], "error: --dim must be 0 or more, got -1"),
     ("bits out of range", GOOD, ["--bits", "40"], "error: --bits must be between 1 and 31, got 40"),
-    ("unknown optimizer", GOOD, ["--optimizer", "sgd"], "error: unknown optimizer 'sgd' (choose from adagrad, adam)"),
+    ("unknown optimizer", GOOD, ["--optimizer", "sgd"], "error: unknown optimizer 'sgd' (choose from adagrad, adam, ftrl)"),
     ("truncated gzip", gzip.compress(GOOD.encode() * 200)[:-30], [], "error: {path}: corrupt or truncated gzip data"),
     ("criteo row with 39 fields in a 40-field file", "1" + "\t1" * 13 + "\tc" * 26 + "\n" + "0" + "\t1" * 13 + "\tc" * 25 + "\n", ["--preset", "criteo"], "error: {path}:2: expected 40 columns, found 39"),
     ("libsvm feature without a number", "1 3:1\n0 4:x\n", [], "error: {path}:2: feature '4:x' has no finite numeric value"),

@@ -77,7 +77,7 @@ def test_empty_row_is_bias_only():
     np.testing.assert_allclose(logits(w, rows), [w.bias[0]] * 2, rtol=1e-6)
 
 
-@pytest.mark.parametrize("optimizer", ["adagrad", "adam"])
+@pytest.mark.parametrize("optimizer", ["adagrad", "adam", "ftrl"])
 @pytest.mark.parametrize("dim", [0, 4])
 def test_engines_train_to_the_same_weights(optimizer, dim):
     """The fused CPU kernel and torch autograd + row-wise optimizer make the same
@@ -85,13 +85,17 @@ def test_engines_train_to_the_same_weights(optimizer, dim):
     rng = np.random.default_rng(7)
     rows = random_rows(rng, n_rows=300, n_features=64)
     cfg = TrainConfig(dim=dim, epochs=2, batch_size=16, lr=0.05, optimizer=optimizer,
-                      l2_linear=0.01, l2_factors=0.02, init_std=0.1, seed=1, threads=1)
+                      l2_linear=0.01, l2_factors=0.02, init_std=0.1, seed=1, threads=1, l1=1.0)
     cpu = train(rows, TrainConfig(**{**cfg.__dict__, "engine": "cpu"}), bits=6)
     tch = train(rows, TrainConfig(**{**cfg.__dict__, "engine": "torch", "device": "cpu"}), bits=6)
     assert cpu.engine == "cpu" and tch.engine == "torch"
     for name in ("bias", "linear", "factors"):
         np.testing.assert_allclose(getattr(cpu.weights, name), getattr(tch.weights, name), rtol=1e-4, atol=1e-5)
     assert not np.allclose(cpu.weights.linear, 0)  # it did learn something
+    if optimizer == "ftrl":  # L1 holds some seen features' linear weights at exactly 0
+        seen = np.zeros(64, bool)
+        seen[rows.indices] = True
+        assert 0 < np.sum(cpu.weights.linear[seen] == 0) < seen.sum()
     np.testing.assert_allclose(
         [e.train_logloss for e in cpu.history], [e.train_logloss for e in tch.history], rtol=1e-5
     )
