@@ -54,12 +54,12 @@ RUNS = {
 }
 
 
-def make_data(work: Path, rows: int, valid: int, test: int, vocab: int, seed: int, min_count: int) -> dict:
+def make_data(work: Path, rows: int, valid: int, test: int, vocab: int, seed: int, min_count: int, bits: int) -> dict:
     """Write train/valid/test TSVs and hashed copies into `work`; return the truth's AUCs."""
     summary_path = work / "truth.json"
     if summary_path.exists():
         summary = json.loads(summary_path.read_text())
-        if summary["config"] == [rows, valid, test, vocab, seed, min_count]:
+        if summary["config"] == [rows, valid, test, vocab, seed, min_count, bits]:
             return summary
     work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -72,7 +72,7 @@ def make_data(work: Path, rows: int, valid: int, test: int, vocab: int, seed: in
     counts = np.bincount(g.truth["ids"][parts["train"]].ravel(), minlength=len(g.truth["w"]))
     test_labels = g.labels[parts["test"]]
     summary = {
-        "config": [rows, valid, test, vocab, seed, min_count],
+        "config": [rows, valid, test, vocab, seed, min_count, bits],
         "oracle_auc": auc(test_labels, g.probabilities[parts["test"]]),
         "ceiling_auc": auc(test_labels, generate.truth_logits(g.truth, parts["test"], counts >= min_count)),
         "linear_truth_auc": auc(test_labels, generate.truth_logits({**g.truth, "v": 0 * g.truth["v"]}, parts["test"])),
@@ -83,7 +83,7 @@ def make_data(work: Path, rows: int, valid: int, test: int, vocab: int, seed: in
     spec = build_spec(preset="criteo")
     for name in parts:
         shutil.rmtree(work / f"{name}.hashed", ignore_errors=True)
-        preprocess(str(work / f"{name}.tsv"), work / f"{name}.hashed", spec=spec, hashing=HashSpec(bits=22))
+        preprocess(str(work / f"{name}.tsv"), work / f"{name}.hashed", spec=spec, hashing=HashSpec(bits=bits))
     summary_path.write_text(json.dumps(summary, indent=2))
     print(f"generated and hashed {rows + valid + test:,} rows in {time.perf_counter() - started:.0f}s", file=sys.stderr)
     return summary
@@ -134,6 +134,7 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=1_000_000, help="largest categorical vocabulary")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--min-count", type=int, default=10, help="the ceiling knows tokens seen this often")
+    parser.add_argument("--bits", type=int, default=22, help="hash space 2^bits")
     parser.add_argument("--work", type=Path, help="keep the data here (reused when it matches)")
     parser.add_argument("--only", action="append", choices=list(RUNS), help="run only these")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -142,7 +143,7 @@ def main() -> None:
 
     work = args.work or Path(tempfile.mkdtemp(prefix="fmctr-accuracy-"))
     try:
-        truth = make_data(work, args.rows, args.valid, args.test, args.vocab, args.seed, args.min_count)
+        truth = make_data(work, args.rows, args.valid, args.test, args.vocab, args.seed, args.min_count, args.bits)
         print(f"oracle AUC {truth['oracle_auc']:.4f}, ceiling (tokens seen >= {args.min_count}) "
               f"{truth['ceiling_auc']:.4f}, linear part of the truth only {truth['linear_truth_auc']:.4f}", file=sys.stderr)
         settings = dict(parse_setting(s) for s in args.set)

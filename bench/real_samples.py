@@ -59,18 +59,29 @@ def fmctr(*args: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--only", choices=list(PEERS), action="append", help="run only this sample")
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="train with --seed 0..N-1 and report the mean and spread (training is Hogwild: "
+                             "two threads do not repeat bit for bit)")
     parser.add_argument("extra", nargs="*", help="extra `fmctr train` options (after --)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="fmctr-real-") as tmp:
         work = Path(tmp)
-        print("| sample | fmctr test AUC | logloss | peers |")
+        print(f"| sample | fmctr test AUC{' (mean of seeds, min-max)' if args.seeds > 1 else ''} | logloss | peers |")
         print("|---|---:|---:|---|")
         for name, (train, test, flags) in split(args.data, work).items():
-            model = work / f"{name}.fm"
-            fmctr("train", train, *flags, "-o", model, "-q", *args.extra)
-            metrics = json.loads(fmctr("eval", test, "-m", model, "--json"))
+            if args.only and name not in args.only:
+                continue
+            aucs, loglosses = [], []
+            for seed in range(args.seeds):
+                model = work / f"{name}.fm"
+                fmctr("train", train, *flags, "-o", model, "-q", "--seed", str(seed), *args.extra)
+                metrics = json.loads(fmctr("eval", test, "-m", model, "--json"))
+                aucs.append(metrics["auc"])
+                loglosses.append(metrics["logloss"])
             peers = ", ".join(f"{p} {a:.3f}" for p, a in PEERS[name].items())
-            print(f"| {name} | {metrics['auc']:.4f} | {metrics['logloss']:.4f} | {peers} |", flush=True)
+            spread = f" ({min(aucs):.4f}-{max(aucs):.4f})" if args.seeds > 1 else ""
+            print(f"| {name} | {np.mean(aucs):.4f}{spread} | {np.mean(loglosses):.4f} | {peers} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -221,8 +221,10 @@ def train_cmd(
     batch_size: Annotated[Optional[int], typer.Option(help="Rows per update.  [default: 4 on the cpu engine, 1024 on torch]", rich_help_panel=TRAIN)] = None,
     lr: Annotated[float, typer.Option(help="Learning rate.", rich_help_panel=TRAIN)] = 0.03,
     optimizer: Annotated[str, typer.Option(help="adagrad, adam (both lazy: only the rows a batch touches move), or ftrl (FTRL-Proximal for the linear weights, Adagrad for the factors).", rich_help_panel=TRAIN)] = "adagrad",
-    l2: Annotated[float, typer.Option(help="L2 on the linear weights: added to the gradient of the rows a batch touches; with ftrl, FTRL's lambda2.", rich_help_panel=TRAIN)] = 0.01,
-    l2_factors: Annotated[float, typer.Option(help="L2 on the factors of the rows a batch touches, once per batch.", rich_help_panel=TRAIN)] = 0.05,
+    l2: Annotated[Optional[float], typer.Option(help="L2 on the linear weights of the rows a batch touches, once per batch; with ftrl, FTRL's lambda2.  [default: 80/training rows; 10 with ftrl]", rich_help_panel=TRAIN)] = None,
+    l2_factors: Annotated[Optional[float], typer.Option(help="L2 on the factors of the rows a batch touches, once per batch.  [default: 400/training rows]", rich_help_panel=TRAIN)] = None,
+    l2_all: Annotated[float, typer.Option(help="L2 on every linear weight, as weight decay on the mean loss; applied sparsely, each occurrence of a feature carrying rows/count of it, so rare features are shrunk hardest.", rich_help_panel=TRAIN)] = 0.0,
+    l2_all_factors: Annotated[float, typer.Option(help="The same for the factors.", rich_help_panel=TRAIN)] = 3e-4,
     l1: Annotated[float, typer.Option(help="ftrl: L1 on the linear weights (lambda1; larger values zero more weights).", rich_help_panel=TRAIN)] = 0.0,
     ftrl_alpha: Annotated[float, typer.Option(help="ftrl: learning rate alpha of the linear weights.", rich_help_panel=TRAIN)] = 0.05,
     ftrl_beta: Annotated[float, typer.Option(help="ftrl: beta (smooths the per-coordinate learning rate).", rich_help_panel=TRAIN)] = 1.0,
@@ -275,7 +277,7 @@ def train_cmd(
         cfg = TrainConfig(
             dim=dim, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, l2_linear=l2,
             l2_factors=l2_factors, patience=patience, stop_metric=metric, seed=seed, threads=threads,
-            engine=engine, device=device, l1=l1, ftrl_alpha=ftrl_alpha, ftrl_beta=ftrl_beta, lr_decay=lr_decay,
+            engine=engine, device=device, l1=l1, l2_all_linear=l2_all, l2_all_factors=l2_all_factors, ftrl_alpha=ftrl_alpha, ftrl_beta=ftrl_beta, lr_decay=lr_decay,
             valid_every=valid_every,
         ).check()
     if output is None:

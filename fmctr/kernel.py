@@ -133,7 +133,7 @@ def _train_batch(
     bias, linear, factors,
     bias_state, linear_state1, linear_state2, factor_state1, factor_state2,
     table_keys, table_slots, slot_pos, slot_rows, slot_linear, slot_factors, s, seen,
-    optimizer, lr, l2_linear, l2_factors, eps, beta1, beta2, step, init_seed, init_std, acc0, ftrl,
+    optimizer, lr, l2_linear, l2_factors, eps, beta1, beta2, step, init_seed, init_std, acc0, ftrl, inv_counts, priors,
 ):
     """One mini-batch: the gradient of the mean logloss over rows order[b0:b1] at the
     current weights, plus L2 on the rows it touches, then one optimizer step on those
@@ -148,6 +148,18 @@ def _train_batch(
     l2_lin32, l2_fac32 = np.float32(l2_linear), np.float32(l2_factors)
     beta1_32, beta2_32 = np.float32(beta1), np.float32(beta2)
     acc0_32 = np.float32(acc0)
+    # Two kinds of L2. l2_linear/l2_factors ("touch"): added once per batch to each
+    # row the batch touches, so a feature is regularised as often as it is seen.
+    # priors (--l2-all, with inv_counts = rows / the feature's count in the rows):
+    # each occurrence carries rows/count of it, so over an epoch every feature gets
+    # the same L2 - an unbiased sparse form of weight decay on the mean loss, under
+    # which rare features are shrunk hardest.
+    prior = len(inv_counts) > 0
+    ftrl_linear = optimizer == FTRL
+    touch_lin32 = np.float32(0) if ftrl_linear else l2_lin32
+    touch_fac32 = l2_fac32
+    prior_lin32 = np.float32(0) if ftrl_linear else np.float32(priors[0])
+    prior_fac32 = np.float32(priors[1])
     n_slots = 0
     grad_bias = 0.0
     total_loss = 0.0
@@ -183,9 +195,16 @@ def _train_batch(
                 n_slots += 1
             slot = table_slots[h]
             gx = g * x
-            slot_linear[slot] += gx
-            for f in range(k):
-                slot_factors[slot, f] += gx * (s[f] - factors[i, f] * x)
+            if prior:
+                share = np.float32(inv_counts[i] * inv_batch)
+                slot_linear[slot] += gx + share * prior_lin32 * linear[i]
+                rf = share * prior_fac32
+                for f in range(k):
+                    slot_factors[slot, f] += gx * (s[f] - factors[i, f] * x) + rf * factors[i, f]
+            else:
+                slot_linear[slot] += gx
+                for f in range(k):
+                    slot_factors[slot, f] += gx * (s[f] - factors[i, f] * x)
     c1 = np.float32(1.0 - beta1**step)
     c2 = np.float32(1.0 - beta2**step)
     bias[0], bias_state[0], bias_state[1] = _step(
@@ -200,19 +219,19 @@ def _train_batch(
             i = slot_rows[slot]
             _ftrl_one(linear, linear_state1, linear_state2, i, slot_linear[slot] * batch,
                       np.float32(ftrl[0]), np.float32(ftrl[1]), np.float32(ftrl[2]), np.float32(ftrl[3]))
-            _adagrad_row(factors[i], factor_state1[i], slot_factors[slot], l2_fac32, lr32, eps32, acc0_32)
+            _adagrad_row(factors[i], factor_state1[i], slot_factors[slot], touch_fac32, lr32, eps32, acc0_32)
     elif optimizer == ADAGRAD:
         for slot in range(n_slots):
             i = slot_rows[slot]
-            _adagrad_row(linear[i : i + 1], linear_state1[i : i + 1], slot_linear[slot : slot + 1], l2_lin32, lr32, eps32, acc0_32)
-            _adagrad_row(factors[i], factor_state1[i], slot_factors[slot], l2_fac32, lr32, eps32, acc0_32)
+            _adagrad_row(linear[i : i + 1], linear_state1[i : i + 1], slot_linear[slot : slot + 1], touch_lin32, lr32, eps32, acc0_32)
+            _adagrad_row(factors[i], factor_state1[i], slot_factors[slot], touch_fac32, lr32, eps32, acc0_32)
     else:
         for slot in range(n_slots):
             i = slot_rows[slot]
             _adam_row(linear[i : i + 1], linear_state1[i : i + 1], linear_state2[i : i + 1], slot_linear[slot : slot + 1],
-                      l2_lin32, lr32, eps32, beta1_32, beta2_32, c1, c2)
+                      touch_lin32, lr32, eps32, beta1_32, beta2_32, c1, c2)
             _adam_row(factors[i], factor_state1[i], factor_state2[i], slot_factors[slot],
-                      l2_fac32, lr32, eps32, beta1_32, beta2_32, c1, c2)
+                      touch_fac32, lr32, eps32, beta1_32, beta2_32, c1, c2)
     for slot in range(n_slots):
         table_keys[slot_pos[slot]] = -1
     return total_loss
@@ -224,7 +243,7 @@ def train_rows(
     bias, linear, factors,
     bias_state, linear_state1, linear_state2, factor_state1, factor_state2,
     seen, max_row,
-    optimizer, lr, l2_linear, l2_factors, eps, beta1, beta2, counters, init_seed, init_std, acc0, ftrl,
+    optimizer, lr, l2_linear, l2_factors, eps, beta1, beta2, counters, init_seed, init_std, acc0, ftrl, inv_counts, priors,
 ):
     """Train on the rows `order` (indices into the CSR arrays), batch by batch.
     With one thread the batches run in order: deterministic, and the same updates as
@@ -257,7 +276,7 @@ def train_rows(
                 bias_state, linear_state1, linear_state2, factor_state1, factor_state2,
                 table_keys, table_slots, slot_pos, slot_rows, slot_linear, slot_factors, s, seen,
                 optimizer, lr, l2_linear, l2_factors, eps, beta1, beta2, counters[0] + b + 1,
-                init_seed, init_std, acc0, ftrl,
+                init_seed, init_std, acc0, ftrl, inv_counts, priors,
             )
     counters[0] += n_batches
     return losses.sum()

@@ -31,6 +31,11 @@ DEFAULT_EPOCHS = 3
 DEFAULT_MAX_EPOCHS = 20
 # Small batches suit per-row CPU kernels; a GPU needs large ones to be busy.
 DEFAULT_BATCH = {"cpu": 4, "torch": 1024}
+# The touch L2 defaults to these over the number of training rows: a feature seen in
+# every batch then gets the same regularisation however many rows there are (in
+# per-example units), which is what measurement asked for at 8k and at 1M rows.
+L2_TOUCH_ROWS = (80.0, 400.0)
+FTRL_L2 = 10.0  # FTRL's lambda2 is in per-example units already
 
 
 @dataclass(frozen=True)
@@ -40,8 +45,8 @@ class TrainConfig:
     batch_size: int | None = None  # None: DEFAULT_BATCH[engine]
     lr: float = 0.03
     optimizer: str = "adagrad"
-    l2_linear: float = 0.01
-    l2_factors: float = 0.05
+    l2_linear: float | None = None  # None: L2_TOUCH_ROWS[0] / training rows
+    l2_factors: float | None = None  # None: L2_TOUCH_ROWS[1] / training rows
     init_std: float = 0.01
     eps: float = 1e-8
     adagrad_init: float = 1.0
@@ -56,6 +61,9 @@ class TrainConfig:
     threads: int | None = None
     lr_decay: float = 0.5  # with validation: the learning rate is multiplied by this after a check that does not improve
     valid_every: int | None = None  # rows between validation checks (None: once per epoch)
+    # L2 on every weight, as a penalty on the mean loss, applied sparsely (see fmctr.kernel)
+    l2_all_linear: float = 0.0
+    l2_all_factors: float = 3e-4
 
     def check(self) -> TrainConfig:
         rules = [
@@ -63,7 +71,8 @@ class TrainConfig:
             (self.epochs is None or self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
             (self.batch_size is None or self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
             (self.lr > 0 and math.isfinite(self.lr), f"--lr must be a positive number, got {self.lr}"),
-            (self.l2_linear >= 0 and self.l2_factors >= 0, "--l2 and --l2-factors must be 0 or more"),
+            ((self.l2_linear or 0) >= 0 and (self.l2_factors or 0) >= 0, "--l2 and --l2-factors must be 0 or more"),
+            (self.l2_all_linear >= 0 and self.l2_all_factors >= 0, "--l2-all and --l2-all-factors must be 0 or more"),
             (self.optimizer in OPTIMIZERS, f"unknown optimizer {self.optimizer!r} (choose from {', '.join(OPTIMIZERS)})"),
             (self.engine in ENGINES, f"unknown engine {self.engine!r} (choose from {', '.join(ENGINES)})"),
             (self.stop_metric in STOP_METRICS, f"unknown metric {self.stop_metric!r} (choose from {', '.join(STOP_METRICS)})"),
@@ -165,6 +174,15 @@ def resolve_device(engine: str, device: str) -> tuple[str, str]:
     return engine, device
 
 
+def resolve_l2(cfg: TrainConfig, rows: int) -> TrainConfig:
+    """Fill in the touch-L2 defaults for a number of training rows."""
+    linear = cfg.l2_linear
+    if linear is None:
+        linear = FTRL_L2 if cfg.optimizer == "ftrl" else L2_TOUCH_ROWS[0] / rows
+    factors = cfg.l2_factors if cfg.l2_factors is not None else L2_TOUCH_ROWS[1] / rows
+    return replace(cfg, l2_linear=linear, l2_factors=factors)
+
+
 def set_threads(threads: int | None) -> int:
     """Use `threads` (default: every core) in the numba kernels; returns the number."""
     import numba
@@ -202,6 +220,8 @@ class CpuEngine:
         self.lr = cfg.lr
         self.code = {"adagrad": kernel.ADAGRAD, "adam": kernel.ADAM, "ftrl": kernel.FTRL}[cfg.optimizer]
         self.ftrl = np.array([cfg.ftrl_alpha, cfg.ftrl_beta, cfg.l1, cfg.l2_linear], np.float64)
+        self.inv_counts = np.zeros(0, np.float32)
+        self.priors = np.array([cfg.l2_all_linear, cfg.l2_all_factors], np.float64)
 
     def train(self, rows: Rows, order: np.ndarray) -> float:
         cfg = self.cfg
@@ -212,7 +232,7 @@ class CpuEngine:
             self.bias_state, self.linear_state1, self.linear_state2, self.factor_state1, self.factor_state2,
             self.seen, max_row,
             self.code, self.lr, cfg.l2_linear, cfg.l2_factors, cfg.eps, 0.9, 0.999, self.counters,
-            cfg.seed, cfg.init_std, cfg.adagrad_init, self.ftrl,
+            cfg.seed, cfg.init_std, cfg.adagrad_init, self.ftrl, self.inv_counts, self.priors,
         )
 
     def weights(self) -> FMWeights:
@@ -220,6 +240,9 @@ class CpuEngine:
 
     def set_lr(self, lr: float) -> None:
         self.lr = lr
+
+    def set_counts(self, counts: np.ndarray, rows: int) -> None:
+        self.inv_counts = (rows / np.maximum(counts, 1)).astype(np.float32)
 
     def average(self, replicas, rows: np.ndarray) -> None:
         """Average the given rows (weights and optimizer state) across ranks."""
@@ -265,6 +288,7 @@ class TorchEngine:
         self.seen = torch.zeros(w.num_features, dtype=torch.bool, device=device)
         self.params = [g["params"][0] for g in groups]  # bias, linear, factors
         self.lr = cfg.lr
+        self.inv_counts = None
         if optimizer is not None:
             self._load_optimizer(optimizer)
 
@@ -344,7 +368,8 @@ class TorchEngine:
             self.optimizer.zero_grad(set_to_none=True)
             self.optimizer.batch_rows = len(batch)
             loss = t.nn.functional.binary_cross_entropy_with_logits(self.model(indices, offsets, values), labels)
-            loss.backward()
+            objective = loss if self.inv_counts is None else loss + self.prior_penalty(indices, len(batch))
+            objective.backward()
             self.optimizer.step()
             total += float(loss.detach()) * len(batch)
         return total
@@ -356,6 +381,32 @@ class TorchEngine:
         self.lr = lr
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+
+    def set_counts(self, counts: np.ndarray, rows: int) -> None:
+        self.inv_counts = self.torch.from_numpy((rows / np.maximum(counts, 1)).astype(np.float32)).to(self.device)
+
+    def prior_penalty(self, indices, n_rows: int):
+        """This batch's share of the --l2-all penalty: for each occurrence of feature
+        i, l2_all / 2 * |theta_i|^2 * rows / count_i, over the batch's rows (the loss
+        is a mean), so that an epoch applies l2_all / 2 * |theta_i|^2 to the mean loss."""
+        embedding = self.torch.nn.functional.embedding  # sparse gradients, like the model's
+        share = self.inv_counts[indices]
+        penalty = 0.0
+        if self.cfg.l2_all_linear and self.cfg.optimizer != "ftrl":
+            w = embedding(indices, self.model.linear.weight.weight, sparse=True)[:, 0]
+            penalty = penalty + self.cfg.l2_all_linear * (share * w * w).sum()
+        if self.cfg.l2_all_factors and self.model.pairwise is not None:
+            v = embedding(indices, self.model.pairwise.embedding.weight, sparse=True)
+            penalty = penalty + self.cfg.l2_all_factors * (share * (v * v).sum(1)).sum()
+        return 0.5 * penalty / n_rows
+
+
+def feature_counts(source: RowSource, size: int) -> np.ndarray:
+    """How many training rows each feature index occurs in (one pass over the rows)."""
+    counts = np.zeros(size, np.int64)
+    for block in source.blocks():
+        counts += np.bincount(block.indices, minlength=size)
+    return counts
 
 
 def logits(w: FMWeights, rows: Rows) -> np.ndarray:
@@ -500,6 +551,7 @@ def train(
     total_rows = source.rows if replicas is None else int(replicas.sum([source.rows])[0])
     if total_rows == 0:
         raise BadOptions("no training rows")
+    cfg = resolve_l2(cfg, total_rows)
     threads = set_threads(cfg.threads)
     if resume is not None:
         w, optimizer = resume.weights, resume.optimizer
@@ -507,6 +559,8 @@ def train(
         w = start.copy() if start is not None else FMWeights.zeros(1 << bits, cfg.dim)
         optimizer = start_optimizer
     engine = CpuEngine(w, cfg, threads, optimizer) if engine_name == "cpu" else TorchEngine(w, cfg, device, optimizer)
+    if cfg.l2_all_linear or cfg.l2_all_factors:
+        engine.set_counts(feature_counts(source, 1 << bits), source.rows)
     if engine_name == "torch":
         import torch
 

@@ -79,19 +79,25 @@ def test_empty_row_is_bias_only():
 
 @pytest.mark.parametrize("optimizer", ["adagrad", "adam", "ftrl"])
 @pytest.mark.parametrize("dim", [0, 4])
-def test_engines_train_to_the_same_weights(optimizer, dim):
+@pytest.mark.parametrize("priors", [0.0, 0.01])
+def test_engines_train_to_the_same_weights(optimizer, dim, priors):
     """The fused CPU kernel and torch autograd + row-wise optimizer make the same
-    updates: same init, same batches, same weights after two epochs."""
+    updates: same init, same batches, same weights after two epochs (with and
+    without --l2-all)."""
     rng = np.random.default_rng(7)
     rows = random_rows(rng, n_rows=300, n_features=64)
     cfg = TrainConfig(dim=dim, epochs=2, batch_size=16, lr=0.05, optimizer=optimizer,
-                      l2_linear=0.01, l2_factors=0.02, init_std=0.1, seed=1, threads=1, l1=1.0)
+                      l2_linear=0.01, l2_factors=0.02, init_std=0.1, seed=1, threads=1, l1=1.0,
+                      l2_all_linear=priors, l2_all_factors=2 * priors)
     cpu = train(rows, TrainConfig(**{**cfg.__dict__, "engine": "cpu"}), bits=6)
     tch = train(rows, TrainConfig(**{**cfg.__dict__, "engine": "torch", "device": "cpu"}), bits=6)
     assert cpu.engine == "cpu" and tch.engine == "torch"
     for name in ("bias", "linear", "factors"):
         np.testing.assert_allclose(getattr(cpu.weights, name), getattr(tch.weights, name), rtol=1e-4, atol=1e-5)
     assert not np.allclose(cpu.weights.linear, 0)  # it did learn something
+    if priors and dim:  # --l2-all shrinks the factors
+        plain = train(rows, TrainConfig(**{**cfg.__dict__, "engine": "cpu", "l2_all_linear": 0.0, "l2_all_factors": 0.0}), bits=6)
+        assert np.abs(cpu.weights.factors).sum() < 0.99 * np.abs(plain.weights.factors).sum()
     if optimizer == "ftrl":  # L1 holds some seen features' linear weights at exactly 0
         seen = np.zeros(64, bool)
         seen[rows.indices] = True
