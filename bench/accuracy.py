@@ -39,8 +39,7 @@ sys.path.insert(0, str(ROOT / "sample_data"))
 import generate  # noqa: E402
 
 from fmctr.hashing import HashSpec  # noqa: E402
-from fmctr.metrics import auc, evaluate  # noqa: E402
-from fmctr.modelfile import Model  # noqa: E402
+from fmctr.metrics import auc  # noqa: E402
 from fmctr.pipeline import evaluate_model, preprocess, train_model  # noqa: E402
 from fmctr.schema import build_spec  # noqa: E402
 from fmctr.train import TrainConfig, predict_source  # noqa: E402

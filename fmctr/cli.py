@@ -204,6 +204,7 @@ def train_cmd(
     sync_every: Annotated[int, typer.Option(help="Under torchrun: rows each rank trains between averaging the model across ranks.")] = 1 << 16,
     valid: Annotated[Optional[str], typer.Option(help="Validation data (raw or hashed): early stopping keeps the best epoch.")] = None,
     valid_fraction: Annotated[Optional[float], typer.Option(help="Hold out this last fraction of the training rows for validation instead.")] = None,
+    min_count: Annotated[Optional[int], typer.Option(metavar="N", help="Values seen fewer than N times in the training rows become their field's one rare token (counted in a first pass; the model keeps the frequent set, so eval and predict map the same way). Not for multi-valued fields.", rich_help_panel=SCHEMA)] = None,
     preset: Preset = None,
     schema: SchemaFile = None,
     label: Label = None,
@@ -307,7 +308,7 @@ def train_cmd(
                 valid=valid, valid_fraction=valid_fraction, progress=progress, log=_err if lead else _quiet, start=warm,
                 resume=base, checkpoint_path=checkpoint_path, checkpoint_every=checkpoint_every,
                 should_stop=stop.requested if replicas is None else None, output=str(output),
-                replicas=replicas, sync_rows=sync_every,
+                replicas=replicas, sync_rows=sync_every, min_count=min_count if resume is None else None,
             )
     except Interrupted as e:
         _err(f"error: {e}; checkpoint written to {checkpoint_path}; resume with: fmctr train --resume {checkpoint_path}")

@@ -23,6 +23,7 @@ from fmctr import __version__
 from fmctr.atomic import write_bytes
 from fmctr.errors import BadModel
 from fmctr.hashing import HashSpec
+from fmctr.rare import RareMap
 from fmctr.schema import Schema
 from fmctr.weights import FMWeights
 
@@ -46,6 +47,7 @@ class Model:
     optimizer: dict | None = None
     checkpoint: dict | None = None
     best: FMWeights | None = None
+    rare: RareMap | None = None  # --min-count: which indices are frequent
 
 
 OPTIMIZER_ARRAYS = ("linear1", "linear2", "factors1", "factors2")
@@ -100,6 +102,9 @@ def to_bytes(model: Model) -> bytes:
         tensors["best.factors"] = np.ascontiguousarray(model.best.factors[rows], dtype=np.float32)
     if model.checkpoint is not None:
         header["checkpoint"] = model.checkpoint
+    if model.rare is not None:
+        tensors["rare.frequent"] = model.rare.packed()
+        header["min_count"] = model.rare.min_count
     header["sha256"] = _checksum(tensors)
     return st_save(tensors, metadata={METADATA_KEY: json.dumps(header)})
 
@@ -176,7 +181,12 @@ def from_bytes(data: bytes, name: str = "model", *, training_state: bool = True)
         raise BadModel(f"{name}: inconsistent model file ({type(e).__name__}: {e})") from None
     if hashing.size != n:
         raise BadModel(f"{name}: inconsistent model file (2^bits != number of features)")
-    return Model(weights, schema, hashing, meta.get("training", {}), optimizer, meta.get("checkpoint"), best)
+    rare = None
+    if "min_count" in meta:
+        if "rare.frequent" not in tensors or len(tensors["rare.frequent"]) * 8 < n:
+            raise BadModel(f"{name}: model file has --min-count but no frequent set")
+        rare = RareMap.from_packed(int(meta["min_count"]), tensors["rare.frequent"], n, schema, hashing)
+    return Model(weights, schema, hashing, meta.get("training", {}), optimizer, meta.get("checkpoint"), best, rare)
 
 
 def load(path: Path | str, *, training_state: bool = True) -> Model:

@@ -25,6 +25,7 @@ from fmctr.errors import BadInput, BadOptions, BadSchema
 from fmctr.hashing import HashSpec, Rows, hash_chunk
 from fmctr.metrics import evaluate
 from fmctr.modelfile import Model, save
+from fmctr.rare import RareMap
 from fmctr.read import Chunk, RawChunk, display_name, open_source, prefetch
 from fmctr.schema import SPARSE_FORMATS, Schema, SchemaSpec
 from fmctr.train import Resume, Scorer, TrainConfig, TrainResult, train
@@ -61,9 +62,11 @@ def open_input(
     require_label: bool,
     keep: Sequence[str] = (),
     log: Log = _silent,
+    rare: RareMap | None = None,
 ) -> Input:
     """Open raw data (hashed on the fly) or a hashed dataset. Give `spec` to resolve
-    a schema against the data's columns, or `schema` (from a model) to apply it."""
+    a schema against the data's columns, or `schema` (from a model) to apply it;
+    `rare` (a model's --min-count map) maps rare values to their field's rare token."""
     name = display_name(path)
     if dataset.is_hashed(path):
         shards = dataset.open_many(path)
@@ -77,7 +80,8 @@ def open_input(
             )
         if schema is not None and schema.fields != ds.schema.fields:
             raise BadSchema(f"{name}: the hashed dataset's schema differs from the model's")
-        return Input(name, ds.schema, ds.hashing, ((rows, None) for shard in shards for rows in shard.iter_parts()), shards)
+        parts = ((rows if rare is None else rare.apply(rows), None) for shard in shards for rows in shard.iter_parts())
+        return Input(name, ds.schema, ds.hashing, parts, shards)
     hashing = hashing or HashSpec(bits=DEFAULT_BITS)
     fmt_source = schema if schema is not None else spec
     assert fmt_source is not None
@@ -125,6 +129,8 @@ def open_input(
         total = 0
         for chunk in prefetch(source.chunks):
             rows, kept = one(chunk)
+            if rare is not None:
+                rows = rare.apply(rows)
             total += len(rows)
             yield rows, kept
         if total == 0:
@@ -215,6 +221,7 @@ def train_model(
     replicas=None,
     sync_rows: int = 1 << 16,
     on_epoch=None,
+    min_count: int | None = None,
 ) -> tuple[Model, TrainResult]:
     """Read (and hash) the training data, train, and return the model with its history.
 
@@ -225,15 +232,22 @@ def train_model(
     `checkpoint_path`, a stop request (see fmctr.train.train) or every
     `checkpoint_every` seconds writes a checkpoint there. With `replicas` this is
     one rank of a data-parallel run: it trains on every world-th part of the data
-    (checkpoints are not written then)."""
+    (checkpoints are not written then). `min_count` maps values seen fewer times in
+    the training rows to their field's rare token (fmctr.rare); the map is part of
+    the model."""
     if valid is not None and valid_fraction is not None:
         raise BadOptions("--valid and --valid-fraction both choose validation data: give one of them")
     if valid_fraction is not None and not 0 < valid_fraction < 1:
         raise BadOptions(f"--valid-fraction must be between 0 and 1, got {valid_fraction}")
     cfg.check()
+    if min_count is not None and min_count < 1:
+        raise BadOptions(f"--min-count must be at least 1, got {min_count}")
     base = resume or start
     if base is not None:
         check_warm_start(base, cfg, hashing, "the model" if resume is None else "the checkpoint")
+        if min_count is not None and (base.rare is None or base.rare.min_count != min_count):
+            raise BadOptions(f"--min-count {min_count} conflicts with the model's "
+                             + (f"--min-count {base.rare.min_count}" if base.rare else "(it has none)"))
         spec, schema, hashing = None, base.schema, base.hashing
     else:
         schema = None
@@ -251,6 +265,21 @@ def train_model(
             rows, valid_rows = rows.split_tail(valid_fraction)
             if rows.rows == 0 or valid_rows.rows == 0:
                 raise BadOptions(f"--valid-fraction {valid_fraction} leaves no training or no validation rows")
+        rare = base.rare if base is not None else None
+        if rare is None and min_count:
+            from fmctr.rare import check_schema
+            from fmctr.train import feature_counts
+
+            check_schema(data.schema)
+            counts = feature_counts(rows, data.hashing.size)  # the training rows only (every rank counts them all)
+            rare = RareMap.build(counts, min_count, data.schema, data.hashing)
+        if rare is not None:
+            shards = data.shards or [ds]
+            rows = DatasetRows(_remapped(shards, rare, Path(tmp) / "train-rare"))
+            if valid is not None:
+                valid_rows = DatasetRows(_remapped(valid_data.shards or [valid_ds], rare, Path(tmp) / "valid-rare"))
+            elif valid_fraction is not None:
+                rows, valid_rows = rows.split_tail(valid_fraction)
         if replicas is not None:
             rows = rows.shard(replicas.rank, replicas.world)
             checkpoint_path = should_stop = None
@@ -258,8 +287,8 @@ def train_model(
 
         def write_checkpoint(state: Resume) -> None:
             partial = {"input": data.name, "rows": rows.rows, "fmctr_version": __version__, "resume": job.to_dict()}
-            save(Model(state.weights, data.schema, data.hashing, partial, state.optimizer, state.progress(), state.best),
-                 checkpoint_path)
+            save(Model(state.weights, data.schema, data.hashing, partial, state.optimizer, state.progress(), state.best,
+                       rare), checkpoint_path)
 
         resume_state = None
         if resume is not None:
@@ -297,12 +326,22 @@ def train_model(
     }
     if start is not None:
         training["warm_start"] = start.training.get("input")
-    return Model(result.weights, data.schema, data.hashing, training, result.optimizer), result
+    if rare is not None:
+        training["min_count"] = rare.min_count
+        training["frequent_features"] = int(rare.frequent.sum())
+    return Model(result.weights, data.schema, data.hashing, training, result.optimizer, rare=rare), result
+
+
+def _remapped(shards: list[dataset.HashedDataset], rare: RareMap, path: Path) -> dataset.HashedDataset:
+    """A copy of hashed data with rare values mapped to their field's rare token."""
+    first = shards[0]
+    return dataset.write((rare.apply(rows) for shard in shards for rows in shard.iter_parts()), path,
+                         first.schema, first.hashing)
 
 
 def evaluate_model(path: str, model: Model, *, log: Log = _silent, device: str = "auto") -> dict:
     """AUC, logloss and friends of the model on labelled data."""
-    data = open_input(path, schema=model.schema, hashing=model.hashing, require_label=True, log=log)
+    data = open_input(path, schema=model.schema, hashing=model.hashing, require_label=True, log=log, rare=model.rare)
     score = Scorer(model.weights, device)
     labels, probs = [], []
     for rows, _ in data.parts:
@@ -320,7 +359,8 @@ def predict(path: str, model: Model, output: str, *, keep: Sequence[str] = (), l
     click probability. `output` "-" is stdout; a file appears only when complete."""
     if PROBABILITY in keep:
         raise BadOptions(f"--keep {PROBABILITY}: that name is the output column")
-    data = open_input(path, schema=model.schema, hashing=model.hashing, require_label=False, keep=keep, log=log)
+    data = open_input(path, schema=model.schema, hashing=model.hashing, require_label=False, keep=keep, log=log,
+                      rare=model.rare)
     score = Scorer(model.weights, device)
     if output == "-":
         return _write_predictions(data, score, sys.stdout.buffer)

@@ -1,0 +1,80 @@
+"""Rare values (`--min-count N`): a value seen fewer than N times in the training rows
+becomes its field's one rare token, `__rare__`, as the Criteo winners did.
+
+Counting happens on hashed rows (one pass over the training data, in index space);
+the frequent set is a bit per index and travels in the model file, so predict and
+eval map new data the same way. A value never seen in training is rare too: it gets
+the learned weight of its field's rare values instead of nothing.
+
+Mapping needs each feature's field. Rows hashed from columnar data hold one index per
+single-valued field, in schema order, so a feature's position in its row names its
+field; libsvm/libffm rows have one field. Multi-valued fields (bags of any length)
+break that, so they are not supported here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+
+from fmctr.errors import BadOptions
+from fmctr.hashing import HashSpec, Rows, token_index
+from fmctr.schema import SPARSE_FIELD, SPARSE_FORMATS, Schema
+
+RARE_TOKEN = "__rare__"
+
+
+def check_schema(schema: Schema) -> None:
+    multi = [f.name for f in schema.fields if f.kind == "multi"]
+    if multi and schema.format not in SPARSE_FORMATS:
+        raise BadOptions(f"--min-count does not support multi-valued fields yet (field {multi[0]!r})")
+
+
+def field_names(schema: Schema) -> list[str]:
+    """The field of each position in a row."""
+    return [SPARSE_FIELD] if schema.format in SPARSE_FORMATS else [f.name for f in schema.fields]
+
+
+@dataclass
+class RareMap:
+    min_count: int
+    frequent: np.ndarray  # bool per index: seen at least min_count times in training
+    rare_index: np.ndarray  # int32 per position in a row: that field's __rare__ index
+    positional: bool  # False for libsvm/libffm: every position is the one field
+
+    @classmethod
+    def build(cls, counts: np.ndarray, min_count: int, schema: Schema, hashing: HashSpec) -> RareMap:
+        check_schema(schema)
+        frequent = counts >= min_count
+        rare_index = np.array([token_index(f, RARE_TOKEN, hashing) for f in field_names(schema)], np.int32)
+        return cls(min_count, frequent, rare_index, schema.format not in SPARSE_FORMATS)
+
+    @classmethod
+    def from_packed(cls, min_count: int, packed: np.ndarray, size: int, schema: Schema, hashing: HashSpec) -> RareMap:
+        frequent = np.unpackbits(packed, count=size).astype(np.bool_)
+        rare_index = np.array([token_index(f, RARE_TOKEN, hashing) for f in field_names(schema)], np.int32)
+        return cls(min_count, frequent, rare_index, schema.format not in SPARSE_FORMATS)
+
+    def packed(self) -> np.ndarray:
+        return np.packbits(self.frequent)
+
+    def apply(self, rows: Rows) -> Rows:
+        """The rows with every rare index replaced by its field's rare index. Applying
+        it twice changes nothing more (a rare index maps to itself)."""
+        indices = _remap(rows.indices, rows.offsets, self.frequent, self.rare_index, self.positional)
+        return Rows(indices, rows.values, rows.offsets, rows.labels)
+
+
+@numba.njit(cache=True, nogil=True)
+def _remap(indices, offsets, frequent, rare_index, positional):
+    out = np.empty(len(indices), np.int32)
+    for r in range(len(offsets) - 1):
+        for p in range(offsets[r], offsets[r + 1]):
+            i = indices[p]
+            if frequent[i]:
+                out[p] = i
+            else:
+                out[p] = rare_index[p - offsets[r] if positional else 0]
+    return out
