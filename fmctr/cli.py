@@ -331,6 +331,65 @@ def train_cmd(
         print(json.dumps(_json_safe(model.training)))
 
 
+@app.command()
+@errors_to_exit
+def tune(
+    input: InputArg = "-",
+    valid: Annotated[str, typer.Option(help="Validation data (raw or hashed): every trial is scored on it.")] = ...,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the best trial's model.")] = ...,
+    budget: Annotated[float, typer.Option(metavar="SECONDS", help="Start no new trial after this many seconds (a trial that has begun finishes).")] = 600.0,
+    metric: Annotated[str, typer.Option(help="auc or logloss on the validation data ranks the trials (and stops each one early).")] = "auc",
+    min_count: Annotated[Optional[int], typer.Option(metavar="N", help="As for train.", rich_help_panel=SCHEMA)] = None,
+    preset: Preset = None,
+    schema: SchemaFile = None,
+    label: Label = None,
+    categorical: Categorical = None,
+    numeric: Numeric = None,
+    multi: Multi = None,
+    ignore: Ignore = None,
+    sep: Sep = None,
+    numeric_mode: NumericMode = None,
+    format: Format = None,
+    bits: Bits = None,
+    hash_seed: HashSeed = 0,
+    optimizer: Annotated[str, typer.Option(help="As for train.", rich_help_panel=TRAIN)] = "adagrad",
+    seed: Annotated[int, typer.Option(help="Seed for initialisation and shuffling.", rich_help_panel=TRAIN)] = 0,
+    threads: Threads = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the trials as JSON on stdout.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No table.")] = False,
+) -> None:
+    """Search dim, learning rate and L2 on validation data; write the best model.
+
+    The data is hashed once. Trials start from the defaults and move one setting at
+    a time (dim 4/16, lr 0.01/0.1, --l2-all-factors 0/1e-4/1e-3, touch L2 x0.1/x10),
+    then combine the moves that helped; each trial stops early on the validation
+    data. The search stops starting trials when --budget is spent."""
+    _use_threads(threads)
+    from fmctr.modelfile import save
+    from fmctr.progress import stderr, trials_table
+    from fmctr.train import TrainConfig
+    from fmctr.tune import tune as run
+
+    spec = _spec(preset, schema, label, categorical, numeric, multi, ignore, sep, numeric_mode, format)
+    base = TrainConfig(optimizer=optimizer, seed=seed, threads=threads)
+
+    def show(trial) -> None:
+        if not quiet:
+            stderr.print(f"trial {trial.number} {trial.flags}: valid AUC {trial.valid['auc']:.4f}, "
+                         f"logloss {trial.valid['logloss']:.4f}, {trial.epochs} epochs, {trial.seconds:.0f}s", highlight=False)
+
+    trials, best = run(input, valid, spec=spec, hashing=_hashing(bits, hash_seed), base=base, budget_s=budget,
+                       metric=metric, min_count=min_count, log=_err, on_trial=show)
+    best.model.training["tune"] = {"options": best.flags, "trials": len(trials)}
+    save(best.model, output)
+    if not quiet:
+        stderr.print(trials_table(trials, best.number))
+        stderr.print(f"wrote {output} (trial {best.number} of {len(trials)})", highlight=False)
+    if json_out:
+        print(json.dumps(_json_safe([{"trial": t.number, "options": t.flags, "valid": t.valid, "epochs": t.epochs,
+                                      "seconds": round(t.seconds, 3), "best": t is best} for t in trials])))
+
+
 class _StopOnSignal:
     """SIGINT and SIGTERM ask training to stop at the next block (it then writes a
     checkpoint); before training has begun they interrupt at once."""

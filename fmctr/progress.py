@@ -89,6 +89,18 @@ def history_table(history: list[Epoch], best_epoch: int) -> Table:
     return table
 
 
+def trials_table(trials, best: int) -> Table:
+    """`fmctr tune`'s trials: settings that differ from the defaults, validation scores."""
+    table = Table(title="trials", title_justify="left")
+    for name, justify in [("trial", "right"), ("train options", "left"), ("valid AUC", "right"),
+                          ("valid logloss", "right"), ("epochs", "right"), ("seconds", "right")]:
+        table.add_column(name, justify=justify)
+    for t in trials:
+        table.add_row(f"{t.number}{' *' if t.number == best else ''}", t.flags, _fmt(t.valid["auc"]),
+                      _fmt(t.valid["logloss"]), str(t.epochs), f"{t.seconds:.0f}")
+    return table
+
+
 METRIC_LABELS = {
     "rows": "rows",
     "auc": "AUC",

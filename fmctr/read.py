@@ -267,7 +267,11 @@ def open_source(path: str, *, format: str | None = None, column_names: tuple[str
         return Source(name, fmt, names, _raw_chunks(stream, 0), "\t")
     separator = "\t" if fmt == "tsv" else ","
     header_text = first.decode("utf-8", errors="replace").lstrip("\ufeff")
-    names = next(csv.reader([header_text], delimiter=separator))
+    try:
+        names = next(csv.reader([header_text], delimiter=separator))
+    except csv.Error as e:
+        what = "a carriage return inside it" if "\r" in header_text else str(e)
+        raise BadInput(f"{name}:1: unreadable header line ({what})") from None
     if not names or names == [""]:
         raise BadInput(f"{name}:1: the header line is empty")
     dupes = sorted({n for n in names if names.count(n) > 1})

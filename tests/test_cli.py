@@ -13,7 +13,7 @@ import polars as pl
 from conftest import CRITEO_TEST, CRITEO_TRAIN, MOVIES_FLAGS, MOVIES_TEST, MOVIES_TRAIN, SAMPLE, invoke
 from fmctr.modelfile import load
 
-COMMANDS = ["preprocess", "train", "eval", "predict"]
+COMMANDS = ["preprocess", "train", "tune", "eval", "predict"]
 
 
 def test_every_command_has_help_and_is_in_the_readme():
