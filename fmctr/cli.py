@@ -427,21 +427,29 @@ def eval_cmd(
     input: InputArg = "-",
     model: ModelOpt = ...,
     json_out: Json = False,
+    bins: Annotated[int, typer.Option(help="Bins of the calibration table (equal numbers of rows, by predicted probability).")] = 10,
+    plot: Annotated[Optional[Path], typer.Option(metavar="FILE.png", help="Also draw the ROC curve and the calibration curve into this PNG (needs matplotlib: pip install 'fmctr[plot]').")] = None,
     threads: Threads = None,
     device: Device = "auto",
 ) -> None:
-    """Report AUC, logloss, normalized entropy and calibration on labelled data."""
+    """Report AUC, logloss, normalized entropy and calibration on labelled data.
+
+    The calibration table cuts the rows, sorted by predicted probability, into bins
+    of equal size and compares each bin's mean prediction with its observed rate."""
     _use_threads(threads)
     from fmctr.modelfile import load
     from fmctr.pipeline import evaluate_model
-    from fmctr.progress import metrics_table, stderr
+    from fmctr.progress import metrics_table, reliability_table, stderr
 
     m = load(model, training_state=False)
-    metrics = evaluate_model(input, m, log=_err, device=device)
+    metrics = evaluate_model(input, m, log=_err, device=device, bins=bins, plot=plot)
     if json_out:
         print(json.dumps(_json_safe(metrics)))
     else:
         stderr.print(metrics_table(metrics))
+        stderr.print(reliability_table(metrics["reliability"]))
+    if plot is not None and not json_out:
+        stderr.print(f"wrote {plot}", highlight=False)
 
 
 @app.command()

@@ -45,6 +45,43 @@ def entropy(rate: float) -> float:
     return -(rate * math.log(rate) + (1 - rate) * math.log(1 - rate))
 
 
+def reliability(labels: np.ndarray, probs: np.ndarray, bins: int = 10) -> list[dict]:
+    """The calibration (reliability) table: rows sorted by predicted probability and
+    cut into `bins` bins of equal size (CTRs crowd near 0, so equal-width bins would
+    leave most empty); per bin its probability range, mean prediction, observed rate."""
+    n = len(labels)
+    if n == 0:
+        return []
+    order = np.argsort(probs, kind="mergesort")
+    p = np.asarray(probs, np.float64)[order]
+    y = np.asarray(labels, np.float64)[order]
+    table = []
+    for chunk in np.array_split(np.arange(n), min(bins, n)):
+        lo, hi = chunk[0], chunk[-1] + 1
+        table.append({
+            "rows": int(hi - lo), "min_prediction": float(p[lo]), "max_prediction": float(p[hi - 1]),
+            "mean_prediction": float(p[lo:hi].mean()), "observed_rate": float(y[lo:hi].mean()),
+        })
+    return table
+
+
+def calibration_error(table: list[dict]) -> float:
+    """Expected calibration error: the row-weighted mean |mean prediction - observed rate|."""
+    n = sum(b["rows"] for b in table)
+    return sum(b["rows"] * abs(b["mean_prediction"] - b["observed_rate"]) for b in table) / n if n else float("nan")
+
+
+def roc_curve(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """False and true positive rates at every distinct threshold, from (0, 0) to (1, 1)."""
+    order = np.argsort(-np.asarray(probs, np.float64), kind="mergesort")
+    y = np.asarray(labels, np.float64)[order]
+    p = np.asarray(probs, np.float64)[order]
+    last = np.r_[np.flatnonzero(np.diff(p)), len(p) - 1]  # the end of each run of equal scores
+    tp = np.cumsum(y)[last]
+    fp = (last + 1) - tp
+    return np.r_[0.0, fp / max(fp[-1], 1)], np.r_[0.0, tp / max(tp[-1], 1)]
+
+
 def evaluate(labels: np.ndarray, probs: np.ndarray) -> dict:
     """All the numbers `fmctr eval` reports. Normalized entropy is logloss divided by
     the entropy of the positive rate (below 1 beats the constant predictor);
@@ -63,3 +100,12 @@ def evaluate(labels: np.ndarray, probs: np.ndarray) -> dict:
         "positive_rate": rate,
         "mean_prediction": mean_pred,
     }
+
+
+def evaluate_with_calibration(labels: np.ndarray, probs: np.ndarray, bins: int = 10) -> dict:
+    """`evaluate`, plus the reliability table and the expected calibration error."""
+    metrics = evaluate(labels, probs)
+    table = reliability(labels, probs, bins)
+    metrics["calibration_error"] = calibration_error(table)
+    metrics["reliability"] = table
+    return metrics

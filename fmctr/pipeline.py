@@ -23,7 +23,7 @@ from fmctr.atomic import atomic_dir, atomic_file
 from fmctr.batches import DatasetRows
 from fmctr.errors import BadInput, BadOptions, BadSchema
 from fmctr.hashing import HashSpec, Rows, hash_chunk
-from fmctr.metrics import evaluate
+from fmctr.metrics import evaluate_with_calibration
 from fmctr.modelfile import Model, save
 from fmctr.rare import RareMap
 from fmctr.read import Chunk, RawChunk, display_name, open_source, prefetch
@@ -339,15 +339,29 @@ def _remapped(shards: list[dataset.HashedDataset], rare: RareMap, path: Path) ->
                          first.schema, first.hashing)
 
 
-def evaluate_model(path: str, model: Model, *, log: Log = _silent, device: str = "auto") -> dict:
-    """AUC, logloss and friends of the model on labelled data."""
+def evaluate_model(path: str, model: Model, *, log: Log = _silent, device: str = "auto", bins: int = 10,
+                   plot: str | Path | None = None) -> dict:
+    """AUC, logloss and friends of the model on labelled data, with the reliability
+    table in `bins` bins; `plot` also writes the ROC and calibration curves (PNG)."""
+    if bins < 1:
+        raise BadOptions(f"--bins must be at least 1, got {bins}")
+    if plot is not None:
+        from fmctr.plot import pyplot
+
+        pyplot(plot)  # fail before scoring if it cannot be drawn
     data = open_input(path, schema=model.schema, hashing=model.hashing, require_label=True, log=log, rare=model.rare)
     score = Scorer(model.weights, device)
     labels, probs = [], []
     for rows, _ in data.parts:
         labels.append(rows.labels)
         probs.append(score(rows))
-    return evaluate(np.concatenate(labels), np.concatenate(probs))
+    labels, probs = np.concatenate(labels), np.concatenate(probs)
+    metrics = evaluate_with_calibration(labels, probs, bins)
+    if plot is not None:
+        from fmctr.plot import write_plot
+
+        write_plot(plot, labels, probs, metrics, data.name)
+    return metrics
 
 
 PROBABILITY = "probability"

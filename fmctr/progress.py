@@ -107,9 +107,21 @@ METRIC_LABELS = {
     "logloss": "logloss",
     "normalized_entropy": "normalized entropy",
     "calibration": "calibration (mean pred / rate)",
+    "calibration_error": "expected calibration error",
     "positive_rate": "positive rate",
     "mean_prediction": "mean prediction",
 }
+
+
+def reliability_table(bins: list[dict]) -> Table:
+    table = Table(title="calibration (equal-count bins by prediction)", title_justify="left")
+    for name in ("bin", "rows", "predictions", "mean prediction", "observed rate", "observed / predicted"):
+        table.add_column(name, justify="right")
+    for number, b in enumerate(bins, 1):
+        ratio = b["observed_rate"] / b["mean_prediction"] if b["mean_prediction"] > 0 else float("nan")
+        table.add_row(str(number), f"{b['rows']:,}", f"{b['min_prediction']:.4f}-{b['max_prediction']:.4f}",
+                      f"{b['mean_prediction']:.4f}", f"{b['observed_rate']:.4f}", _fmt(ratio))
+    return table
 
 
 def metrics_table(metrics: dict, title: str = "evaluation") -> Table:

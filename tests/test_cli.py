@@ -44,7 +44,8 @@ def test_eval_json_on_stdout_table_on_stderr(movies_model):
     result = invoke("eval", MOVIES_TEST, "-m", movies_model, "--json")
     assert result.exit_code == 0
     metrics = json.loads(result.stdout)
-    assert set(metrics) == {"rows", "auc", "logloss", "normalized_entropy", "calibration", "positive_rate", "mean_prediction"}
+    assert set(metrics) == {"rows", "auc", "logloss", "normalized_entropy", "calibration", "positive_rate", "mean_prediction",
+                            "calibration_error", "reliability"}
     assert metrics["rows"] == 1000
     table = invoke("eval", MOVIES_TEST, "-m", movies_model)
     assert table.stdout == ""
@@ -181,3 +182,23 @@ def test_gzip_on_stdin_and_a_closed_pipe(criteo_model):
 def test_sample_data_is_what_the_generator_makes():
     proc = subprocess.run([sys.executable, str(SAMPLE / "generate.py"), "--check"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_eval_prints_a_calibration_table_and_draws_a_plot(tmp_path, criteo_model):
+    result = invoke("eval", CRITEO_TEST, "-m", criteo_model, "--bins", "5")
+    assert result.exit_code == 0, result.stderr
+    assert "calibration" in result.stderr and "observed rate" in result.stderr
+    metrics = json.loads(invoke("eval", CRITEO_TEST, "-m", criteo_model, "--json", "--bins", "5").stdout)
+    assert len(metrics["reliability"]) == 5 and 0 <= metrics["calibration_error"] < 0.05
+    png = tmp_path / "curves.png"
+    result = invoke("eval", CRITEO_TEST, "-m", criteo_model, "--plot", png)
+    assert result.exit_code == 0, result.stderr
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    assert [p.name for p in tmp_path.iterdir()] == ["curves.png"]  # no temp files left
+
+
+def test_eval_plot_must_be_a_png(tmp_path, criteo_model):
+    result = invoke("eval", CRITEO_TEST, "-m", criteo_model, "--plot", tmp_path / "curves.pdf")
+    assert result.exit_code == 1
+    assert result.stderr.endswith("the plot is a PNG; give a file name ending in .png\n")
+    assert not any(tmp_path.iterdir())

@@ -42,3 +42,28 @@ def test_evaluate_reports_normalized_entropy_and_calibration():
     assert m["normalized_entropy"] == pytest.approx(1.0)  # the constant predictor
     assert m["calibration"] == pytest.approx(1.0)
     assert evaluate(labels, np.full(4, 0.5))["calibration"] == pytest.approx(2.0)
+
+
+def test_reliability_table_bins_and_calibration_error():
+    from fmctr.metrics import calibration_error, reliability
+
+    rng = np.random.default_rng(0)
+    p = rng.uniform(0, 1, 20_000)
+    y = (rng.uniform(0, 1, 20_000) < p).astype(float)
+    table = reliability(y, p, bins=10)
+    assert [b["rows"] for b in table] == [2_000] * 10
+    assert all(a["max_prediction"] <= b["min_prediction"] for a, b in zip(table, table[1:]))
+    assert sum(b["rows"] * b["observed_rate"] for b in table) == y.sum()
+    assert calibration_error(table) < 0.02  # calibrated by construction
+    assert calibration_error(reliability(y, p / 2, bins=10)) > 0.2  # halved predictions are not
+
+
+def test_roc_curve_area_is_the_auc():
+    from fmctr.metrics import roc_curve
+
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 3_000)
+    s = np.round(y * 0.3 + rng.normal(0, 1, 3_000), 1)  # with ties
+    fpr, tpr = roc_curve(y, s)
+    assert (fpr[0], tpr[0], fpr[-1], tpr[-1]) == (0, 0, 1, 1)
+    assert np.trapezoid(tpr, fpr) == pytest.approx(auc(y, s), abs=1e-12)
