@@ -56,10 +56,19 @@ class TrainProgress(NullProgress):
         speed = task.speed or 0
         self.progress.update(self.task, advance=rows, speed=f"{speed:,.0f}", loss=f"{self.loss_sum / self.seen:.4f}")
 
+    def validated(self, metrics: dict, within_epoch: bool) -> None:
+        if within_epoch:  # (an epoch's own check is on its end_epoch line)
+            self.console.print(
+                f"epoch {metrics['epoch']} at {metrics['rows']:,} rows: valid AUC {metrics['auc']:.4f}, "
+                f"logloss {metrics['logloss']:.4f}{' (best)' if metrics['best'] else ''}; lr {metrics['lr']:.3g}",
+                highlight=False)
+
     def end_epoch(self, record: Epoch) -> None:
         line = f"epoch {record.epoch}: train logloss {record.train_logloss:.4f}, {record.rows_per_s:,.0f} rows/s"
         if record.valid:
             line += f"; valid AUC {record.valid['auc']:.4f}, logloss {record.valid['logloss']:.4f}"
+        if record.lr is not None:
+            line += f"; lr {record.lr:.3g}"
         self.console.print(line, highlight=False)
 
 
@@ -79,11 +88,13 @@ def history_table(history: list[Epoch], best_epoch: int) -> Table:
     if has_valid:
         table.add_column("valid AUC", justify="right")
         table.add_column("valid logloss", justify="right")
+    table.add_column("lr", justify="right")
     table.add_column("rows/s", justify="right")
     for e in history:
         cells = [f"{e.epoch}{' *' if e.epoch == best_epoch and has_valid else ''}", _fmt(e.train_logloss)]
         if has_valid:
             cells += [_fmt(e.valid["auc"]), _fmt(e.valid["logloss"])] if e.valid else ["", ""]
+        cells.append(f"{e.lr:.3g}" if e.lr is not None else "")
         cells.append(f"{e.rows_per_s:,.0f}")
         table.add_row(*cells)
     return table

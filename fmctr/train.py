@@ -125,7 +125,7 @@ class NullProgress:
 
     def advance(self, rows: int, loss: float) -> None: ...
 
-    def validated(self, metrics: dict) -> None: ...
+    def validated(self, metrics: dict, within_epoch: bool) -> None: ...
 
     def end_epoch(self, record: Epoch) -> None: ...
 
@@ -580,7 +580,7 @@ def train(
         state.epoch, state.block, state.epoch_rng, state.loss, state.rows_done = epoch, block, epoch_rng, loss, rows_done
         checkpoint(state)
 
-    def validate(epoch: int, rows_done: int) -> dict:
+    def validate(epoch: int, rows_done: int, within_epoch: bool) -> dict:
         """Score the validation rows; keep the best weights; decay the learning rate
         after a check that does not improve."""
         current = engine.weights()
@@ -595,7 +595,7 @@ def train(
             engine.set_lr(cfg.lr * state.lr_scale)
         state.since_check = 0
         metrics = {**metrics, "epoch": epoch, "rows": rows_done, "lr": engine.lr, "best": state.since_best == 0}
-        progress.validated(metrics)
+        progress.validated(metrics, within_epoch)
         return metrics
 
     every = cfg.valid_every if valid_source is not None else None
@@ -639,7 +639,7 @@ def train(
             if every is not None:
                 due = state.since_check >= every
                 if replicas.max(due) if replicas is not None else due:
-                    checks.append(validate(epoch, rows_done))
+                    checks.append(validate(epoch, rows_done, True))
                     stopped = state.since_best >= cfg.patience
             if checkpoint is not None and checkpoint_every is not None and time.monotonic() - last_checkpoint >= checkpoint_every:
                 save_checkpoint(epoch, number + 1, epoch_rng, loss, rows_done)
@@ -653,7 +653,7 @@ def train(
             loss, epoch_rows, total_done = replicas.sum([loss, epoch_rows, total_done])
         record = Epoch(epoch, loss / max(total_done, 1), seconds, epoch_rows / max(seconds, 1e-9))
         if valid_source is not None and every is None:
-            checks.append(validate(epoch, rows_done))
+            checks.append(validate(epoch, rows_done, False))
             stopped = state.since_best >= cfg.patience
         elif valid_source is None:
             state.best_epoch = epoch

@@ -154,3 +154,25 @@ def test_cuda_device_without_cuda_is_a_clear_error(movies_model):
 
     result = invoke("eval", MOVIES_TEST, "-m", movies_model, "--device", "cuda")
     assert (result.exit_code, result.stderr) == (1, "error: --device cuda: CUDA is not available on this machine\n")
+
+
+def test_validation_every_n_rows_decays_the_rate_and_keeps_the_best():
+    """--valid-every checks within epochs; a check that does not improve halves the
+    learning rate (--lr-decay 0.5); the model returned is the best check's."""
+    rng = np.random.default_rng(12)
+    rows, valid = random_rows(rng, n_rows=600), random_rows(rng, n_rows=150)
+    seen = []
+    result = train(rows, TrainConfig(dim=4, epochs=6, patience=3, lr=0.5, seed=0, threads=1, valid_every=200,
+                                     lr_decay=0.5),
+                   bits=6, valid=valid, on_epoch=lambda record, weights: seen.append(weights.copy()))
+    checks = [c for e in result.history for c in e.checks]
+    assert len(checks) >= 3 * len(result.history) - 1  # ~3 per 600-row epoch
+    for before, after in zip(checks, checks[1:]):  # the rate halves exactly after non-improving checks
+        assert after["lr"] == (before["lr"] if after["best"] else before["lr"] / 2)
+    assert any(not c["best"] for c in checks)  # lr 0.5 overfits these random rows
+    best = min(checks, key=lambda c: c["logloss"])
+    z = logits(result.weights, valid)
+    from fmctr.metrics import logloss
+
+    assert logloss(valid.labels, 1 / (1 + np.exp(-z))) == pytest.approx(best["logloss"], rel=1e-9)
+    assert result.best_epoch == best["epoch"]
