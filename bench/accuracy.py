@@ -48,7 +48,7 @@ from fmctr import dataset  # noqa: E402
 
 RUNS = {
     "baseline": (TrainConfig(dim=16, epochs=2, engine="torch", device="cpu", optimizer="adam", lr=1e-3,
-                             batch_size=4096, l2_linear=0.0, l2_factors=0.0), False),
+                             batch_size=4096, l2_linear=0.0, l2_factors=0.0, l2_all_linear=0.0, l2_all_factors=0.0), False),
     "defaults": (TrainConfig(), True),
 }
 
