@@ -229,6 +229,7 @@ def train_cmd(
     l1: Annotated[float, typer.Option(help="ftrl: L1 on the linear weights (lambda1; larger values zero more weights).", rich_help_panel=TRAIN)] = 0.0,
     ftrl_alpha: Annotated[float, typer.Option(help="ftrl: learning rate alpha of the linear weights.", rich_help_panel=TRAIN)] = 0.05,
     ftrl_beta: Annotated[float, typer.Option(help="ftrl: beta (smooths the per-coordinate learning rate).", rich_help_panel=TRAIN)] = 1.0,
+    init_std: Annotated[float, typer.Option(help="Scale of the factors' random initial values (uniform, this standard deviation).", rich_help_panel=TRAIN)] = 0.01,
     lr_decay: Annotated[float, typer.Option(help="With validation: multiply the learning rate by this after a check that does not improve (1: never).", rich_help_panel=TRAIN)] = 0.5,
     valid_every: Annotated[Optional[int], typer.Option(metavar="ROWS", help="With validation: check every this many training rows.  [default: once per epoch]", rich_help_panel=TRAIN)] = None,
     patience: Annotated[int, typer.Option(help="With validation: stop after this many checks without improvement.", rich_help_panel=TRAIN)] = 2,
@@ -278,7 +279,7 @@ def train_cmd(
         cfg = TrainConfig(
             dim=dim, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, l2_linear=l2,
             l2_factors=l2_factors, patience=patience, stop_metric=metric, seed=seed, threads=threads,
-            engine=engine, device=device, l1=l1, l2_all_linear=l2_all, l2_all_factors=l2_all_factors, ftrl_alpha=ftrl_alpha, ftrl_beta=ftrl_beta, lr_decay=lr_decay,
+            engine=engine, device=device, l1=l1, init_std=init_std, l2_all_linear=l2_all, l2_all_factors=l2_all_factors, ftrl_alpha=ftrl_alpha, ftrl_beta=ftrl_beta, lr_decay=lr_decay,
             valid_every=valid_every,
         ).check()
     if output is None:

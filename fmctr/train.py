@@ -78,6 +78,7 @@ class TrainConfig:
             (self.stop_metric in STOP_METRICS, f"unknown metric {self.stop_metric!r} (choose from {', '.join(STOP_METRICS)})"),
             (_known_device(self.device), f"unknown device {self.device!r} (choose from auto, cpu, cuda, cuda:N)"),
             (self.patience >= 1, f"--patience must be at least 1, got {self.patience}"),
+            (self.init_std >= 0 and math.isfinite(self.init_std), f"--init-std must be 0 or more, got {self.init_std}"),
             (0 < self.lr_decay <= 1, f"--lr-decay must be in (0, 1], got {self.lr_decay}"),
             (self.valid_every is None or self.valid_every >= 1, f"--valid-every must be at least 1 row, got {self.valid_every}"),
             (self.l1 >= 0 and self.ftrl_alpha > 0 and self.ftrl_beta >= 0,
