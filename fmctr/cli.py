@@ -176,6 +176,7 @@ def preprocess(
     format: Format = None,
     bits: Bits = None,
     hash_seed: HashSeed = 0,
+    min_count: Annotated[Optional[int], typer.Option(metavar="N", help="Count values over every input first; values seen fewer than N times become their field's rare token. The frequent set is kept with the data, and a model trained on it keeps it.", rich_help_panel=SCHEMA)] = None,
     threads: Threads = None,
 ) -> None:
     """Hash raw data once into a dataset directory (for data trained on many times)."""
@@ -185,7 +186,7 @@ def preprocess(
 
     spec = _spec(preset, schema, label, categorical, numeric, multi, ignore, sep, numeric_mode, format)
     hashing = HashSpec(bits=DEFAULT_BITS if bits is None else bits, seed=hash_seed).check()
-    shards = run(inputs or ["-"], output, spec=spec, hashing=hashing)
+    shards = run(inputs or ["-"], output, spec=spec, hashing=hashing, min_count=min_count)
     rows = sum(ds.rows for ds in shards)
     parts = sum(len(ds.parts) for ds in shards)
     what = f"{len(shards)} shards, {parts} parts" if len(shards) > 1 else f"{parts} part(s)"

@@ -7,6 +7,7 @@
       part-00000.offsets.npy     int64 row offsets (rows + 1)
       part-00000.labels.npy      float32 0/1 labels
       ...
+      frequent.npy               with --min-count: the frequent set, one bit per index
 
 Parts are plain .npy files, memory-mapped on read, so reading a part costs no copy
 and a dataset larger than memory can be streamed part by part.
@@ -33,6 +34,7 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 SHARDS = "shards.json"  # in a directory of shards: which input made which shard
 ARRAYS = ("indices", "values", "offsets", "labels")
+FREQUENT = "frequent.npy"
 
 
 @dataclass
@@ -41,6 +43,7 @@ class HashedDataset:
     schema: Schema
     hashing: HashSpec
     parts: list[dict]
+    min_count: int | None = None  # rare values were mapped to their field's rare token
 
     @property
     def rows(self) -> int:
@@ -63,6 +66,13 @@ class HashedDataset:
         if "values" not in arrays:
             arrays["values"] = np.ones(len(arrays["indices"]), np.float32)
         return Rows(arrays["indices"], arrays["values"], arrays["offsets"], arrays["labels"])
+
+    def frequent(self) -> np.ndarray:
+        """The packed frequent set of a dataset written with --min-count."""
+        try:
+            return np.load(self.path / FREQUENT, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise BadInput(f"{self.path / FREQUENT}: unreadable frequent set ({e})") from None
 
     def iter_parts(self) -> Iterator[Rows]:
         for number in range(len(self.parts)):
@@ -99,6 +109,8 @@ def open_many(path: str | Path) -> list[HashedDataset]:
     for other in datasets[1:]:
         if other.hashing != first.hashing or other.schema.fields != first.schema.fields:
             raise BadInput(f"{other.path}: hashed with other options or schema than {first.path}; shards must agree")
+        if other.min_count != first.min_count or (first.min_count and not np.array_equal(other.frequent(), first.frequent())):
+            raise BadInput(f"{other.path}: mapped rare values (--min-count) differently from {first.path}; shards must agree")
     return datasets
 
 
@@ -133,9 +145,11 @@ def _save(path: Path, array: np.ndarray) -> None:
         raise BadOptions(f"{path}: cannot write: {e.strerror}") from None
 
 
-def write(chunks: Iterable[Rows], path: str | Path, schema: Schema, hashing: HashSpec) -> HashedDataset:
+def write(chunks: Iterable[Rows], path: str | Path, schema: Schema, hashing: HashSpec,
+          rare: tuple[int, np.ndarray] | None = None) -> HashedDataset:
     """Write hashed rows to `path` in parts of PART_ROWS rows (atomically: the
-    directory appears complete or not at all)."""
+    directory appears complete or not at all). `rare` (min count, packed frequent
+    set) records that the rows were mapped by --min-count."""
     path = Path(path)
     records = []
     with atomic_dir(path) as tmp:
@@ -159,11 +173,14 @@ def write(chunks: Iterable[Rows], path: str | Path, schema: Schema, hashing: Has
             "rows": sum(r["rows"] for r in records),
             "parts": records,
         }
+        if rare is not None:
+            manifest["min_count"] = rare[0]
+            _save(tmp / FREQUENT, rare[1])
         try:
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         except OSError as e:
             raise BadOptions(f"{tmp / MANIFEST}: cannot write: {e.strerror}") from None
-    return HashedDataset(path, schema, hashing, records)
+    return HashedDataset(path, schema, hashing, records, None if rare is None else rare[0])
 
 
 def open_hashed(path: str | Path) -> HashedDataset:
@@ -176,4 +193,5 @@ def open_hashed(path: str | Path) -> HashedDataset:
         raise BadInput(f"{path}: not an fmctr hashed dataset")
     if manifest.get("format_version") != FORMAT_VERSION:
         raise BadInput(f"{path}: hashed dataset version {manifest.get('format_version')} is not one this fmctr reads ({FORMAT_VERSION})")
-    return HashedDataset(path, Schema.from_dict(manifest["schema"]), HashSpec(**manifest["hashing"]).check(), manifest["parts"])
+    return HashedDataset(path, Schema.from_dict(manifest["schema"]), HashSpec(**manifest["hashing"]).check(), manifest["parts"],
+                         manifest.get("min_count"))

@@ -139,26 +139,46 @@ def open_input(
     return Input(name, schema, hashing, prefetch(parts()))
 
 
-def preprocess(paths: str | Sequence[str], output: str | Path, *, spec: SchemaSpec, hashing: HashSpec) -> list[dataset.HashedDataset]:
+def preprocess(paths: str | Sequence[str], output: str | Path, *, spec: SchemaSpec, hashing: HashSpec,
+               min_count: int | None = None) -> list[dataset.HashedDataset]:
     """Hash raw data once into a dataset directory that train/eval read directly.
     Several inputs give one shard per input, `output/shard-NNNNN.hashed`: shards
     hashed anywhere (other processes, other machines) can be used together, since
-    hashing is stateless."""
+    hashing is stateless. With `min_count`, a counting pass over every input finds
+    the frequent values and rare ones are mapped to their field's rare token; the
+    frequent set is stored with the data, and a model trained on it keeps it."""
     paths = [paths] if isinstance(paths, str) else list(paths)
     paths = [m for p in paths for m in _expand(p)]
     for path in paths:
         if dataset.is_hashed(path):
             raise BadOptions(f"{path}: is already a hashed dataset")
-    if len(paths) == 1:
-        data = open_input(paths[0], spec=spec, hashing=hashing, require_label=True)
-        return [_as_dataset(data, Path(output))]
-    shards = []
-    with atomic_dir(output) as tmp:
-        for number, path in enumerate(paths):
-            data = open_input(path, spec=spec, hashing=hashing, require_label=True)
-            shards.append(_as_dataset(data, tmp / f"shard-{number:05d}.hashed"))
-        listing = [{"shard": s.path.name, "input": display_name(p), "rows": s.rows} for s, p in zip(shards, paths)]
-        (tmp / dataset.SHARDS).write_text(json.dumps({"shards": listing}, indent=2) + "\n")
+    if min_count is not None and min_count < 1:
+        raise BadOptions(f"--min-count must be at least 1, got {min_count}")
+    with tempfile.TemporaryDirectory(prefix="fmctr-") as work:
+        if min_count:
+            hashed = [_as_dataset(open_input(p, spec=spec, hashing=hashing, require_label=True), Path(work) / f"{n}")
+                      for n, p in enumerate(paths)]
+            from fmctr.rare import check_schema
+            from fmctr.train import feature_counts
+
+            check_schema(hashed[0].schema)
+            rare = RareMap.build(feature_counts(DatasetRows(hashed), hashing.size), min_count, hashed[0].schema, hashing)
+
+            def shard(number: int, target: Path) -> dataset.HashedDataset:
+                return _remapped([hashed[number]], rare, target)
+        else:
+
+            def shard(number: int, target: Path) -> dataset.HashedDataset:
+                return _as_dataset(open_input(paths[number], spec=spec, hashing=hashing, require_label=True), target)
+
+        if len(paths) == 1:
+            return [shard(0, Path(output))]
+        shards = []
+        with atomic_dir(output) as tmp:
+            for number in range(len(paths)):
+                shards.append(shard(number, tmp / f"shard-{number:05d}.hashed"))
+            listing = [{"shard": s.path.name, "input": display_name(p), "rows": s.rows} for s, p in zip(shards, paths)]
+            (tmp / dataset.SHARDS).write_text(json.dumps({"shards": listing}, indent=2) + "\n")
     return [dataset.open_hashed(Path(output) / s.path.name) for s in shards]
 
 
@@ -266,6 +286,14 @@ def train_model(
             if rows.rows == 0 or valid_rows.rows == 0:
                 raise BadOptions(f"--valid-fraction {valid_fraction} leaves no training or no validation rows")
         rare = base.rare if base is not None else None
+        mapped = data.shards[0].min_count if data.shards else None  # by `fmctr preprocess --min-count`
+        if mapped is not None:
+            if base is not None and (rare is None or rare.min_count != mapped):
+                raise BadOptions(f"{data.name} was preprocessed with --min-count {mapped}, which the model does not have")
+            if min_count is not None and min_count != mapped:
+                raise BadOptions(f"{data.name} was preprocessed with --min-count {mapped}; --min-count {min_count} conflicts with it")
+            if rare is None:
+                rare = RareMap.from_packed(mapped, data.shards[0].frequent(), data.hashing.size, data.schema, data.hashing)
         if rare is None and min_count:
             from fmctr.rare import check_schema
             from fmctr.train import feature_counts
@@ -273,13 +301,12 @@ def train_model(
             check_schema(data.schema)
             counts = feature_counts(rows, data.hashing.size)  # the training rows only (every rank counts them all)
             rare = RareMap.build(counts, min_count, data.schema, data.hashing)
-        if rare is not None:
-            shards = data.shards or [ds]
-            rows = DatasetRows(_remapped(shards, rare, Path(tmp) / "train-rare"))
-            if valid is not None:
-                valid_rows = DatasetRows(_remapped(valid_data.shards or [valid_ds], rare, Path(tmp) / "valid-rare"))
-            elif valid_fraction is not None:
+        if rare is not None and mapped is None:
+            rows = DatasetRows(_remapped(data.shards or [ds], rare, Path(tmp) / "train-rare"))
+            if valid_fraction is not None:
                 rows, valid_rows = rows.split_tail(valid_fraction)
+        if rare is not None and valid is not None:
+            valid_rows = DatasetRows(_remapped(valid_data.shards or [valid_ds], rare, Path(tmp) / "valid-rare"))
         if replicas is not None:
             rows = rows.shard(replicas.rank, replicas.world)
             checkpoint_path = should_stop = None
@@ -336,7 +363,7 @@ def _remapped(shards: list[dataset.HashedDataset], rare: RareMap, path: Path) ->
     """A copy of hashed data with rare values mapped to their field's rare token."""
     first = shards[0]
     return dataset.write((rare.apply(rows) for shard in shards for rows in shard.iter_parts()), path,
-                         first.schema, first.hashing)
+                         first.schema, first.hashing, (rare.min_count, rare.packed()))
 
 
 def evaluate_model(path: str, model: Model, *, log: Log = _silent, device: str = "auto", bins: int = 10,

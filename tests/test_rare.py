@@ -84,3 +84,24 @@ def test_min_count_refuses_multi_valued_fields(tmp_path):
 def test_min_count_must_be_positive(tmp_path):
     result = invoke("train", CRITEO_TRAIN, "--preset", "criteo", "-o", tmp_path / "m.fm", "--min-count", "0")
     assert (result.exit_code, result.stderr) == (1, "error: --min-count must be at least 1, got 0\n")
+
+
+def test_preprocess_min_count_maps_like_train_and_the_model_keeps_the_set(tmp_path):
+    """`preprocess --min-count` counts over its inputs; training on the result gives the
+    same model as `train --min-count` on the raw data, with the same frequent set."""
+    hashed = tmp_path / "train.hashed"
+    result = invoke("preprocess", CRITEO_TRAIN, "--preset", "criteo", "-o", hashed, "--bits", "18", "--min-count", "4")
+    assert result.exit_code == 0, result.stderr
+    a, b = tmp_path / "a.fm", tmp_path / "b.fm"
+    assert invoke("train", hashed, "-o", a, "-q", "--threads", "1").exit_code == 0
+    result = invoke("train", CRITEO_TRAIN, "--preset", "criteo", "--bits", "18", "--min-count", "4", "-o", b, "-q",
+                    "--threads", "1")
+    assert result.exit_code == 0, result.stderr
+    ma, mb = load(a), load(b)
+    assert ma.rare.min_count == mb.rare.min_count == 4
+    np.testing.assert_array_equal(ma.rare.frequent, mb.rare.frequent)
+    np.testing.assert_array_equal(ma.weights.factors, mb.weights.factors)
+    # A different --min-count on mapped data is refused.
+    result = invoke("train", hashed, "-o", tmp_path / "c.fm", "--min-count", "9")
+    assert (result.exit_code, result.stderr) == (
+        1, f"error: {hashed} was preprocessed with --min-count 4; --min-count 9 conflicts with it\n")
