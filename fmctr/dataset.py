@@ -26,7 +26,7 @@ import numpy as np
 
 from fmctr.atomic import atomic_dir
 from fmctr.errors import BadInput, BadOptions
-from fmctr.hashing import HashSpec, Rows
+from fmctr.hashing import HashSpec, Rows, is_ones, ones
 from fmctr.schema import Schema
 
 FORMAT = "fmctr-hashed"
@@ -64,7 +64,7 @@ class HashedDataset:
         if len(arrays["offsets"]) != part["rows"] + 1 or len(arrays["labels"]) != part["rows"]:
             raise BadInput(f"{self.path}: part {part['name']} does not match the manifest")
         if "values" not in arrays:
-            arrays["values"] = np.ones(len(arrays["indices"]), np.float32)
+            arrays["values"] = ones(len(arrays["indices"]))
         return Rows(arrays["indices"], arrays["values"], arrays["offsets"], arrays["labels"])
 
     def frequent(self) -> np.ndarray:
@@ -153,16 +153,17 @@ def write(chunks: Iterable[Rows], path: str | Path, schema: Schema, hashing: Has
     path = Path(path)
     records = []
     with atomic_dir(path) as tmp:
-        for number, rows in enumerate(_coalesce(chunks, PART_ROWS)):
+        # Chunks of at least half a part are written as they come: merging costs a copy.
+        for number, rows in enumerate(_coalesce(chunks, PART_ROWS // 2)):
             if rows.labels is None:
                 raise BadInput("a hashed dataset needs labels")
             name = f"part-{number:05d}"
-            ones = bool(np.all(rows.values == 1))  # one-hot data: no need to store the values
+            one_hot = is_ones(rows.values) or bool(np.all(rows.values == 1))  # then the values are not stored
             for array in ARRAYS:
-                if not (array == "values" and ones):
+                if not (array == "values" and one_hot):
                     _save(tmp / f"{name}.{array}.npy", getattr(rows, array))
             records.append({"name": name, "rows": len(rows), "nnz": int(rows.offsets[-1]),
-                            "positives": int(rows.labels.sum()), "values": not ones})
+                            "positives": int(rows.labels.sum()), "values": not one_hot})
         if not records or sum(r["rows"] for r in records) == 0:
             raise BadInput("no data rows to write")
         manifest = {

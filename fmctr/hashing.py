@@ -67,6 +67,24 @@ def token_index(field: str, token: str, spec: HashSpec) -> int:
     return xxhash.xxh64_intdigest(token.encode("utf-8"), seed=field_seed(field, spec.seed)) & (spec.size - 1)
 
 
+_ONES: list[np.ndarray] = []  # float32 buffers of ones, largest last
+
+
+def ones(n: int) -> np.ndarray:
+    """n float32 ones: a view of a shared buffer, so one-hot rows cost no allocation,
+    no fill and no check (see is_ones). Never write into Rows.values. (The buffer is
+    not flagged read-only: numba would compile every kernel again for that type.)"""
+    if not _ONES or len(_ONES[-1]) < n:
+        buffer = np.ones(max(n, 2 * len(_ONES[-1]) if _ONES else 1 << 20), np.float32)
+        _ONES.append(buffer)
+    return _ONES[-1][:n]
+
+
+def is_ones(values: np.ndarray) -> bool:
+    """Whether `values` came from ones() (cheap; False says nothing)."""
+    return values.base is not None and any(values.base is b for b in _ONES)
+
+
 @dataclass
 class Rows:
     """Hashed rows in CSR form: row r's features are indices[offsets[r]:offsets[r+1]]
@@ -97,7 +115,7 @@ class Rows:
         gather = np.repeat(self.offsets[:-1][rows] - offsets[:-1], lengths) + np.arange(offsets[-1])
         return Rows(
             self.indices[gather],
-            self.values[gather],
+            ones(len(gather)) if is_ones(self.values) else self.values[gather],
             offsets,
             None if self.labels is None else self.labels[rows],
         )
@@ -111,9 +129,10 @@ class Rows:
         starts = np.cumsum([0] + [p.offsets[-1] for p in parts[:-1]])
         offsets = np.concatenate([parts[0].offsets[:1]] + [p.offsets[1:] + s for p, s in zip(parts, starts)])
         labels = None if any(p.labels is None for p in parts) else np.concatenate([p.labels for p in parts])
+        every_one = all(is_ones(p.values) for p in parts)
         return Rows(
             np.concatenate([p.indices for p in parts]),
-            np.concatenate([p.values for p in parts]),
+            ones(int(offsets[-1])) if every_one else np.concatenate([p.values for p in parts]),
             offsets,
             labels,
         )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from fmctr.hashing import BUCKET_TABLE, HashSpec, Rows, _bucket_table, bucket_values, field_seed, token_index
+from fmctr.hashing import BUCKET_TABLE, HashSpec, Rows, _bucket_table, bucket_values, field_seed, ones, token_index
 from fmctr.schema import Schema
 
 P1 = np.uint64(0x9E3779B185EBCA87)
@@ -88,7 +88,7 @@ def xxh64(buf, start, end, seed):
     return h
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def line_starts(buf):
     """Start offset of every line, plus the end (a last line without newline counts)."""
     n = 0
@@ -142,7 +142,7 @@ def _label(buf, start, end):
     return -1.0
 
 
-@numba.njit(cache=True, parallel=True)
+@numba.njit(cache=True, parallel=True, nogil=True)
 def hash_lines(buf, starts, sep, kinds, seeds, tables, table_lo, bucket_lo, bucket_hi, mask, n_features, need_label,
                small_buckets, indices, labels, status):
     """Parse and hash every line. Per row a status: OK, or FALLBACK for anything the
@@ -241,10 +241,11 @@ class Plan:
 
 def hash_bytes(buf: bytes, plan: Plan, sep: str) -> Rows | None:
     """Hash the complete lines in `buf`; None when the chunk must go the columnar way."""
-    try:
-        buf.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
+    if not buf.isascii():  # (fast; ASCII is UTF-8)
+        try:
+            buf.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
     if b"\x00" in buf:
         return None
     data = np.frombuffer(buf, np.uint8)
@@ -265,4 +266,4 @@ def hash_bytes(buf: bytes, plan: Plan, sep: str) -> Rows | None:
         bucket = int(bucket_values(np.array([float(int(text))]))[0])
         indices[r, j] = token_index(plan.feature_columns[j], str(bucket), plan.spec)
     offsets = np.arange(n + 1, dtype=np.int64) * n_features
-    return Rows(indices.ravel(), np.ones(n * n_features, np.float32), offsets, labels if plan.need_label else None)
+    return Rows(indices.ravel(), ones(n * n_features), offsets, labels if plan.need_label else None)

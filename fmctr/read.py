@@ -95,6 +95,13 @@ class _Prefixed(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
+    def read(self, size: int = -1) -> bytes:
+        """Straight from the underlying stream once the prefix is used up (RawIOBase's
+        own read would copy every block twice more)."""
+        if not self._prefix:
+            return self._rest.read(size)
+        return super().read(size)
+
     def readinto(self, buffer) -> int:
         if self._prefix:
             n = min(len(buffer), len(self._prefix))
@@ -287,14 +294,15 @@ def _raw_chunks(stream, header_lines: int) -> Iterator[RawChunk]:
     skip = header_lines
     while True:
         block = stream.read(RAW_BLOCK_BYTES)
-        data = rest + block if block else rest
-        if not data:
+        if not block and not rest:
             return
-        cut = data.rfind(b"\n") + 1 if block else len(data)
-        if cut == 0:  # no line end yet: read on
-            rest = data
+        cut = block.rfind(b"\n") + 1 if block else len(block)
+        if block and cut == 0:  # no line end yet: read on
+            rest += block
             continue
-        lines, rest = data[:cut], data[cut:]
+        # One copy: the partial line carried over, then this block up to its last line end.
+        lines = b"".join([rest, memoryview(block)[:cut]]) if block else rest
+        rest = block[cut:]
         while skip and lines:
             end = lines.find(b"\n")
             lines = lines[end + 1 :] if end >= 0 else b""
