@@ -21,7 +21,7 @@ P4 = np.uint64(0x85EBCA77C2B2AE63)
 P5 = np.uint64(0x27D4EB2F165667C5)
 
 IGNORE, CATEGORICAL, BUCKET, LABEL = 0, 1, 2, 3
-OK, FALLBACK = 0, 1
+OK, FALLBACK, RARE_BUCKET = 0, 1, 2  # RARE_BUCKET: a bucket outside the table, hashed from its text afterwards
 NEWLINE, CR = 10, 13
 
 
@@ -88,22 +88,31 @@ def xxh64(buf, start, end, seed):
     return h
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, parallel=True)
 def line_starts(buf):
-    """Start offset of every line, plus the end (a last line without newline counts)."""
-    n = 0
-    for b in buf:
-        if b == NEWLINE:
-            n += 1
+    """Start offset of every line, plus the end (a last line without newline counts).
+    In pieces, in parallel: count each piece's newlines, then fill in its starts."""
+    pieces = 16
+    size = (len(buf) + pieces - 1) // pieces
+    counts = np.zeros(pieces + 1, np.int64)
+    for t in numba.prange(pieces):
+        c = 0
+        for p in range(t * size, min((t + 1) * size, len(buf))):
+            if buf[p] == NEWLINE:
+                c += 1
+        counts[t + 1] = c
+    first = np.cumsum(counts)  # lines ended before each piece
+    n = first[pieces]
     if len(buf) and buf[-1] != NEWLINE:
         n += 1
     starts = np.empty(n + 1, np.int64)
     starts[0] = 0
-    row = 1
-    for p in range(len(buf)):
-        if buf[p] == NEWLINE:
-            starts[row] = p + 1
-            row += 1
+    for t in numba.prange(pieces):
+        row = first[t] + 1
+        for p in range(t * size, min((t + 1) * size, len(buf))):
+            if buf[p] == NEWLINE:
+                starts[row] = p + 1
+                row += 1
     starts[n] = len(buf) + (0 if len(buf) and buf[-1] == NEWLINE else 1)
     return starts
 
@@ -189,6 +198,7 @@ def hash_lines(buf, starts, sep, kinds, seeds, tables, table_lo, bucket_lo, buck
                         indices[r, feature] = tables[column, b - table_lo]
                     else:
                         indices[r, feature] = -1  # a rare bucket: the caller hashes its text
+                        status[r] = RARE_BUCKET
                 feature += 1
             elif kind == LABEL and need_label:
                 y = _label(buf, p, q)
@@ -200,7 +210,7 @@ def hash_lines(buf, starts, sep, kinds, seeds, tables, table_lo, bucket_lo, buck
             if q >= end:
                 break
             p = q + 1
-        if status[r] == OK and column < n_columns:
+        if status[r] != FALLBACK and column < n_columns:
             status[r] = FALLBACK  # too few columns
 
 
@@ -258,9 +268,9 @@ def hash_bytes(buf: bytes, plan: Plan, sep: str) -> Rows | None:
     hash_lines(data, starts, ord(sep), plan.kinds, plan.seeds, plan.tables, BUCKET_TABLE.start, BUCKET_TABLE.start,
                BUCKET_TABLE.stop, np.uint64(plan.spec.size - 1), n_features, plan.need_label,
                SMALL_BUCKETS, indices, labels, status)
-    if status.any():
+    if (status == FALLBACK).any():
         return None  # the columnar path reads it, or words the error
-    for r, j in zip(*np.nonzero(indices < 0)):
+    for r, j in ((r, j) for r in np.flatnonzero(status == RARE_BUCKET) for j in np.flatnonzero(indices[r] < 0)):
         fields = buf[starts[r] : starts[r + 1]].rstrip(b"\r\n").split(sep.encode())
         text = fields[plan.columns.index(plan.feature_columns[j])].decode()
         bucket = int(bucket_values(np.array([float(int(text))]))[0])

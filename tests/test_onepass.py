@@ -100,3 +100,11 @@ def test_fallback_chunks_keep_file_line_numbers(tmp_path):
     path.write_text(good * 150_000 + bad + good)
     result = invoke("preprocess", path, "--preset", "criteo", "-o", tmp_path / "out")
     assert (result.exit_code, result.stderr) == (1, f"error: {path}:150001: expected 40 columns, found 39\n")
+
+
+@pytest.mark.parametrize("text", [b"a", b"a\n", b"\n\n", b"ab\ncd", b"x\n" * 5, b"long line\n" * 1000 + b"tail"])
+def test_line_starts_in_parallel_pieces_match_a_plain_scan(text):
+    expected = [0] + [i + 1 for i, b in enumerate(text) if b == 10]
+    if not text.endswith(b"\n"):
+        expected.append(len(text) + 1)
+    assert onepass.line_starts(np.frombuffer(text, np.uint8)).tolist() == expected
