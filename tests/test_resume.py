@@ -25,14 +25,21 @@ def data_100k(tmp_path_factory):
     return path
 
 
-@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_killed_run_resumes_to_the_same_model(tmp_path, data_100k, sig, code):
+VALIDATING = ["--valid-fraction", "0.2", "--valid-every", "20000", "--lr-decay", "0.5", "--min-count", "3"]
+
+
+@pytest.mark.parametrize("sig,code,extra", [(signal.SIGTERM, 143, []), (signal.SIGINT, 130, []),
+                                            (signal.SIGTERM, 143, VALIDATING)])
+def test_killed_run_resumes_to_the_same_model(tmp_path, data_100k, sig, code, extra):
+    """Also with checks within epochs, learning-rate decay and --min-count: the
+    checkpoint carries the best weights, the decayed rate and the rare-value map."""
     full = tmp_path / "full.fm"
-    assert invoke("train", data_100k, "-o", full, *ARGS).exit_code == 0
+    result = invoke("train", data_100k, "-o", full, *ARGS, *extra)
+    assert result.exit_code == 0, result.stderr
 
     out = tmp_path / "m.fm"
     ckpt = tmp_path / "m.fm.ckpt"
-    proc = subprocess.Popen([sys.executable, "-m", "fmctr", "train", str(data_100k), "-o", str(out), *ARGS,
+    proc = subprocess.Popen([sys.executable, "-m", "fmctr", "train", str(data_100k), "-o", str(out), *ARGS, *extra,
                              "--checkpoint-every", "0.01"], stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -51,7 +58,11 @@ def test_killed_run_resumes_to_the_same_model(tmp_path, data_100k, sig, code):
     a, b = load(out), load(full)
     for name in ("bias", "linear", "factors"):
         np.testing.assert_array_equal(getattr(a.weights, name), getattr(b.weights, name))
-    assert a.training["epochs_run"] == 3
+    assert a.training["epochs_run"] == b.training["epochs_run"] == (3 if not extra else b.training["epochs_run"])
+    assert [e["lr"] for e in a.training["history"]] == [e["lr"] for e in b.training["history"]]
+    if extra:
+        assert a.training["history"][0]["checks"] and a.training["best_epoch"] == b.training["best_epoch"]
+        np.testing.assert_array_equal(a.rare.frequent, b.rare.frequent)
 
 
 def test_resume_needs_a_checkpoint(movies_model):
