@@ -88,31 +88,24 @@ def xxh64(buf, start, end, seed):
     return h
 
 
-@numba.njit(cache=True, nogil=True, parallel=True)
+@numba.njit(cache=True, nogil=True)
 def line_starts(buf):
     """Start offset of every line, plus the end (a last line without newline counts).
-    In pieces, in parallel: count each piece's newlines, then fill in its starts."""
-    pieces = 16
-    size = (len(buf) + pieces - 1) // pieces
-    counts = np.zeros(pieces + 1, np.int64)
-    for t in numba.prange(pieces):
-        c = 0
-        for p in range(t * size, min((t + 1) * size, len(buf))):
-            if buf[p] == NEWLINE:
-                c += 1
-        counts[t + 1] = c
-    first = np.cumsum(counts)  # lines ended before each piece
-    n = first[pieces]
+    (Serial: a parallel version in pieces measured slower, 114 ms against 72 ms for
+    256 MB.)"""
+    n = 0
+    for b in buf:
+        if b == NEWLINE:
+            n += 1
     if len(buf) and buf[-1] != NEWLINE:
         n += 1
     starts = np.empty(n + 1, np.int64)
     starts[0] = 0
-    for t in numba.prange(pieces):
-        row = first[t] + 1
-        for p in range(t * size, min((t + 1) * size, len(buf))):
-            if buf[p] == NEWLINE:
-                starts[row] = p + 1
-                row += 1
+    row = 1
+    for p in range(len(buf)):
+        if buf[p] == NEWLINE:
+            starts[row] = p + 1
+            row += 1
     starts[n] = len(buf) + (0 if len(buf) and buf[-1] == NEWLINE else 1)
     return starts
 
