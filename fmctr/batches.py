@@ -33,6 +33,13 @@ class Span:
 class RowSource:
     rows: int
 
+    def feature_counts(self, size: int) -> np.ndarray:
+        """How many times each feature index occurs in these rows (one pass)."""
+        counts = np.zeros(size, np.int64)
+        for block in self.blocks():
+            counts += np.bincount(block.indices, minlength=size)
+        return counts
+
     def blocks(self) -> Iterator[Rows]:
         """Every row once, in order, in blocks."""
         raise NotImplementedError

@@ -158,11 +158,7 @@ def preprocess(paths: str | Sequence[str], output: str | Path, *, spec: SchemaSp
         if min_count:
             hashed = [_as_dataset(open_input(p, spec=spec, hashing=hashing, require_label=True), Path(work) / f"{n}")
                       for n, p in enumerate(paths)]
-            from fmctr.rare import check_schema
-            from fmctr.train import feature_counts
-
-            check_schema(hashed[0].schema)
-            rare = RareMap.build(feature_counts(DatasetRows(hashed), hashing.size), min_count, hashed[0].schema, hashing)
+            rare = RareMap.count(DatasetRows(hashed), min_count, hashed[0].schema, hashing)
 
             def shard(number: int, target: Path) -> dataset.HashedDataset:
                 return _remapped([hashed[number]], rare, target)
@@ -285,23 +281,8 @@ def train_model(
             rows, valid_rows = rows.split_tail(valid_fraction)
             if rows.rows == 0 or valid_rows.rows == 0:
                 raise BadOptions(f"--valid-fraction {valid_fraction} leaves no training or no validation rows")
-        rare = base.rare if base is not None else None
-        mapped = data.shards[0].min_count if data.shards else None  # by `fmctr preprocess --min-count`
-        if mapped is not None:
-            if base is not None and (rare is None or rare.min_count != mapped):
-                raise BadOptions(f"{data.name} was preprocessed with --min-count {mapped}, which the model does not have")
-            if min_count is not None and min_count != mapped:
-                raise BadOptions(f"{data.name} was preprocessed with --min-count {mapped}; --min-count {min_count} conflicts with it")
-            if rare is None:
-                rare = RareMap.from_packed(mapped, data.shards[0].frequent(), data.hashing.size, data.schema, data.hashing)
-        if rare is None and min_count:
-            from fmctr.rare import check_schema
-            from fmctr.train import feature_counts
-
-            check_schema(data.schema)
-            counts = feature_counts(rows, data.hashing.size)  # the training rows only (every rank counts them all)
-            rare = RareMap.build(counts, min_count, data.schema, data.hashing)
-        if rare is not None and mapped is None:
+        rare, data_is_mapped = _training_rare_map(data, rows, base, min_count)
+        if rare is not None and not data_is_mapped:
             rows = DatasetRows(_remapped(data.shards or [ds], rare, Path(tmp) / "train-rare"))
             if valid_fraction is not None:
                 rows, valid_rows = rows.split_tail(valid_fraction)
@@ -357,6 +338,27 @@ def train_model(
         training["min_count"] = rare.min_count
         training["frequent_features"] = int(rare.frequent.sum())
     return Model(result.weights, data.schema, data.hashing, training, result.optimizer, rare=rare), result
+
+
+def _training_rare_map(data: Input, rows: DatasetRows, base: Model | None,
+                       min_count: int | None) -> tuple[RareMap | None, bool]:
+    """The --min-count map a training run uses - the model's (warm start, resume), the
+    one `fmctr preprocess --min-count` stored with the data, or counted from the
+    training rows now (every rank of a distributed run counts them all) - and whether
+    the data is mapped with it already."""
+    mapped = data.shards[0].min_count if data.shards else None
+    if mapped is not None:
+        if base is not None and (base.rare is None or base.rare.min_count != mapped):
+            raise BadOptions(f"{data.name} was preprocessed with --min-count {mapped}, which the model does not have")
+        if min_count is not None and min_count != mapped:
+            raise BadOptions(f"{data.name} was preprocessed with --min-count {mapped}; --min-count {min_count} conflicts with it")
+    if base is not None and base.rare is not None:
+        return base.rare, False  # (mapping again with the model's map is harmless: it is idempotent)
+    if mapped is not None:
+        return RareMap.from_packed(mapped, data.shards[0].frequent(), data.hashing.size, data.schema, data.hashing), True
+    if min_count:
+        return RareMap.count(rows, min_count, data.schema, data.hashing), False
+    return None, False
 
 
 def _remapped(shards: list[dataset.HashedDataset], rare: RareMap, path: Path) -> dataset.HashedDataset:

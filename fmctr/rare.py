@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
+from fmctr.batches import RowSource
 from fmctr.errors import BadOptions
 from fmctr.hashing import HashSpec, Rows, token_index
 from fmctr.schema import SPARSE_FIELD, SPARSE_FORMATS, Schema
@@ -50,6 +51,12 @@ class RareMap:
         frequent = counts >= min_count
         rare_index = np.array([token_index(f, RARE_TOKEN, hashing) for f in field_names(schema)], np.int32)
         return cls(min_count, frequent, rare_index, schema.format not in SPARSE_FORMATS)
+
+    @classmethod
+    def count(cls, rows: RowSource, min_count: int, schema: Schema, hashing: HashSpec) -> RareMap:
+        """The map for these (training) rows: one counting pass."""
+        check_schema(schema)
+        return cls.build(rows.feature_counts(hashing.size), min_count, schema, hashing)
 
     @classmethod
     def from_packed(cls, min_count: int, packed: np.ndarray, size: int, schema: Schema, hashing: HashSpec) -> RareMap:

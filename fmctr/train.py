@@ -413,14 +413,6 @@ class TorchEngine:
         return 0.5 * penalty / n_rows
 
 
-def feature_counts(source: RowSource, size: int) -> np.ndarray:
-    """How many training rows each feature index occurs in (one pass over the rows)."""
-    counts = np.zeros(size, np.int64)
-    for block in source.blocks():
-        counts += np.bincount(block.indices, minlength=size)
-    return counts
-
-
 def logits(w: FMWeights, rows: Rows) -> np.ndarray:
     """FM logits of CSR rows with the CPU kernel."""
     out = np.empty(len(rows), np.float64)
@@ -572,7 +564,7 @@ def train(
         optimizer = start_optimizer
     engine = CpuEngine(w, cfg, threads, optimizer) if engine_name == "cpu" else TorchEngine(w, cfg, device, optimizer)
     if cfg.l2_all_linear or cfg.l2_all_factors:
-        engine.set_counts(feature_counts(source, 1 << bits), source.rows)
+        engine.set_counts(source.feature_counts(1 << bits), source.rows)
     if engine_name == "torch":
         import torch
 
