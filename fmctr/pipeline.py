@@ -156,8 +156,13 @@ def preprocess(paths: str | Sequence[str], output: str | Path, *, spec: SchemaSp
         raise BadOptions(f"--min-count must be at least 1, got {min_count}")
     with tempfile.TemporaryDirectory(prefix="fmctr-") as work:
         if min_count:
-            hashed = [_as_dataset(open_input(p, spec=spec, hashing=hashing, require_label=True), Path(work) / f"{n}")
-                      for n, p in enumerate(paths)]
+            from fmctr.rare import check_schema
+
+            inputs = (open_input(p, spec=spec, hashing=hashing, require_label=True) for p in paths)
+            first = next(inputs)
+            check_schema(first.schema)  # before any hashing
+            hashed = [_as_dataset(first, Path(work) / "0")]
+            hashed += [_as_dataset(data, Path(work) / f"{n}") for n, data in enumerate(inputs, 1)]
             rare = RareMap.count(DatasetRows(hashed), min_count, hashed[0].schema, hashing)
 
             def shard(number: int, target: Path) -> dataset.HashedDataset:
