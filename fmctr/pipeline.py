@@ -275,6 +275,10 @@ def train_model(
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="fmctr-") as tmp:
         data = open_input(path, spec=spec, schema=schema, hashing=hashing, require_label=True, log=log)
+        if min_count:
+            from fmctr.rare import check_schema
+
+            check_schema(data.schema)  # before the data is hashed
         ds = data.shards or _as_dataset(data, Path(tmp) / "train")
         rows = DatasetRows(ds)
         valid_rows = None
