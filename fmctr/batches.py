@@ -15,6 +15,7 @@ import numpy as np
 
 from fmctr.dataset import HashedDataset
 from fmctr.hashing import Rows
+from fmctr.read import prefetch
 
 SHUFFLE_ROWS = 1 << 18
 BLOCK_ROWS = 1 << 16  # rows handed to an engine at a time (the progress bar's step)
@@ -103,6 +104,14 @@ class DatasetRows(RowSource):
             yield self._read(span)
 
     def shuffled(self, rng: np.random.Generator) -> Iterator[tuple[Rows, np.ndarray]]:
+        # The next shuffle group is read (pages faulted in, parts joined, order drawn)
+        # in a background thread while the engine trains on this one; the engines
+        # release the GIL. The RNG is drawn from that thread only, in the same order.
+        for rows, order in prefetch(self._groups(rng), depth=1):
+            for lo in range(0, len(rows), BLOCK_ROWS):
+                yield rows, order[lo : lo + BLOCK_ROWS]
+
+    def _groups(self, rng: np.random.Generator) -> Iterator[tuple[Rows, np.ndarray]]:
         spans = [self.spans[i] for i in rng.permutation(len(self.spans))] if len(self.spans) > 1 else self.spans
         group: list[Span] = []
         size = 0
@@ -111,9 +120,7 @@ class DatasetRows(RowSource):
             size += span.stop - span.start
             if size >= SHUFFLE_ROWS or position == len(spans) - 1:
                 rows = Rows.concat([self._read(s) for s in group])
-                order = rng.permutation(len(rows)).astype(np.int64)
-                for lo in range(0, len(rows), BLOCK_ROWS):
-                    yield rows, order[lo : lo + BLOCK_ROWS]
+                yield rows, rng.permutation(len(rows)).astype(np.int64)
                 group, size = [], 0
 
     def split_tail(self, fraction: float) -> tuple[DatasetRows, DatasetRows]:
