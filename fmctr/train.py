@@ -584,9 +584,11 @@ def train(
         state.epoch, state.block, state.epoch_rng, state.loss, state.rows_done = epoch, block, epoch_rng, loss, rows_done
         checkpoint(state)
 
-    def validate(epoch: int, rows_done: int, within_epoch: bool) -> dict:
+    def validate(epoch: int, rows_done: int, within_epoch: bool) -> tuple[dict, dict]:
         """Score the validation rows; keep the best weights; decay the learning rate
-        after a check that does not improve."""
+        after a check that does not improve. Returns the metrics, and the check's
+        record (the metrics with where the check fell, the rate after it, and
+        whether it was the best so far)."""
         current = engine.weights()
         metrics = evaluate(valid_labels, predict_source(current, valid_source))
         score = metrics[cfg.stop_metric]
@@ -598,9 +600,9 @@ def train(
             state.lr_scale *= cfg.lr_decay
             engine.set_lr(cfg.lr * state.lr_scale)
         state.since_check = 0
-        metrics = {**metrics, "epoch": epoch, "rows": rows_done, "lr": engine.lr, "best": state.since_best == 0}
-        progress.validated(metrics, within_epoch)
-        return metrics
+        check = {**metrics, "epoch": epoch, "rows": rows_done, "lr": engine.lr, "best": state.since_best == 0}
+        progress.validated(check, within_epoch)
+        return metrics, check
 
     every = cfg.valid_every if valid_source is not None else None
     piece_rows = min([r for r in (sync_rows if replicas is not None else None, every) if r], default=None)
@@ -611,7 +613,7 @@ def train(
         skip = state.block if epoch == first_epoch else 0
         loss = state.loss if epoch == first_epoch else 0.0
         rows_done = state.rows_done if epoch == first_epoch else 0
-        checks = []
+        checks, record_valid = [], None  # this epoch's checks; the last one's metrics
         progress.start_epoch(epoch, cfg.epochs, source.rows)
         if rows_done:
             progress.advance(rows_done, loss / rows_done)  # resumed mid-epoch
@@ -643,7 +645,8 @@ def train(
             if every is not None:
                 due = state.since_check >= every
                 if replicas.max(due) if replicas is not None else due:
-                    checks.append(validate(epoch, rows_done, True))
+                    record_valid, check = validate(epoch, rows_done, True)
+                    checks.append(check)
                     stopped = state.since_best >= cfg.patience
             if checkpoint is not None and checkpoint_every is not None and time.monotonic() - last_checkpoint >= checkpoint_every:
                 save_checkpoint(epoch, number + 1, epoch_rng, loss, rows_done)
@@ -657,12 +660,12 @@ def train(
             loss, epoch_rows, total_done = replicas.sum([loss, epoch_rows, total_done])
         record = Epoch(epoch, loss / max(total_done, 1), seconds, epoch_rows / max(seconds, 1e-9))
         if valid_source is not None and every is None:
-            checks.append(validate(epoch, rows_done, False))
+            record_valid, check = validate(epoch, rows_done, False)
+            checks.append(check)
             stopped = state.since_best >= cfg.patience
         elif valid_source is None:
             state.best_epoch = epoch
-        if checks:
-            record.valid = {k: v for k, v in checks[-1].items() if k not in ("epoch", "rows", "lr", "best")}
+        record.valid = record_valid
         record.checks = checks if every is not None else None
         record.lr = engine.lr
         state.history.append(record)
