@@ -14,6 +14,9 @@ import math
 
 import numba
 import numpy as np
+from llvmlite import ir
+from numba.core import cgutils, types
+from numba.extending import intrinsic
 
 ADAGRAD = 0
 ADAM = 1
@@ -21,6 +24,30 @@ FTRL = 2  # FTRL-Proximal for the linear weights, Adagrad for the bias and the f
 # fastmath without assuming no inf/NaN. And every kernel uses error_model="numpy":
 # Python's error model checks each float division for zero, which stops vectorization.
 FAST = {"contract", "reassoc", "arcp", "nsz"}
+
+
+@intrinsic
+def _prefetch(typingctx, array, index):
+    """Ask the CPU to start loading the cache line of row `index` of `array` (LLVM's prefetch; no
+    effect on results). Training reads its tables at random, so the next row's lines
+    are requested while this row computes instead of stalling when it reaches them."""
+    if not isinstance(array, types.Array):
+        return None
+
+    def codegen(context, builder, signature, args):
+        array_type, index_type = signature.args
+        view = context.make_array(array_type)(context, builder, args[0])
+        row = context.cast(builder, args[1], index_type, types.intp)
+        where = [row] + [context.get_constant(types.intp, 0)] * (array_type.ndim - 1)
+        pointer = cgutils.get_item_pointer(context, builder, array_type, view, where, wraparound=False)
+        i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
+                                            "llvm.prefetch.p0i8")
+        # write access, high temporal locality, data cache
+        builder.call(fn, [builder.bitcast(pointer, i8p), i32(1), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return types.void(array, index), codegen
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
@@ -134,6 +161,7 @@ def _train_batch(
     bias_state, linear_state1, linear_state2, factor_state1, factor_state2,
     table_keys, table_slots, slot_pos, slot_rows, slot_linear, slot_factors, s, seen,
     optimizer, lr, l2_linear, l2_factors, eps, beta1, beta2, step, init_seed, init_std, acc0, ftrl, inv_counts, priors,
+    next_b0,
 ):
     """One mini-batch: the gradient of the mean logloss over rows order[b0:b1] at the
     current weights, plus L2 on the rows it touches, then one optimizer step on those
@@ -167,6 +195,13 @@ def _train_batch(
         r = order[j]
         lo = offsets[r]
         hi = offsets[r + 1]
+        if j + 1 < b1 or next_b0 >= 0:
+            r_next = order[j + 1] if j + 1 < b1 else order[next_b0]
+            for p in range(offsets[r_next], offsets[r_next + 1]):
+                i = indices[p]
+                _prefetch(factors, i)
+                _prefetch(factor_state1, i)
+                _prefetch(linear, i)
         for p in range(lo, hi):
             i = indices[p]
             if not seen[i]:
@@ -270,13 +305,16 @@ def train_rows(
         s = np.empty(k, np.float32)
         for b in range(t, n_batches, threads):
             b0 = b * batch_size
+            next_b0 = b0 + threads * batch_size
+            if next_b0 >= n:
+                next_b0 = -1
             losses[t] += _train_batch(
                 indices, values, offsets, labels, order, b0, min(b0 + batch_size, n),
                 bias, linear, factors,
                 bias_state, linear_state1, linear_state2, factor_state1, factor_state2,
                 table_keys, table_slots, slot_pos, slot_rows, slot_linear, slot_factors, s, seen,
                 optimizer, lr, l2_linear, l2_factors, eps, beta1, beta2, counters[0] + b + 1,
-                init_seed, init_std, acc0, ftrl, inv_counts, priors,
+                init_seed, init_std, acc0, ftrl, inv_counts, priors, next_b0,
             )
     counters[0] += n_batches
     return losses.sum()
