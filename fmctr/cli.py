@@ -221,7 +221,7 @@ def train_cmd(
     dim: Annotated[int, typer.Option(help="Factor dimension k; 0 trains logistic regression.", rich_help_panel=TRAIN)] = 8,
     epochs: Annotated[Optional[int], typer.Option(help="Passes over the data; with validation, the most (early stopping decides).  [default: 3, or 20 with validation]", rich_help_panel=TRAIN)] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Rows per update.  [default: 4 on the cpu engine, 1024 on torch]", rich_help_panel=TRAIN)] = None,
-    lr: Annotated[float, typer.Option(help="Learning rate.", rich_help_panel=TRAIN)] = 0.03,
+    lr: Annotated[Optional[float], typer.Option(help="Learning rate.  [default: 0.03; 3e-4 with adam]", rich_help_panel=TRAIN)] = None,
     optimizer: Annotated[str, typer.Option(help="adagrad, adam (both lazy: only the rows a batch touches move), or ftrl (FTRL-Proximal for the linear weights, Adagrad for the factors).", rich_help_panel=TRAIN)] = "adagrad",
     l2: Annotated[Optional[float], typer.Option(help="L2 on the linear weights of the rows a batch touches, once per batch; with ftrl, FTRL's lambda2.  [default: 80/training rows; 10 with ftrl]", rich_help_panel=TRAIN)] = None,
     l2_factors: Annotated[Optional[float], typer.Option(help="L2 on the factors of the rows a batch touches, once per batch.  [default: 400/training rows]", rich_help_panel=TRAIN)] = None,
@@ -363,7 +363,7 @@ def tune(
     """Search dim, learning rate and L2 on validation data; write the best model.
 
     The data is hashed once. Trials start from the defaults and move one setting at
-    a time (dim 4/16, lr 0.01/0.1, --l2-all-factors 0/1e-4/1e-3, touch L2 x0.1/x10),
+    a time (dim 4/16, lr /3 and x3.3 - 0.01/0.1 with adagrad -, --l2-all-factors 0/1e-4/1e-3, touch L2 x0.1/x10),
     then combine the moves that helped; each trial stops early on the validation
     data. The search stops starting trials when --budget is spent."""
     _use_threads(threads)

@@ -36,6 +36,10 @@ DEFAULT_BATCH = {"cpu": 4, "torch": 1024}
 # per-example units), which is what measurement asked for at 8k and at 1M rows.
 L2_TOUCH_ROWS = (80.0, 400.0)
 FTRL_L2 = 10.0  # FTRL's lambda2 is in per-example units already
+# Adam's step does not shrink as a feature's squared gradients pile up, as Adagrad's
+# does, so it wants a far smaller rate: at 0.03 it reached test AUC 0.62 on the Criteo
+# sample, at 3e-4 0.747 (and 0.786 on the planted 1M rows, where Adagrad gets 0.787).
+DEFAULT_LR = {"adagrad": 0.03, "ftrl": 0.03, "adam": 3e-4}
 
 
 @dataclass(frozen=True)
@@ -43,7 +47,7 @@ class TrainConfig:
     dim: int = 8
     epochs: int | None = None  # None: DEFAULT_EPOCHS, or up to DEFAULT_MAX_EPOCHS with validation
     batch_size: int | None = None  # None: DEFAULT_BATCH[engine]
-    lr: float = 0.03
+    lr: float | None = None  # None: DEFAULT_LR[optimizer]
     optimizer: str = "adagrad"
     l2_linear: float | None = None  # None: L2_TOUCH_ROWS[0] / training rows
     l2_factors: float | None = None  # None: L2_TOUCH_ROWS[1] / training rows
@@ -70,7 +74,7 @@ class TrainConfig:
             (self.dim >= 0, f"--dim must be 0 or more, got {self.dim}"),
             (self.epochs is None or self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
             (self.batch_size is None or self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
-            (self.lr > 0 and math.isfinite(self.lr), f"--lr must be a positive number, got {self.lr}"),
+            (self.lr is None or self.lr > 0 and math.isfinite(self.lr), f"--lr must be a positive number, got {self.lr}"),
             ((self.l2_linear or 0) >= 0 and (self.l2_factors or 0) >= 0, "--l2 and --l2-factors must be 0 or more"),
             (self.l2_all_linear >= 0 and self.l2_all_factors >= 0, "--l2-all and --l2-all-factors must be 0 or more"),
             (self.optimizer in OPTIMIZERS, f"unknown optimizer {self.optimizer!r} (choose from {', '.join(OPTIMIZERS)})"),
@@ -550,6 +554,7 @@ def train(
         device=device,
         epochs=cfg.epochs or (DEFAULT_MAX_EPOCHS if valid is not None else DEFAULT_EPOCHS),
         batch_size=cfg.batch_size or DEFAULT_BATCH[engine_name],
+        lr=cfg.lr or DEFAULT_LR[cfg.optimizer],
     )
     progress = progress or NullProgress()
     total_rows = source.rows if replicas is None else int(replicas.sum([source.rows])[0])

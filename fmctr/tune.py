@@ -20,17 +20,18 @@ from fmctr.hashing import HashSpec
 from fmctr.modelfile import Model
 from fmctr.pipeline import Log, _as_dataset, _silent, open_input, train_model
 from fmctr.schema import SchemaSpec
-from fmctr.train import L2_TOUCH_ROWS, TrainConfig
+from fmctr.train import DEFAULT_LR, L2_TOUCH_ROWS, TrainConfig
 
-# Each setting's values to try besides the default (the touch L2 as a multiple of its
+# Each setting's values to try besides the default (the learning rate as a multiple of
+# the optimizer's default, 0.01 and 0.1 for Adagrad; the touch L2 as a multiple of its
 # default of L2_TOUCH_ROWS / rows).
 SPACE = {
     "dim": [4, 16],
-    "lr": [0.01, 0.1],
+    "lr_x": [1 / 3, 10 / 3],
     "l2_all_factors": [0.0, 1e-4, 1e-3],
     "touch_l2_x": [0.1, 10.0],
 }
-FLAGS = {"dim": "--dim", "lr": "--lr", "l2_all_factors": "--l2-all-factors"}
+FLAGS = {"dim": "--dim", "l2_all_factors": "--l2-all-factors"}
 
 
 @dataclass
@@ -51,7 +52,10 @@ class Trial:
 def _config(base: TrainConfig, settings: dict, rows: int) -> TrainConfig:
     settings = dict(settings)
     scale = settings.pop("touch_l2_x", None)
+    lr_scale = settings.pop("lr_x", None)
     cfg = replace(base, **settings)
+    if lr_scale is not None:
+        cfg = replace(cfg, lr=(base.lr or DEFAULT_LR[base.optimizer]) * lr_scale)
     if scale is not None:
         cfg = replace(cfg, l2_linear=L2_TOUCH_ROWS[0] * scale / rows, l2_factors=L2_TOUCH_ROWS[1] * scale / rows)
     return cfg
@@ -60,6 +64,8 @@ def _config(base: TrainConfig, settings: dict, rows: int) -> TrainConfig:
 def as_flags(settings: dict, cfg: TrainConfig) -> str:
     """A trial's settings as the `fmctr train` options that give them."""
     flags = [f"{FLAGS[k]} {v:g}" for k, v in settings.items() if k in FLAGS]
+    if "lr_x" in settings:
+        flags.append(f"--lr {cfg.lr:.3g}")
     if "touch_l2_x" in settings:
         flags.append(f"--l2 {cfg.l2_linear:.3g} --l2-factors {cfg.l2_factors:.3g}")
     return " ".join(flags) or "(defaults)"

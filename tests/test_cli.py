@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import polars as pl
+import pytest
 
 from conftest import CRITEO_TEST, CRITEO_TRAIN, MOVIES_FLAGS, MOVIES_TEST, MOVIES_TRAIN, SAMPLE, invoke
 from fmctr.modelfile import load
@@ -143,6 +144,16 @@ def test_adam_optimizer(tmp_path):
     result = invoke("train", MOVIES_TRAIN, *MOVIES_FLAGS, "-o", out, "-q", "--optimizer", "adam", "--lr", "0.01")
     assert result.exit_code == 0
     assert json.loads(invoke("eval", MOVIES_TEST, "-m", out, "--json").stdout)["auc"] > 0.65
+
+
+def test_learning_rate_default_depends_on_the_optimizer(tmp_path):
+    """Adam at Adagrad's rate of 0.03 learns next to nothing on small data; without
+    --lr each optimizer gets its own default."""
+    for optimizer, lr in [("adagrad", 0.03), ("adam", 3e-4), ("ftrl", 0.03)]:
+        out = tmp_path / f"{optimizer}.fm"
+        assert invoke("train", MOVIES_TRAIN, *MOVIES_FLAGS, "-o", out, "-q", "--optimizer", optimizer).exit_code == 0
+        assert [e["lr"] for e in load(out).training["history"]] == pytest.approx([lr] * 3)
+        assert json.loads(invoke("eval", MOVIES_TEST, "-m", out, "--json").stdout)["auc"] > 0.65
 
 
 def test_missing_feature_column_at_predict_warns_once(movies_model, tmp_path):
