@@ -25,7 +25,7 @@ from fmctr.errors import BadModel
 from fmctr.hashing import HashSpec
 from fmctr.rare import RareMap
 from fmctr.schema import Schema
-from fmctr.weights import FMWeights, big_zeros
+from fmctr.weights import FMWeights
 
 FORMAT = "fmctr-model"
 FORMAT_VERSION = 1
@@ -137,7 +137,7 @@ def _header(data: bytes, name: str) -> dict:
 
 def _full(values: np.ndarray, rows: np.ndarray, n: int, dim: int | None = None) -> np.ndarray:
     """Per-row values of the stored rows, spread over all n rows (zeros elsewhere)."""
-    full = np.zeros(n, np.float32) if dim is None else big_zeros((n, dim), np.float32)
+    full = np.zeros(n if dim is None else (n, dim), np.float32)
     full[rows] = values if dim is None else values.reshape(len(rows), dim)
     return full
 

@@ -20,7 +20,7 @@ from fmctr.batches import MemoryRows, RowSource
 from fmctr.errors import BadOptions, Interrupted
 from fmctr.hashing import Rows
 from fmctr.metrics import evaluate
-from fmctr.weights import FMWeights, big_zeros, initial_factors
+from fmctr.weights import FMWeights, initial_factors
 
 OPTIMIZERS = ("adagrad", "adam", "ftrl")
 ENGINES = ("auto", "cpu", "torch")
@@ -217,14 +217,14 @@ class CpuEngine:
             self.bias_state = np.zeros(2, np.float32)
             self.linear_state1 = np.zeros(n, np.float32)
             self.linear_state2 = np.zeros(n, np.float32) if two_linear else self.linear_state1
-            self.factor_state1 = big_zeros((n, k), np.float32)
-            self.factor_state2 = big_zeros((n, k), np.float32) if adam else self.factor_state1
+            self.factor_state1 = np.zeros((n, k), np.float32)
+            self.factor_state2 = np.zeros((n, k), np.float32) if adam else self.factor_state1
             self.seen = np.zeros(n, np.bool_)
             self.counters = np.zeros(2, np.int64)
         # Each feature's linear weight, its optimizer state and its --l2-all share sit
         # side by side (one cache line where four arrays cost four misses); the
         # engine's arrays are views of this table.
-        self.meta = big_zeros((n, 4), np.float32)
+        self.meta = np.zeros((n, 4), np.float32)
         self.meta[:, 0] = w.linear
         self.meta[:, 1] = self.linear_state1
         self.meta[:, 2] = self.linear_state2

@@ -7,31 +7,9 @@
 
 from __future__ import annotations
 
-import mmap
 from dataclasses import dataclass
 
 import numpy as np
-
-HUGE_PAGE = 2 << 20
-
-
-def big_zeros(shape, dtype) -> np.ndarray:
-    """np.zeros for the model's tables, on memory the kernel may back with 2 MiB pages.
-    Training reads these tables at random; with 4 KiB pages almost every access to a
-    table of hundreds of MiB also misses the TLB."""
-    dtype = np.dtype(dtype)
-    count = int(np.prod(shape))
-    nbytes = count * dtype.itemsize
-    if nbytes < 8 * HUGE_PAGE or not hasattr(mmap, "MADV_HUGEPAGE"):
-        return np.zeros(shape, dtype)
-    buf = mmap.mmap(-1, nbytes + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    try:
-        buf.madvise(mmap.MADV_HUGEPAGE)
-    except OSError:
-        pass
-    start = np.frombuffer(buf, np.uint8, count=1).ctypes.data
-    offset = -start % HUGE_PAGE
-    return np.frombuffer(buf, dtype, count=count, offset=offset).reshape(shape)
 
 
 @dataclass
@@ -53,12 +31,10 @@ class FMWeights:
         """All zero. Training gives a row its initial factors (`initial_factors`) when
         it first meets the row, so a token never seen in training keeps exactly zero
         weight and contributes nothing at predict time."""
-        return cls(np.zeros(1, np.float32), np.zeros(num_features, np.float32), big_zeros((num_features, dim), np.float32))
+        return cls(np.zeros(1, np.float32), np.zeros(num_features, np.float32), np.zeros((num_features, dim), np.float32))
 
     def copy(self) -> FMWeights:
-        factors = big_zeros(self.factors.shape, self.factors.dtype)
-        factors[...] = self.factors
-        return FMWeights(self.bias.copy(), self.linear.copy(), factors)
+        return FMWeights(self.bias.copy(), self.linear.copy(), self.factors.copy())
 
 
 MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
