@@ -363,7 +363,7 @@ def tune(
     """Search dim, learning rate and L2 on validation data; write the best model.
 
     The data is hashed once. Trials start from the defaults and move one setting at
-    a time (dim 4/16, lr /3 and x3.3 - 0.01/0.1 with adagrad -, --l2-all-factors 0/1e-4/1e-3, touch L2 x0.1/x10),
+    a time (dim 4/16, lr x1/3 and x10/3 of its default (0.01/0.1 with adagrad), --l2-all-factors 0/1e-4/1e-3, touch L2 x0.1/x10),
     then combine the moves that helped; each trial stops early on the validation
     data. The search stops starting trials when --budget is spent."""
     _use_threads(threads)
