@@ -27,18 +27,20 @@ FAST = {"contract", "reassoc", "arcp", "nsz"}
 
 
 @intrinsic
-def _prefetch(typingctx, array, index):
-    """Ask the CPU to start loading the cache line of row `index` of `array` (LLVM's prefetch; no
-    effect on results). Training reads its tables at random, so the next row's lines
-    are requested while this row computes instead of stalling when it reaches them."""
-    if not isinstance(array, types.Array):
+def _prefetch(typingctx, array, row, column):
+    """Ask the CPU to start loading the cache line that holds array[row, column]
+    (array[row] for a 1-D array); LLVM's prefetch, with no effect on results.
+    Training reads its tables at random, so the next row's lines are requested while
+    this row computes, instead of stalling when it reaches them."""
+    if not isinstance(array, types.Array) or array.ndim > 2:
         return None
 
     def codegen(context, builder, signature, args):
-        array_type, index_type = signature.args
+        array_type, row_type, column_type = signature.args
         view = context.make_array(array_type)(context, builder, args[0])
-        row = context.cast(builder, args[1], index_type, types.intp)
-        where = [row] + [context.get_constant(types.intp, 0)] * (array_type.ndim - 1)
+        where = [context.cast(builder, args[1], row_type, types.intp)]
+        if array_type.ndim == 2:
+            where.append(context.cast(builder, args[2], column_type, types.intp))
         pointer = cgutils.get_item_pointer(context, builder, array_type, view, where, wraparound=False)
         i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
         fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
@@ -47,7 +49,7 @@ def _prefetch(typingctx, array, index):
         builder.call(fn, [builder.bitcast(pointer, i8p), i32(1), i32(3), i32(1)])
         return context.get_dummy_value()
 
-    return types.void(array, index), codegen
+    return types.void(array, row, column), codegen
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
@@ -199,9 +201,10 @@ def _train_batch(
             r_next = order[j + 1] if j + 1 < b1 else order[next_b0]
             for p in range(offsets[r_next], offsets[r_next + 1]):
                 i = indices[p]
-                _prefetch(factors, i)
-                _prefetch(factor_state1, i)
-                _prefetch(linear, i)
+                _prefetch(linear, i, 0)
+                for f in range(0, k, 16):  # 16 float32 to a 64-byte line
+                    _prefetch(factors, i, f)
+                    _prefetch(factor_state1, i, f)
         for p in range(lo, hi):
             i = indices[p]
             if not seen[i]:
