@@ -27,10 +27,10 @@ import numpy as np
 from fmctr.atomic import atomic_dir
 from fmctr.errors import BadInput, BadOptions
 from fmctr.hashing import HashSpec, Rows, is_ones, ones
-from fmctr.schema import Schema
+from fmctr.schema import BUCKETS_CHANGED_AFTER, Schema, old_buckets
 
 FORMAT = "fmctr-hashed"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: numeric buckets keep values up to 2 apart (fmctr.schema.old_buckets)
 MANIFEST = "manifest.json"
 SHARDS = "shards.json"  # in a directory of shards: which input made which shard
 ARRAYS = ("indices", "values", "offsets", "labels")
@@ -192,7 +192,11 @@ def open_hashed(path: str | Path) -> HashedDataset:
         raise BadInput(f"{path}: not a readable hashed dataset ({e})") from None
     if manifest.get("format") != FORMAT:
         raise BadInput(f"{path}: not an fmctr hashed dataset")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise BadInput(f"{path}: hashed dataset version {manifest.get('format_version')} is not one this fmctr reads ({FORMAT_VERSION})")
+    version = manifest.get("format_version")
+    if old_buckets(version, manifest.get("schema")):
+        raise BadInput(f"{path}: hashed by an older fmctr, which bucketed numeric fields differently "
+                       f"(values up to 2 shared tokens with larger ones); run fmctr preprocess again")
+    if version not in (FORMAT_VERSION, BUCKETS_CHANGED_AFTER):
+        raise BadInput(f"{path}: hashed dataset version {version} is not one this fmctr reads ({FORMAT_VERSION})")
     return HashedDataset(path, Schema.from_dict(manifest["schema"]), HashSpec(**manifest["hashing"]).check(), manifest["parts"],
                          manifest.get("min_count"))

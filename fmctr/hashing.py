@@ -186,11 +186,16 @@ def _raise_bad_numeric(frame: pl.DataFrame, fields: list[Field], row: int, name:
             raise BadInput(f"{where}: {text!r} in numeric column {f.name!r} is not finite; leave the field empty for a missing value")
 
 
+SMALL_SHIFT = 3  # small values' buckets are floor(x) - 3 <= -1; the log^2 buckets of x > 2 are >= 0
+
+
 def bucket_values(x: np.ndarray) -> np.ndarray:
-    """The Criteo winners' rule: floor(ln(x)^2) for x > 2, else floor(x); NaN if
+    """The Criteo winners' rule: floor(ln(x)^2) for x > 2; a value x <= 2 keeps a
+    token of its own (floor(x) - 3, which no log^2 bucket reaches: the winners wrote
+    "SP1", "SP2"), since 1 and 3 (ln(3)^2 = 1.2) would otherwise share one; NaN if
     missing. The token hashed is the bucket's decimal text ("" when missing)."""
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(x > 2, np.floor(np.log(x) ** 2), np.floor(x))
+        return np.where(x > 2, np.floor(np.log(x) ** 2), np.floor(x) - SMALL_SHIFT)
 
 
 BUCKET_TABLE = range(-1024, 1024)  # buckets whose index is looked up, not hashed per row

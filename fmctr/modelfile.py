@@ -24,11 +24,11 @@ from fmctr.atomic import write_bytes
 from fmctr.errors import BadModel
 from fmctr.hashing import HashSpec
 from fmctr.rare import RareMap
-from fmctr.schema import Schema
+from fmctr.schema import BUCKETS_CHANGED_AFTER, Schema, old_buckets
 from fmctr.weights import FMWeights
 
 FORMAT = "fmctr-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: numeric buckets keep values up to 2 apart (fmctr.schema.old_buckets)
 METADATA_KEY = "fmctr"
 TENSORS = ("bias", "rows", "linear", "factors")
 
@@ -127,6 +127,11 @@ def _header(data: bytes, name: str) -> dict:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise BadModel(f"{name}: not an fmctr model file")
     version = meta.get("format_version")
+    if old_buckets(version, meta.get("schema")):
+        raise BadModel(f"{name}: made by an older fmctr, which bucketed numeric fields differently "
+                       f"(values up to 2 shared tokens with larger ones); train the model again")
+    if version == BUCKETS_CHANGED_AFTER:
+        version = FORMAT_VERSION  # nothing else changed
     if version != FORMAT_VERSION:
         raise BadModel(
             f"{name}: model format version {version} is not one this fmctr {__version__} reads "

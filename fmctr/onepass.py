@@ -11,7 +11,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from fmctr.hashing import BUCKET_TABLE, HashSpec, Rows, _bucket_table, bucket_values, field_seed, ones, token_index
+from fmctr.hashing import BUCKET_TABLE, SMALL_SHIFT, HashSpec, Rows, _bucket_table, bucket_values, field_seed, ones, token_index
 from fmctr.schema import Schema
 
 P1 = np.uint64(0x9E3779B185EBCA87)
@@ -146,7 +146,7 @@ def _label(buf, start, end):
 
 @numba.njit(cache=True, parallel=True, nogil=True)
 def hash_lines(buf, starts, sep, kinds, seeds, tables, table_lo, bucket_lo, bucket_hi, mask, n_features, need_label,
-               small_buckets, indices, labels, status):
+               small_buckets, small_shift, indices, labels, status):
     """Parse and hash every line. Per row a status: OK, or FALLBACK for anything the
     columnar path must look at (wrong column count, a label or number it may read
     or reject). Buckets of 0 <= x < len(small_buckets) are looked up (numpy computed
@@ -186,7 +186,7 @@ def hash_lines(buf, starts, sep, kinds, seeds, tables, table_lo, bucket_lo, buck
                     if x >= 0 and x < len(small_buckets):
                         b = np.int64(small_buckets[x])
                     else:
-                        b = np.int64(np.floor(np.log(np.float64(x)) ** 2)) if x > 2 else x
+                        b = np.int64(np.floor(np.log(np.float64(x)) ** 2)) if x > 2 else x - small_shift
                     if b >= bucket_lo and b < bucket_hi:
                         indices[r, feature] = tables[column, b - table_lo]
                     else:
@@ -260,7 +260,7 @@ def hash_bytes(buf: bytes, plan: Plan, sep: str) -> Rows | None:
     status = np.empty(n, np.int8)
     hash_lines(data, starts, ord(sep), plan.kinds, plan.seeds, plan.tables, BUCKET_TABLE.start, BUCKET_TABLE.start,
                BUCKET_TABLE.stop, np.uint64(plan.spec.size - 1), n_features, plan.need_label,
-               SMALL_BUCKETS, indices, labels, status)
+               SMALL_BUCKETS, SMALL_SHIFT, indices, labels, status)
     if (status == FALLBACK).any():
         return None  # the columnar path reads it, or words the error
     for r, j in ((r, j) for r in np.flatnonzero(status == RARE_BUCKET) for j in np.flatnonzero(indices[r] < 0)):

@@ -30,7 +30,8 @@ SPARSE_FIELD = "features"
 @dataclass(frozen=True)
 class Field:
     """One feature column. `numeric` says how a numeric column becomes features:
-    `bucket` hashes the token floor(ln(x)^2) for x > 2 (else floor(x)); `log1p` and
+    `bucket` hashes the token floor(ln(x)^2) for x > 2, and one of its own for
+    each floor(x) up to 2 (fmctr.hashing.bucket_values); `log1p` and
     `raw` put the value sign(x)*ln(1+|x|) or x on the field's one index.
     `sep` splits a multi-valued column into a bag of tokens."""
 
@@ -38,6 +39,21 @@ class Field:
     kind: str = "categorical"
     numeric: str = "bucket"
     sep: str = "|"
+
+
+# Format version 1 of model files and hashed datasets gave a numeric field's values
+# x <= 2 the same tokens as its log^2 buckets (1 and 3 shared one); version 2 keeps
+# them apart. A version-1 file is still read when no field of it is bucketed.
+BUCKETS_CHANGED_AFTER = 1
+
+
+def old_buckets(version, schema: dict) -> bool:
+    """Whether a file of this format version and schema (as stored) has numeric
+    fields hashed by the version-1 bucket rule."""
+    fields = schema.get("fields", []) if isinstance(schema, dict) else []
+    return version == BUCKETS_CHANGED_AFTER and any(
+        isinstance(f, dict) and f.get("kind") == "numeric" and f.get("numeric", "bucket") == "bucket" for f in fields
+    )
 
 
 @dataclass(frozen=True)

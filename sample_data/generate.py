@@ -56,7 +56,9 @@ def _token_names(rng: np.random.Generator, vocab: int) -> np.ndarray:
 
 
 def _bucket(x: np.ndarray) -> np.ndarray:
-    """The Criteo log^2 bucket, as fmctr computes it for numeric features."""
+    """The planted world's numeric buckets: floor(ln(x)^2) for x > 2, else floor(x).
+    (fmctr's own rule keeps the values up to 2 apart from the log^2 buckets; the truth
+    here need not match it.)"""
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(x > 2, np.floor(np.log(np.maximum(x, 1)) ** 2), np.floor(x)).astype(np.int64)
 

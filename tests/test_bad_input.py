@@ -87,20 +87,49 @@ def test_predict_with_a_missing_model(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def with_format_version(model: bytes, version: int) -> bytes:
+    """The model file's bytes with another format version in its metadata."""
+    (n,) = struct.unpack("<Q", model[:8])
+    header = json.loads(model[8 : 8 + n])
+    meta = json.loads(header["__metadata__"]["fmctr"])
+    meta["format_version"] = version
+    header["__metadata__"]["fmctr"] = json.dumps(meta)
+    raw = json.dumps(header).encode()
+    raw += b" " * ((8 - len(raw) % 8) % 8)
+    return struct.pack("<Q", len(raw)) + raw + model[8 + n :]
+
+
+def test_files_from_before_the_bucket_change(tmp_path):
+    """Format version 1 bucketed numeric values up to 2 onto the tokens of larger ones.
+    Its files are refused when they have bucketed fields, and read when they have none."""
+    for mode, refused in [("bucket", True), ("log1p", False)]:
+        model, hashed = tmp_path / f"{mode}.fm", tmp_path / f"{mode}.hashed"
+        flags = [*MOVIES_FLAGS, "--numeric-mode", mode]
+        assert invoke("train", MOVIES_TRAIN, *flags, "-o", model, "-q", "--epochs", "1").exit_code == 0
+        assert invoke("preprocess", MOVIES_TRAIN, *flags, "-o", hashed).exit_code == 0
+        model.write_bytes(with_format_version(model.read_bytes(), 1))
+        manifest = json.loads((hashed / "manifest.json").read_text())
+        (hashed / "manifest.json").write_text(json.dumps({**manifest, "format_version": 1}))
+        scored = invoke("eval", MOVIES_TRAIN, "-m", model)
+        trained = invoke("train", hashed, "-o", tmp_path / "again.fm", "-q", "--epochs", "1")
+        if refused:
+            assert (scored.exit_code, scored.stderr) == (1, f"error: {model}: made by an older fmctr, which bucketed "
+                                                            "numeric fields differently (values up to 2 shared tokens "
+                                                            "with larger ones); train the model again\n")
+            assert (trained.exit_code, trained.stderr) == (1, f"error: {hashed}: hashed by an older fmctr, which bucketed "
+                                                              "numeric fields differently (values up to 2 shared tokens "
+                                                              "with larger ones); run fmctr preprocess again\n")
+        else:
+            assert (scored.exit_code, trained.exit_code) == (0, 0), scored.stderr + trained.stderr
+
+
 def test_model_file_damage_is_caught(tmp_path, movies_model):
     data = movies_model.read_bytes()
     cases = {
         "truncated.fm": (data[: len(data) // 2], "corrupt or truncated model file"),
         "flipped.fm": (data[:-5] + bytes([data[-5] ^ 0xFF]) + data[-4:], "model file is corrupt (checksum mismatch)"),
     }
-    (n,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8 : 8 + n])
-    meta = json.loads(header["__metadata__"]["fmctr"])
-    meta["format_version"] = 99
-    header["__metadata__"]["fmctr"] = json.dumps(meta)
-    raw = json.dumps(header).encode()
-    raw += b" " * ((8 - len(raw) % 8) % 8)
-    cases["future.fm"] = (struct.pack("<Q", len(raw)) + raw + data[8 + n :], "model format version 99 is not one this fmctr")
+    cases["future.fm"] = (with_format_version(data, 99), "model format version 99 is not one this fmctr")
     for name, (content, message) in cases.items():
         path = write(tmp_path, name, content)
         result = invoke("eval", MOVIES_TRAIN, "-m", path)

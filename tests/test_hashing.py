@@ -61,9 +61,10 @@ def test_numeric_bucket_rule():
     values = ["0", "1", "2", "3", "10", "100", "-1", "", "2.5", " 7 ", "-5000", "1e300", "8e13", "1.5"]
     c = chunk(label=["1"] * len(values), I1=values)
     rows = hash_chunk(c, schema, spec, name="t", columns=["label", "I1"], require_label=True)
-    # floor(ln(x)^2) for x > 2; else floor(x); empty is missing. Buckets beyond the
-    # lookup table (-5000, 477170 for 1e300, 1024 for 8e13) hash the same way.
-    tokens = ["0", "1", "2", "1", "5", "21", "-1", "", "0", "3", "-5000", "477170", "1024", "1"]
+    # floor(ln(x)^2) for x > 2; else floor(x) - 3, so that 1 and 3 do not share a
+    # token; empty is missing. Buckets beyond the lookup table (-5003 for -5000, 477170
+    # for 1e300, 1024 for 8e13) hash the same way.
+    tokens = ["-3", "-2", "-1", "1", "5", "21", "-4", "", "0", "3", "-5003", "477170", "1024", "-2"]
     assert rows.indices.tolist() == [token_index("I1", t, spec) for t in tokens]
     assert np.all(rows.values == 1)
 
