@@ -58,7 +58,8 @@ def make_data(work: Path, rows: int, valid: int, test: int, vocab: int, seed: in
     summary_path = work / "truth.json"
     if summary_path.exists():
         summary = json.loads(summary_path.read_text())
-        if summary["config"] == [rows, valid, test, vocab, seed, min_count, bits]:
+        # (the hashed copies' format version too: a new one means hashing changed)
+        if summary["config"] == [rows, valid, test, vocab, seed, min_count, bits, dataset.FORMAT_VERSION]:
             return summary
     work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -71,7 +72,7 @@ def make_data(work: Path, rows: int, valid: int, test: int, vocab: int, seed: in
     counts = np.bincount(g.truth["ids"][parts["train"]].ravel(), minlength=len(g.truth["w"]))
     test_labels = g.labels[parts["test"]]
     summary = {
-        "config": [rows, valid, test, vocab, seed, min_count, bits],
+        "config": [rows, valid, test, vocab, seed, min_count, bits, dataset.FORMAT_VERSION],
         "oracle_auc": auc(test_labels, g.probabilities[parts["test"]]),
         "ceiling_auc": auc(test_labels, generate.truth_logits(g.truth, parts["test"], counts >= min_count)),
         "linear_truth_auc": auc(test_labels, generate.truth_logits({**g.truth, "v": 0 * g.truth["v"]}, parts["test"])),
