@@ -130,9 +130,7 @@ def _header(data: bytes, name: str) -> dict:
     if old_buckets(version, meta.get("schema")):
         raise BadModel(f"{name}: made by an older fmctr, which bucketed numeric fields differently "
                        f"(values up to 2 shared tokens with larger ones); train the model again")
-    if version == BUCKETS_CHANGED_AFTER:
-        version = FORMAT_VERSION  # nothing else changed
-    if version != FORMAT_VERSION:
+    if version not in (FORMAT_VERSION, BUCKETS_CHANGED_AFTER):  # (nothing else changed since version 1)
         raise BadModel(
             f"{name}: model format version {version} is not one this fmctr {__version__} reads "
             f"(it reads version {FORMAT_VERSION})"

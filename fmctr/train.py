@@ -313,12 +313,16 @@ class TorchEngine:
         tables, scalars = [], []
         for p in self.params:
             state = self.optimizer.state[p]
-            two = self.cfg.optimizer == "adam" or (self.cfg.optimizer == "ftrl" and p is self.params[1])
-            group = [p, state["acc1"]] + ([state["acc2"]] if two else [])
+            group = [p, state["acc1"]] + ([state["acc2"]] if self._two_states(p) else [])
             (scalars if p is self.params[0] else tables).extend(group)
         with self.torch.no_grad():
             replicas.average_rows(rows, tables, scalars)
         self.seen[self.torch.from_numpy(rows).to(self.device)] = True
+
+    def _two_states(self, p) -> bool:
+        """Whether parameter p's optimizer keeps a second state (Adam's v; FTRL's n
+        for the linear weights) rather than one accumulator."""
+        return self.cfg.optimizer == "adam" or (self.cfg.optimizer == "ftrl" and p is self.params[1])
 
     def _load_optimizer(self, optimizer: dict) -> None:
         t = self.torch
@@ -330,8 +334,7 @@ class TorchEngine:
                  (optimizer["factors1"], optimizer["factors2"])]
         for p, (first, second) in zip(self.params, pairs):
             acc1 = t.from_numpy(np.array(first, np.float32)).to(self.device)
-            two = self.cfg.optimizer == "adam" or (self.cfg.optimizer == "ftrl" and p is self.params[1])
-            acc2 = t.from_numpy(np.array(second, np.float32)).to(self.device) if two else acc1
+            acc2 = t.from_numpy(np.array(second, np.float32)).to(self.device) if self._two_states(p) else acc1
             self.optimizer.state[p] = {"acc1": acc1, "acc2": acc2}
 
     def optimizer_state(self) -> dict:
