@@ -38,12 +38,12 @@ sys.path.insert(0, str(ROOT / "sample_data"))
 
 import generate  # noqa: E402
 
-from fmctr.hashing import HashSpec  # noqa: E402
+from fmctr.hashing.tokens import HashSpec  # noqa: E402
 from fmctr.metrics import auc  # noqa: E402
-from fmctr.pipeline import evaluate_model, preprocess, train_model  # noqa: E402
-from fmctr.schema import build_spec  # noqa: E402
-from fmctr.train import TrainConfig, predict_source  # noqa: E402
-from fmctr.batches import DatasetRows  # noqa: E402
+from fmctr.commands.jobs import evaluate_model, preprocess, train_model  # noqa: E402
+from fmctr.reading.schema import build_spec  # noqa: E402
+from fmctr.training.loop import TrainConfig, predict_source  # noqa: E402
+from fmctr.datasets.batches import DatasetRows  # noqa: E402
 from fmctr import dataset  # noqa: E402
 
 RUNS = {

@@ -40,34 +40,34 @@ df = pl.read_csv(DATA, separator="\\t", has_header=False, infer_schema=False, qu
 return df.height, time.perf_counter() - t
 """,
     "preprocess TSV -> hashed": """
-from fmctr.pipeline import preprocess
-from fmctr.schema import build_spec
-from fmctr.hashing import HashSpec
+from fmctr.commands.jobs import preprocess
+from fmctr.reading.schema import build_spec
+from fmctr.hashing.tokens import HashSpec
 t = time.perf_counter()
 [ds] = preprocess(DATA, HASHED, spec=build_spec(preset="criteo"), hashing=HashSpec(bits=BITS))
 return ds.rows, time.perf_counter() - t
 """,
     "train hashed, torch autograd + Adagrad, batch 4096 (baseline)": """
-from fmctr.pipeline import train_model
-from fmctr.schema import build_spec
-from fmctr.train import TrainConfig
+from fmctr.commands.jobs import train_model
+from fmctr.reading.schema import build_spec
+from fmctr.training.loop import TrainConfig
 model, result = train_model(HASHED, spec=build_spec(), hashing=None,
     cfg=TrainConfig(dim=DIM, epochs=1, engine="torch", device="cpu", batch_size=4096, threads=THREADS))
 return result.rows, result.history[0].seconds
 """,
     "train hashed, fmctr cpu engine (1 epoch)": """
-from fmctr.pipeline import train_model
-from fmctr.schema import build_spec
-from fmctr.train import TrainConfig
-from fmctr.modelfile import save
+from fmctr.commands.jobs import train_model
+from fmctr.reading.schema import build_spec
+from fmctr.training.loop import TrainConfig
+from fmctr.models.modelfile import save
 model, result = train_model(HASHED, spec=build_spec(), hashing=None, cfg=TrainConfig(dim=DIM, epochs=1, threads=THREADS))
 save(model, MODEL)
 return result.rows, result.history[0].seconds
 """,
     "train hashed, 1 process x 1 thread": """
-from fmctr.pipeline import train_model
-from fmctr.schema import build_spec
-from fmctr.train import TrainConfig
+from fmctr.commands.jobs import train_model
+from fmctr.reading.schema import build_spec
+from fmctr.training.loop import TrainConfig
 model, result = train_model(HASHED, spec=build_spec(), hashing=None, cfg=TrainConfig(dim=DIM, epochs=1, threads=1))
 return result.rows, result.history[0].seconds
 """,
@@ -80,17 +80,17 @@ summary = json.loads(out.strip().splitlines()[-1])
 return summary["rows"], summary["history"][0]["seconds"]
 """,
     "train from raw TSV (hash + 1 epoch)": """
-from fmctr.pipeline import train_model
-from fmctr.schema import build_spec
-from fmctr.hashing import HashSpec
-from fmctr.train import TrainConfig
+from fmctr.commands.jobs import train_model
+from fmctr.reading.schema import build_spec
+from fmctr.hashing.tokens import HashSpec
+from fmctr.training.loop import TrainConfig
 t = time.perf_counter()
 model, result = train_model(DATA, spec=build_spec(preset="criteo"), hashing=HashSpec(bits=BITS), cfg=TrainConfig(dim=DIM, epochs=1, threads=THREADS))
 return result.rows, time.perf_counter() - t
 """,
     "predict TSV -> CSV": """
-from fmctr.pipeline import predict
-from fmctr.modelfile import load
+from fmctr.commands.jobs import predict
+from fmctr.models.modelfile import load
 model = load(MODEL, training_state=False)
 t = time.perf_counter()
 n = predict(DATA, model, PREDS)

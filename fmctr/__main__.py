@@ -1,3 +1,3 @@
-from fmctr.cli import main
+from fmctr.commands.cli import main
 
 main()

@@ -12,7 +12,7 @@ import polars as pl
 import pytest
 
 from conftest import CRITEO_TEST, CRITEO_TRAIN, MOVIES_FLAGS, MOVIES_TEST, MOVIES_TRAIN, SAMPLE, invoke
-from fmctr.modelfile import load
+from fmctr.models.modelfile import load
 
 COMMANDS = ["preprocess", "train", "tune", "eval", "predict"]
 
@@ -80,9 +80,9 @@ def test_predict_keeps_row_order_and_columns(movies_model, tmp_path):
 
 
 def test_save_load_identical_predictions(movies_model, tmp_path):
-    from fmctr.modelfile import save
-    from fmctr.pipeline import open_input
-    from fmctr.train import probabilities
+    from fmctr.models.modelfile import save
+    from fmctr.commands.jobs import open_input
+    from fmctr.training.loop import probabilities
 
     model = load(movies_model)
     copy = tmp_path / "copy.fm"

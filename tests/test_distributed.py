@@ -10,8 +10,8 @@ import sys
 import numpy as np
 
 from conftest import CRITEO_TEST, CRITEO_TRAIN, invoke
-from fmctr import dataset
-from fmctr.batches import DatasetRows
+from fmctr.datasets import hashed as dataset
+from fmctr.datasets.batches import DatasetRows
 
 
 def test_preprocess_several_inputs_into_shards(tmp_path):
@@ -41,8 +41,8 @@ def test_preprocess_several_inputs_into_shards(tmp_path):
 
 
 def test_shards_of_ranks_cover_every_row_once(tmp_path):
-    from fmctr.hashing import HashSpec, Rows
-    from fmctr.schema import Field, Schema
+    from fmctr.hashing.tokens import HashSpec, Rows
+    from fmctr.reading.schema import Field, Schema
 
     # Three datasets with parts of these sizes; every row carries its number as label.
     shards = ([5, 7], [3], [11, 2, 4])

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from fmctr.hashing import Rows
-from fmctr.model import FactorizationMachine
-from fmctr.train import TrainConfig, logits, train
-from fmctr.weights import FMWeights
+from fmctr.hashing.tokens import Rows
+from fmctr.models.torch_fm import FactorizationMachine
+from fmctr.training.loop import TrainConfig, logits, train
+from fmctr.models.weights import FMWeights
 
 
 def random_rows(rng, n_rows=40, n_features=50, max_len=7, labels=True) -> Rows:
@@ -142,7 +142,7 @@ def test_early_stopping_keeps_the_best_epoch():
 
 def test_torch_scorer_matches_the_cpu_kernel():
     """Scoring on a GPU runs the torch model; on a CPU the kernel. Same numbers."""
-    from fmctr.train import Scorer
+    from fmctr.training.loop import Scorer
 
     rng = np.random.default_rng(11)
     w, rows = random_weights(rng, dim=4), random_rows(rng)

@@ -7,9 +7,9 @@ import polars as pl
 import pytest
 import xxhash
 
-from fmctr.hashing import HashSpec, field_seed, hash_chunk, token_index
-from fmctr.read import Chunk
-from fmctr.schema import Field, Schema
+from fmctr.hashing.tokens import HashSpec, field_seed, hash_chunk, token_index
+from fmctr.reading.read import Chunk
+from fmctr.reading.schema import Field, Schema
 
 # (field, token, seed, bits) -> index. These numbers are the hashing spec: if one
 # changes, every model ever trained scores data differently.

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import xxhash
 
-from fmctr import onepass
-from fmctr.hashing import HashSpec, Rows, hash_chunk
-from fmctr.read import RawChunk
-from fmctr.schema import build_spec
+from fmctr.hashing import onepass
+from fmctr.hashing.tokens import HashSpec, Rows, hash_chunk
+from fmctr.reading.read import RawChunk
+from fmctr.reading.schema import build_spec
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2**63 - 1, 1953052475120754509])

@@ -8,12 +8,14 @@ import polars as pl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fmctr import dataset, onepass
+from fmctr.datasets import hashed as dataset
+
+from fmctr.hashing import onepass
 from fmctr.errors import FmctrError
-from fmctr.hashing import HashSpec, Rows, hash_chunk, token_index
-from fmctr.pipeline import open_input
-from fmctr.read import Chunk
-from fmctr.schema import Field, Schema, build_spec
+from fmctr.hashing.tokens import HashSpec, Rows, hash_chunk, token_index
+from fmctr.commands.jobs import open_input
+from fmctr.reading.read import Chunk
+from fmctr.reading.schema import Field, Schema, build_spec
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=30)
@@ -67,7 +69,7 @@ def test_one_pass_agrees_with_columnar_on_random_criteo_text(rows):
     plan = onepass.Plan(spec.resolve(columns), HashSpec(bits=18), columns, True)
     fast = onepass.hash_bytes(body, plan, "\t")
     try:
-        from fmctr.read import RawChunk
+        from fmctr.reading.read import RawChunk
 
         parsed = list(RawChunk(body, 1).parse("t", columns, "\t"))
         slow = Rows.concat([hash_chunk(c, spec.resolve(columns), HashSpec(bits=18), name="t", columns=columns, require_label=True) for c in parsed])

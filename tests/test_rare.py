@@ -7,10 +7,10 @@ import json
 import numpy as np
 
 from conftest import CRITEO_TEST, CRITEO_TRAIN, MOVIES_FLAGS, MOVIES_TRAIN, invoke
-from fmctr.hashing import HashSpec, Rows, token_index
-from fmctr.modelfile import load
-from fmctr.rare import RARE_TOKEN, RareMap
-from fmctr.schema import build_spec
+from fmctr.hashing.tokens import HashSpec, Rows, token_index
+from fmctr.models.modelfile import load
+from fmctr.hashing.rare import RARE_TOKEN, RareMap
+from fmctr.reading.schema import build_spec
 
 
 def test_rare_values_share_their_fields_token(tmp_path):
@@ -54,8 +54,8 @@ def test_min_count_map_is_idempotent_and_survives_the_model_file():
     assert np.all((once.indices == rows.indices) == (counts[rows.indices] >= 20))
     np.testing.assert_array_equal(rare.apply(once).indices, once.indices)
     # Round trip through a model file: the same frequent set.
-    from fmctr.modelfile import Model, from_bytes, to_bytes
-    from fmctr.weights import FMWeights
+    from fmctr.models.modelfile import Model, from_bytes, to_bytes
+    from fmctr.models.weights import FMWeights
 
     model = Model(FMWeights.zeros(64, 2), schema, hashing, {}, rare=rare)
     back = from_bytes(to_bytes(model)).rare

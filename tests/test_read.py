@@ -10,10 +10,10 @@ import numpy as np
 import polars as pl
 import pytest
 
-from fmctr.hashing import HashSpec, token_index
-from fmctr.pipeline import open_input
-from fmctr.read import sniff_format
-from fmctr.schema import SPARSE_FIELD, build_spec
+from fmctr.hashing.tokens import HashSpec, token_index
+from fmctr.commands.jobs import open_input
+from fmctr.reading.read import sniff_format
+from fmctr.reading.schema import SPARSE_FIELD, build_spec
 
 ROWS = [("1", "a", "x"), ("0", "b", "y"), ("-1", "", "x,z")]
 SPEC = HashSpec(bits=20)

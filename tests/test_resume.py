@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import CRITEO_TRAIN, MOVIES_TEST, MOVIES_TRAIN, invoke
-from fmctr.modelfile import load
+from fmctr.models.modelfile import load
 
 ARGS = ["--preset", "criteo", "--threads", "1", "--epochs", "3", "--bits", "18", "-q"]
 

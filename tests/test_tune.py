@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from conftest import MOVIES_FLAGS, MOVIES_TEST, MOVIES_TRAIN, invoke
-from fmctr.modelfile import load
+from fmctr.models.modelfile import load
 
 
 def test_tune_tries_settings_and_writes_the_best(tmp_path):

@@ -18,17 +18,21 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from fmctr import __version__, dataset, onepass
+from fmctr import __version__
+
+from fmctr.datasets import hashed as dataset
+
+from fmctr.hashing import onepass
 from fmctr.atomic import atomic_dir, atomic_file
-from fmctr.batches import DatasetRows
+from fmctr.datasets.batches import DatasetRows
 from fmctr.errors import BadInput, BadOptions, BadSchema
-from fmctr.hashing import HashSpec, Rows, hash_chunk
+from fmctr.hashing.tokens import HashSpec, Rows, hash_chunk
 from fmctr.metrics import evaluate_with_calibration
-from fmctr.modelfile import Model, save
-from fmctr.rare import RareMap
-from fmctr.read import Chunk, RawChunk, display_name, open_source, prefetch
-from fmctr.schema import SPARSE_FORMATS, Schema, SchemaSpec
-from fmctr.train import Resume, Scorer, TrainConfig, TrainResult, train
+from fmctr.models.modelfile import Model, save
+from fmctr.hashing.rare import RareMap
+from fmctr.reading.read import Chunk, RawChunk, display_name, open_source, prefetch
+from fmctr.reading.schema import SPARSE_FORMATS, Schema, SchemaSpec
+from fmctr.training.loop import Resume, Scorer, TrainConfig, TrainResult, train
 
 Log = Callable[[str], None]
 DEFAULT_BITS = 22
@@ -156,7 +160,7 @@ def preprocess(paths: str | Sequence[str], output: str | Path, *, spec: SchemaSp
         raise BadOptions(f"--min-count must be at least 1, got {min_count}")
     with tempfile.TemporaryDirectory(prefix="fmctr-") as work:
         if min_count:
-            from fmctr.rare import check_schema
+            from fmctr.hashing.rare import check_schema
 
             inputs = (open_input(p, spec=spec, hashing=hashing, require_label=True) for p in paths)
             first = next(inputs)
@@ -254,7 +258,7 @@ def train_model(
     `checkpoint_every` seconds writes a checkpoint there. With `replicas` this is
     one rank of a data-parallel run: it trains on every world-th part of the data
     (checkpoints are not written then). `min_count` maps values seen fewer times in
-    the training rows to their field's rare token (fmctr.rare); the map is part of
+    the training rows to their field's rare token (fmctr.hashing.rare); the map is part of
     the model."""
     if valid is not None and valid_fraction is not None:
         raise BadOptions("--valid and --valid-fraction both choose validation data: give one of them")
@@ -276,7 +280,7 @@ def train_model(
     with tempfile.TemporaryDirectory(prefix="fmctr-") as tmp:
         data = open_input(path, spec=spec, schema=schema, hashing=hashing, require_label=True, log=log)
         if min_count:
-            from fmctr.rare import check_schema
+            from fmctr.hashing.rare import check_schema
 
             check_schema(data.schema)  # before the data is hashed
         ds = data.shards or _as_dataset(data, Path(tmp) / "train")
@@ -384,7 +388,7 @@ def evaluate_model(path: str, model: Model, *, log: Log = _silent, device: str =
     if bins < 1:
         raise BadOptions(f"--bins must be at least 1, got {bins}")
     if plot is not None:
-        from fmctr.plot import pyplot
+        from fmctr.commands.plot import pyplot
 
         pyplot(plot)  # fail before scoring if it cannot be drawn
     data = open_input(path, schema=model.schema, hashing=model.hashing, require_label=True, log=log, rare=model.rare)
@@ -396,7 +400,7 @@ def evaluate_model(path: str, model: Model, *, log: Log = _silent, device: str =
     labels, probs = np.concatenate(labels), np.concatenate(probs)
     metrics = evaluate_with_calibration(labels, probs, bins)
     if plot is not None:
-        from fmctr.plot import write_plot
+        from fmctr.commands.plot import write_plot
 
         write_plot(plot, labels, probs, metrics, data.name)
     return metrics

@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from fmctr.train import Epoch, NullProgress
+from fmctr.training.loop import Epoch, NullProgress
 
 stderr = Console(stderr=True)
 

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fmctr.dataset import HashedDataset
-from fmctr.hashing import Rows
-from fmctr.read import prefetch
+from fmctr.datasets.hashed import HashedDataset
+from fmctr.hashing.tokens import Rows
+from fmctr.reading.read import prefetch
 
 SHUFFLE_ROWS = 1 << 18
 BLOCK_ROWS = 1 << 16  # rows handed to an engine at a time (the progress bar's step)

@@ -99,7 +99,7 @@ Json = Annotated[bool, typer.Option("--json", help="Print metrics as one JSON ob
 
 
 def _spec(preset, schema_file, label, categorical, numeric, multi, ignore, sep, numeric_mode, fmt):
-    from fmctr.schema import build_spec
+    from fmctr.reading.schema import build_spec
 
     return build_spec(
         preset=preset,
@@ -120,11 +120,11 @@ def _schema_flags_given(*values) -> bool:
 
 
 def _hashing(bits: Optional[int], seed: int):
-    from fmctr.hashing import HashSpec
+    from fmctr.hashing.tokens import HashSpec
 
     if bits is None and seed == 0:
         return None
-    from fmctr.pipeline import DEFAULT_BITS
+    from fmctr.commands.jobs import DEFAULT_BITS
 
     return HashSpec(bits=DEFAULT_BITS if bits is None else bits, seed=seed).check()
 
@@ -140,7 +140,7 @@ def _use_threads(threads: Optional[int]) -> None:
 
     pyarrow.set_cpu_count(threads)
     pyarrow.set_io_thread_count(threads)
-    from fmctr.train import set_threads
+    from fmctr.training.loop import set_threads
 
     set_threads(threads)
 
@@ -181,8 +181,8 @@ def preprocess(
 ) -> None:
     """Hash raw data once into a dataset directory (for data trained on many times)."""
     _use_threads(threads)
-    from fmctr.hashing import HashSpec
-    from fmctr.pipeline import DEFAULT_BITS, preprocess as run
+    from fmctr.hashing.tokens import HashSpec
+    from fmctr.commands.jobs import DEFAULT_BITS, preprocess as run
 
     spec = _spec(preset, schema, label, categorical, numeric, multi, ignore, sep, numeric_mode, format)
     hashing = HashSpec(bits=DEFAULT_BITS if bits is None else bits, seed=hash_seed).check()
@@ -247,12 +247,12 @@ def train_cmd(
     SIGINT (Ctrl-C) or SIGTERM during training writes a checkpoint and exits
     non-zero; `fmctr train --resume CHECKPOINT` then finishes the job."""
     _use_threads(threads)
-    from fmctr import dataset
-    from fmctr.modelfile import load, save
-    from fmctr.pipeline import train_model
-    from fmctr.progress import TrainProgress, history_table, stderr
-    from fmctr import distributed
-    from fmctr.train import NullProgress, TrainConfig, resolve_device
+    from fmctr.datasets import hashed as dataset
+    from fmctr.models.modelfile import load, save
+    from fmctr.commands.jobs import train_model
+    from fmctr.commands.progress import TrainProgress, history_table, stderr
+    from fmctr.training import distributed
+    from fmctr.training.loop import NullProgress, TrainConfig, resolve_device
 
     schema_flags = (preset, schema, label, categorical, numeric, multi, ignore, sep, numeric_mode, format)
     if resume is not None:
@@ -367,10 +367,10 @@ def tune(
     then combine the moves that helped; each trial stops early on the validation
     data. The search stops starting trials when --budget is spent."""
     _use_threads(threads)
-    from fmctr.modelfile import save
-    from fmctr.progress import stderr, trials_table
-    from fmctr.train import TrainConfig
-    from fmctr.tune import tune as run
+    from fmctr.models.modelfile import save
+    from fmctr.commands.progress import stderr, trials_table
+    from fmctr.training.loop import TrainConfig
+    from fmctr.commands.tune import tune as run
 
     spec = _spec(preset, schema, label, categorical, numeric, multi, ignore, sep, numeric_mode, format)
     base = TrainConfig(optimizer=optimizer, seed=seed, threads=threads)
@@ -439,9 +439,9 @@ def eval_cmd(
     The calibration table cuts the rows, sorted by predicted probability, into bins
     of equal size and compares each bin's mean prediction with its observed rate."""
     _use_threads(threads)
-    from fmctr.modelfile import load
-    from fmctr.pipeline import evaluate_model
-    from fmctr.progress import metrics_table, reliability_table, stderr
+    from fmctr.models.modelfile import load
+    from fmctr.commands.jobs import evaluate_model
+    from fmctr.commands.progress import metrics_table, reliability_table, stderr
 
     m = load(model, training_state=False)
     metrics = evaluate_model(input, m, log=_err, device=device, bins=bins, plot=plot)
@@ -466,8 +466,8 @@ def predict(
 ) -> None:
     """Write click probabilities as CSV, one line per input row, in input order."""
     _use_threads(threads)
-    from fmctr.modelfile import load
-    from fmctr.pipeline import predict as run
+    from fmctr.models.modelfile import load
+    from fmctr.commands.jobs import predict as run
 
     m = load(model, training_state=False)
     run(input, m, output, keep=_names(keep), log=_err, device=device)

@@ -24,8 +24,8 @@ import polars_hash  # noqa: F401  (registers the .nchash expression namespace)
 import xxhash
 
 from fmctr.errors import BadInput, BadSchema
-from fmctr.read import LINE_COLUMN, Chunk
-from fmctr.schema import SPARSE_FORMATS, Field, Schema
+from fmctr.reading.read import LINE_COLUMN, Chunk
+from fmctr.reading.schema import SPARSE_FORMATS, Field, Schema
 
 HASH_FUNCTION = "xxhash64"
 MISSING = ""
@@ -322,7 +322,7 @@ def hash_chunk(
 def _hash_sparse_lines(chunk: Chunk, spec: HashSpec, *, name: str, require_label: bool) -> Rows:
     """libsvm (`label idx:val ...`) and libffm (`label field:idx:val ...`) lines. The token
     hashed is everything before the last colon, so libffm's field stays part of it."""
-    from fmctr.schema import SPARSE_FIELD
+    from fmctr.reading.schema import SPARSE_FIELD
 
     frame = chunk.frame.select(pl.col(LINE_COLUMN).str.strip_chars().str.split(" ").list.eval(
         pl.element().filter(pl.element() != "")

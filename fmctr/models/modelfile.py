@@ -22,10 +22,10 @@ from safetensors.numpy import save as st_save
 from fmctr import __version__
 from fmctr.atomic import write_bytes
 from fmctr.errors import BadModel
-from fmctr.hashing import HashSpec
-from fmctr.rare import RareMap
-from fmctr.schema import BUCKETS_CHANGED_AFTER, Schema, old_buckets
-from fmctr.weights import FMWeights
+from fmctr.hashing.tokens import HashSpec
+from fmctr.hashing.rare import RareMap
+from fmctr.reading.schema import BUCKETS_CHANGED_AFTER, Schema, old_buckets
+from fmctr.models.weights import FMWeights
 
 FORMAT = "fmctr-model"
 FORMAT_VERSION = 2  # 2: numeric buckets keep values up to 2 apart (fmctr.schema.old_buckets)

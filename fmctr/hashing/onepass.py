@@ -1,6 +1,6 @@
 """The one-pass path for unquoted delimited text (TSV, the Criteo format): numba
 kernels split the raw bytes into fields and hash each field where it lies, without
-building string columns first. It computes exactly what fmctr.hashing computes (the
+building string columns first. It computes exactly what fmctr.hashing.tokens computes (the
 tests compare the two on the same data); a chunk it cannot take whole (a number that
 is not a plain integer, text that is not UTF-8, ...) goes the columnar way instead,
 which also words the error for bad input.
@@ -11,8 +11,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from fmctr.hashing import BUCKET_TABLE, SMALL_SHIFT, HashSpec, Rows, _bucket_table, bucket_values, field_seed, ones, token_index
-from fmctr.schema import Schema
+from fmctr.hashing.tokens import BUCKET_TABLE, SMALL_SHIFT, HashSpec, Rows, _bucket_table, bucket_values, field_seed, ones, token_index
+from fmctr.reading.schema import Schema
 
 P1 = np.uint64(0x9E3779B185EBCA87)
 P2 = np.uint64(0xC2B2AE3D27D4EB4F)

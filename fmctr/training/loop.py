@@ -1,6 +1,6 @@
 """Training: epochs of shuffled mini-batches on an engine, validation, early stopping.
 
-Two engines compute the same updates (see fmctr.kernel): `cpu`, fused numba kernels,
+Two engines compute the same updates (see fmctr.models.kernel): `cpu`, fused numba kernels,
 and `torch`, EmbeddingBag + autograd, for CUDA. The loop here is shared.
 """
 
@@ -15,12 +15,12 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
-from fmctr import kernel
-from fmctr.batches import MemoryRows, RowSource
+from fmctr.models import kernel
+from fmctr.datasets.batches import MemoryRows, RowSource
 from fmctr.errors import BadOptions, Interrupted
-from fmctr.hashing import Rows
+from fmctr.hashing.tokens import Rows
 from fmctr.metrics import evaluate
-from fmctr.weights import FMWeights, initial_factors
+from fmctr.models.weights import FMWeights, initial_factors
 
 OPTIMIZERS = ("adagrad", "adam", "ftrl")
 ENGINES = ("auto", "cpu", "torch")
@@ -65,7 +65,7 @@ class TrainConfig:
     threads: int | None = None
     lr_decay: float = 0.5  # with validation: the learning rate is multiplied by this after a check that does not improve
     valid_every: int | None = None  # rows between validation checks (None: once per epoch)
-    # L2 on every weight, as a penalty on the mean loss, applied sparsely (see fmctr.kernel)
+    # L2 on every weight, as a penalty on the mean loss, applied sparsely (see fmctr.models.kernel)
     l2_all_linear: float = 0.0
     l2_all_factors: float = 3e-4
 
@@ -271,7 +271,7 @@ class CpuEngine:
         self.seen[rows] = True
 
     def optimizer_state(self) -> dict:
-        """The optimizer's arrays (live, not copies), as fmctr.modelfile stores them."""
+        """The optimizer's arrays (live, not copies), as fmctr.models.modelfile stores them."""
         return {
             "kind": self.cfg.optimizer, "step": int(self.counters[0]), "bias": self.bias_state,
             "linear1": self.linear_state1, "linear2": self.linear_state2,
@@ -285,7 +285,7 @@ class TorchEngine:
     def __init__(self, w: FMWeights, cfg: TrainConfig, device: str, optimizer: dict | None = None):
         import torch
 
-        from fmctr.model import FactorizationMachine, RowwiseOptimizer
+        from fmctr.models.torch_fm import FactorizationMachine, RowwiseOptimizer
 
         self.torch = torch
         self.device = device
@@ -441,7 +441,7 @@ class Scorer:
         self.w = w
         self.model = None
         if engine == "torch":
-            from fmctr.model import FactorizationMachine
+            from fmctr.models.torch_fm import FactorizationMachine
 
             self.torch = _torch()
             self.device = device

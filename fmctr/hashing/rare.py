@@ -19,10 +19,10 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from fmctr.batches import RowSource
+from fmctr.datasets.batches import RowSource
 from fmctr.errors import BadOptions
-from fmctr.hashing import HashSpec, Rows, token_index
-from fmctr.schema import SPARSE_FIELD, SPARSE_FORMATS, Schema
+from fmctr.hashing.tokens import HashSpec, Rows, token_index
+from fmctr.reading.schema import SPARSE_FIELD, SPARSE_FORMATS, Schema
 
 RARE_TOKEN = "__rare__"
 

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from fmctr.errors import BadInput
-from fmctr.schema import FORMATS, SPARSE_FORMATS
+from fmctr.reading.schema import FORMATS, SPARSE_FORMATS
 
 GZIP_MAGIC = b"\x1f\x8b"
 PARQUET_MAGIC = b"PAR1"

@@ -54,7 +54,7 @@ def initial_factors(rows: np.ndarray, dim: int, *, seed: int, std: float) -> np.
     standard deviation std), drawn from a counter-based hash of (seed, row, f), so a
     row's start does not depend on when or where it is first met. Uniform, not
     Gaussian: no logarithm or cosine per value when a row is first met.
-    fmctr.kernel computes the same values one at a time."""
+    fmctr.models.kernel computes the same values one at a time."""
     rows = np.asarray(rows, dtype=np.uint64)[:, None]
     f = np.arange(dim, dtype=np.uint64)[None, :]
     with np.errstate(over="ignore"):

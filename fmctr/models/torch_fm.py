@@ -1,6 +1,6 @@
 """The torch engine: the FM as EmbeddingBag layers, and row-wise optimizers.
 
-Serves GPUs and torch.distributed; on a CPU the fused kernels in fmctr.kernel are
+Serves GPUs and torch.distributed; on a CPU the fused kernels in fmctr.models.kernel are
 faster and compute the same thing.
 """
 
@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fmctr.weights import FMWeights
+from fmctr.models.weights import FMWeights
 
 
 def segment_sum(values: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
@@ -87,7 +87,7 @@ class RowwiseOptimizer(torch.optim.Optimizer):
     kernel), with L2 added to the gradient of those rows only. Dense parameters (the
     bias) get the same update rule without L2. A group with `ftrl` set (alpha, beta,
     l1, l2) is updated by FTRL-Proximal instead, on the batch's summed gradient
-    (`batch_rows` times the mean), as fmctr.kernel does for the linear weights."""
+    (`batch_rows` times the mean), as fmctr.models.kernel does for the linear weights."""
 
     def __init__(self, params, *, kind: str, lr: float, eps: float, initial_accumulator: float = 0.0, betas=(0.9, 0.999)):
         super().__init__(params, dict(lr=lr, eps=eps, betas=betas, l2=0.0, ftrl=None))

@@ -16,11 +16,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from fmctr.errors import BadOptions
-from fmctr.hashing import HashSpec
-from fmctr.modelfile import Model
-from fmctr.pipeline import Log, _as_dataset, _silent, open_input, train_model
-from fmctr.schema import SchemaSpec
-from fmctr.train import DEFAULT_LR, L2_TOUCH_ROWS, TrainConfig
+from fmctr.hashing.tokens import HashSpec
+from fmctr.models.modelfile import Model
+from fmctr.commands.jobs import Log, _as_dataset, _silent, open_input, train_model
+from fmctr.reading.schema import SchemaSpec
+from fmctr.training.loop import DEFAULT_LR, L2_TOUCH_ROWS, TrainConfig
 
 # Each setting's values to try besides the default (the learning rate as a multiple of
 # the optimizer's default, 0.01 and 0.1 for Adagrad; the touch L2 as a multiple of its

@@ -1,6 +1,6 @@
 """Fused CPU kernels (numba): FM logits and mini-batch training steps over CSR rows.
 
-This is the CPU engine. It computes exactly what the torch engine (fmctr.model) does
+This is the CPU engine. It computes exactly what the torch engine (fmctr.models.torch_fm) does
 - the same logits, the same mean-loss gradient per mini-batch, the same lazy L2 on
 the rows a batch touches, the same Adagrad/Adam updates - but in one pass per row
 with no autograd graph, which is where CPU speed comes from.

@@ -26,8 +26,8 @@ import numpy as np
 
 from fmctr.atomic import atomic_dir
 from fmctr.errors import BadInput, BadOptions
-from fmctr.hashing import HashSpec, Rows, is_ones, ones
-from fmctr.schema import BUCKETS_CHANGED_AFTER, Schema, old_buckets
+from fmctr.hashing.tokens import HashSpec, Rows, is_ones, ones
+from fmctr.reading.schema import BUCKETS_CHANGED_AFTER, Schema, old_buckets
 
 FORMAT = "fmctr-hashed"
 FORMAT_VERSION = 2  # 2: numeric buckets keep values up to 2 apart (fmctr.schema.old_buckets)

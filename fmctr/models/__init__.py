@@ -1,0 +1,1 @@
+"""Models: weights, the fused CPU kernels, the torch modules and the model file."""

@@ -1,0 +1,1 @@
+"""Training: configuration, the loop and its parts, and data-parallel replicas."""
