@@ -42,14 +42,16 @@ from fmctr.hashing.tokens import HashSpec  # noqa: E402
 from fmctr.metrics import auc  # noqa: E402
 from fmctr.commands.jobs import evaluate_model, preprocess, train_model  # noqa: E402
 from fmctr.reading.schema import build_spec  # noqa: E402
-from fmctr.training.loop import TrainConfig, predict_source  # noqa: E402
+from fmctr.models.kinds import kind_of  # noqa: E402
+from fmctr.training.config import TrainConfig  # noqa: E402
+from fmctr.training.validation import scores  # noqa: E402
 from fmctr.datasets.batches import DatasetRows  # noqa: E402
 from fmctr import dataset  # noqa: E402
 
 RUNS = {
-    "baseline": (TrainConfig(dim=16, epochs=2, engine="torch", device="cpu", optimizer="adam", lr=1e-3,
+    "baseline": (TrainConfig.from_options(dim=16, epochs=2, engine="torch", device="cpu", optimizer="adam", lr=1e-3,
                              batch_size=4096, l2_linear=0.0, l2_factors=0.0, l2_all_linear=0.0, l2_all_factors=0.0), False),
-    "defaults": (TrainConfig(), True),
+    "defaults": (TrainConfig.from_options(), True),
 }
 
 
@@ -95,7 +97,7 @@ def run(name: str, cfg: TrainConfig, use_valid: bool, work: Path) -> dict:
     per_epoch = []
 
     def on_epoch(record, weights):
-        test_auc = auc(test_labels, predict_source(weights, test))
+        test_auc = auc(test_labels, scores(kind_of("fm"), weights, test))
         valid_auc = record.valid["auc"] if record.valid else None
         per_epoch.append({"epoch": record.epoch, "valid_auc": valid_auc, "test_auc": test_auc,
                           "rows_per_s": record.rows_per_s})
@@ -113,10 +115,10 @@ def run(name: str, cfg: TrainConfig, use_valid: bool, work: Path) -> dict:
 
 def parse_setting(text: str) -> tuple[str, object]:
     key, _, value = text.partition("=")
-    known = {f.name: f for f in fields(TrainConfig)}
+    known = TrainConfig.from_options().options()
     if key not in known:
         raise SystemExit(f"--set {text}: unknown TrainConfig field (known: {', '.join(known)})")
-    current = getattr(TrainConfig(), key)
+    current = getattr(TrainConfig.from_options(), key)
     if current is not None:
         return key, type(current)(value)
     for kind in (int, float, str):
@@ -151,7 +153,7 @@ def main() -> None:
         for name in args.only or list(RUNS):
             cfg, use_valid = RUNS[name]
             if name != "baseline":
-                cfg = replace(cfg, **settings)
+                cfg = cfg.with_options(**settings)
             results[name] = run(name, cfg, use_valid, work)
         print(f"\n| model ({args.rows:,} train rows, test {args.test:,}) | test AUC | test logloss | epochs (best) |")
         print("|---|---:|---:|---:|")

@@ -50,25 +50,25 @@ return ds.rows, time.perf_counter() - t
     "train hashed, torch autograd + Adagrad, batch 4096 (baseline)": """
 from fmctr.commands.jobs import train_model
 from fmctr.reading.schema import build_spec
-from fmctr.training.loop import TrainConfig
+from fmctr.training.config import TrainConfig
 model, result = train_model(HASHED, spec=build_spec(), hashing=None,
-    cfg=TrainConfig(dim=DIM, epochs=1, engine="torch", device="cpu", batch_size=4096, threads=THREADS))
+    cfg=TrainConfig.from_options(dim=DIM, epochs=1, engine="torch", device="cpu", batch_size=4096, threads=THREADS))
 return result.rows, result.history[0].seconds
 """,
     "train hashed, fmctr cpu engine (1 epoch)": """
 from fmctr.commands.jobs import train_model
 from fmctr.reading.schema import build_spec
-from fmctr.training.loop import TrainConfig
+from fmctr.training.config import TrainConfig
 from fmctr.models.modelfile import save
-model, result = train_model(HASHED, spec=build_spec(), hashing=None, cfg=TrainConfig(dim=DIM, epochs=1, threads=THREADS))
+model, result = train_model(HASHED, spec=build_spec(), hashing=None, cfg=TrainConfig.from_options(dim=DIM, epochs=1, threads=THREADS))
 save(model, MODEL)
 return result.rows, result.history[0].seconds
 """,
     "train hashed, 1 process x 1 thread": """
 from fmctr.commands.jobs import train_model
 from fmctr.reading.schema import build_spec
-from fmctr.training.loop import TrainConfig
-model, result = train_model(HASHED, spec=build_spec(), hashing=None, cfg=TrainConfig(dim=DIM, epochs=1, threads=1))
+from fmctr.training.config import TrainConfig
+model, result = train_model(HASHED, spec=build_spec(), hashing=None, cfg=TrainConfig.from_options(dim=DIM, epochs=1, threads=1))
 return result.rows, result.history[0].seconds
 """,
     "train hashed, 2 ranks x 1 thread (torchrun, gloo)": """
@@ -83,9 +83,9 @@ return summary["rows"], summary["history"][0]["seconds"]
 from fmctr.commands.jobs import train_model
 from fmctr.reading.schema import build_spec
 from fmctr.hashing.tokens import HashSpec
-from fmctr.training.loop import TrainConfig
+from fmctr.training.config import TrainConfig
 t = time.perf_counter()
-model, result = train_model(DATA, spec=build_spec(preset="criteo"), hashing=HashSpec(bits=BITS), cfg=TrainConfig(dim=DIM, epochs=1, threads=THREADS))
+model, result = train_model(DATA, spec=build_spec(preset="criteo"), hashing=HashSpec(bits=BITS), cfg=TrainConfig.from_options(dim=DIM, epochs=1, threads=THREADS))
 return result.rows, time.perf_counter() - t
 """,
     "predict TSV -> CSV": """

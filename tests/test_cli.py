@@ -82,7 +82,7 @@ def test_predict_keeps_row_order_and_columns(movies_model, tmp_path):
 def test_save_load_identical_predictions(movies_model, tmp_path):
     from fmctr.models.modelfile import save
     from fmctr.commands.jobs import open_input
-    from fmctr.training.loop import probabilities
+    from fmctr.models.fm import probabilities
 
     model = load(movies_model)
     copy = tmp_path / "copy.fm"
@@ -98,7 +98,7 @@ def test_model_file_is_self_contained(criteo_model):
     assert model.hashing.bits == 20
     assert model.training["rows"] == 20_000
     assert model.training["fmctr_version"] == "0.1.0"
-    assert model.training["config"]["dim"] == 8
+    assert model.training["config"]["model"]["dim"] == 8
     # eval needs only -m: the preset, bits and numeric mode come from the file.
     result = invoke("eval", CRITEO_TEST, "-m", criteo_model, "--json")
     assert result.exit_code == 0

@@ -10,7 +10,9 @@ import torch
 
 from fmctr.hashing.tokens import Rows
 from fmctr.models.torch_fm import FactorizationMachine
-from fmctr.training.loop import TrainConfig, logits, train
+from fmctr.models.fm import logits
+from fmctr.training.config import TrainConfig
+from fmctr.training.loop import train
 from fmctr.models.weights import FMWeights
 
 
@@ -86,17 +88,17 @@ def test_engines_train_to_the_same_weights(optimizer, dim, priors):
     without --l2-all)."""
     rng = np.random.default_rng(7)
     rows = random_rows(rng, n_rows=300, n_features=64)
-    cfg = TrainConfig(dim=dim, epochs=2, batch_size=16, lr=0.05, optimizer=optimizer,
+    cfg = TrainConfig.from_options(dim=dim, epochs=2, batch_size=16, lr=0.05, optimizer=optimizer,
                       l2_linear=0.01, l2_factors=0.02, init_std=0.1, seed=1, threads=1, l1=1.0,
                       l2_all_linear=priors, l2_all_factors=2 * priors)
-    cpu = train(rows, TrainConfig(**{**cfg.__dict__, "engine": "cpu"}), bits=6)
-    tch = train(rows, TrainConfig(**{**cfg.__dict__, "engine": "torch", "device": "cpu"}), bits=6)
+    cpu = train(rows, cfg.with_options(engine="cpu"), bits=6)
+    tch = train(rows, cfg.with_options(engine="torch", device="cpu"), bits=6)
     assert cpu.engine == "cpu" and tch.engine == "torch"
     for name in ("bias", "linear", "factors"):
         np.testing.assert_allclose(getattr(cpu.weights, name), getattr(tch.weights, name), rtol=1e-4, atol=1e-5)
     assert not np.allclose(cpu.weights.linear, 0)  # it did learn something
     if priors and dim:  # --l2-all shrinks the factors
-        plain = train(rows, TrainConfig(**{**cfg.__dict__, "engine": "cpu", "l2_all_linear": 0.0, "l2_all_factors": 0.0}), bits=6)
+        plain = train(rows, cfg.with_options(engine="cpu", l2_all_linear=0.0, l2_all_factors=0.0), bits=6)
         assert np.abs(cpu.weights.factors).sum() < 0.99 * np.abs(plain.weights.factors).sum()
     if optimizer == "ftrl":  # L1 holds some seen features' linear weights at exactly 0
         seen = np.zeros(64, bool)
@@ -110,17 +112,17 @@ def test_engines_train_to_the_same_weights(optimizer, dim, priors):
 def test_training_is_deterministic_for_a_seed():
     rng = np.random.default_rng(8)
     rows = random_rows(rng, n_rows=200)
-    cfg = TrainConfig(dim=3, epochs=2, seed=5, threads=1)
+    cfg = TrainConfig.from_options(dim=3, epochs=2, seed=5, threads=1)
     a, b = train(rows, cfg, bits=6), train(rows, cfg, bits=6)
     np.testing.assert_array_equal(a.weights.factors, b.weights.factors)
-    c = train(rows, TrainConfig(dim=3, epochs=2, seed=6, threads=1), bits=6)
+    c = train(rows, TrainConfig.from_options(dim=3, epochs=2, seed=6, threads=1), bits=6)
     assert not np.array_equal(a.weights.factors, c.weights.factors)
 
 
 def test_untouched_rows_are_zero_after_training():
     """A token never seen in training contributes nothing at predict time."""
     rows = Rows(np.array([1, 2, 1, 3], np.int32), np.ones(4, np.float32), np.array([0, 2, 4]), np.array([1, 0], np.float32))
-    result = train(rows, TrainConfig(dim=2, epochs=1), bits=4)
+    result = train(rows, TrainConfig.from_options(dim=2, epochs=1), bits=4)
     touched = np.zeros(16, bool)
     touched[[1, 2, 3]] = True
     assert np.all(result.weights.linear[~touched] == 0) and np.all(result.weights.factors[~touched] == 0)
@@ -130,7 +132,7 @@ def test_untouched_rows_are_zero_after_training():
 def test_early_stopping_keeps_the_best_epoch():
     rng = np.random.default_rng(9)
     rows, valid = random_rows(rng, n_rows=400), random_rows(rng, n_rows=100)
-    result = train(rows, TrainConfig(dim=4, epochs=12, patience=2, lr=0.3, seed=0), bits=6, valid=valid)
+    result = train(rows, TrainConfig.from_options(dim=4, epochs=12, patience=2, lr=0.3, seed=0), bits=6, valid=valid)
     scores = [e.valid["logloss"] for e in result.history]
     assert result.best_epoch == int(np.argmin(scores)) + 1
     assert len(result.history) <= result.best_epoch + 2
@@ -142,11 +144,11 @@ def test_early_stopping_keeps_the_best_epoch():
 
 def test_torch_scorer_matches_the_cpu_kernel():
     """Scoring on a GPU runs the torch model; on a CPU the kernel. Same numbers."""
-    from fmctr.training.loop import Scorer
+    from fmctr.models.kinds import scorer
 
     rng = np.random.default_rng(11)
     w, rows = random_weights(rng, dim=4), random_rows(rng)
-    np.testing.assert_allclose(Scorer(w, "cpu", engine="torch")(rows), Scorer(w, "cpu")(rows), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(scorer(w, device="cpu", engine="torch")(rows), scorer(w, device="cpu")(rows), rtol=1e-5, atol=1e-6)
 
 
 def test_cuda_device_without_cuda_is_a_clear_error(movies_model):
@@ -162,7 +164,7 @@ def test_validation_every_n_rows_decays_the_rate_and_keeps_the_best():
     rng = np.random.default_rng(12)
     rows, valid = random_rows(rng, n_rows=600), random_rows(rng, n_rows=150)
     seen = []
-    result = train(rows, TrainConfig(dim=4, epochs=6, patience=3, lr=0.5, seed=0, threads=1, valid_every=200,
+    result = train(rows, TrainConfig.from_options(dim=4, epochs=6, patience=3, lr=0.5, seed=0, threads=1, valid_every=200,
                                      lr_decay=0.5),
                    bits=6, valid=valid, on_epoch=lambda record, weights: seen.append(weights.copy()))
     checks = [c for e in result.history for c in e.checks]

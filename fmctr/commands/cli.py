@@ -140,7 +140,7 @@ def _use_threads(threads: Optional[int]) -> None:
 
     pyarrow.set_cpu_count(threads)
     pyarrow.set_io_thread_count(threads)
-    from fmctr.training.loop import set_threads
+    from fmctr.models.runtime import set_threads
 
     set_threads(threads)
 
@@ -249,10 +249,12 @@ def train_cmd(
     _use_threads(threads)
     from fmctr.datasets import hashed as dataset
     from fmctr.models.modelfile import load, save
-    from fmctr.commands.jobs import train_model
+    from fmctr.commands.jobs import CheckpointPlan, train_model
     from fmctr.commands.progress import TrainProgress, history_table, stderr
     from fmctr.training import distributed
-    from fmctr.training.loop import NullProgress, TrainConfig, resolve_device
+    from fmctr.models.runtime import resolve_device
+    from fmctr.training.config import TrainConfig
+    from fmctr.training.loop import NullProgress
 
     schema_flags = (preset, schema, label, categorical, numeric, multi, ignore, sep, numeric_mode, format)
     if resume is not None:
@@ -267,7 +269,8 @@ def train_cmd(
         input = input or job["input"]
         output = output or (Path(job["output"]) if job["output"] else None)
         valid, valid_fraction = job["valid"], job["valid_fraction"]
-        cfg = TrainConfig(**{**job["config"], "threads": threads if threads is not None else job["config"]["threads"]}).check()
+        cfg = TrainConfig.from_dict(job["config"])
+        cfg = cfg.with_options(threads=threads if threads is not None else cfg.threads).check()
         spec = None
     else:
         base = None
@@ -277,7 +280,7 @@ def train_cmd(
         if start is not None and _schema_flags_given(*schema_flags):
             raise BadOptions("--model takes the schema from the model: give no schema options")
         spec = _spec(*schema_flags)
-        cfg = TrainConfig(
+        cfg = TrainConfig.from_options(
             dim=dim, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, l2_linear=l2,
             l2_factors=l2_factors, patience=patience, stop_metric=metric, seed=seed, threads=threads,
             engine=engine, device=device, l1=l1, init_std=init_std, l2_all_linear=l2_all, l2_all_factors=l2_all_factors, ftrl_alpha=ftrl_alpha, ftrl_beta=ftrl_beta, lr_decay=lr_decay,
@@ -289,16 +292,17 @@ def train_cmd(
         raise BadOptions(f"--checkpoint-every must be a positive number of seconds, got {checkpoint_every}")
     checkpoint_path = checkpoint or Path(f"{output}.ckpt")
     warm = load(start) if start is not None else None
-    replicas = None
+    replicas = sync = None
     if distributed.launched():
         if resume is not None or checkpoint_every is not None:
             raise BadOptions("--resume and --checkpoint-every are for single-process training, not under torchrun")
         if sync_every < 1:
             raise BadOptions(f"--sync-every must be at least 1, got {sync_every}")
         if threads is None:  # share the cores among this machine's ranks
-            cfg = replace(cfg, threads=max(1, (os.cpu_count() or 1) // distributed.local_world()))
+            cfg = cfg.with_options(threads=max(1, (os.cpu_count() or 1) // distributed.local_world()))
             _use_threads(cfg.threads)
         replicas = distributed.Replicas(resolve_device(cfg.engine, cfg.device)[1])
+        sync = distributed.ReplicaSync(replicas, sync_every)
     lead = replicas is None or replicas.rank == 0  # only rank 0 writes and talks
     show = not quiet and lead
     progress = TrainProgress() if show else NullProgress()
@@ -308,9 +312,9 @@ def train_cmd(
             model, result = train_model(
                 input, spec=spec, hashing=_hashing(bits, hash_seed) if base is None else None, cfg=cfg,
                 valid=valid, valid_fraction=valid_fraction, progress=progress, log=_err if lead else _quiet, start=warm,
-                resume=base, checkpoint_path=checkpoint_path, checkpoint_every=checkpoint_every,
-                should_stop=stop.requested if replicas is None else None, output=str(output),
-                replicas=replicas, sync_rows=sync_every, min_count=min_count if resume is None else None,
+                resume=base, output=str(output), sync=sync, min_count=min_count if resume is None else None,
+                checkpoints=CheckpointPlan(checkpoint_path, checkpoint_every,
+                                           stop.requested if replicas is None else None),
             )
     except Interrupted as e:
         _err(f"error: {e}; checkpoint written to {checkpoint_path}; resume with: fmctr train --resume {checkpoint_path}")
@@ -369,11 +373,11 @@ def tune(
     _use_threads(threads)
     from fmctr.models.modelfile import save
     from fmctr.commands.progress import stderr, trials_table
-    from fmctr.training.loop import TrainConfig
+    from fmctr.training.config import TrainConfig
     from fmctr.commands.tune import tune as run
 
     spec = _spec(preset, schema, label, categorical, numeric, multi, ignore, sep, numeric_mode, format)
-    base = TrainConfig(optimizer=optimizer, seed=seed, threads=threads)
+    base = TrainConfig.from_options(optimizer=optimizer, seed=seed, threads=threads)
 
     def show(trial) -> None:
         if not quiet:

@@ -32,7 +32,12 @@ from fmctr.models.modelfile import Model, save
 from fmctr.hashing.rare import RareMap
 from fmctr.reading.read import Chunk, RawChunk, display_name, open_source, prefetch
 from fmctr.reading.schema import SPARSE_FORMATS, Schema, SchemaSpec
-from fmctr.training.loop import Resume, Scorer, TrainConfig, TrainResult, train
+from fmctr.models.kinds import scorer
+from fmctr.training.checkpoints import Checkpoints
+from fmctr.training.config import TrainConfig
+from fmctr.training.distributed import ReplicaSync
+from fmctr.training.loop import Start, TrainResult, train
+from fmctr.training.state import Resume
 
 Log = Callable[[str], None]
 DEFAULT_BITS = 22
@@ -227,6 +232,71 @@ def check_warm_start(model: Model, cfg: TrainConfig, hashing: HashSpec | None, n
         raise BadOptions(f"{name} was trained with --optimizer {model.optimizer['kind']}; --optimizer {cfg.optimizer} conflicts with it")
 
 
+@dataclass
+class CheckpointPlan:
+    """Where and when a training run writes checkpoints (see fmctr.training.checkpoints)."""
+
+    path: str | Path
+    every: float | None = None  # seconds
+    should_stop: Callable[[], bool] | None = None  # asked between blocks
+
+
+@dataclass
+class TrainingData:
+    """A training run's rows, hashed (and --min-count mapped) into datasets."""
+
+    data: Input
+    rows: DatasetRows
+    valid: DatasetRows | None
+    rare: RareMap | None
+
+
+def _check_train_options(cfg: TrainConfig, valid: str | None, valid_fraction: float | None,
+                         min_count: int | None, base: Model | None, hashing: HashSpec | None, resume: Model | None):
+    if valid is not None and valid_fraction is not None:
+        raise BadOptions("--valid and --valid-fraction both choose validation data: give one of them")
+    if valid_fraction is not None and not 0 < valid_fraction < 1:
+        raise BadOptions(f"--valid-fraction must be between 0 and 1, got {valid_fraction}")
+    cfg.check()
+    if min_count is not None and min_count < 1:
+        raise BadOptions(f"--min-count must be at least 1, got {min_count}")
+    if base is not None:
+        check_warm_start(base, cfg, hashing, "the model" if resume is None else "the checkpoint")
+        if min_count is not None and (base.rare is None or base.rare.min_count != min_count):
+            raise BadOptions(f"--min-count {min_count} conflicts with the model's "
+                             + (f"--min-count {base.rare.min_count}" if base.rare else "(it has none)"))
+
+
+def _training_data(path: str, tmp: Path, *, spec, schema, hashing, valid, valid_fraction, base, min_count,
+                   log: Log) -> TrainingData:
+    """Open the training (and validation) data, hash it into datasets under `tmp`,
+    split off --valid-fraction and map rare values."""
+    data = open_input(path, spec=spec, schema=schema, hashing=hashing, require_label=True, log=log)
+    if min_count:
+        from fmctr.hashing.rare import check_schema
+
+        check_schema(data.schema)  # before the data is hashed
+    ds = data.shards or _as_dataset(data, tmp / "train")
+    rows = DatasetRows(ds)
+    valid_rows = valid_data = None
+    if valid is not None:
+        valid_data = open_input(valid, schema=data.schema, hashing=data.hashing, require_label=True, log=log)
+        valid_ds = valid_data.shards or _as_dataset(valid_data, tmp / "valid")
+        valid_rows = DatasetRows(valid_ds)
+    elif valid_fraction is not None:
+        rows, valid_rows = rows.split_tail(valid_fraction)
+        if rows.rows == 0 or valid_rows.rows == 0:
+            raise BadOptions(f"--valid-fraction {valid_fraction} leaves no training or no validation rows")
+    rare, data_is_mapped = _training_rare_map(data, rows, base, min_count)
+    if rare is not None and not data_is_mapped:
+        rows = DatasetRows(_remapped(data.shards or [ds], rare, tmp / "train-rare"))
+        if valid_fraction is not None:
+            rows, valid_rows = rows.split_tail(valid_fraction)
+    if rare is not None and valid is not None:
+        valid_rows = DatasetRows(_remapped(valid_data.shards or [valid_ds], rare, tmp / "valid-rare"))
+    return TrainingData(data, rows, valid_rows, rare)
+
+
 def train_model(
     path: str,
     *,
@@ -239,12 +309,9 @@ def train_model(
     log: Log = _silent,
     start: Model | None = None,
     resume: Model | None = None,
-    checkpoint_path: str | Path | None = None,
-    checkpoint_every: float | None = None,
-    should_stop=None,
+    checkpoints: CheckpointPlan | None = None,
     output: str | None = None,
-    replicas=None,
-    sync_rows: int = 1 << 16,
+    sync: ReplicaSync | None = None,
     on_epoch=None,
     min_count: int | None = None,
 ) -> tuple[Model, TrainResult]:
@@ -253,87 +320,71 @@ def train_model(
     Raw data is hashed once into a temporary dataset (under $TMPDIR) and every epoch
     streams it from there, so memory does not grow with the number of rows.
     `start` warm-starts from a model (its schema, hashing, weights and optimizer
-    state); `resume` continues an interrupted run from its checkpoint. With
-    `checkpoint_path`, a stop request (see fmctr.train.train) or every
-    `checkpoint_every` seconds writes a checkpoint there. With `replicas` this is
-    one rank of a data-parallel run: it trains on every world-th part of the data
-    (checkpoints are not written then). `min_count` maps values seen fewer times in
-    the training rows to their field's rare token (fmctr.hashing.rare); the map is part of
-    the model."""
-    if valid is not None and valid_fraction is not None:
-        raise BadOptions("--valid and --valid-fraction both choose validation data: give one of them")
-    if valid_fraction is not None and not 0 < valid_fraction < 1:
-        raise BadOptions(f"--valid-fraction must be between 0 and 1, got {valid_fraction}")
-    cfg.check()
-    if min_count is not None and min_count < 1:
-        raise BadOptions(f"--min-count must be at least 1, got {min_count}")
+    state); `resume` continues an interrupted run from its checkpoint; `checkpoints`
+    says where and when to write checkpoints. With `sync` this is one rank of a
+    data-parallel run: it trains on its share of the data (checkpoints are not
+    written then). `min_count` maps values seen fewer times in the training rows to
+    their field's rare token (fmctr.hashing.rare); the map is part of the model."""
     base = resume or start
+    _check_train_options(cfg, valid, valid_fraction, min_count, base, hashing, resume)
+    schema = None
     if base is not None:
-        check_warm_start(base, cfg, hashing, "the model" if resume is None else "the checkpoint")
-        if min_count is not None and (base.rare is None or base.rare.min_count != min_count):
-            raise BadOptions(f"--min-count {min_count} conflicts with the model's "
-                             + (f"--min-count {base.rare.min_count}" if base.rare else "(it has none)"))
         spec, schema, hashing = None, base.schema, base.hashing
-    else:
-        schema = None
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="fmctr-") as tmp:
-        data = open_input(path, spec=spec, schema=schema, hashing=hashing, require_label=True, log=log)
-        if min_count:
-            from fmctr.hashing.rare import check_schema
-
-            check_schema(data.schema)  # before the data is hashed
-        ds = data.shards or _as_dataset(data, Path(tmp) / "train")
-        rows = DatasetRows(ds)
-        valid_rows = None
-        if valid is not None:
-            valid_data = open_input(valid, schema=data.schema, hashing=data.hashing, require_label=True, log=log)
-            valid_ds = valid_data.shards or _as_dataset(valid_data, Path(tmp) / "valid")
-            valid_rows = DatasetRows(valid_ds)
-        elif valid_fraction is not None:
-            rows, valid_rows = rows.split_tail(valid_fraction)
-            if rows.rows == 0 or valid_rows.rows == 0:
-                raise BadOptions(f"--valid-fraction {valid_fraction} leaves no training or no validation rows")
-        rare, data_is_mapped = _training_rare_map(data, rows, base, min_count)
-        if rare is not None and not data_is_mapped:
-            rows = DatasetRows(_remapped(data.shards or [ds], rare, Path(tmp) / "train-rare"))
-            if valid_fraction is not None:
-                rows, valid_rows = rows.split_tail(valid_fraction)
-        if rare is not None and valid is not None:
-            valid_rows = DatasetRows(_remapped(valid_data.shards or [valid_ds], rare, Path(tmp) / "valid-rare"))
-        if replicas is not None:
-            rows = rows.shard(replicas.rank, replicas.world)
-            checkpoint_path = should_stop = None
+        td = _training_data(path, Path(tmp), spec=spec, schema=schema, hashing=hashing, valid=valid,
+                            valid_fraction=valid_fraction, base=base, min_count=min_count, log=log)
+        rows = td.rows
+        if sync is not None:
+            rows = rows.shard(sync.replicas.rank, sync.replicas.world)
+            checkpoints = None
         job = Job(path, valid, valid_fraction, output, asdict(cfg))
-
-        def write_checkpoint(state: Resume) -> None:
-            partial = {"input": data.name, "rows": rows.rows, "fmctr_version": __version__, "resume": job.to_dict()}
-            save(Model(state.weights, data.schema, data.hashing, partial, state.optimizer, state.progress(), state.best,
-                       rare), checkpoint_path)
-
-        resume_state = None
-        if resume is not None:
-            if resume.checkpoint is None or resume.optimizer is None:
-                raise BadOptions("--resume needs a checkpoint written by an interrupted `fmctr train`, not a model file")
-            resume_state = Resume.from_parts(resume.weights, resume.optimizer, resume.best, resume.checkpoint)
         result = train(
-            rows, cfg, bits=data.hashing.bits, valid=valid_rows, progress=progress,
-            start=start.weights if start is not None else None,
-            start_optimizer=start.optimizer if start is not None else None,
-            resume=resume_state, should_stop=should_stop,
-            checkpoint=write_checkpoint if checkpoint_path is not None else None, checkpoint_every=checkpoint_every,
-            replicas=replicas, sync_rows=sync_rows, on_epoch=on_epoch,
+            rows, cfg, bits=td.data.hashing.bits, valid=td.valid, progress=progress,
+            start=Start(start.weights, start.optimizer) if start is not None else None,
+            resume=_resume_state(resume), checkpoints=_checkpoints(checkpoints, td, rows, job),
+            sync=sync, on_epoch=on_epoch,
         )
         positives = sum(float(block.labels.sum()) for block in rows.blocks())
-        if replicas is not None:
-            [positives] = replicas.sum([positives])
+        if sync is not None:
+            [positives] = sync.total([positives])
+    training = _training_record(td, result, positives, sync, started)
+    if start is not None:
+        training["warm_start"] = start.training.get("input")
+    model = Model(result.weights, td.data.schema, td.data.hashing, training, result.optimizer, rare=td.rare,
+                  kind=result.config.kind)
+    return model, result
+
+
+def _resume_state(resume: Model | None) -> Resume | None:
+    if resume is None:
+        return None
+    if resume.checkpoint is None or resume.optimizer is None:
+        raise BadOptions("--resume needs a checkpoint written by an interrupted `fmctr train`, not a model file")
+    return Resume.from_parts(resume.weights, resume.optimizer, resume.best, resume.checkpoint)
+
+
+def _checkpoints(plan: CheckpointPlan | None, td: TrainingData, rows: DatasetRows, job: Job) -> Checkpoints | None:
+    if plan is None:
+        return None
+
+    def write(state: Resume) -> None:
+        partial = {"input": td.data.name, "rows": rows.rows, "fmctr_version": __version__, "resume": job.to_dict()}
+        save(Model(state.weights, td.data.schema, td.data.hashing, partial, state.optimizer, state.progress(),
+                   state.best, td.rare), plan.path)
+
+    return Checkpoints(write, should_stop=plan.should_stop, every=plan.every)
+
+
+def _training_record(td: TrainingData, result: TrainResult, positives: float, sync, started: float) -> dict:
+    """The model file's training metadata."""
     best = result.history[result.best_epoch - 1]
     training = {
-        "input": data.name,
+        "input": td.data.name,
         "rows": result.rows,
         "positive_rate": positives / result.rows,
-        "ranks": replicas.world if replicas is not None else 1,
-        "valid_rows": valid_rows.rows if valid_rows is not None else 0,
+        "ranks": sync.replicas.world if sync is not None else 1,
+        "valid_rows": td.valid.rows if td.valid is not None else 0,
         "epochs_run": len(result.history),
         "best_epoch": result.best_epoch,
         "valid_metrics": best.valid,
@@ -345,12 +396,10 @@ def train_model(
         "seconds": round(time.time() - started, 3),
         "fmctr_version": __version__,
     }
-    if start is not None:
-        training["warm_start"] = start.training.get("input")
-    if rare is not None:
-        training["min_count"] = rare.min_count
-        training["frequent_features"] = int(rare.frequent.sum())
-    return Model(result.weights, data.schema, data.hashing, training, result.optimizer, rare=rare), result
+    if td.rare is not None:
+        training["min_count"] = td.rare.min_count
+        training["frequent_features"] = int(td.rare.frequent.sum())
+    return training
 
 
 def _training_rare_map(data: Input, rows: DatasetRows, base: Model | None,
@@ -392,7 +441,7 @@ def evaluate_model(path: str, model: Model, *, log: Log = _silent, device: str =
 
         pyplot(plot)  # fail before scoring if it cannot be drawn
     data = open_input(path, schema=model.schema, hashing=model.hashing, require_label=True, log=log, rare=model.rare)
-    score = Scorer(model.weights, device)
+    score = scorer(model.weights, kind=model.kind, device=device)
     labels, probs = [], []
     for rows, _ in data.parts:
         labels.append(rows.labels)
@@ -417,7 +466,7 @@ def predict(path: str, model: Model, output: str, *, keep: Sequence[str] = (), l
         raise BadOptions(f"--keep {PROBABILITY}: that name is the output column")
     data = open_input(path, schema=model.schema, hashing=model.hashing, require_label=False, keep=keep, log=log,
                       rare=model.rare)
-    score = Scorer(model.weights, device)
+    score = scorer(model.weights, kind=model.kind, device=device)
     if output == "-":
         return _write_predictions(data, score, sys.stdout.buffer)
     with atomic_file(output) as tmp:
@@ -428,7 +477,7 @@ def predict(path: str, model: Model, output: str, *, keep: Sequence[str] = (), l
             raise BadOptions(f"{output}: cannot write: {e.strerror}") from None
 
 
-def _write_predictions(data: Input, score: Scorer, out) -> int:
+def _write_predictions(data: Input, score, out) -> int:
     written = 0
     for rows, kept in data.parts:
         frame = pl.DataFrame({PROBABILITY: score(rows)})

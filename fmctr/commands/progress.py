@@ -8,7 +8,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from fmctr.training.loop import Epoch, NullProgress
+from fmctr.training.loop import NullProgress
+from fmctr.training.state import Epoch
 
 stderr = Console(stderr=True)
 

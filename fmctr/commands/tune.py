@@ -20,7 +20,7 @@ from fmctr.hashing.tokens import HashSpec
 from fmctr.models.modelfile import Model
 from fmctr.commands.jobs import Log, _as_dataset, _silent, open_input, train_model
 from fmctr.reading.schema import SchemaSpec
-from fmctr.training.loop import DEFAULT_LR, L2_TOUCH_ROWS, TrainConfig
+from fmctr.training.config import DEFAULT_LR, L2_TOUCH_ROWS, TrainConfig
 
 # Each setting's values to try besides the default (the learning rate as a multiple of
 # the optimizer's default, 0.01 and 0.1 for Adagrad; the touch L2 as a multiple of its
@@ -53,11 +53,11 @@ def _config(base: TrainConfig, settings: dict, rows: int) -> TrainConfig:
     settings = dict(settings)
     scale = settings.pop("touch_l2_x", None)
     lr_scale = settings.pop("lr_x", None)
-    cfg = replace(base, **settings)
+    cfg = base.with_options(**settings)
     if lr_scale is not None:
-        cfg = replace(cfg, lr=(base.lr or DEFAULT_LR[base.optimizer]) * lr_scale)
+        cfg = cfg.with_options(lr=(base.lr or DEFAULT_LR[base.optimizer]) * lr_scale)
     if scale is not None:
-        cfg = replace(cfg, l2_linear=L2_TOUCH_ROWS[0] * scale / rows, l2_factors=L2_TOUCH_ROWS[1] * scale / rows)
+        cfg = cfg.with_options(l2_linear=L2_TOUCH_ROWS[0] * scale / rows, l2_factors=L2_TOUCH_ROWS[1] * scale / rows)
     return cfg
 
 
@@ -99,7 +99,7 @@ def tune(
         raise BadOptions(f"--budget must be a positive number of seconds, got {budget_s}")
     if metric not in ("auc", "logloss"):
         raise BadOptions(f"unknown metric {metric!r} (choose from auc, logloss)")
-    base = replace(base, stop_metric=metric).check()
+    base = base.with_options(stop_metric=metric).check()
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="fmctr-tune-") as tmp:
         train_in = open_input(path, spec=spec, hashing=hashing, require_label=True, log=log)

@@ -25,12 +25,12 @@ from fmctr.errors import BadModel
 from fmctr.hashing.tokens import HashSpec
 from fmctr.hashing.rare import RareMap
 from fmctr.reading.schema import BUCKETS_CHANGED_AFTER, Schema, old_buckets
+from fmctr.models.kinds import kind_of
 from fmctr.models.weights import FMWeights
 
 FORMAT = "fmctr-model"
 FORMAT_VERSION = 2  # 2: numeric buckets keep values up to 2 apart (fmctr.schema.old_buckets)
 METADATA_KEY = "fmctr"
-TENSORS = ("bias", "rows", "linear", "factors")
 
 
 @dataclass
@@ -48,6 +48,7 @@ class Model:
     checkpoint: dict | None = None
     best: FMWeights | None = None
     rare: RareMap | None = None  # --min-count: which indices are frequent
+    kind: str = "fm"  # which fmctr.models.base.ModelKind the weights are
 
 
 OPTIMIZER_ARRAYS = ("linear1", "linear2", "factors1", "factors2")
@@ -67,6 +68,24 @@ def _own_array(kind: str, name: str) -> bool:
     return kind == "adam" or name.endswith("1") or (kind == "ftrl" and name == "linear2")
 
 
+def _weight_tensors(kind: str, weights, rows: np.ndarray, prefix: str = "") -> dict[str, np.ndarray]:
+    """A model kind's sections as tensors; its per-index ones only at `rows`."""
+    model_kind = kind_of(kind)
+    return {prefix + k: np.ascontiguousarray(v[rows] if k in model_kind.per_index else v, dtype=np.float32)
+            for k, v in model_kind.sections(weights).items()}
+
+
+def _weights(kind: str, tensors: dict[str, np.ndarray], rows: np.ndarray, n: int, dim: int, prefix: str = ""):
+    """The inverse of _weight_tensors: per-index tensors spread over all n indices."""
+    model_kind = kind_of(kind)
+    sections = {}
+    for key in model_kind.sections_names:
+        values = tensors[prefix + key]
+        sections[key] = _full(values, rows, n, dim if values.ndim == 2 else None) if key in model_kind.per_index \
+            else values.copy()
+    return model_kind.from_sections(sections)
+
+
 def to_bytes(model: Model) -> bytes:
     w = model.weights
     opt = model.optimizer
@@ -74,16 +93,12 @@ def to_bytes(model: Model) -> bytes:
         rows = np.flatnonzero(opt["seen"]).astype(np.int64)
     else:
         rows = np.flatnonzero((w.linear != 0) | np.any(w.factors != 0, axis=1)).astype(np.int64)
-    tensors = {
-        "bias": w.bias.astype(np.float32),
-        "rows": rows,
-        "linear": w.linear[rows].astype(np.float32),
-        "factors": np.ascontiguousarray(w.factors[rows], dtype=np.float32),
-    }
+    tensors = {"rows": rows, **_weight_tensors(model.kind, w, rows)}
     header = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "fmctr_version": __version__,
+        "model": model.kind,
         "num_features": w.num_features,
         "dim": w.dim,
         "schema": model.schema.to_dict(),
@@ -97,9 +112,7 @@ def to_bytes(model: Model) -> bytes:
                 tensors[f"opt.{name}"] = np.ascontiguousarray(opt[name][rows], dtype=np.float32)
         header["optimizer"] = {"kind": opt["kind"], "step": int(opt["step"])}
     if model.best is not None:
-        tensors["best.bias"] = model.best.bias.astype(np.float32)
-        tensors["best.linear"] = model.best.linear[rows].astype(np.float32)
-        tensors["best.factors"] = np.ascontiguousarray(model.best.factors[rows], dtype=np.float32)
+        tensors.update(_weight_tensors(model.kind, model.best, rows, "best."))
     if model.checkpoint is not None:
         header["checkpoint"] = model.checkpoint
     if model.rare is not None:
@@ -153,8 +166,8 @@ def from_bytes(data: bytes, name: str = "model", *, training_state: bool = True)
         tensors = st_load(data)
     except (SafetensorError, ValueError) as e:
         raise BadModel(f"{name}: corrupt or truncated model file ({str(e).splitlines()[0]})") from None
-    if not set(TENSORS) <= set(tensors):
-        raise BadModel(f"{name}: model file has tensors {sorted(tensors)}, expected {list(TENSORS)}")
+    if "rows" not in tensors or "bias" not in tensors:
+        raise BadModel(f"{name}: model file has tensors {sorted(tensors)}, expected bias, rows and the weights")
     if _checksum(tensors) != meta.get("sha256"):
         raise BadModel(f"{name}: model file is corrupt (checksum mismatch)")
     try:
@@ -162,20 +175,20 @@ def from_bytes(data: bytes, name: str = "model", *, training_state: bool = True)
         rows = tensors["rows"]
         if rows.size and (rows.min() < 0 or rows.max() >= n):
             raise ValueError("row index out of range")
-        weights = FMWeights(tensors["bias"].copy(), _full(tensors["linear"], rows, n), _full(tensors["factors"], rows, n, dim))
+        kind = meta.get("model", "fm")
+        weights = _weights(kind, tensors, rows, n, dim)
         optimizer = None
         if "optimizer" in meta and training_state:
-            kind = meta["optimizer"]["kind"]
-            optimizer = {"kind": kind, "step": int(meta["optimizer"]["step"]), "bias": tensors["opt.bias"].copy()}
+            opt_kind = meta["optimizer"]["kind"]
+            optimizer = {"kind": opt_kind, "step": int(meta["optimizer"]["step"]), "bias": tensors["opt.bias"].copy()}
             optimizer["seen"] = np.zeros(n, np.bool_)
             optimizer["seen"][rows] = True
             for array in OPTIMIZER_ARRAYS:
-                source = array if _own_array(kind, array) else array[:-1] + "1"
+                source = array if _own_array(opt_kind, array) else array[:-1] + "1"
                 optimizer[array] = _full(tensors[f"opt.{source}"], rows, n, None if array.startswith("linear") else dim)
         best = None
         if "best.bias" in tensors and training_state:
-            best = FMWeights(tensors["best.bias"].copy(), _full(tensors["best.linear"], rows, n),
-                             _full(tensors["best.factors"], rows, n, dim))
+            best = _weights(kind, tensors, rows, n, dim, "best.")
         hashing = HashSpec(**meta["hashing"]).check()
         schema = Schema.from_dict(meta["schema"])
     except BadModel:
@@ -189,7 +202,7 @@ def from_bytes(data: bytes, name: str = "model", *, training_state: bool = True)
         if "rare.frequent" not in tensors or len(tensors["rare.frequent"]) * 8 < n:
             raise BadModel(f"{name}: model file has --min-count but no frequent set")
         rare = RareMap.from_packed(int(meta["min_count"]), tensors["rare.frequent"], n, schema, hashing)
-    return Model(weights, schema, hashing, meta.get("training", {}), optimizer, meta.get("checkpoint"), best, rare)
+    return Model(weights, schema, hashing, meta.get("training", {}), optimizer, meta.get("checkpoint"), best, rare, kind)
 
 
 def load(path: Path | str, *, training_state: bool = True) -> Model:

@@ -94,3 +94,27 @@ class Replicas:
         for f in flat:
             f.copy_(packed[at : at + f.numel()].reshape(f.shape).to(f.device))
             at += f.numel()
+
+
+class ReplicaSync:
+    """The loop's part for data-parallel training: every rank trains pieces of at most
+    `rows` rows and, after each, the ranks average the model rows any of them touched.
+    A rank out of rows keeps joining the collectives until every rank is."""
+
+    def __init__(self, replicas: Replicas, rows: int):
+        self.replicas = replicas
+        self.rows = rows
+
+    def total(self, values: list[float]) -> list[float]:
+        return self.replicas.sum(values)
+
+    def any(self, flag: bool) -> bool:
+        return bool(self.replicas.max(flag))
+
+    def after_piece(self, engine, piece) -> None:
+        if piece is not None:
+            block, order = piece
+            touched = np.unique(block.take(order).indices).astype(np.int64)
+        else:
+            touched = np.zeros(0, np.int64)
+        engine.average(self.replicas, self.replicas.union(touched))

@@ -1,0 +1,65 @@
+"""The model interface: what the training loop, the scorers and the model file ask of a
+model. The FM (fmctr.models.fm) is one implementation; a model of another kind (user
+and item towers, a field-aware FM) implements the same two protocols and registers
+itself in KINDS, and neither the loop nor the CLI changes.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+
+class Engine(Protocol):
+    """Trains one model's weights in place, block by block."""
+
+    lr: float
+
+    def train(self, rows, order: np.ndarray) -> float:
+        """One pass over rows[order] in mini-batches; the summed logloss."""
+
+    def weights(self): ...
+
+    def set_lr(self, lr: float) -> None: ...
+
+    def set_counts(self, counts: np.ndarray, rows: int) -> None:
+        """Feature counts over the training rows, for the --l2-all penalty."""
+
+    def average(self, replicas, rows: np.ndarray) -> None:
+        """Average the given weight rows (and their optimizer state) across ranks."""
+
+    def optimizer_state(self) -> dict: ...
+
+
+class ModelKind(Protocol):
+    """A kind of model: its weights, scoring, training engines and file sections."""
+
+    name: str
+    sections_names: tuple[str, ...]  # the model file's tensors of the weights
+    per_index: tuple[str, ...]  # those with one row per hash index (stored only where trained)
+
+    def zeros(self, num_features: int, dim: int):
+        """Untrained weights over a hash space of num_features indices."""
+
+    def logits(self, weights, rows) -> np.ndarray:
+        """(n,) logits of hashed rows."""
+
+    def engine(self, weights, cfg, *, engine: str, device: str, threads: int, optimizer: dict | None) -> Engine: ...
+
+    def scorer(self, weights, *, engine: str, device: str):
+        """A callable rows -> (n,) click probabilities on the given engine."""
+
+    def sections(self, weights) -> dict[str, np.ndarray]:
+        """The weights as named arrays for the model file (per-index ones over all indices)."""
+
+    def from_sections(self, sections: dict[str, np.ndarray]):
+        """Weights from the model file's arrays (per-index ones spread over all indices)."""
+
+
+KINDS: dict[str, ModelKind] = {}
+
+
+def register(kind: ModelKind) -> ModelKind:
+    KINDS[kind.name] = kind
+    return kind

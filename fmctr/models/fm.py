@@ -1,0 +1,84 @@
+"""The Factorization Machine as a model kind (fmctr.models.base.ModelKind):
+
+    logit(x) = bias + sum_i w_i x_i + 1/2 sum_f [(sum_i v_if x_i)^2 - sum_i v_if^2 x_i^2]
+
+Weights are fmctr.models.weights.FMWeights; scoring runs the fused CPU kernel or the
+torch module; training runs fmctr.models.fm_engines; the model file holds `bias` and,
+per index, `linear` and `factors`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fmctr.hashing.tokens import Rows
+from fmctr.models import kernel
+from fmctr.models.base import register
+from fmctr.models.runtime import _torch
+from fmctr.models.weights import FMWeights
+
+
+def logits(w: FMWeights, rows: Rows) -> np.ndarray:
+    """FM logits of CSR rows with the CPU kernel."""
+    out = np.empty(len(rows), np.float64)
+    kernel.fm_logits(rows.indices, rows.values, rows.offsets, w.bias, w.linear, w.factors, out)
+    return out
+
+
+def probabilities(w: FMWeights, rows: Rows) -> np.ndarray:
+    z = logits(w, rows)
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+class TorchScorer:
+    """Click probabilities from the torch module (on a GPU, or forced on a CPU)."""
+
+    def __init__(self, w: FMWeights, device: str):
+        from fmctr.models.torch_fm import FactorizationMachine
+
+        self.torch = _torch()
+        self.device = device
+        self.model = FactorizationMachine.from_weights(w, device).eval()
+
+    def __call__(self, rows: Rows) -> np.ndarray:
+        t = self.torch
+        with t.no_grad():
+            z = self.model(
+                t.from_numpy(rows.indices.astype(np.int64)).to(self.device),
+                t.from_numpy(np.ascontiguousarray(rows.offsets[:-1])).to(self.device),
+                t.from_numpy(np.ascontiguousarray(rows.values)).to(self.device),
+            )
+        return t.sigmoid(z.double()).cpu().numpy()
+
+
+class FM:
+    name = "fm"
+    sections_names = ("bias", "linear", "factors")
+    per_index = ("linear", "factors")
+
+    def zeros(self, num_features: int, dim: int) -> FMWeights:
+        return FMWeights.zeros(num_features, dim)
+
+    def logits(self, weights: FMWeights, rows: Rows) -> np.ndarray:
+        return logits(weights, rows)
+
+    def engine(self, weights: FMWeights, cfg, *, engine: str, device: str, threads: int, optimizer: dict | None):
+        from fmctr.models.fm_engines import CpuEngine, TorchEngine
+
+        if engine == "cpu":
+            return CpuEngine(weights, cfg, threads, optimizer)
+        return TorchEngine(weights, cfg, device, optimizer)
+
+    def scorer(self, weights: FMWeights, *, engine: str, device: str):
+        if engine == "torch":
+            return TorchScorer(weights, device)
+        return lambda rows: probabilities(weights, rows)
+
+    def sections(self, weights: FMWeights) -> dict[str, np.ndarray]:
+        return {"bias": weights.bias, "linear": weights.linear, "factors": weights.factors}
+
+    def from_sections(self, sections: dict[str, np.ndarray]) -> FMWeights:
+        return FMWeights(sections["bias"], sections["linear"], sections["factors"])
+
+
+FM_KIND = register(FM())

@@ -1,0 +1,239 @@
+"""The FM's two training engines, behind one interface (fmctr.models.base.Engine):
+`CpuEngine`, fused numba kernels over numpy arrays, and `TorchEngine`, EmbeddingBag +
+autograd + a row-wise optimizer on any torch device. They compute the same updates
+(tests/test_fm.py holds them to the same weights)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fmctr.hashing.tokens import Rows
+from fmctr.models import kernel
+from fmctr.models.weights import FMWeights, initial_factors
+
+
+class CpuEngine:
+    """Fused numba kernels over numpy arrays."""
+
+    def __init__(self, w: FMWeights, cfg, threads: int, optimizer: dict | None = None):
+        self.w = w
+        self.cfg = cfg
+        n, k = w.num_features, w.dim
+        adam = cfg.optimizer == "adam"
+        two_linear = cfg.optimizer in ("adam", "ftrl")
+        if optimizer is not None:
+            self.bias_state = optimizer["bias"].copy()
+            self.linear_state1, self.factor_state1 = optimizer["linear1"], optimizer["factors1"]
+            self.linear_state2 = optimizer["linear2"] if two_linear else self.linear_state1
+            self.factor_state2 = optimizer["factors2"] if adam else self.factor_state1
+            self.seen = optimizer["seen"]
+            self.counters = np.array([optimizer["step"], 0], np.int64)
+        else:
+            self.bias_state = np.zeros(2, np.float32)
+            self.linear_state1 = np.zeros(n, np.float32)
+            self.linear_state2 = np.zeros(n, np.float32) if two_linear else self.linear_state1
+            self.factor_state1 = np.zeros((n, k), np.float32)
+            self.factor_state2 = np.zeros((n, k), np.float32) if adam else self.factor_state1
+            self.seen = np.zeros(n, np.bool_)
+            self.counters = np.zeros(2, np.int64)
+        # Each feature's linear weight, its optimizer state and its --l2-all share sit
+        # side by side (one cache line where four arrays cost four misses); the
+        # engine's arrays are views of this table.
+        self.meta = np.zeros((n, 4), np.float32)
+        self.meta[:, 0] = w.linear
+        self.meta[:, 1] = self.linear_state1
+        self.meta[:, 2] = self.linear_state2
+        w.linear = self.meta[:, 0]
+        self.linear_state1 = self.meta[:, 1]
+        self.linear_state2 = self.meta[:, 2] if two_linear else self.linear_state1
+        self.threads = threads
+        self.lr = cfg.lr
+        self.code = {"adagrad": kernel.ADAGRAD, "adam": kernel.ADAM, "ftrl": kernel.FTRL}[cfg.optimizer]
+        self.ftrl = np.array([cfg.ftrl_alpha, cfg.ftrl_beta, cfg.l1, cfg.l2_linear], np.float64)
+        self.inv_counts = np.zeros(0, np.float32)
+        self.priors = np.array([cfg.l2_all_linear, cfg.l2_all_factors], np.float64)
+
+    def train(self, rows: Rows, order: np.ndarray) -> float:
+        cfg = self.cfg
+        max_row = int((rows.offsets[order + 1] - rows.offsets[order]).max(initial=0))
+        return kernel.train_rows(
+            rows.indices, rows.values, rows.offsets, rows.labels, order, cfg.batch_size, self.threads,
+            self.w.bias, self.w.linear, self.w.factors,
+            self.bias_state, self.linear_state1, self.linear_state2, self.factor_state1, self.factor_state2,
+            self.seen, max_row,
+            self.code, self.lr, cfg.l2_linear, cfg.l2_factors, cfg.eps, 0.9, 0.999, self.counters,
+            cfg.seed, cfg.init_std, cfg.adagrad_init, self.ftrl, self.inv_counts, self.priors,
+        )
+
+    def weights(self) -> FMWeights:
+        return self.w
+
+    def set_lr(self, lr: float) -> None:
+        self.lr = lr
+
+    def set_counts(self, counts: np.ndarray, rows: int) -> None:
+        self.meta[:, 3] = rows / np.maximum(counts, 1)
+        self.inv_counts = self.meta[:, 3]
+
+    def average(self, replicas, rows: np.ndarray) -> None:
+        """Average the given rows (weights and optimizer state) across ranks."""
+        tables = [self.w.linear, self.w.factors, self.linear_state1, self.factor_state1]
+        if self.cfg.optimizer == "adam":
+            tables += [self.linear_state2, self.factor_state2]
+        elif self.cfg.optimizer == "ftrl":
+            tables.append(self.linear_state2)
+        replicas.average_rows(rows, tables, [self.w.bias, self.bias_state])
+        self.seen[rows] = True
+
+    def optimizer_state(self) -> dict:
+        """The optimizer's arrays (live, not copies), as fmctr.models.modelfile stores them."""
+        return {
+            "kind": self.cfg.optimizer, "step": int(self.counters[0]), "bias": self.bias_state,
+            "linear1": self.linear_state1, "linear2": self.linear_state2,
+            "factors1": self.factor_state1, "factors2": self.factor_state2, "seen": self.seen,
+        }
+
+
+class TorchEngine:
+    """EmbeddingBag model + autograd + row-wise optimizer, on any torch device."""
+
+    def __init__(self, w: FMWeights, cfg, device: str, optimizer: dict | None = None):
+        import torch
+
+        from fmctr.models.torch_fm import FactorizationMachine, RowwiseOptimizer
+
+        self.torch = torch
+        self.device = device
+        self.cfg = cfg
+        torch.manual_seed(cfg.seed)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.model = FactorizationMachine.from_weights(w, device)
+        ftrl = (cfg.ftrl_alpha, cfg.ftrl_beta, cfg.l1, cfg.l2_linear) if cfg.optimizer == "ftrl" else None
+        groups = [
+            {"params": [self.model.linear.bias], "l2": 0.0},
+            {"params": [self.model.linear.weight.weight], "l2": cfg.l2_linear, "ftrl": ftrl},
+        ]
+        if self.model.pairwise is not None:
+            groups.append({"params": [self.model.pairwise.embedding.weight], "l2": cfg.l2_factors})
+        self.optimizer = RowwiseOptimizer(
+            groups, kind=cfg.optimizer, lr=cfg.lr, eps=cfg.eps, initial_accumulator=cfg.adagrad_init
+        )
+        self.seen = torch.zeros(w.num_features, dtype=torch.bool, device=device)
+        self.params = [g["params"][0] for g in groups]  # bias, linear, factors
+        self.lr = cfg.lr
+        self.inv_counts = None
+        if optimizer is not None:
+            self._load_optimizer(optimizer)
+
+    def average(self, replicas, rows: np.ndarray) -> None:
+        self.optimizer.init_state()
+        tables, scalars = [], []
+        for p in self.params:
+            state = self.optimizer.state[p]
+            group = [p, state["acc1"]] + ([state["acc2"]] if self._two_states(p) else [])
+            (scalars if p is self.params[0] else tables).extend(group)
+        with self.torch.no_grad():
+            replicas.average_rows(rows, tables, scalars)
+        self.seen[self.torch.from_numpy(rows).to(self.device)] = True
+
+    def _two_states(self, p) -> bool:
+        """Whether parameter p's optimizer keeps a second state (Adam's v; FTRL's n
+        for the linear weights) rather than one accumulator."""
+        return self.cfg.optimizer == "adam" or (self.cfg.optimizer == "ftrl" and p is self.params[1])
+
+    def _load_optimizer(self, optimizer: dict) -> None:
+        t = self.torch
+        n = self.seen.shape[0]
+        self.seen = t.from_numpy(optimizer["seen"].copy()).to(self.device)
+        self.optimizer.step_count = optimizer["step"]
+        pairs = [(optimizer["bias"][:1], optimizer["bias"][1:2]),
+                 (optimizer["linear1"].reshape(n, 1), optimizer["linear2"].reshape(n, 1)),
+                 (optimizer["factors1"], optimizer["factors2"])]
+        for p, (first, second) in zip(self.params, pairs):
+            acc1 = t.from_numpy(np.array(first, np.float32)).to(self.device)
+            acc2 = t.from_numpy(np.array(second, np.float32)).to(self.device) if self._two_states(p) else acc1
+            self.optimizer.state[p] = {"acc1": acc1, "acc2": acc2}
+
+    def optimizer_state(self) -> dict:
+        n = self.seen.shape[0]
+
+        def acc(p, key):
+            state = self.optimizer.state.get(p)
+            return np.zeros(tuple(p.shape), np.float32) if not state else state[key].detach().cpu().numpy()
+
+        bias, linear = self.params[0], self.params[1]
+        k = self.params[2].shape[1] if len(self.params) > 2 else 0
+        factors = (lambda key: acc(self.params[2], key)) if k else (lambda key: np.zeros((n, 0), np.float32))
+        return {
+            "kind": self.cfg.optimizer, "step": self.optimizer.step_count, "seen": self.seen.cpu().numpy(),
+            "bias": np.array([acc(bias, "acc1")[0], acc(bias, "acc2")[0]], np.float32),
+            "linear1": acc(linear, "acc1").reshape(n), "linear2": acc(linear, "acc2").reshape(n),
+            "factors1": factors("acc1"), "factors2": factors("acc2"),
+        }
+
+    def init_new_rows(self, indices) -> None:
+        """Give rows met for the first time their initial factors (as the CPU kernel does)."""
+        t = self.torch
+        unique = t.unique(indices)
+        new = unique[~self.seen[unique]]
+        if len(new) == 0:
+            return
+        self.seen[new] = True
+        if self.model.pairwise is not None:
+            cfg = self.cfg
+            init = initial_factors(new.cpu().numpy(), self.model.pairwise.embedding.weight.shape[1], seed=cfg.seed, std=cfg.init_std)
+            with t.no_grad():
+                self.model.pairwise.embedding.weight[new] = t.from_numpy(init).to(self.device)
+
+    def tensors(self, rows: Rows):
+        t = self.torch
+        return (
+            t.from_numpy(rows.indices.astype(np.int64)).to(self.device),
+            t.from_numpy(rows.offsets[:-1]).to(self.device),
+            t.from_numpy(rows.values).to(self.device),
+        )
+
+    def train(self, rows: Rows, order: np.ndarray) -> float:
+        t = self.torch
+        total = 0.0
+        for b0 in range(0, len(order), self.cfg.batch_size):
+            batch = rows.take(order[b0 : b0 + self.cfg.batch_size])
+            indices, offsets, values = self.tensors(batch)
+            labels = t.from_numpy(batch.labels).to(self.device)
+            self.init_new_rows(indices)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.optimizer.batch_rows = len(batch)
+            loss = t.nn.functional.binary_cross_entropy_with_logits(self.model(indices, offsets, values), labels)
+            objective = loss if self.inv_counts is None else loss + self.prior_penalty(indices, len(batch))
+            objective.backward()
+            self.optimizer.step()
+            total += float(loss.detach()) * len(batch)
+        return total
+
+    def weights(self) -> FMWeights:
+        return self.model.to_weights()
+
+    def set_lr(self, lr: float) -> None:
+        self.lr = lr
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def set_counts(self, counts: np.ndarray, rows: int) -> None:
+        self.inv_counts = self.torch.from_numpy((rows / np.maximum(counts, 1)).astype(np.float32)).to(self.device)
+
+    def prior_penalty(self, indices, n_rows: int):
+        """This batch's share of the --l2-all penalty: for each occurrence of feature
+        i, l2_all / 2 * |theta_i|^2 * rows / count_i, over the batch's rows (the loss
+        is a mean), so that an epoch applies l2_all / 2 * |theta_i|^2 to the mean loss."""
+        embedding = self.torch.nn.functional.embedding  # sparse gradients, like the model's
+        share = self.inv_counts[indices]
+        penalty = 0.0
+        if self.cfg.l2_all_linear and self.cfg.optimizer != "ftrl":
+            w = embedding(indices, self.model.linear.weight.weight, sparse=True)[:, 0]
+            penalty = penalty + self.cfg.l2_all_linear * (share * w * w).sum()
+        if self.cfg.l2_all_factors and self.model.pairwise is not None:
+            v = embedding(indices, self.model.pairwise.embedding.weight, sparse=True)
+            penalty = penalty + self.cfg.l2_all_factors * (share * (v * v).sum(1)).sum()
+        return 0.5 * penalty / n_rows
+
