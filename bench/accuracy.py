@@ -28,7 +28,7 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import fields, replace
+
 from pathlib import Path
 
 import numpy as np

@@ -81,7 +81,7 @@ def test_predict_keeps_row_order_and_columns(movies_model, tmp_path):
 
 def test_save_load_identical_predictions(movies_model, tmp_path):
     from fmctr.models.modelfile import save
-    from fmctr.commands.jobs import open_input
+    from fmctr.datasets.inputs import open_input
     from fmctr.models.fm import probabilities
 
     model = load(movies_model)

@@ -13,7 +13,7 @@ from fmctr.datasets import hashed as dataset
 from fmctr.hashing import onepass
 from fmctr.errors import FmctrError
 from fmctr.hashing.tokens import HashSpec, Rows, hash_chunk, token_index
-from fmctr.commands.jobs import open_input
+from fmctr.datasets.inputs import open_input
 from fmctr.reading.read import Chunk
 from fmctr.reading.schema import Field, Schema, build_spec
 

@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 
 from fmctr.hashing.tokens import HashSpec, token_index
-from fmctr.commands.jobs import open_input
+from fmctr.datasets.inputs import open_input
 from fmctr.reading.read import sniff_format
 from fmctr.reading.schema import SPARSE_FIELD, build_spec
 

@@ -13,7 +13,6 @@ import math
 import os
 import signal
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -124,7 +123,7 @@ def _hashing(bits: Optional[int], seed: int):
 
     if bits is None and seed == 0:
         return None
-    from fmctr.commands.jobs import DEFAULT_BITS
+    from fmctr.datasets.inputs import DEFAULT_BITS
 
     return HashSpec(bits=DEFAULT_BITS if bits is None else bits, seed=seed).check()
 
@@ -182,7 +181,8 @@ def preprocess(
     """Hash raw data once into a dataset directory (for data trained on many times)."""
     _use_threads(threads)
     from fmctr.hashing.tokens import HashSpec
-    from fmctr.commands.jobs import DEFAULT_BITS, preprocess as run
+    from fmctr.commands.jobs import preprocess as run
+    from fmctr.datasets.inputs import DEFAULT_BITS
 
     spec = _spec(preset, schema, label, categorical, numeric, multi, ignore, sep, numeric_mode, format)
     hashing = HashSpec(bits=DEFAULT_BITS if bits is None else bits, seed=hash_seed).check()

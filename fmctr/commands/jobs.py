@@ -11,8 +11,8 @@ import json
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,131 +22,23 @@ from fmctr import __version__
 
 from fmctr.datasets import hashed as dataset
 
-from fmctr.hashing import onepass
 from fmctr.atomic import atomic_dir, atomic_file
 from fmctr.datasets.batches import DatasetRows
-from fmctr.errors import BadInput, BadOptions, BadSchema
-from fmctr.hashing.tokens import HashSpec, Rows, hash_chunk
+from fmctr.errors import BadInput, BadOptions
+from fmctr.datasets.inputs import Input, Log, open_input
+from fmctr.datasets.inputs import silent as _silent
+from fmctr.hashing.tokens import HashSpec
 from fmctr.metrics import evaluate_with_calibration
 from fmctr.models.modelfile import Model, save
 from fmctr.hashing.rare import RareMap
-from fmctr.reading.read import Chunk, RawChunk, display_name, open_source, prefetch
-from fmctr.reading.schema import SPARSE_FORMATS, Schema, SchemaSpec
+from fmctr.reading.read import display_name
+from fmctr.reading.schema import SchemaSpec
 from fmctr.models.kinds import scorer
 from fmctr.training.checkpoints import Checkpoints
 from fmctr.training.config import TrainConfig
 from fmctr.training.distributed import ReplicaSync
 from fmctr.training.loop import Start, TrainResult, train
 from fmctr.training.state import Resume
-
-Log = Callable[[str], None]
-DEFAULT_BITS = 22
-
-
-def _silent(message: str) -> None:
-    pass
-
-
-@dataclass
-class Input:
-    """An opened input, raw or hashed: its schema, hashing spec, and a stream of
-    (hashed rows, passed-through columns) parts."""
-
-    name: str
-    schema: Schema
-    hashing: HashSpec
-    parts: Iterator[tuple[Rows, pl.DataFrame | None]]
-    shards: list[dataset.HashedDataset] | None = None  # when the input is hashed already
-
-    def all_rows(self) -> Rows:
-        return Rows.concat([rows for rows, _ in self.parts])
-
-
-def open_input(
-    path: str,
-    *,
-    spec: SchemaSpec | None = None,
-    schema: Schema | None = None,
-    hashing: HashSpec | None = None,
-    require_label: bool,
-    keep: Sequence[str] = (),
-    log: Log = _silent,
-    rare: RareMap | None = None,
-) -> Input:
-    """Open raw data (hashed on the fly) or a hashed dataset. Give `spec` to resolve
-    a schema against the data's columns, or `schema` (from a model) to apply it;
-    `rare` (a model's --min-count map) maps rare values to their field's rare token."""
-    name = display_name(path)
-    if dataset.is_hashed(path):
-        shards = dataset.open_many(path)
-        ds = shards[0]
-        if keep:
-            raise BadOptions(f"{name}: a hashed dataset has no columns to --keep; predict from the raw data")
-        if hashing is not None and hashing != ds.hashing:
-            raise BadOptions(
-                f"{name}: hashed with bits={ds.hashing.bits} seed={ds.hashing.seed}, "
-                f"but bits={hashing.bits} seed={hashing.seed} were asked for"
-            )
-        if schema is not None and schema.fields != ds.schema.fields:
-            raise BadSchema(f"{name}: the hashed dataset's schema differs from the model's")
-        parts = ((rows if rare is None else rare.apply(rows), None) for shard in shards for rows in shard.iter_parts())
-        return Input(name, ds.schema, ds.hashing, parts, shards)
-    hashing = hashing or HashSpec(bits=DEFAULT_BITS)
-    fmt_source = schema if schema is not None else spec
-    assert fmt_source is not None
-    source = open_source(path, format=fmt_source.format, column_names=fmt_source.column_names)
-    if schema is None:
-        assert spec is not None
-        if source.format in SPARSE_FORMATS and spec.format is None:
-            spec = replace(spec, format=source.format)  # sniffed: libsvm/libffm have no columns
-        schema = spec.resolve(source.columns)
-    sparse = source.format in SPARSE_FORMATS
-    if sparse != (schema.format in SPARSE_FORMATS):
-        raise BadSchema(f"{name}: {source.format} data does not fit a schema for {schema.format or 'columnar'} data")
-    columns = source.columns
-    if require_label and not sparse and schema.label not in columns:
-        raise BadInput(f"{name}: label column {schema.label!r} not found (columns: {', '.join(columns[:10])}{', ...' if len(columns) > 10 else ''})")
-    missing = [] if sparse else [f for f in schema.feature_names if f not in columns]
-    if missing:
-        log(f"warning: {name}: column(s) {', '.join(missing)} missing; treated as missing values")
-    absent_keep = [k for k in keep if k not in columns]
-    if absent_keep:
-        raise BadInput(f"{name}: --keep column(s) {', '.join(absent_keep)} not found")
-
-    plan = None
-    if source.format in ("tsv", "criteo") and onepass.Plan.applies(schema) and not keep and not missing:
-        plan = onepass.Plan(schema, hashing, columns, require_label)
-        plan = plan if plan.ok else None
-
-    def columnar(chunk: Chunk) -> tuple[Rows, pl.DataFrame | None]:
-        if missing:
-            chunk.frame = chunk.frame.with_columns(pl.lit("").alias(m) for m in missing)
-        rows = hash_chunk(chunk, schema, hashing, name=name, columns=columns, require_label=require_label)
-        return rows, (chunk.frame.select(keep) if keep else None)
-
-    def one(chunk: Chunk | RawChunk) -> tuple[Rows, pl.DataFrame | None]:
-        if isinstance(chunk, Chunk):
-            return columnar(chunk)
-        rows = onepass.hash_bytes(chunk.data, plan, source.separator) if plan is not None else None
-        if rows is not None:
-            return rows, None
-        pieces = [columnar(c) for c in chunk.parse(name, columns, source.separator, source.quoted)]
-        kept = [k for _, k in pieces if k is not None]
-        return Rows.concat([r for r, _ in pieces]), (pl.concat(kept) if kept else None)
-
-    def parts() -> Iterator[tuple[Rows, pl.DataFrame | None]]:
-        total = 0
-        for chunk in prefetch(source.chunks):
-            rows, kept = one(chunk)
-            if rare is not None:
-                rows = rare.apply(rows)
-            total += len(rows)
-            yield rows, kept
-        if total == 0:
-            raise BadInput(f"{name}: no data rows" + ("" if sparse or source.format == "criteo" else " (only a header)"))
-
-    return Input(name, schema, hashing, prefetch(parts()))
-
 
 def preprocess(paths: str | Sequence[str], output: str | Path, *, spec: SchemaSpec, hashing: HashSpec,
                min_count: int | None = None) -> list[dataset.HashedDataset]:

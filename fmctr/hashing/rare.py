@@ -15,14 +15,17 @@ break that, so they are not supported here.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numba
 import numpy as np
 
-from fmctr.datasets.batches import RowSource
 from fmctr.errors import BadOptions
 from fmctr.hashing.tokens import HashSpec, Rows, token_index
 from fmctr.reading.schema import SPARSE_FIELD, SPARSE_FORMATS, Schema
+
+if TYPE_CHECKING:  # only a type: rows to count come from any row source
+    from fmctr.datasets.batches import RowSource
 
 RARE_TOKEN = "__rare__"
 

@@ -252,9 +252,19 @@ def hash_chunk(
     labels = None
     if schema.label in frame.columns and require_label:
         labels = parse_labels(frame.get_column(schema.label), name, chunk, position.get(schema.label))
-    index_of = _index_expr(spec)
     singles = [f for f in schema.fields if f.kind != "multi"]
     multi = [f for f in schema.fields if f.kind == "multi"]
+    single_idx, single_val = _single_fields(frame, singles, spec, name, chunk, position)
+    if not multi:
+        offsets = np.arange(frame.height + 1, dtype=np.int64) * len(singles)
+        return Rows(single_idx.ravel(), single_val.ravel(), offsets, labels)
+    return _with_bags(frame, multi, spec, single_idx, single_val, labels)
+
+
+def _single_fields(frame: pl.DataFrame, singles: list[Field], spec: HashSpec, name: str, chunk: Chunk,
+                   position: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, fields) indices and values of the single-valued fields."""
+    index_of = _index_expr(spec)
     numeric = [f for f in singles if f.kind == "numeric"]
     # One select: the index of every categorical field, the parsed value of every
     # numeric one, and a flag for rows with numeric text that is not a finite number.
@@ -272,11 +282,9 @@ def hash_chunk(
         computed = computed.with_columns(frame.select(*stripped, bad))
         if computed.get_column(BAD).any():
             _raise_bad_numeric(frame, numeric, int(computed.get_column(BAD).arg_max()), name, chunk, position)
-
     n = frame.height
-    n_single = len(singles)
-    single_idx = np.empty((n, n_single), np.int32)
-    single_val = np.ones((n, n_single), dtype=np.float32)
+    single_idx = np.empty((n, len(singles)), np.int32)
+    single_val = np.ones((n, len(singles)), dtype=np.float32)
     for j, f in enumerate(singles):
         column = computed.get_column(f.name)
         if f.kind == "categorical":
@@ -289,11 +297,14 @@ def hash_chunk(
             single_idx[:, j] = np.where(missing, token_index(f.name, MISSING, spec), token_index(f.name, VALUE_TOKEN, spec))
             value = x if f.numeric == "raw" else np.sign(x) * np.log1p(np.abs(x))
             single_val[:, j] = np.where(missing, 1.0, value)
+    return single_idx, single_val
 
-    if not multi:
-        offsets = np.arange(n + 1, dtype=np.int64) * n_single
-        return Rows(single_idx.ravel(), single_val.ravel(), offsets, labels)
 
+def _with_bags(frame: pl.DataFrame, multi: list[Field], spec: HashSpec, single_idx: np.ndarray,
+               single_val: np.ndarray, labels: np.ndarray | None) -> Rows:
+    """CSR rows of the single-valued fields followed by each multi-valued field's bag."""
+    index_of = _index_expr(spec)
+    n, n_single = single_idx.shape
     bags = []
     for f in multi:
         tokens = pl.col(f.name).str.split(f.sep)
