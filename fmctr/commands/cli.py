@@ -252,7 +252,6 @@ def train_cmd(
     from fmctr.commands.jobs import CheckpointPlan, train_model
     from fmctr.commands.progress import TrainProgress, history_table, stderr
     from fmctr.training import distributed
-    from fmctr.models.runtime import resolve_device
     from fmctr.training.config import TrainConfig
     from fmctr.training.loop import NullProgress
 
@@ -260,17 +259,12 @@ def train_cmd(
     if resume is not None:
         if start is not None:
             raise BadOptions("--resume and --model both give a starting point: give one of them")
-        base = load(resume)
-        job = (base.training or {}).get("resume")
-        if job is None or base.checkpoint is None:
-            raise BadOptions(f"{resume}: not a checkpoint (a model file continues with --model)")
         if _schema_flags_given(*schema_flags):
             raise BadOptions("--resume takes the schema from the checkpoint: give no schema options")
+        base, job, cfg = _checkpoint_job(resume, threads)
         input = input or job["input"]
         output = output or (Path(job["output"]) if job["output"] else None)
         valid, valid_fraction = job["valid"], job["valid_fraction"]
-        cfg = TrainConfig.from_dict(job["config"])
-        cfg = cfg.with_options(threads=threads if threads is not None else cfg.threads).check()
         spec = None
     else:
         base = None
@@ -296,13 +290,8 @@ def train_cmd(
     if distributed.launched():
         if resume is not None or checkpoint_every is not None:
             raise BadOptions("--resume and --checkpoint-every are for single-process training, not under torchrun")
-        if sync_every < 1:
-            raise BadOptions(f"--sync-every must be at least 1, got {sync_every}")
-        if threads is None:  # share the cores among this machine's ranks
-            cfg = cfg.with_options(threads=max(1, (os.cpu_count() or 1) // distributed.local_world()))
-            _use_threads(cfg.threads)
-        replicas = distributed.Replicas(resolve_device(cfg.engine, cfg.device)[1])
-        sync = distributed.ReplicaSync(replicas, sync_every)
+        cfg, sync = _replica_sync(cfg, threads, sync_every)
+        replicas = sync.replicas
     lead = replicas is None or replicas.rank == 0  # only rank 0 writes and talks
     show = not quiet and lead
     progress = TrainProgress() if show else NullProgress()
@@ -335,6 +324,32 @@ def train_cmd(
         stderr.print(f"wrote {output} ({result.rows:,} rows, {len(result.history)} epoch(s){best})", highlight=False)
     if json_out:
         print(json.dumps(_json_safe(model.training)))
+
+
+def _checkpoint_job(path: Path, threads: int | None):
+    """A checkpoint, the job it holds, and the job's configuration (threads as now asked)."""
+    from fmctr.models.modelfile import load
+    from fmctr.training.config import TrainConfig
+
+    base = load(path)
+    job = (base.training or {}).get("resume")
+    if job is None or base.checkpoint is None:
+        raise BadOptions(f"{path}: not a checkpoint (a model file continues with --model)")
+    cfg = TrainConfig.from_dict(job["config"])
+    return base, job, cfg.with_options(threads=threads if threads is not None else cfg.threads).check()
+
+
+def _replica_sync(cfg, threads: int | None, sync_every: int):
+    """Under torchrun: this rank's replica sync, and the cores shared among the ranks."""
+    from fmctr.models.runtime import resolve_device
+    from fmctr.training import distributed
+
+    if sync_every < 1:
+        raise BadOptions(f"--sync-every must be at least 1, got {sync_every}")
+    if threads is None:  # share the cores among this machine's ranks
+        cfg = cfg.with_options(threads=max(1, (os.cpu_count() or 1) // distributed.local_world()))
+        _use_threads(cfg.threads)
+    return cfg, distributed.ReplicaSync(distributed.Replicas(resolve_device(cfg.engine, cfg.device)[1]), sync_every)
 
 
 @app.command()
