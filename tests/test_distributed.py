@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import json
 import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from conftest import CRITEO_TEST, CRITEO_TRAIN, invoke
 from fmctr.datasets import hashed as dataset
@@ -70,6 +72,8 @@ def test_shards_of_ranks_cover_every_row_once(tmp_path):
         assert max(sizes) - min(sizes) <= 1
 
 
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None,
+                    reason="torchrun needs PyTorch: pip install torch==2.13.0 (a CPU build), or 'fmctr[torch]'")
 def test_two_ranks_reach_the_one_rank_auc(tmp_path):
     """A real 2-process gloo run through torchrun on this machine."""
     data = tmp_path / "train.hashed"

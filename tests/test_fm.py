@@ -6,14 +6,20 @@ import itertools
 
 import numpy as np
 import pytest
-import torch
 
 from fmctr.hashing.tokens import Rows
-from fmctr.models.torch_fm import FactorizationMachine
 from fmctr.models.fm import logits
 from fmctr.training.config import TrainConfig
 from fmctr.training.loop import train
 from fmctr.models.weights import FMWeights
+
+
+try:
+    import torch
+except ImportError:  # the test extra leaves torch out: a CPU-only install is small
+    torch = None
+needs_torch = pytest.mark.skipif(
+    torch is None, reason="the torch engine's tests need PyTorch: pip install torch==2.13.0 (a CPU build), or 'fmctr[torch]'")
 
 
 def random_rows(rng, n_rows=40, n_features=50, max_len=7, labels=True) -> Rows:
@@ -48,6 +54,8 @@ def brute_force(w: FMWeights, rows: Rows) -> np.ndarray:
 
 
 def torch_logits(w: FMWeights, rows: Rows) -> np.ndarray:
+    from fmctr.models.torch_fm import FactorizationMachine
+
     model = FactorizationMachine.from_weights(w)
     with torch.no_grad():
         z = model(
@@ -65,6 +73,7 @@ def test_cpu_kernel_matches_brute_force(dim):
     np.testing.assert_allclose(logits(w, rows), brute_force(w, rows), rtol=1e-4, atol=1e-4)
 
 
+@needs_torch
 @pytest.mark.parametrize("dim", [0, 1, 5])
 def test_torch_embeddingbag_matches_brute_force(dim):
     rng = np.random.default_rng(10 + dim)
@@ -79,6 +88,7 @@ def test_empty_row_is_bias_only():
     np.testing.assert_allclose(logits(w, rows), [w.bias[0]] * 2, rtol=1e-6)
 
 
+@needs_torch
 @pytest.mark.parametrize("optimizer", ["adagrad", "adam", "ftrl"])
 @pytest.mark.parametrize("dim", [0, 4])
 @pytest.mark.parametrize("priors", [0.0, 0.01])
@@ -142,6 +152,7 @@ def test_early_stopping_keeps_the_best_epoch():
     assert logloss(valid.labels, 1 / (1 + np.exp(-z))) == pytest.approx(min(scores), rel=1e-9)
 
 
+@needs_torch
 def test_torch_scorer_matches_the_cpu_kernel():
     """Scoring on a GPU runs the torch model; on a CPU the kernel. Same numbers."""
     from fmctr.models.kinds import scorer
@@ -151,6 +162,7 @@ def test_torch_scorer_matches_the_cpu_kernel():
     np.testing.assert_allclose(scorer(w, device="cpu", engine="torch")(rows), scorer(w, device="cpu")(rows), rtol=1e-5, atol=1e-6)
 
 
+@needs_torch
 def test_cuda_device_without_cuda_is_a_clear_error(movies_model):
     from conftest import MOVIES_TEST, invoke
 
