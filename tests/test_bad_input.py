@@ -41,7 +41,7 @@ TRAIN_CASES = [
     ("preset and schema file", GOOD, ["--preset", "criteo", "--schema", "s.toml"], "error: --preset and --schema both describe the columns: give one of them"),
     ("column of two kinds", GOOD, ["--numeric", "price", "--multi", "price"], "error: column 'price' is both numeric and multi"),
     ("valid and valid-fraction", GOOD, ["--valid", "x.csv", "--valid-fraction", "0.1"], "error: --valid and --valid-fraction both choose validation data: give one of them"),
-    ("named column absent", GOOD, ["--numeric", "cost"], "error: numeric column 'cost' is not in the data (columns: label, user, price)"),
+    ("named column absent", GOOD, ["--numeric", "cost"], "error: {path}: numeric column 'cost' is not in the data (columns: label, user, price)"),
     ("negative dim", GOOD, ["--dim", "-1"], "error: --dim must be 0 or more, got -1"),
     ("bits out of range", GOOD, ["--bits", "40"], "error: --bits must be between 1 and 31, got 40"),
     ("unknown optimizer", GOOD, ["--optimizer", "sgd"], "error: unknown optimizer 'sgd' (choose from adagrad, adam, ftrl)"),
@@ -155,7 +155,8 @@ def test_output_into_a_missing_directory(tmp_path):
 
 def test_predict_keep_column_absent(tmp_path, movies_model):
     result = invoke("predict", MOVIES_TRAIN, "-m", movies_model, "--keep", "session")
-    assert (result.exit_code, result.stderr) == (1, f"error: {MOVIES_TRAIN}: --keep column(s) session not found\n")
+    assert (result.exit_code, result.stderr) == (1, f"error: {MOVIES_TRAIN}: --keep column(s) session not found "
+                                                    "(columns: label, user, item, genres, price, request_id)\n")
 
 
 def test_schema_options_on_hashed_input_conflict(tmp_path):

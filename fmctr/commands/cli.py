@@ -78,6 +78,7 @@ def _names(values: Optional[list[str]]) -> list[str]:
     return [n.strip() for v in values or [] for n in v.split(",") if n.strip()]
 
 
+AllowMissing = Annotated[bool, typer.Option("--allow-missing-columns", help="Score data that lacks most of the model's feature columns (they count as missing in every row) instead of refusing it.")]
 InputArg = Annotated[str, typer.Argument(metavar="INPUT", help="Input data file, or - for stdin (gzip is detected).", show_default=True)]
 Preset = Annotated[Optional[str], typer.Option(help="Built-in schema: criteo (raw Criteo TSV) or avazu.", rich_help_panel=SCHEMA)]
 SchemaFile = Annotated[Optional[Path], typer.Option("--schema", help="Schema file (TOML or JSON); see README.", rich_help_panel=SCHEMA)]
@@ -452,6 +453,7 @@ def eval_cmd(
     plot: Annotated[Optional[Path], typer.Option(metavar="FILE.png", help="Also draw the ROC curve and the calibration curve into this PNG (needs matplotlib: pip install 'fmctr[plot]').")] = None,
     threads: Threads = None,
     device: Device = "auto",
+    allow_missing: AllowMissing = False,
 ) -> None:
     """Report AUC, logloss, normalized entropy and calibration on labelled data.
 
@@ -463,7 +465,7 @@ def eval_cmd(
     from fmctr.commands.progress import metrics_table, reliability_table, stderr
 
     m = load(model, training_state=False)
-    metrics = evaluate_model(input, m, log=_err, device=device, bins=bins, plot=plot)
+    metrics = evaluate_model(input, m, log=_err, device=device, bins=bins, plot=plot, allow_missing=allow_missing)
     if json_out:
         print(json.dumps(_json_safe(metrics)))
     else:
@@ -482,6 +484,7 @@ def predict(
     keep: Annotated[Optional[list[str]], typer.Option(metavar="COLS", help="Input columns to copy into the output before the probability (comma-separated, repeatable).")] = None,
     threads: Threads = None,
     device: Device = "auto",
+    allow_missing: AllowMissing = False,
 ) -> None:
     """Write click probabilities as CSV, one line per input row, in input order."""
     _use_threads(threads)
@@ -489,7 +492,7 @@ def predict(
     from fmctr.commands.jobs import predict as run
 
     m = load(model, training_state=False)
-    run(input, m, output, keep=_names(keep), log=_err, device=device)
+    run(input, m, output, keep=_names(keep), log=_err, device=device, allow_missing=allow_missing)
 
 
 def _version(value: bool) -> None:

@@ -179,6 +179,7 @@ def _training_data(path: str, tmp: Path, *, spec, schema, hashing, valid, valid_
         rows, valid_rows = rows.split_tail(valid_fraction)
         if rows.rows == 0 or valid_rows.rows == 0:
             raise BadOptions(f"--valid-fraction {valid_fraction} leaves no training or no validation rows")
+    _warn_id_columns(data, rows, log)
     rare, data_is_mapped = _training_rare_map(data, rows, base, min_count)
     if rare is not None and not data_is_mapped:
         rows = DatasetRows(_remapped(data.shards or [ds], rare, tmp / "train-rare"))
@@ -187,6 +188,26 @@ def _training_data(path: str, tmp: Path, *, spec, schema, hashing, valid, valid_
     if rare is not None and valid is not None:
         valid_rows = DatasetRows(_remapped(valid_data.shards or [valid_ds], rare, tmp / "valid-rare"))
     return TrainingData(data, rows, valid_rows, rare)
+
+
+ID_SAMPLE = 5_000  # rows looked at for columns with a new value in (almost) every row
+
+
+def _warn_id_columns(data: Input, rows: DatasetRows, log: Log) -> None:
+    """A categorical column whose value differs in almost every row (an id) teaches
+    nothing and fills the hash space: say so, and how to leave it out."""
+    first = next(iter(rows.blocks()), None)
+    singles = [f for f in data.schema.fields if f.kind == "categorical"]
+    if first is None or len(first) < 1000 or not singles:
+        return
+    n = min(len(first), ID_SAMPLE)
+    offsets = first.offsets[:n]
+    positions = {f.name: j for j, f in enumerate(f for f in data.schema.fields if f.kind != "multi")}
+    for f in singles:
+        distinct = len(np.unique(first.indices[offsets + positions[f.name]]))
+        if distinct >= 0.95 * n:
+            log(f"warning: {data.name}: column {f.name!r} has a different value in {distinct / n:.0%} of the first "
+                f"{n:,} rows (an id?); it cannot generalise - leave it out with --ignore {f.name}")
 
 
 def train_model(
@@ -323,7 +344,7 @@ def _remapped(shards: list[dataset.HashedDataset], rare: RareMap, path: Path) ->
 
 
 def evaluate_model(path: str, model: Model, *, log: Log = _silent, device: str = "auto", bins: int = 10,
-                   plot: str | Path | None = None) -> dict:
+                   plot: str | Path | None = None, allow_missing: bool = False) -> dict:
     """AUC, logloss and friends of the model on labelled data, with the reliability
     table in `bins` bins; `plot` also writes the ROC and calibration curves (PNG)."""
     if bins < 1:
@@ -332,7 +353,8 @@ def evaluate_model(path: str, model: Model, *, log: Log = _silent, device: str =
         from fmctr.commands.plot import pyplot
 
         pyplot(plot)  # fail before scoring if it cannot be drawn
-    data = open_input(path, schema=model.schema, hashing=model.hashing, require_label=True, log=log, rare=model.rare)
+    data = open_input(path, schema=model.schema, hashing=model.hashing, require_label=True, log=log, rare=model.rare,
+                      allow_missing=allow_missing)
     score = scorer(model.weights, kind=model.kind, device=device)
     labels, probs = [], []
     for rows, _ in data.parts:
@@ -351,13 +373,13 @@ PROBABILITY = "probability"
 
 
 def predict(path: str, model: Model, output: str, *, keep: Sequence[str] = (), log: Log = _silent,
-            device: str = "auto") -> int:
+            device: str = "auto", allow_missing: bool = False) -> int:
     """Write one CSV line per input row, in input order: the --keep columns, then the
     click probability. `output` "-" is stdout; a file appears only when complete."""
     if PROBABILITY in keep:
         raise BadOptions(f"--keep {PROBABILITY}: that name is the output column")
     data = open_input(path, schema=model.schema, hashing=model.hashing, require_label=False, keep=keep, log=log,
-                      rare=model.rare)
+                      rare=model.rare, allow_missing=allow_missing)
     score = scorer(model.weights, kind=model.kind, device=device)
     if output == "-":
         return _write_predictions(data, score, sys.stdout.buffer)

@@ -7,6 +7,7 @@ command (train, eval, predict, preprocess, tune) takes from a file to rows.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 
@@ -45,10 +46,12 @@ class Input:
 
 def open_input(path: str, *, spec: SchemaSpec | None = None, schema: Schema | None = None,
                hashing: HashSpec | None = None, require_label: bool, keep: Sequence[str] = (), log: Log = silent,
-               rare: RareMap | None = None) -> Input:
+               rare: RareMap | None = None, allow_missing: bool = False) -> Input:
     """Open raw data (hashed on the fly) or a hashed dataset. Give `spec` to resolve
     a schema against the data's columns, or `schema` (from a model) to apply it;
-    `rare` (a model's --min-count map) maps rare values to their field's rare token."""
+    `rare` (a model's --min-count map) maps rare values to their field's rare token.
+    Data lacking more than half of the schema's feature columns is refused unless
+    `allow_missing` (those columns then count as missing in every row)."""
     if dataset.is_hashed(path):
         return _open_hashed(path, schema=schema, hashing=hashing, keep=keep, rare=rare)
     name = display_name(path)
@@ -58,10 +61,13 @@ def open_input(path: str, *, spec: SchemaSpec | None = None, schema: Schema | No
     if schema is None:
         if source.format in SPARSE_FORMATS and spec.format is None:
             spec = replace(spec, format=source.format)  # sniffed: libsvm/libffm have no columns
-        schema = spec.resolve(source.columns)
+        try:
+            schema = spec.resolve(source.columns)
+        except BadSchema as e:
+            raise BadSchema(f"{name}: {e}") from None
     missing = _check_columns(name, source.format, source.columns, schema, require_label, keep)
     if missing:
-        log(f"warning: {name}: column(s) {', '.join(missing)} missing; treated as missing values")
+        _missing_features(name, missing, schema, source.columns, allow_missing, log)
     hasher = Hasher(source, schema, hashing, name=name, require_label=require_label, keep=keep, missing=missing,
                     rare=rare)
     return Input(name, schema, hashing, prefetch(hasher.parts()))
@@ -74,11 +80,44 @@ def _check_columns(name: str, fmt: str, columns: list[str], schema: Schema, requ
     if sparse != (schema.format in SPARSE_FORMATS):
         raise BadSchema(f"{name}: {fmt} data does not fit a schema for {schema.format or 'columnar'} data")
     if require_label and not sparse and schema.label not in columns:
-        raise BadInput(f"{name}: label column {schema.label!r} not found (columns: {', '.join(columns[:10])}{', ...' if len(columns) > 10 else ''})")
+        raise BadInput(f"{name}: label column {schema.label!r} not found (columns: {_short(columns)})"
+                       + _label_hint(schema.label, columns))
     absent_keep = [k for k in keep if k not in columns]
     if absent_keep:
-        raise BadInput(f"{name}: --keep column(s) {', '.join(absent_keep)} not found")
+        raise BadInput(f"{name}: --keep column(s) {', '.join(absent_keep)} not found (columns: {_short(columns)})")
     return [] if sparse else [f for f in schema.feature_names if f not in columns]
+
+
+def _short(names: list[str], most: int = 10) -> str:
+    return ", ".join(names[:most]) + (", ..." if len(names) > most else "")
+
+
+LABEL_NAMES = ("label", "click", "clicked", "target", "y", "is_click", "income", "rating")
+
+
+def _label_hint(label: str, columns: list[str]) -> str:
+    """'; did you mean --label X' for a near miss or a usual label name; Avazu's
+    columns suggest its preset."""
+    close = difflib.get_close_matches(label, columns, n=1, cutoff=0.75)
+    if close:
+        return f"; did you mean --label {close[0]}?"
+    if {"id", "click", "hour"} <= set(columns):
+        return "; Avazu data: try --preset avazu (or --label click)"
+    usual = [c for c in columns if c.lower() in LABEL_NAMES]
+    return f"; give it with --label, e.g. --label {usual[0]}" if usual else "; name it with --label"
+
+
+def _missing_features(name: str, missing: list[str], schema: Schema, columns: list[str], allow: bool,
+                      log: Log) -> None:
+    """Warn about a few missing feature columns; refuse data lacking most of them,
+    which would score every row alike."""
+    features = schema.feature_names
+    if allow or 2 * len(missing) <= len(features):
+        log(f"warning: {name}: column(s) {', '.join(missing)} missing; treated as missing values")
+        return
+    what = "none" if len(missing) == len(features) else f"only {len(features) - len(missing)} of {len(features)}"
+    raise BadInput(f"{name}: has {what} of the model's feature columns (missing: {_short(missing, 8)}; the data has "
+                   f"{_short(columns, 8)}); wrong model or file? --allow-missing-columns scores it anyway")
 
 
 def _open_hashed(path: str, *, schema: Schema | None, hashing: HashSpec | None, keep: Sequence[str],

@@ -272,7 +272,7 @@ def open_source(path: str, *, format: str | None = None, column_names: tuple[str
                 f"(or {len(names) - 1} without the label), found {n_fields}"
             )
         return Source(name, fmt, names, _raw_chunks(stream, 0), "\t")
-    separator = "\t" if fmt == "tsv" else ","
+    separator = "\t" if fmt == "tsv" else _csv_delimiter(peek)
     header_text = first.decode("utf-8", errors="replace").lstrip("\ufeff")
     try:
         names = next(csv.reader([header_text], delimiter=separator))
@@ -281,10 +281,33 @@ def open_source(path: str, *, format: str | None = None, column_names: tuple[str
         raise BadInput(f"{name}:1: unreadable header line ({what})") from None
     if not names or names == [""]:
         raise BadInput(f"{name}:1: the header line is empty")
+    if _looks_like_data(names):
+        raise BadInput(f"{name}:1: the first line looks like data, not a header ({', '.join(names[:4])}, ...); "
+                       f"for Criteo's raw format give --preset criteo, otherwise add a header line "
+                       f"or name the columns in a schema file (column_names)")
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise BadInput(f"{name}:1: duplicate column name(s) in the header: {', '.join(dupes)}")
     return Source(name, fmt, names, _raw_chunks(stream, 1), separator, quoted=fmt == "csv")
+
+
+def _csv_delimiter(peek: bytes) -> str:
+    """',' unless the first lines have no comma but the same number of ';' (a
+    European-style CSV) or of '|' on each line."""
+    lines = peek.split(b"\n")[:2] if b"\n" in peek else [peek]
+    if b"," not in lines[0]:
+        for candidate in (b";", b"|"):
+            counts = {line.rstrip(b"\r").count(candidate) for line in lines if line.strip()}
+            if len(counts) == 1 and counts.pop() > 0:
+                return candidate.decode()
+    return ","
+
+
+def _looks_like_data(names: list[str]) -> bool:
+    """A header line of numbers and empty fields, starting with a 0/1 label: data
+    without a header, such as Criteo's raw format read as TSV."""
+    numeric = sum(1 for n in names if n == "" or n.lstrip("-").isdigit())
+    return len(names) > 2 and names[0] in ("0", "1") and numeric >= max(2, len(names) / 4)
 
 
 def _raw_chunks(stream, header_lines: int) -> Iterator[RawChunk]:

@@ -1,0 +1,75 @@
+"""The common first-hour mistakes get an error that says what to do, not a
+misleading one; data that cannot be scored is refused, not scored alike."""
+
+from __future__ import annotations
+
+import gzip
+
+from conftest import CRITEO_TRAIN, MOVIES_FLAGS, MOVIES_TEST, MOVIES_TRAIN, invoke
+
+AVAZU_LIKE = "id,click,hour,C1,site_id\n1,0,14102100,1005,a\n2,1,14102100,1005,b\n"
+
+
+def test_data_lacking_the_models_columns_is_refused_not_scored_alike(movies_model, tmp_path):
+    data = tmp_path / "avazu.csv"
+    data.write_text(AVAZU_LIKE)
+    result = invoke("predict", data, "-m", movies_model)
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr == (
+        f"error: {data}: has none of the model's feature columns (missing: user, item, genres, price; the data has "
+        "id, click, hour, C1, site_id); wrong model or file? --allow-missing-columns scores it anyway\n")
+    forced = invoke("predict", data, "-m", movies_model, "--allow-missing-columns")
+    assert forced.exit_code == 0 and forced.stdout.count("\n") == 3
+    assert forced.stderr.startswith("warning:")
+
+
+def test_one_missing_column_of_four_is_a_warning(movies_model, tmp_path):
+    data = tmp_path / "renamed.csv"
+    data.write_text(MOVIES_TEST.read_text().replace("price", "cost", 1))
+    result = invoke("eval", data, "-m", movies_model, "--json")
+    assert result.exit_code == 0
+    assert result.stderr == f"warning: {data}: column(s) price missing; treated as missing values\n"
+
+
+def test_criteo_data_without_the_preset_says_to_use_it(tmp_path):
+    data = tmp_path / "day0.tsv"
+    data.write_bytes(gzip.decompress(CRITEO_TRAIN.read_bytes())[:20000])
+    result = invoke("train", data, "-o", tmp_path / "m.fm")
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"error: {data}:1: the first line looks like data, not a header (")
+    assert "give --preset criteo" in result.stderr
+
+
+def test_a_semicolon_separated_csv_is_read(tmp_path):
+    data = tmp_path / "semi.csv"
+    data.write_text("label;user;item\n" + "".join(f"{i % 2};u{i % 7};i{i % 5}\n" for i in range(200)))
+    result = invoke("train", data, "-o", tmp_path / "m.fm", "-q", "--json", "--epochs", "1")
+    assert result.exit_code == 0, result.stderr
+    assert '"rows": 200' in result.stdout
+
+
+def test_label_not_found_suggests_what_to_give(tmp_path):
+    data = tmp_path / "avazu.csv"
+    data.write_text(AVAZU_LIKE)
+    result = invoke("train", data, "-o", tmp_path / "m.fm")
+    assert result.stderr == (f"error: {data}: label column 'label' not found (columns: id, click, hour, C1, site_id); "
+                             "Avazu data: try --preset avazu (or --label click)\n")
+    near = invoke("train", MOVIES_TRAIN, *MOVIES_FLAGS, "--label", "lable", "-o", tmp_path / "m.fm")
+    assert near.stderr.endswith("; did you mean --label label?\n")
+
+
+def test_keep_and_numeric_columns_that_are_absent_name_the_file_and_the_columns(movies_model, tmp_path):
+    keep = invoke("predict", MOVIES_TEST, "-m", movies_model, "--keep", "sesion")
+    assert keep.stderr == (f"error: {MOVIES_TEST}: --keep column(s) sesion not found "
+                           "(columns: label, user, item, genres, price, request_id)\n")
+    numeric = invoke("train", MOVIES_TRAIN, "--numeric", "pric", "-o", tmp_path / "m.fm")
+    assert numeric.stderr == (f"error: {MOVIES_TRAIN}: numeric column 'pric' is not in the data "
+                              "(columns: label, user, item, genres, price, request_id)\n")
+
+
+def test_an_id_column_used_as_a_feature_gets_a_warning(tmp_path):
+    result = invoke("train", MOVIES_TRAIN, "--multi", "genres", "--numeric", "price", "-o", tmp_path / "m.fm", "-q",
+                    "--epochs", "1")
+    assert result.exit_code == 0
+    assert result.stderr == (f"warning: {MOVIES_TRAIN}: column 'request_id' has a different value in 100% of the "
+                             "first 5,000 rows (an id?); it cannot generalise - leave it out with --ignore request_id\n")
