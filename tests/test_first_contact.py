@@ -73,3 +73,19 @@ def test_an_id_column_used_as_a_feature_gets_a_warning(tmp_path):
     assert result.exit_code == 0
     assert result.stderr == (f"warning: {MOVIES_TRAIN}: column 'request_id' has a different value in 100% of the "
                              "first 5,000 rows (an id?); it cannot generalise - leave it out with --ignore request_id\n")
+
+
+def test_logs_off_a_terminal_are_one_line_per_event(tmp_path):
+    """stderr to a file or CI: epoch lines longer than 80 columns stay whole, and the
+    final table does not repeat them."""
+    import re
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "fmctr", "train", str(MOVIES_TRAIN), *MOVIES_FLAGS, "-o",
+                             str(tmp_path / "m.fm"), "--epochs", "2", "--valid", str(MOVIES_TEST)],
+                            capture_output=True, text=True, check=True)
+    lines = result.stderr.splitlines()
+    epoch_line = "epoch N: train logloss N, N rows/s; valid AUC N, logloss N; lr N"
+    assert [re.sub(r"[\d,.]+", "N", line) for line in lines[:2]] == [epoch_line, epoch_line]
+    assert len(lines) == 3 and lines[2].startswith("wrote ") and all(len(line) > 80 for line in lines[:2])

@@ -320,7 +320,8 @@ def train_cmd(
         if resume is not None:
             resume.unlink(missing_ok=True)
     if show:
-        stderr.print(history_table(result.history, result.best_epoch))
+        if stderr.is_terminal:  # (off a terminal the epoch lines already said it)
+            stderr.print(history_table(result.history, result.best_epoch))
         best = f", best epoch {result.best_epoch}" if valid or valid_fraction else ""
         stderr.print(f"wrote {output} ({result.rows:,} rows, {len(result.history)} epoch(s){best})", highlight=False)
     if json_out:

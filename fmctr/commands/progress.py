@@ -11,7 +11,18 @@ from rich.table import Table
 from fmctr.training.loop import NullProgress
 from fmctr.training.state import Epoch
 
-stderr = Console(stderr=True)
+
+
+def _stderr() -> Console:
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        # A log file or CI: one line per event, never wrapped at 80 columns, and
+        # tables as wide as their cells.
+        console = Console(stderr=True, soft_wrap=True, width=100_000)
+    return console
+
+
+stderr = _stderr()
 
 
 class TrainProgress(NullProgress):
@@ -29,6 +40,7 @@ class TrainProgress(NullProgress):
             TimeRemainingColumn(),
             console=console,
             transient=True,
+            disable=not console.is_terminal,  # no bar in a log file: the epoch lines tell it
         )
         self.task = None
         self.loss_sum = 0.0
