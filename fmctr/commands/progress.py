@@ -54,6 +54,9 @@ class TrainProgress(NullProgress):
         if self.task is not None:
             self.progress.stop()
 
+    def note(self, message: str) -> None:
+        self.console.print(message, highlight=False)
+
     def start_epoch(self, epoch: int, epochs: int, rows: int) -> None:
         if self.task is None:
             self.progress.start()

@@ -16,6 +16,10 @@ class Engine(Protocol):
 
     lr: float
 
+    def prepare(self, note) -> None:
+        """Get ready to train (compile kernels) before the first epoch's clock starts;
+        `note(message)` tells the user about anything slow."""
+
     def train(self, rows, order: np.ndarray) -> float:
         """One pass over rows[order] in mini-batches; the summed logloss."""
 

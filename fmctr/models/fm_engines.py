@@ -12,6 +12,14 @@ from fmctr.models import kernel
 from fmctr.models.weights import FMWeights, initial_factors
 
 
+def _read_only(a: np.ndarray) -> np.ndarray:
+    """A read-only view: numba compiles a kernel once per writeable/read-only mix of its
+    arguments, and rows come both ways (memory-mapped parts, joined copies)."""
+    view = a.view(np.ndarray)
+    view.flags.writeable = False
+    return view
+
+
 class CpuEngine:
     """Fused numba kernels over numpy arrays."""
 
@@ -53,11 +61,20 @@ class CpuEngine:
         self.inv_counts = np.zeros(0, np.float32)
         self.priors = np.array([cfg.l2_all_linear, cfg.l2_all_factors], np.float64)
 
+    def prepare(self, note) -> None:
+        """Compile (or load from numba's cache) the training kernel now, on no rows,
+        so that the first epoch's rows/s do not include it; `note` says so when the
+        kernel was never compiled on this machine (about 15 s, once)."""
+        if not kernel.cached("train_rows"):
+            note("compiling the CPU training kernel (once on this machine; cached afterwards) ...")
+        empty = Rows(np.zeros(0, np.int32), np.zeros(0, np.float32), np.zeros(1, np.int64), np.zeros(0, np.float32))
+        self.train(empty, np.zeros(0, np.int64))
+
     def train(self, rows: Rows, order: np.ndarray) -> float:
         cfg = self.cfg
         max_row = int((rows.offsets[order + 1] - rows.offsets[order]).max(initial=0))
         return kernel.train_rows(
-            rows.indices, rows.values, rows.offsets, rows.labels, order, cfg.batch_size, self.threads,
+            *map(_read_only, (rows.indices, rows.values, rows.offsets, rows.labels, order)), cfg.batch_size, self.threads,
             self.w.bias, self.w.linear, self.w.factors,
             self.bias_state, self.linear_state1, self.linear_state2, self.factor_state1, self.factor_state2,
             self.seen, max_row,
@@ -185,6 +202,9 @@ class TorchEngine:
             init = initial_factors(new.cpu().numpy(), self.model.pairwise.embedding.weight.shape[1], seed=cfg.seed, std=cfg.init_std)
             with t.no_grad():
                 self.model.pairwise.embedding.weight[new] = t.from_numpy(init).to(self.device)
+
+    def prepare(self, note) -> None:
+        pass
 
     def tensors(self, rows: Rows):
         t = self.torch

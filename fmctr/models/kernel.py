@@ -10,13 +10,21 @@ the same weights.
 
 from __future__ import annotations
 
+import glob
 import math
+import os
 
 import numba
 import numpy as np
 from llvmlite import ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
+
+def cached(name: str) -> bool:
+    """Whether numba's cache holds a compiled `name` of this module (any signature)."""
+    folder = os.path.join(os.path.dirname(__file__), "__pycache__")
+    return bool(glob.glob(os.path.join(folder, f"kernel.{name}-*.nbi")))
+
 
 ADAGRAD = 0
 ADAM = 1

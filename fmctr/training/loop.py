@@ -45,6 +45,8 @@ class NullProgress:
 
     def __exit__(self, *exc) -> None: ...
 
+    def note(self, message: str) -> None: ...
+
     def start_epoch(self, epoch: int, epochs: int, rows: int) -> None: ...
 
     def advance(self, rows: int, loss: float) -> None: ...
@@ -130,11 +132,12 @@ def _begin(rows, cfg: TrainConfig, *, bits, valid, progress, start, resume, chec
     engine = kind.engine(weights, cfg, engine=engine_name, device=device, threads=threads, optimizer=optimizer)
     if cfg.l2_all_linear or cfg.l2_all_factors:
         engine.set_counts(source.feature_counts(1 << bits), source.rows)
+    progress = progress or NullProgress()
+    engine.prepare(progress.note)
     rng = np.random.default_rng(cfg.seed)
     state = resume or Resume(weights, {}, 1, 0, rng.bit_generator.state, 0.0, 0, [])
     if resume is not None:
         rng.bit_generator.state = resume.epoch_rng
-    progress = progress or NullProgress()
     validation = None
     if valid_source is not None:
         validation = Validation(valid_source, partial(scores, kind), cfg, progress)
