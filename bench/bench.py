@@ -1,15 +1,43 @@
 """fmctr's speed and memory, each stage against a baseline measured in the same run.
 
-    python bench/bench.py                       # 1M rows; memory also at 20M rows
-    python bench/bench.py --rows 200000 --memory-rows 0
+    python bench/bench.py                       # 1M rows; memory at 20M, whole process at 10M
+    python bench/bench.py --rows 100000 --memory-rows 0 --whole-rows 300000
 
 Generates Criteo-like data (sample_data/generate.py, planted FM, 13 numeric + 26
 categorical fields), then runs every stage in a fresh process, timing the work inside
-it and reading the process's peak RSS from the kernel (wait4). Each stage (baselines
-included) first runs untimed on the first 20k rows in the same process, so rows/s is
-the steady state and the one-off start-up (imports done, compiled kernels loaded) is
-its own column. Prints a table of rows/s, the ratio to the stage's baseline, and
-peak RSS. The machine is shared and noisy: compare ratios, not absolutes.
+it and reading the process's peak RSS from the kernel (wait4). Each fmctr stage (and
+its polars/torch baselines) first runs untimed on the first 20k rows in the same
+process, so rows/s is the steady state and the one-off start-up (imports done, compiled
+kernels loaded) is its own column. Prints a table of rows/s, the ratio to the stage's
+baseline, peak RSS, and for the ratios that have one a target ("met"/"missed"). The
+machine is shared and noisy: compare ratios, not absolutes.
+
+Targets, each a ratio of two numbers measured in this run:
+  - preprocess TSV -> hashed >= 1.0x the bare polars read of the same TSV;
+  - predict TSV -> CSV >= 1.0x the bare polars read of the same TSV;
+  - the fmctr cpu engine's training epoch >= 1.0x the bare probe
+    (../shared/tools/fm_probe_hashed.py next to the repository: a per-row Hogwild
+    Adagrad FM in numba, run as `python fm_probe_hashed.py HASHED --dim 16 --bits 22
+    --threads 2` (--dim, --bits, --ref-threads) on the same hashed dataset; it times
+    one epoch after its own warm-up and prints rows/s). Reported as absent, not a
+    crash, when the file is missing;
+  - the same epoch >= 1.0x one xLearn FM epoch (k=16, --ref-threads threads, its
+    default options: task binary, lr 0.2, lambda 0.002, adagrad, instance
+    normalisation, shuffling, lock-free) on the same hashed rows, written once as
+    libsvm text (untimed). xLearn's epoch time is the "Time cost (sec)" of epoch 1 in
+    its own log: that timer wraps only the gradient pass over the rows already in
+    memory, so reading/parsing the text ("Time cost for reading problem"), model
+    initialisation and saving are excluded (the parse time is shown beside it). If
+    xlearn is not importable the bench runs `pip install xlearn` (a source build of
+    about 2 minutes; USER must be set, and is set to "bench" when it is not); if that
+    fails the row says so and the run goes on;
+  - `python -m fmctr train HASHED -o MODEL --epochs 1 --dim 16` on --whole-rows
+    hashed rows (the 1M-row dataset repeated by hard links), timed from process
+    start to exit (imports, loading, the epoch and writing the model included),
+    >= 0.7x the in-process steady-state rows/s of the cpu engine stage on the same
+    dataset (the memory run's, when --memory-rows makes the same dataset).
+The probe, xLearn and whole-process stages drive only the command line and
+subprocesses, not fmctr's internal modules.
 
 Then an accuracy check (speed must not cost accuracy): the cpu engine and the torch
 engine each train one epoch on the same 100k rows with the same options and batch
@@ -21,6 +49,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -29,6 +58,13 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+PROBE = ROOT.parent / "shared/tools/fm_probe_hashed.py"  # not part of this repository
+PROBE_STAGE = "train hashed, bare probe (fm_probe_hashed.py, numba)"
+XLEARN_STAGE = "train hashed, xLearn FM (1 epoch, parse excluded)"
+CPU_STAGE = "train hashed, fmctr cpu engine (1 epoch)"
+# xLearn's FM with its documented defaults (lr 0.2, lambda 0.002, adagrad, instance
+# normalisation, shuffling, lock-free Hogwild); k, epochs and threads set to match.
+XLEARN_OPTIONS = {"task": "binary", "lr": 0.2, "lambda": 0.002, "epoch": 1}
 
 STAGES = {
     # name -> the body of stage(DATA, HASHED, MODEL, PREDS), run in a child process; it
@@ -54,6 +90,38 @@ from fmctr.training.config import TrainConfig
 model, result = train_model(HASHED, spec=build_spec(), hashing=None,
     cfg=TrainConfig.from_options(dim=DIM, epochs=1, engine="torch", device="cpu", batch_size=4096, threads=THREADS))
 return result.rows, result.history[0].seconds
+""",
+    # The next two are the cpu engine's references, run as subprocesses on its HASHED
+    # dataset, each timing one epoch itself; they return (rows, seconds, note).
+    PROBE_STAGE: r"""
+import re, subprocess
+proc = subprocess.run([sys.executable, PROBE, HASHED, "--dim", str(DIM), "--bits", str(BITS), "--threads", str(REF_THREADS)],
+                      capture_output=True, text=True)
+if proc.returncode:
+    raise SystemExit(f"the probe exited {proc.returncode}: " + (proc.stderr.strip().splitlines() or [""])[-1])
+out = proc.stdout
+m = re.search(r"probe on hashed data, \d+ threads: ([\d,]+) rows/s \(([\d,]+) rows", out)
+if m is None:
+    raise SystemExit("no rows/s in the probe's output: " + out.strip()[-200:])
+rows = int(m.group(2).replace(",", ""))
+return rows, rows / float(m.group(1).replace(",", "")), "own warm-up"
+""",
+    XLEARN_STAGE: r"""
+import re, subprocess
+rows = sum(1 for _ in open(LIBSVM, "rb"))
+code = "import json, sys, xlearn; fm = xlearn.create_fm(); fm.setTrain(sys.argv[1]); fm.fit(json.loads(sys.argv[2]), sys.argv[3])"
+proc = subprocess.run([sys.executable, "-c", code, LIBSVM, json.dumps(XLEARN_PARAMS), MODEL + ".xlearn"], capture_output=True,
+                      text=True, env={**os.environ, "USER": os.environ.get("USER") or "bench"})
+log = re.sub(r"\x1b\[[0-9;]*m", "", proc.stdout)
+if proc.returncode:
+    raise SystemExit(f"xLearn exited {proc.returncode}: " + ((proc.stderr.strip() or log.strip()).splitlines() or [""])[-1])
+# The epoch's row of xLearn's log: "[ 100%      ]     1     0.467230     0.19" (epoch,
+# train loss, seconds); its timer wraps only the gradient pass over the parsed rows.
+epoch = re.search(r"^\[\s*\d+%\s*\]\s+1\s+\S+\s+([\d.]+)\s*$", log, re.M)
+parse = re.search(r"Time cost for reading problem: ([\d.]+)", log)
+if epoch is None:
+    raise SystemExit("no epoch time in xLearn's log:\n" + log)
+return rows, float(epoch.group(1)), f"parse {float(parse.group(1)):.2f} s excluded"
 """,
     "train hashed, fmctr cpu engine (1 epoch)": """
 from fmctr.commands.jobs import train_model
@@ -102,14 +170,16 @@ REPEATED = {"read (bare polars.read_csv)", "preprocess TSV -> hashed", "predict 
 # Run cold: the 2-rank stage starts its own processes, so it and its baseline both
 # include loading the compiled kernels.
 COLD = {"train hashed, 1 process x 1 thread", "train hashed, 2 ranks x 1 thread (torchrun, gloo)"}
+# Run once, without the 20k-row warm-up call: they time their own epoch.
+OWN_TIMING = {PROBE_STAGE, XLEARN_STAGE}
 WARM_ROWS = 20_000
 ACCURACY_ROWS = 100_000  # training rows of the accuracy check (the torch engine at batch 4 is slow)
 TEST_ROWS = 100_000
 
 PRELUDE = """
 import json, os, sys, time
-def report(rows, seconds, first=None):
-    print(json.dumps({"rows": rows, "seconds": seconds, "first_call": first}))
+def report(rows, seconds, first=None, note=None):
+    print(json.dumps({"rows": rows, "seconds": seconds, "first_call": first, "note": note}))
 """
 # Each stage first runs on WARM_ROWS rows in the same process, untimed in the table:
 # the rows/s are then the steady state, not the one-off start-up (loading the compiled
@@ -120,23 +190,89 @@ if WARM:
     t = time.perf_counter()
     stage(SMALL_DATA, SMALL_HASHED, MODEL, PREDS + ".warm")
     first = time.perf_counter() - t
-report(*stage(DATA, HASHED, MODEL, PREDS), first)
+result = stage(DATA, HASHED, MODEL, PREDS)
+report(*result[:2], first, *result[2:])
 """
+
+
+# `python -m fmctr train` as a user runs it, timed from before the process starts until
+# it has exited (imports, loading the data, the epoch, writing the model); run in a
+# stage process of its own so that wait4 reports the trainer's peak RSS.
+WHOLE_PROCESS = r"""
+import subprocess
+t = time.perf_counter()
+proc = subprocess.run([sys.executable, "-m", "fmctr", "train", HASHED, "-o", MODEL, "--epochs", "1", "--dim", str(DIM),
+                       "--threads", str(THREADS), "-q", "--json"], capture_output=True, text=True)
+seconds = time.perf_counter() - t
+if proc.returncode:
+    raise SystemExit(f"fmctr train exited {proc.returncode}: " + (proc.stderr.strip().splitlines() or [""])[-1])
+summary = json.loads(proc.stdout.strip().splitlines()[-1])
+return summary["rows"], seconds, f"epoch {summary['history'][0]['seconds']:.1f} s of {seconds:.1f} s"
+"""
+
+# A hashed dataset as libsvm text for xLearn ("label index:value ..."), in a child
+# process of its own: argv = HASHED OUT. Reads the dataset's part files directly, as
+# the probe does.
+TO_LIBSVM = r"""
+import glob, os, sys
+import numpy as np
+hashed, out = sys.argv[1], sys.argv[2]
+with open(out, "w") as f:
+    for name in sorted(glob.glob(os.path.join(hashed, "part-*.indices.npy"))):
+        base = name[: -len(".indices.npy")]
+        indices, offsets, labels = np.load(name), np.load(base + ".offsets.npy"), np.load(base + ".labels.npy")
+        values = np.load(base + ".values.npy") if os.path.exists(base + ".values.npy") else None
+        lines = []
+        for r, label in enumerate((labels > 0).astype(int).tolist()):
+            a, b = offsets[r], offsets[r + 1]
+            if values is None:
+                features = ":1 ".join(map(str, indices[a:b].tolist())) + ":1"
+            else:
+                features = " ".join(f"{i}:{v:g}" for i, v in zip(indices[a:b].tolist(), values[a:b].tolist()))
+            lines.append(f"{label} {features}\n")
+        f.writelines(lines)
+"""
+
+
+def ensure_xlearn() -> str | None:
+    """Make xlearn importable by this Python, installing it with pip if need be;
+    return None when it is, else why not."""
+    env = {**os.environ, "USER": os.environ.get("USER") or "bench"}  # xLearn's build and log need USER
+    if subprocess.run([sys.executable, "-c", "import xlearn"], env=env, capture_output=True).returncode == 0:
+        return None
+    print("xlearn is not importable: pip install xlearn (a source build, about 2 minutes)", file=sys.stderr)
+    started = time.perf_counter()
+    pip = subprocess.run([sys.executable, "-m", "pip", "install", "xlearn"], env=env, capture_output=True, text=True)
+    if pip.returncode:
+        lines = [line.strip() for line in (pip.stdout + pip.stderr).splitlines() if line.strip()]
+        return "`pip install xlearn` failed" + (f": {lines[-1][:160]}" if lines else "")
+    check = subprocess.run([sys.executable, "-c", "import xlearn"], env=env, capture_output=True, text=True)
+    if check.returncode:
+        return "xlearn installed but does not import: " + (check.stderr.strip().splitlines() or [""])[-1][:160]
+    print(f"installed xlearn in {time.perf_counter() - started:.0f}s", file=sys.stderr)
+    return None
 
 
 def stage_source(body: str) -> str:
     return "def stage(DATA, HASHED, MODEL, PREDS):\n" + "".join(f"    {line}\n" for line in body.strip().splitlines())
 
 
-def run_stage(body: str, variables: dict, warm: bool = True) -> dict:
-    """Run a stage in a fresh Python; return its report plus its peak RSS in MiB."""
+def run_stage(body: str, variables: dict, warm: bool = True, fatal: bool = True) -> dict:
+    """Run a stage in a fresh Python; return its report plus its peak RSS in MiB.
+    A stage that fails stops the bench, or with fatal=False returns {"error": why}."""
     assignments = "".join(f"{k} = {v!r}\n" for k, v in {**variables, "WARM": warm}.items())
     code = PRELUDE + assignments + stage_source(body) + RUN
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, cwd=ROOT)
-    out = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    if status != 0:
-        raise SystemExit(f"stage failed (status {status}):\n{code}")
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                                stderr=None if fatal else err, cwd=ROOT)
+        out = proc.stdout.read()
+        _, status, usage = os.wait4(proc.pid, 0)
+        if status != 0:
+            if fatal:
+                raise SystemExit(f"stage failed (status {status}):\n{code}")
+            err.seek(0)
+            lines = [line.strip() for line in err.read().decode(errors="replace").splitlines() if line.strip()]
+            return {"error": "failed: " + (lines[-1] if lines else f"status {status}")}
     report = json.loads(out.decode().strip().splitlines()[-1])
     report["rss_mib"] = usage.ru_maxrss / 1024
     report["rows_per_s"] = report["rows"] / report["seconds"]
@@ -200,9 +336,22 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--vocab", type=int, default=100_000, help="largest categorical vocabulary")
     parser.add_argument("--repeats", type=int, default=3, help="runs of the read, preprocess and predict stages (median)")
+    parser.add_argument("--whole-rows", type=int, default=10_000_000,
+                        help="rows for the whole-process training run (0: skip)")
+    parser.add_argument("--ref-threads", type=int, default=2, help="threads of the probe and of xLearn")
+    parser.add_argument("--no-xlearn", dest="xlearn", action="store_false", help="skip xLearn (and its install)")
     parser.add_argument("--no-accuracy", dest="accuracy", action="store_false",
                         help="skip the check that the cpu engine is as accurate as the torch engine")
     args = parser.parse_args()
+    if args.ref_threads != args.threads:
+        print(f"note: fmctr trains with {args.threads} threads, the probe and xLearn with {args.ref_threads}",
+              file=sys.stderr)
+
+    # Before any timing: the source build takes both cores for minutes.
+    skipped = {XLEARN_STAGE: "xLearn: skipped (--no-xlearn)" if not args.xlearn else None,
+               PROBE_STAGE: None if PROBE.exists() else f"probe absent: no {PROBE}"}
+    if args.xlearn and (why := ensure_xlearn()):
+        skipped[XLEARN_STAGE] = f"xLearn not run: {why}"
 
     work = Path(tempfile.mkdtemp(prefix="fmctr-bench-"))
     try:
@@ -230,48 +379,110 @@ def main() -> None:
                         "--preset", "criteo", "--bits", str(args.bits)], cwd=ROOT, check=True, capture_output=True)
         variables = {"DATA": str(data), "HASHED": str(work / "data.hashed"), "MODEL": str(work / "model.fm"),
                      "PREDS": str(work / "preds.csv"), "BITS": args.bits, "DIM": args.dim, "THREADS": args.threads,
-                     "SMALL_DATA": str(small), "SMALL_HASHED": str(work / "small.hashed")}
+                     "SMALL_DATA": str(small), "SMALL_HASHED": str(work / "small.hashed"),
+                     "PROBE": str(PROBE), "REF_THREADS": args.ref_threads, "LIBSVM": str(work / "data.libsvm"),
+                     "XLEARN_PARAMS": {**XLEARN_OPTIONS, "k": args.dim, "nthread": args.ref_threads}}
         results = {}
         for name, code in STAGES.items():
+            if skipped.get(name):
+                results[name] = {"error": skipped[name]}
+                print(f"  {name}: {skipped[name]}", file=sys.stderr)
+                continue
+            if name == XLEARN_STAGE:
+                # The same hashed rows as text, once, untimed (xLearn's parse is not in its epoch either).
+                started = time.perf_counter()
+                subprocess.run([sys.executable, "-c", TO_LIBSVM, variables["HASHED"], variables["LIBSVM"]], check=True)
+                print(f"  wrote the hashed rows as libsvm text for xLearn in {time.perf_counter() - started:.0f}s",
+                      file=sys.stderr)
             # The quick stages run --repeats times (the median counts): this machine's
             # load moves single runs by 20-30%.
-            runs = [run_stage(code, variables, warm=name not in COLD) for _ in range(args.repeats if name in REPEATED else 1)]
+            runs = [run_stage(code, variables, warm=name not in COLD | OWN_TIMING, fatal=name not in OWN_TIMING)
+                    for _ in range(args.repeats if name in REPEATED else 1)]
+            if "error" in runs[0]:
+                results[name] = runs[0]
+                print(f"  {name}: {runs[0]['error']}", file=sys.stderr)
+                continue
             runs.sort(key=lambda r: r["rows_per_s"])
             results[name] = runs[len(runs) // 2]
             speeds = ", ".join(f"{r['rows_per_s']:,.0f}" for r in runs)
             spread = f" (runs: {speeds})" if len(runs) > 1 else ""
             print(f"  {name}: {results[name]['rows_per_s']:,.0f} rows/s{spread}", file=sys.stderr)
 
-        read = results["read (bare polars.read_csv)"]["rows_per_s"]
-        torch_train = results["train hashed, torch autograd + Adagrad, batch 4096 (baseline)"]["rows_per_s"]
-        baseline_of = {
-            "preprocess TSV -> hashed": ("bare read", read),
-            "train hashed, fmctr cpu engine (1 epoch)": ("torch baseline", torch_train),
-            "train from raw TSV (hash + 1 epoch)": ("torch baseline", torch_train),
-            "train hashed, 2 ranks x 1 thread (torchrun, gloo)": ("1 process x 1 thread",
-                                                                   results["train hashed, 1 process x 1 thread"]["rows_per_s"]),
-            "predict TSV -> CSV": ("bare read", read),
-        }
-        print(f"\n| stage ({args.rows:,} rows) | rows/s | vs baseline | peak RSS | first call ({WARM_ROWS // 1000}k rows) |")
-        print("|---|---:|---:|---:|---:|")
-        for name, r in results.items():
-            ratio = ""
-            if name in baseline_of:
-                label, base = baseline_of[name]
-                ratio = f"{r['rows_per_s'] / base:.2f}x {label}"
-            first = "cold" if r["first_call"] is None else f"{r['first_call']:.2f} s"
-            print(f"| {name} | {r['rows_per_s']:,.0f} | {ratio} | {r['rss_mib']:,.0f} MiB | {first} |")
-
+        # The memory run and the whole-process run: the cpu engine stage (without
+        # saving the model) on the dataset repeated by hard links.
+        steady_code = STAGES[CPU_STAGE].replace("save(model, MODEL)", "")
+        memory_copies = max(1, args.memory_rows // args.rows) if args.memory_rows else 0
         if args.memory_rows:
-            copies = max(1, args.memory_rows // args.rows)
             big = work / "big.hashed"
-            replicate(work / "data.hashed", copies, big)
-            code = STAGES["train hashed, fmctr cpu engine (1 epoch)"].replace("save(model, MODEL)", "")
-            small_run = results["train hashed, fmctr cpu engine (1 epoch)"]
-            big_run = run_stage(code, {**variables, "HASHED": str(big)})
-            print(f"| train hashed, {big_run['rows']:,} rows | {big_run['rows_per_s']:,.0f} | "
-                  f"RSS {big_run['rss_mib'] / small_run['rss_mib']:.2f}x the {args.rows:,}-row run | {big_run['rss_mib']:,.0f} MiB | "
-                  f"{big_run['first_call']:.2f} s |")
+            replicate(work / "data.hashed", memory_copies, big)
+            results["memory"] = run_stage(steady_code, {**variables, "HASHED": str(big)})
+            print(f"  train hashed, {results['memory']['rows']:,} rows: {results['memory']['rows_per_s']:,.0f} rows/s",
+                  file=sys.stderr)
+        if args.whole_rows:
+            whole_copies = max(1, round(args.whole_rows / args.rows))
+            if whole_copies == memory_copies:
+                whole, results["steady"] = work / "big.hashed", {**results["memory"], "note": "the memory run's"}
+            else:
+                whole = work / "whole.hashed"
+                replicate(work / "data.hashed", whole_copies, whole)
+                results["steady"] = run_stage(steady_code, {**variables, "HASHED": str(whole)})
+            results["whole"] = run_stage(WHOLE_PROCESS, {**variables, "HASHED": str(whole), "MODEL": str(work / "whole.fm")},
+                                         warm=False)
+            for key in ("steady", "whole"):
+                print(f"  {key} ({results[key]['rows']:,} rows): {results[key]['rows_per_s']:,.0f} rows/s", file=sys.stderr)
+
+        def speed(name: str) -> float | None:
+            return results[name]["rows_per_s"] if name in results and "error" not in results[name] else None
+
+        read, torch_train = speed("read (bare polars.read_csv)"), speed("train hashed, torch autograd + Adagrad, batch 4096 (baseline)")
+        # stage -> its ratios: (baseline label, baseline rows/s, target ratio or None);
+        # a stage's first ratio shares its row, the others get rows of their own.
+        ratios = {
+            "preprocess TSV -> hashed": [("bare read", read, 1.0)],
+            CPU_STAGE: [("torch baseline", torch_train, None),
+                        ("bare probe", speed(PROBE_STAGE), 1.0),
+                        ("xLearn FM epoch", speed(XLEARN_STAGE), 1.0)],
+            "train from raw TSV (hash + 1 epoch)": [("torch baseline", torch_train, None)],
+            "train hashed, 2 ranks x 1 thread (torchrun, gloo)": [("1 process x 1 thread",
+                                                                   speed("train hashed, 1 process x 1 thread"), None)],
+            "predict TSV -> CSV": [("bare read", read, 1.0)],
+            "whole": [("in-process steady state", speed("steady"), 0.7)],
+        }
+        labels = {
+            PROBE_STAGE: f"{PROBE_STAGE}, {args.ref_threads} threads",
+            XLEARN_STAGE: f"{XLEARN_STAGE[:-1]}, k={args.dim}, {args.ref_threads} threads)",
+            "memory": f"train hashed, {results.get('memory', {}).get('rows', 0):,} rows (1 epoch)",
+            "steady": f"train hashed, {results.get('steady', {}).get('rows', 0):,} rows, cpu engine in-process steady state",
+            "whole": f"train {results.get('whole', {}).get('rows', 0):,} hashed rows as a whole process "
+                     f"(`python -m fmctr train`, start to exit, model written)",
+        }
+
+        def ratio_cells(name: str, label: str, base: float | None, target: float | None) -> tuple[str, str]:
+            """The ratio of stage `name` to its baseline, and its target's verdict."""
+            mine, goal = speed(name), f">= {target:.1f}x: " if target else ""
+            if mine is None or base is None:
+                return (f"n/a ({label} not measured)" if base is None else "n/a"), (goal + "not measured" if goal else "")
+            return f"{mine / base:.2f}x {label}", (goal + ("met" if mine / base >= target else "missed") if goal else "")
+
+        print(f"\n| stage ({args.rows:,} rows, k={args.dim}, bits {args.bits}, {args.threads} threads) | rows/s | "
+              f"vs baseline (same run) | peak RSS | first call ({WARM_ROWS // 1000}k rows) or note | target |")
+        print("|---|---:|---:|---:|---:|---|")
+        for name, r in results.items():
+            label = labels.get(name, name)
+            if "error" in r:
+                print(f"| {label} | {r['error']} | | | | |")
+            else:
+                first = r["note"] if r.get("note") else "cold" if r["first_call"] is None else f"{r['first_call']:.2f} s"
+                if r.get("first_call") is not None and r.get("note"):
+                    first = f"{r['first_call']:.2f} s ({r['note']})"
+                extra = ""
+                if name == "memory" and CPU_STAGE in results:
+                    extra = f"RSS {r['rss_mib'] / results[CPU_STAGE]['rss_mib']:.2f}x the {args.rows:,}-row run"
+                cells = ratio_cells(name, *ratios[name][0]) if name in ratios else (extra, "")
+                print(f"| {label} | {r['rows_per_s']:,.0f} | {cells[0]} | {r['rss_mib']:,.0f} MiB | {first} | {cells[1]} |")
+            for more in ratios.get(name, [])[1 if "error" not in r else 0:]:
+                cells = ratio_cells(name, *more)
+                print(f"| {label}, same run | | {cells[0]} | | | {cells[1]} |")
         if args.accuracy:
             print(f"\naccuracy check: {ACCURACY_ROWS:,} training rows, 1 epoch, batch 4, "
                   f"{TEST_ROWS:,} held-out test rows")
