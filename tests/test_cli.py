@@ -208,8 +208,8 @@ def test_eval_prints_a_calibration_table_and_draws_a_plot(tmp_path, criteo_model
     assert [p.name for p in tmp_path.iterdir()] == ["curves.png"]  # no temp files left
 
 
-def test_eval_plot_must_be_a_png(tmp_path, criteo_model):
-    result = invoke("eval", CRITEO_TEST, "-m", criteo_model, "--plot", tmp_path / "curves.pdf")
+def test_eval_plot_must_be_png_pdf_or_svg(tmp_path, criteo_model):
+    result = invoke("eval", CRITEO_TEST, "-m", criteo_model, "--plot", tmp_path / "curves.gif")
     assert result.exit_code == 1
-    assert result.stderr.endswith("the plot is a PNG; give a file name ending in .png\n")
+    assert result.stderr.endswith("give a file name ending in .png, .pdf or .svg\n")
     assert not any(tmp_path.iterdir())

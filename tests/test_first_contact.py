@@ -89,3 +89,30 @@ def test_logs_off_a_terminal_are_one_line_per_event(tmp_path):
     epoch_line = "epoch N: train logloss N N rows/s; valid AUC N logloss N; lr N"  # (commas are in N)
     assert [re.sub(r"[\d,.]+", "N", line) for line in lines[:2]] == [epoch_line, epoch_line]
     assert len(lines) == 3 and lines[2].startswith("wrote ") and all(len(line) > 80 for line in lines[:2])
+
+
+def test_predict_precision(movies_model):
+    result = invoke("predict", MOVIES_TEST, "-m", movies_model, "--precision", "3")
+    lines = result.stdout.splitlines()
+    assert lines[0] == "probability" and len(lines) == 1001
+    assert all(len(line.split(".")[1]) == 3 for line in lines[1:])
+    bad = invoke("predict", MOVIES_TEST, "-m", movies_model, "--precision", "0")
+    assert bad.stderr == "error: --precision must be from 1 to 17 decimal places, got 0\n"
+
+
+def test_auc_undefined_is_said(movies_model, tmp_path):
+    data = tmp_path / "ones.csv"
+    data.write_text("\n".join(line if n == 0 else "1" + line[1:]
+                              for n, line in enumerate(MOVIES_TEST.read_text().splitlines()[:50])) + "\n")
+    result = invoke("eval", data, "-m", movies_model, "--json")
+    assert result.exit_code == 0 and '"auc": null' in result.stdout
+    assert result.stderr == f"warning: {data}: every row has label 1; AUC is undefined (printed as NaN, null in JSON)\n"
+
+
+def test_plot_as_pdf_and_svg(movies_model, tmp_path):
+    for name, magic in (("curves.pdf", b"%PDF"), ("curves.svg", b"<?xml")):
+        result = invoke("eval", MOVIES_TEST, "-m", movies_model, "--plot", tmp_path / name)
+        assert result.exit_code == 0, result.stderr
+        assert (tmp_path / name).read_bytes().startswith(magic)
+    wrong = invoke("eval", MOVIES_TEST, "-m", movies_model, "--plot", tmp_path / "curves.jpg")
+    assert wrong.stderr == f"error: --plot {tmp_path / 'curves.jpg'}: give a file name ending in .png, .pdf or .svg\n"

@@ -451,7 +451,7 @@ def eval_cmd(
     model: ModelOpt = ...,
     json_out: Json = False,
     bins: Annotated[int, typer.Option(help="Bins of the calibration table (equal numbers of rows, by predicted probability).")] = 10,
-    plot: Annotated[Optional[Path], typer.Option(metavar="FILE.png", help="Also draw the ROC curve and the calibration curve into this PNG (needs matplotlib: pip install 'fmctr[plot]').")] = None,
+    plot: Annotated[Optional[Path], typer.Option(metavar="FILE", help="Also draw the ROC curve and the calibration curve into this .png, .pdf or .svg file (needs matplotlib: pip install 'fmctr[plot]').")] = None,
     threads: Threads = None,
     device: Device = "auto",
     allow_missing: AllowMissing = False,
@@ -486,6 +486,7 @@ def predict(
     threads: Threads = None,
     device: Device = "auto",
     allow_missing: AllowMissing = False,
+    precision: Annotated[Optional[int], typer.Option(metavar="N", help="Write probabilities with N decimal places.  [default: as many as float64 needs, up to 17 significant digits]")] = None,
 ) -> None:
     """Write click probabilities as CSV, one line per input row, in input order."""
     _use_threads(threads)
@@ -493,7 +494,7 @@ def predict(
     from fmctr.commands.jobs import predict as run
 
     m = load(model, training_state=False)
-    run(input, m, output, keep=_names(keep), log=_err, device=device, allow_missing=allow_missing)
+    run(input, m, output, keep=_names(keep), log=_err, device=device, allow_missing=allow_missing, precision=precision)
 
 
 def _version(value: bool) -> None:

@@ -362,6 +362,11 @@ def evaluate_model(path: str, model: Model, *, log: Log = _silent, device: str =
         probs.append(score(rows))
     labels, probs = np.concatenate(labels), np.concatenate(probs)
     metrics = evaluate_with_calibration(labels, probs, bins)
+    if np.isnan(metrics["auc"]):
+        log(f"warning: {data.name}: every row has label {int(labels[0]) if len(labels) else 0}; "
+            f"AUC is undefined (printed as NaN, null in JSON)")
+    if len(probs) > 1 and np.ptp(probs) == 0:
+        log(f"warning: {data.name}: every row got the same score {probs[0]:.6g}; is this the right model for the data?")
     if plot is not None:
         from fmctr.commands.plot import write_plot
 
@@ -373,31 +378,33 @@ PROBABILITY = "probability"
 
 
 def predict(path: str, model: Model, output: str, *, keep: Sequence[str] = (), log: Log = _silent,
-            device: str = "auto", allow_missing: bool = False) -> int:
+            device: str = "auto", allow_missing: bool = False, precision: int | None = None) -> int:
     """Write one CSV line per input row, in input order: the --keep columns, then the
     click probability. `output` "-" is stdout; a file appears only when complete."""
     if PROBABILITY in keep:
         raise BadOptions(f"--keep {PROBABILITY}: that name is the output column")
     data = open_input(path, schema=model.schema, hashing=model.hashing, require_label=False, keep=keep, log=log,
                       rare=model.rare, allow_missing=allow_missing)
+    if precision is not None and not 1 <= precision <= 17:
+        raise BadOptions(f"--precision must be from 1 to 17 decimal places, got {precision}")
     score = scorer(model.weights, kind=model.kind, device=device)
     if output == "-":
-        return _write_predictions(data, score, sys.stdout.buffer)
+        return _write_predictions(data, score, sys.stdout.buffer, precision)
     with atomic_file(output) as tmp:
         try:
             with open(tmp, "wb") as out:
-                return _write_predictions(data, score, out)
+                return _write_predictions(data, score, out, precision)
         except OSError as e:
             raise BadOptions(f"{output}: cannot write: {e.strerror}") from None
 
 
-def _write_predictions(data: Input, score, out) -> int:
+def _write_predictions(data: Input, score, out, precision: int | None = None) -> int:
     written = 0
     for rows, kept in data.parts:
         frame = pl.DataFrame({PROBABILITY: score(rows)})
         if kept is not None:
             frame = pl.concat([kept, frame], how="horizontal")
-        out.write(frame.write_csv(include_header=written == 0).encode())
+        out.write(frame.write_csv(include_header=written == 0, float_precision=precision).encode())
         written += len(rows)
     out.flush()
     return written

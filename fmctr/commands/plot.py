@@ -1,4 +1,5 @@
-"""`fmctr eval --plot FILE`: the ROC curve and the calibration curve, as one PNG."""
+"""`fmctr eval --plot FILE`: the ROC curve and the calibration curve, as one PNG, PDF or SVG
+(by the file name's extension)."""
 
 from __future__ import annotations
 
@@ -12,10 +13,19 @@ from fmctr.errors import BadOptions
 from fmctr.metrics import roc_curve
 
 
+FORMATS = ("png", "pdf", "svg")
+
+
+def plot_format(path: str | Path) -> str:
+    suffix = Path(path).suffix.lower().lstrip(".")
+    if suffix not in FORMATS:
+        raise BadOptions(f"--plot {path}: give a file name ending in .png, .pdf or .svg")
+    return suffix
+
+
 def pyplot(path: str | Path):
     """matplotlib's pyplot, checked before any work is done."""
-    if not str(path).lower().endswith(".png"):
-        raise BadOptions(f"--plot {path}: the plot is a PNG; give a file name ending in .png")
+    plot_format(path)
     try:
         import matplotlib
 
@@ -27,7 +37,7 @@ def pyplot(path: str | Path):
 
 
 def write_plot(path: str | Path, labels: np.ndarray, probs: np.ndarray, metrics: dict, title: str) -> None:
-    """Draw both curves and write the PNG atomically."""
+    """Draw both curves and write the file atomically."""
     plt = pyplot(path)
     fpr, tpr = roc_curve(labels, probs)
     table = metrics["reliability"]
@@ -48,6 +58,6 @@ def write_plot(path: str | Path, labels: np.ndarray, probs: np.ndarray, metrics:
     fig.suptitle(f"{title}: {metrics['rows']:,} rows, logloss {metrics['logloss']:.4f}")
     fig.tight_layout()
     out = io.BytesIO()
-    fig.savefig(out, format="png")
+    fig.savefig(out, format=plot_format(path))
     plt.close(fig)
     write_bytes(path, out.getvalue())
