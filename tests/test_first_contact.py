@@ -116,3 +116,17 @@ def test_plot_as_pdf_and_svg(movies_model, tmp_path):
         assert (tmp_path / name).read_bytes().startswith(magic)
     wrong = invoke("eval", MOVIES_TEST, "-m", movies_model, "--plot", tmp_path / "curves.jpg")
     assert wrong.stderr == f"error: --plot {tmp_path / 'curves.jpg'}: give a file name ending in .png, .pdf or .svg\n"
+
+
+def test_an_avazu_model_scores_parquet(tmp_path):
+    """A preset names columns, not the format: --preset avazu trains on CSV, and the
+    model scores Parquet (the README's `fmctr eval holdout.parquet`)."""
+    import polars as pl
+
+    rows = [f"{i},{int(i % 3 == 0)},1410210{i % 10},100{i % 4},s{i % 9}" for i in range(300)]
+    (tmp_path / "train.csv").write_text("id,click,hour,C1,site_id\n" + "\n".join(rows) + "\n")
+    pl.read_csv(tmp_path / "train.csv", infer_schema=False).write_parquet(tmp_path / "holdout.parquet")
+    assert invoke("train", tmp_path / "train.csv", "--preset", "avazu", "-o", tmp_path / "m.fm", "-q").exit_code == 0
+    result = invoke("eval", tmp_path / "holdout.parquet", "-m", tmp_path / "m.fm", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert '"rows": 300' in result.stdout

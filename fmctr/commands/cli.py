@@ -455,6 +455,7 @@ def eval_cmd(
     threads: Threads = None,
     device: Device = "auto",
     allow_missing: AllowMissing = False,
+    format: Annotated[Optional[str], typer.Option("--format", help="Input format, if not the model's or recognisable from the data: csv, tsv, criteo, parquet, libsvm, libffm.")] = None,
 ) -> None:
     """Report AUC, logloss, normalized entropy and calibration on labelled data.
 
@@ -466,7 +467,8 @@ def eval_cmd(
     from fmctr.commands.progress import metrics_table, reliability_table, stderr
 
     m = load(model, training_state=False)
-    metrics = evaluate_model(input, m, log=_err, device=device, bins=bins, plot=plot, allow_missing=allow_missing)
+    metrics = evaluate_model(input, m, log=_err, device=device, bins=bins, plot=plot, allow_missing=allow_missing,
+                             format=format)
     if json_out:
         print(json.dumps(_json_safe(metrics)))
     else:
@@ -487,6 +489,7 @@ def predict(
     device: Device = "auto",
     allow_missing: AllowMissing = False,
     precision: Annotated[Optional[int], typer.Option(metavar="N", help="Write probabilities with N decimal places.  [default: as many as float64 needs, up to 17 significant digits]")] = None,
+    format: Annotated[Optional[str], typer.Option("--format", help="Input format, if not the model's or recognisable from the data: csv, tsv, criteo, parquet, libsvm, libffm.")] = None,
 ) -> None:
     """Write click probabilities as CSV, one line per input row, in input order."""
     _use_threads(threads)
@@ -494,7 +497,8 @@ def predict(
     from fmctr.commands.jobs import predict as run
 
     m = load(model, training_state=False)
-    run(input, m, output, keep=_names(keep), log=_err, device=device, allow_missing=allow_missing, precision=precision)
+    run(input, m, output, keep=_names(keep), log=_err, device=device, allow_missing=allow_missing, precision=precision,
+        format=format)
 
 
 def _version(value: bool) -> None:

@@ -344,7 +344,7 @@ def _remapped(shards: list[dataset.HashedDataset], rare: RareMap, path: Path) ->
 
 
 def evaluate_model(path: str, model: Model, *, log: Log = _silent, device: str = "auto", bins: int = 10,
-                   plot: str | Path | None = None, allow_missing: bool = False) -> dict:
+                   plot: str | Path | None = None, allow_missing: bool = False, format: str | None = None) -> dict:
     """AUC, logloss and friends of the model on labelled data, with the reliability
     table in `bins` bins; `plot` also writes the ROC and calibration curves (PNG)."""
     if bins < 1:
@@ -354,7 +354,7 @@ def evaluate_model(path: str, model: Model, *, log: Log = _silent, device: str =
 
         pyplot(plot)  # fail before scoring if it cannot be drawn
     data = open_input(path, schema=model.schema, hashing=model.hashing, require_label=True, log=log, rare=model.rare,
-                      allow_missing=allow_missing)
+                      allow_missing=allow_missing, format=format)
     score = scorer(model.weights, kind=model.kind, device=device)
     labels, probs = [], []
     for rows, _ in data.parts:
@@ -378,13 +378,14 @@ PROBABILITY = "probability"
 
 
 def predict(path: str, model: Model, output: str, *, keep: Sequence[str] = (), log: Log = _silent,
-            device: str = "auto", allow_missing: bool = False, precision: int | None = None) -> int:
+            device: str = "auto", allow_missing: bool = False, precision: int | None = None,
+            format: str | None = None) -> int:
     """Write one CSV line per input row, in input order: the --keep columns, then the
     click probability. `output` "-" is stdout; a file appears only when complete."""
     if PROBABILITY in keep:
         raise BadOptions(f"--keep {PROBABILITY}: that name is the output column")
     data = open_input(path, schema=model.schema, hashing=model.hashing, require_label=False, keep=keep, log=log,
-                      rare=model.rare, allow_missing=allow_missing)
+                      rare=model.rare, allow_missing=allow_missing, format=format)
     if precision is not None and not 1 <= precision <= 17:
         raise BadOptions(f"--precision must be from 1 to 17 decimal places, got {precision}")
     score = scorer(model.weights, kind=model.kind, device=device)

@@ -46,18 +46,19 @@ class Input:
 
 def open_input(path: str, *, spec: SchemaSpec | None = None, schema: Schema | None = None,
                hashing: HashSpec | None = None, require_label: bool, keep: Sequence[str] = (), log: Log = silent,
-               rare: RareMap | None = None, allow_missing: bool = False) -> Input:
+               rare: RareMap | None = None, allow_missing: bool = False, format: str | None = None) -> Input:
     """Open raw data (hashed on the fly) or a hashed dataset. Give `spec` to resolve
     a schema against the data's columns, or `schema` (from a model) to apply it;
     `rare` (a model's --min-count map) maps rare values to their field's rare token.
     Data lacking more than half of the schema's feature columns is refused unless
-    `allow_missing` (those columns then count as missing in every row)."""
+    `allow_missing` (those columns then count as missing in every row). `format`
+    overrides the schema's format."""
     if dataset.is_hashed(path):
         return _open_hashed(path, schema=schema, hashing=hashing, keep=keep, rare=rare)
     name = display_name(path)
     hashing = hashing or HashSpec(bits=DEFAULT_BITS)
     fmt_source = schema if schema is not None else spec
-    source = open_source(path, format=fmt_source.format, column_names=fmt_source.column_names)
+    source = open_source(path, format=format or fmt_source.format, column_names=fmt_source.column_names)
     if schema is None:
         if source.format in SPARSE_FORMATS and spec.format is None:
             spec = replace(spec, format=source.format)  # sniffed: libsvm/libffm have no columns

@@ -218,10 +218,10 @@ def open_text(path: str) -> tuple[io.RawIOBase, bytes]:
 
 def sniff_format(peek: bytes, hint: str | None) -> str:
     """Choose a format from the first bytes when the user or preset gave none."""
+    if peek.startswith(PARQUET_MAGIC) and hint in (None, "csv", "tsv"):
+        return "parquet"  # (a model trained on CSV scores the same columns in Parquet)
     if hint is not None:
         return hint
-    if peek.startswith(PARQUET_MAGIC):
-        return "parquet"
     first = peek.split(b"\n", 1)[0].decode("utf-8", errors="replace").rstrip("\r")
     if _SPARSE_LINE.match(first) and ":" in first:
         return "libffm" if re.search(r"\s[^\s:]+:[^\s:]+:[^\s:]+", first) else "libsvm"

@@ -180,8 +180,9 @@ PRESETS: dict[str, SchemaSpec] = {
         format="criteo",
         column_names=CRITEO_COLUMNS,
     ),
-    # Avazu mobile-ads logs: CSV with header, label `click`, a row id to ignore.
-    "avazu": SchemaSpec(label="click", ignore=("id",), format="csv"),
+    # Avazu mobile-ads logs: a header, label `click`, a row id to ignore. A preset names
+    # columns, not the format: CSV, TSV or Parquet are recognised from the data.
+    "avazu": SchemaSpec(label="click", ignore=("id",)),
 }
 
 
