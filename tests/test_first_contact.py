@@ -130,3 +130,8 @@ def test_an_avazu_model_scores_parquet(tmp_path):
     result = invoke("eval", tmp_path / "holdout.parquet", "-m", tmp_path / "m.fm", "--json")
     assert result.exit_code == 0, result.stderr
     assert '"rows": 300' in result.stdout
+
+
+def test_a_missing_valid_file_is_reported_before_training(tmp_path):
+    result = invoke("train", MOVIES_TRAIN, *MOVIES_FLAGS, "--valid", tmp_path / "nope.csv", "-o", tmp_path / "m.fm")
+    assert (result.exit_code, result.stderr) == (1, f"error: {tmp_path / 'nope.csv'}: no such file\n")

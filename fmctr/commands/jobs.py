@@ -143,10 +143,13 @@ class TrainingData:
     rare: RareMap | None
 
 
-def _check_train_options(cfg: TrainConfig, valid: str | None, valid_fraction: float | None,
+def _check_train_options(path: str, cfg: TrainConfig, valid: str | None, valid_fraction: float | None,
                          min_count: int | None, base: Model | None, hashing: HashSpec | None, resume: Model | None):
     if valid is not None and valid_fraction is not None:
         raise BadOptions("--valid and --valid-fraction both choose validation data: give one of them")
+    for data in (path, valid):  # before hours of hashing and training, not after
+        if data is not None and data != "-" and not any(ch in data for ch in "*?[") and not Path(data).exists():
+            raise BadInput(f"{data}: no such file")
     if valid_fraction is not None and not 0 < valid_fraction < 1:
         raise BadOptions(f"--valid-fraction must be between 0 and 1, got {valid_fraction}")
     cfg.check()
@@ -239,7 +242,7 @@ def train_model(
     written then). `min_count` maps values seen fewer times in the training rows to
     their field's rare token (fmctr.hashing.rare); the map is part of the model."""
     base = resume or start
-    _check_train_options(cfg, valid, valid_fraction, min_count, base, hashing, resume)
+    _check_train_options(path, cfg, valid, valid_fraction, min_count, base, hashing, resume)
     schema = None
     if base is not None:
         spec, schema, hashing = None, base.schema, base.hashing
