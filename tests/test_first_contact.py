@@ -135,3 +135,23 @@ def test_an_avazu_model_scores_parquet(tmp_path):
 def test_a_missing_valid_file_is_reported_before_training(tmp_path):
     result = invoke("train", MOVIES_TRAIN, *MOVIES_FLAGS, "--valid", tmp_path / "nope.csv", "-o", tmp_path / "m.fm")
     assert (result.exit_code, result.stderr) == (1, f"error: {tmp_path / 'nope.csv'}: no such file\n")
+
+
+def test_help_shows_whole_summaries_in_panels_and_v_is_the_version():
+    import re
+
+    from fmctr import __version__
+
+    listing = " ".join(re.sub(r"[│╭╮╰╯─]", " ", invoke("--help").stdout).split())
+    assert "train Train an FM on raw or hashed data and write a self-contained model file." in listing
+    assert "..." not in listing.split("Commands")[1]
+    train = invoke("train", "--help").stdout
+    assert "Schema (how columns become features)" in train and "Training" in train and "Hashing" in train
+    assert invoke("-V").stdout == f"fmctr {__version__}\n"
+    assert "training" not in invoke("predict", "--help").stdout.split("--threads")[1].split("\n")[0]
+
+
+def test_metric_names_are_not_case_sensitive(tmp_path):
+    result = invoke("train", MOVIES_TRAIN, *MOVIES_FLAGS, "--valid", MOVIES_TEST, "--metric", "AUC", "--epochs", "1",
+                    "-o", tmp_path / "m.fm", "-q")
+    assert result.exit_code == 0, result.stderr

@@ -17,7 +17,7 @@ def test_tune_tries_settings_and_writes_the_best(tmp_path):
     assert len(trials) >= 10  # every one-setting move ran within the budget
     assert {t["options"].split()[0] for t in trials[1:]} >= {"--dim", "--lr", "--l2-all-factors", "--l2"}
     best = [t for t in trials if t["best"]]
-    assert len(best) == 1 and best[0]["valid"]["auc"] == max(t["valid"]["auc"] for t in trials)
+    assert len(best) == 1 and best[0]["valid"]["logloss"] == min(t["valid"]["logloss"] for t in trials)
     model = load(out)
     assert model.training["tune"]["options"] == best[0]["options"]
     assert model.training["valid_metrics"]["auc"] == best[0]["valid"]["auc"]

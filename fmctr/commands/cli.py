@@ -31,7 +31,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    rich_markup_mode=None,
+    rich_markup_mode="rich",
 )
 
 SCHEMA = "Schema (how columns become features)"
@@ -93,7 +93,8 @@ Format = Annotated[Optional[str], typer.Option("--format", help="Input format: c
 Bits = Annotated[Optional[int], typer.Option(help="Hash space is 2^bits features.  [default: 22]", rich_help_panel=HASH)]
 HashSeed = Annotated[int, typer.Option(help="Seed of the feature hash.", rich_help_panel=HASH)]
 Device = Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto (CUDA when available; scoring on a GPU uses the torch model).")]
-Threads = Annotated[Optional[int], typer.Option(help="CPU threads for reading, hashing, training and scoring.  [default: all cores]")]
+Threads = Annotated[Optional[int], typer.Option(help="CPU threads for reading, hashing and scoring.  [default: all cores]")]
+TrainThreads = Annotated[Optional[int], typer.Option(help="CPU threads for reading, hashing, training and scoring.  [default: all cores]")]
 ModelOpt = Annotated[Path, typer.Option("--model", "-m", help="Model file written by `fmctr train`.")]
 Json = Annotated[bool, typer.Option("--json", help="Print metrics as one JSON object on stdout.")]
 
@@ -162,7 +163,7 @@ def _json_safe(value):
 @app.command()
 @errors_to_exit
 def preprocess(
-    inputs: Annotated[Optional[list[str]], typer.Argument(metavar="INPUT...", help="Input data file(s), or - for stdin (gzip is detected). Several inputs give one shard each.  [default: -]")] = None,
+    inputs: Annotated[Optional[list[str]], typer.Argument(metavar="INPUT", help="Input data file(s), or - for stdin (gzip is detected). Several inputs give one shard each.  [default: -]")] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Hashed dataset directory to write (with several inputs: a directory of shards).")] = ...,
     preset: Preset = None,
     schema: SchemaFile = None,
@@ -235,9 +236,9 @@ def train_cmd(
     lr_decay: Annotated[float, typer.Option(help="With validation: multiply the learning rate by this after a check that does not improve (1: never).", rich_help_panel=TRAIN)] = 0.5,
     valid_every: Annotated[Optional[int], typer.Option(metavar="ROWS", help="With validation: check every this many training rows.  [default: once per epoch]", rich_help_panel=TRAIN)] = None,
     patience: Annotated[int, typer.Option(help="With validation: stop after this many checks without improvement.", rich_help_panel=TRAIN)] = 2,
-    metric: Annotated[str, typer.Option(help="With validation: logloss or auc decides the best epoch.", rich_help_panel=TRAIN)] = "logloss",
+    metric: Annotated[str, typer.Option(help="With validation: logloss or auc decides the best epoch (logloss, as in tune: it also rewards calibration, which a CTR estimate needs).", rich_help_panel=TRAIN)] = "logloss",
     seed: Annotated[int, typer.Option(help="Seed for initialisation and shuffling.", rich_help_panel=TRAIN)] = 0,
-    threads: Threads = None,
+    threads: TrainThreads = None,
     engine: Annotated[str, typer.Option(help="cpu (fused kernels), torch (EmbeddingBag + autograd) or auto.", rich_help_panel=TRAIN)] = "auto",
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto (CUDA when available).", rich_help_panel=TRAIN)] = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or tables.")] = False,
@@ -277,7 +278,7 @@ def train_cmd(
         spec = _spec(*schema_flags)
         cfg = TrainConfig.from_options(
             dim=dim, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, l2_linear=l2,
-            l2_factors=l2_factors, patience=patience, stop_metric=metric, seed=seed, threads=threads,
+            l2_factors=l2_factors, patience=patience, stop_metric=metric.lower(), seed=seed, threads=threads,
             engine=engine, device=device, l1=l1, init_std=init_std, l2_all_linear=l2_all, l2_all_factors=l2_all_factors, ftrl_alpha=ftrl_alpha, ftrl_beta=ftrl_beta, lr_decay=lr_decay,
             valid_every=valid_every,
         ).check()
@@ -361,7 +362,7 @@ def tune(
     valid: Annotated[str, typer.Option(help="Validation data (raw or hashed): every trial is scored on it.")] = ...,
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the best trial's model.")] = ...,
     budget: Annotated[float, typer.Option(metavar="SECONDS", help="Start no new trial after this many seconds (a trial that has begun finishes).")] = 600.0,
-    metric: Annotated[str, typer.Option(help="auc or logloss on the validation data ranks the trials (and stops each one early).")] = "auc",
+    metric: Annotated[str, typer.Option(help="logloss or auc on the validation data ranks the trials (and stops each one early); logloss, as train's early stopping.")] = "logloss",
     min_count: Annotated[Optional[int], typer.Option(metavar="N", help="As for train.", rich_help_panel=SCHEMA)] = None,
     preset: Preset = None,
     schema: SchemaFile = None,
@@ -377,7 +378,7 @@ def tune(
     hash_seed: HashSeed = 0,
     optimizer: Annotated[str, typer.Option(help="As for train.", rich_help_panel=TRAIN)] = "adagrad",
     seed: Annotated[int, typer.Option(help="Seed for initialisation and shuffling.", rich_help_panel=TRAIN)] = 0,
-    threads: Threads = None,
+    threads: TrainThreads = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the trials as JSON on stdout.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No table.")] = False,
 ) -> None:
@@ -402,7 +403,7 @@ def tune(
                          f"logloss {trial.valid['logloss']:.4f}, {trial.epochs} epochs, {trial.seconds:.0f}s", highlight=False)
 
     trials, best = run(input, valid, spec=spec, hashing=_hashing(bits, hash_seed), base=base, budget_s=budget,
-                       metric=metric, min_count=min_count, log=_err, on_trial=show)
+                       metric=metric.lower(), min_count=min_count, log=_err, on_trial=show)
     best.model.training["tune"] = {"options": best.flags, "trials": len(trials)}
     save(best.model, output)
     if not quiet:
@@ -509,7 +510,7 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main_options(
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")] = False,
+    version: Annotated[bool, typer.Option("--version", "-V", callback=_version, is_eager=True, help="Show the version and exit.")] = False,
 ) -> None:
     pass
 
