@@ -155,3 +155,18 @@ def test_metric_names_are_not_case_sensitive(tmp_path):
     result = invoke("train", MOVIES_TRAIN, *MOVIES_FLAGS, "--valid", MOVIES_TEST, "--metric", "AUC", "--epochs", "1",
                     "-o", tmp_path / "m.fm", "-q")
     assert result.exit_code == 0, result.stderr
+
+
+def test_stdin_from_a_terminal_is_not_waited_on(movies_model):
+    """`fmctr predict -m m.fm` typed at a prompt: say what is missing instead of waiting."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    leader, follower = pty.openpty()
+    proc = subprocess.run([sys.executable, "-m", "fmctr", "predict", "-m", str(movies_model)], stdin=follower,
+                          capture_output=True, text=True, timeout=60)
+    os.close(leader), os.close(follower)
+    assert (proc.returncode, proc.stderr) == (
+        1, "error: no input: give a data file, or pipe data in (stdin is a terminal)\n")

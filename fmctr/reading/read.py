@@ -156,6 +156,8 @@ def display_name(path: str) -> str:
 
 def _open_bytes(path: str):
     if path == "-":
+        if sys.stdin.isatty():  # nothing piped in: a person would wait for ever
+            raise BadInput("no input: give a data file, or pipe data in (stdin is a terminal)")
         return sys.stdin.buffer
     p = Path(path)
     if p.is_dir():
