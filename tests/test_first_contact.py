@@ -170,3 +170,19 @@ def test_stdin_from_a_terminal_is_not_waited_on(movies_model):
     os.close(leader), os.close(follower)
     assert (proc.returncode, proc.stderr) == (
         1, "error: no input: give a data file, or pipe data in (stdin is a terminal)\n")
+
+
+def test_exit_codes_follow_shell_conventions(tmp_path):
+    """0 done, 1 an error in the input/model/options, 2 a usage error; each error one line."""
+    import subprocess
+    import sys
+
+    def run(*args):
+        proc = subprocess.run([sys.executable, "-m", "fmctr", *map(str, args)], capture_output=True, text=True)
+        return proc.returncode, proc.stderr
+
+    assert run("train", "--nope") == (
+        2, "error: No such option: --nope (Possible options: --ignore, --model) (see fmctr train --help)\n")
+    assert run("predict") == (2, "error: Missing option '--model' / '-m'. (see fmctr predict --help)\n")
+    assert run("bogus") == (2, "error: No such command 'bogus'. (see fmctr --help)\n")
+    assert run("eval", tmp_path / "nope.csv", "-m", tmp_path / "m.fm") == (1, f"error: {tmp_path / 'm.fm'}: no such model file\n")

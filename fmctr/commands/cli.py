@@ -39,6 +39,13 @@ HASH = "Hashing"
 TRAIN = "Training"
 
 
+# Exit codes, as shells and sysexits(3) use them: 0 done; 1 an error in the input, the
+# model or the options (one `error:` line); 2 a usage error (an unknown option, a
+# missing argument); 70 a bug in fmctr; 128+N killed by signal N (130 SIGINT, 143 SIGTERM).
+USAGE_ERROR = 2
+INTERNAL_ERROR = 70
+
+
 def _err(message: str) -> None:
     sys.stderr.write(message.rstrip("\n") + "\n")
     sys.stderr.flush()
@@ -68,7 +75,7 @@ def errors_to_exit(fn):
             if os.environ.get("FMCTR_DEBUG"):
                 raise
             _err(f"error: unexpected {type(e).__name__}: {e} (a bug in fmctr; FMCTR_DEBUG=1 shows the traceback)")
-            raise typer.Exit(code=2) from None
+            raise typer.Exit(code=INTERNAL_ERROR) from None
 
     return wrapper
 
@@ -516,4 +523,22 @@ def main_options(
 
 
 def main() -> None:
-    app()
+    """Run the CLI; click's usage errors become one `error:` line and exit 2."""
+    from typer._click import exceptions as click_errors  # (typer vendors click)
+
+    try:
+        code = app(standalone_mode=False)
+    except click_errors.NoArgsIsHelpError as e:
+        print(e.ctx.get_help() if e.ctx else "")
+        sys.exit(0)
+    except click_errors.UsageError as e:
+        where = f"fmctr {e.ctx.info_name} --help" if e.ctx is not None and e.ctx.parent is not None else "fmctr --help"
+        _err(f"error: {e.format_message()} (see {where})")
+        sys.exit(USAGE_ERROR)
+    except click_errors.ClickException as e:
+        _err(f"error: {e.format_message()}")
+        sys.exit(1)
+    except typer.Abort:
+        _err("error: interrupted")
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
