@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fmctr.hashing.tokens import Rows
+from fmctr.hashing.tokens import Rows, is_ones, ones
 from fmctr.models import kernel
 from fmctr.models.weights import FMWeights, initial_factors
 
@@ -44,6 +44,20 @@ class CpuEngine:
             self.factor_state2 = np.zeros((n, k), np.float32) if adam else self.factor_state1
             self.seen = np.zeros(n, np.bool_)
             self.counters = np.zeros(2, np.int64)
+        # Each feature's factors and their (first) optimizer state sit side by side in
+        # one table row that starts on a 128-byte boundary: with dim 16 that is two
+        # adjacent cache lines (one TLB entry, one DRAM page), where two separate
+        # arrays starting 16 bytes into a page (numpy's large arrays) cost up to four
+        # lines. w.factors and factor_state1 are views of this table. A fresh all-zero
+        # table is not written here, so its pages still fault in when first used.
+        self.table = self._aligned((n, 2 * k))
+        if w.factors.any():
+            self.table[:, :k] = w.factors
+        if self.factor_state1.any():
+            self.table[:, k:] = self.factor_state1
+        w.factors = self.table[:, :k]
+        self.factor_state1 = self.table[:, k:]
+        self.factor_state2 = self.factor_state1 if not adam else self.factor_state2
         # Each feature's linear weight, its optimizer state and its --l2-all share sit
         # side by side (one cache line where four arrays cost four misses); the
         # engine's arrays are views of this table.
@@ -60,6 +74,17 @@ class CpuEngine:
         self.ftrl = np.array([cfg.ftrl_alpha, cfg.ftrl_beta, cfg.l1, cfg.l2_linear], np.float64)
         self.inv_counts = np.zeros(0, np.float32)
         self.priors = np.array([cfg.l2_all_linear, cfg.l2_all_factors], np.float64)
+        self._identity = np.zeros(0, np.int64)
+
+    ALIGN = 128
+
+    @classmethod
+    def _aligned(cls, shape: tuple[int, int]) -> np.ndarray:
+        """A C-contiguous float32 zero array starting on an ALIGN-byte boundary."""
+        size = shape[0] * shape[1] * 4
+        buffer = np.zeros(size + cls.ALIGN, np.uint8)
+        skip = -buffer.ctypes.data % cls.ALIGN
+        return buffer[skip : skip + size].view(np.float32).reshape(shape)
 
     def prepare(self, note) -> None:
         """Compile (or load from numba's cache) the training kernel now, on no rows,
@@ -72,18 +97,40 @@ class CpuEngine:
 
     def train(self, rows: Rows, order: np.ndarray) -> float:
         cfg = self.cfg
-        max_row = int((rows.offsets[order + 1] - rows.offsets[order]).max(initial=0))
+        rows, order = self._gather(rows, order)
+        max_row = int(np.diff(rows.offsets).max(initial=0))
         return kernel.train_rows(
             *map(_read_only, (rows.indices, rows.values, rows.offsets, rows.labels, order)), cfg.batch_size, self.threads,
-            self.w.bias, self.w.linear, self.w.factors,
-            self.bias_state, self.linear_state1, self.linear_state2, self.factor_state1, self.factor_state2,
+            self.w.bias, self.w.linear, self.table, self.w.dim,
+            self.bias_state, self.linear_state1, self.linear_state2, self.factor_state2,
             self.seen, max_row,
             self.code, self.lr, cfg.l2_linear, cfg.l2_factors, cfg.eps, 0.9, 0.999, self.counters,
             cfg.seed, cfg.init_std, cfg.adagrad_init, self.ftrl, self.inv_counts, self.priors,
         )
 
+    def _gather(self, rows: Rows, order: np.ndarray) -> tuple[Rows, np.ndarray]:
+        """The rows `order`, copied in that order (kernel.gather_rows), and the identity
+        order over them: the same rows in the same order, so the same updates, but read
+        front to back instead of at random."""
+        n = len(order)
+        offsets = np.empty(n + 1, np.int64)
+        labels = np.empty(n, np.float32)
+        lengths = rows.offsets[order + 1] - rows.offsets[order]
+        nnz = int(lengths.sum())
+        indices = np.empty(nnz, rows.indices.dtype)
+        ones_only = is_ones(rows.values)
+        values = ones(nnz) if ones_only else np.empty(nnz, rows.values.dtype)
+        kernel.gather_rows(rows.indices, rows.values, rows.offsets, rows.labels, order,
+                           indices, values[:0] if ones_only else values, offsets, labels)
+        if len(self._identity) < n:
+            self._identity = np.arange(n, dtype=np.int64)
+        return Rows(indices, values, offsets, labels), self._identity[:n]
+
     def weights(self) -> FMWeights:
-        return self.w
+        """The weights with contiguous factors (the table interleaves them with their
+        optimizer state): scoring compiled for contiguous rows sums in the same order
+        as it will for the saved model."""
+        return FMWeights(self.w.bias, self.w.linear, np.ascontiguousarray(self.w.factors))
 
     def set_lr(self, lr: float) -> None:
         self.lr = lr

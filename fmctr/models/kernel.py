@@ -164,35 +164,182 @@ def _adam_row(theta, m_state, v_state, grad, l2, lr, eps, beta1, beta2, c1, c2):
         theta[f] -= lr * (m / c1) / (np.sqrt(v / c2) + eps)
 
 
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _ahead(j, d, b1, next_b0, stride, batch, n):
+    """The position in `order` of the row d rows after position j in this thread's
+    sequence of batches (this batch ends at b1; the next starts at next_b0, -1 if
+    none, and each after it `stride` later), or -1 if there is none."""
+    if j + d < b1:
+        return j + d
+    if next_b0 < 0:
+        return -1
+    m = j + d - b1
+    pos = next_b0 + (m // batch) * stride + m % batch
+    return pos if pos < n else -1
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _init_row_k(table, i, k, seed, std):
+    """_init_row for the first k columns of row i of the training table."""
+    base = _splitmix64(_splitmix64(np.uint64(seed)) + np.uint64(i))
+    half_width = math.sqrt(3.0) * std
+    for f in range(k):
+        u = np.float64(_splitmix64(base + np.uint64(f)) >> np.uint64(11)) * 2.0**-53
+        table[i, f] = (2.0 * u - 1.0) * half_width
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=FAST)
+def _row_logit_k(indices, values, lo, hi, bias, linear, factors, k, s):
+    """_row_logit with the factors in the first k columns of a wider table (the
+    training table: factors then their Adagrad/Adam-m state, side by side in a row)."""
+    for f in range(k):
+        s[f] = 0
+    lin = bias
+    square_then_sum = np.float32(0)
+    for p in range(lo, hi):
+        i = indices[p]
+        x = values[p]
+        lin += linear[i] * x
+        for f in range(k):
+            vx = factors[i, f] * x
+            s[f] += vx
+            square_then_sum += vx * vx
+    sum_then_square = np.float32(0)
+    for f in range(k):
+        sum_then_square += s[f] * s[f]
+    return np.float64(lin + np.float32(0.5) * (sum_then_square - square_then_sum))
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _prefetch_ahead(indices, values, offsets, labels, order, j, b1, next_b0, stride, batch_rows, linear, table, k,
+                    seen):
+    """Prefetch in stages along this thread's rows: 8 rows ahead the row's offsets, 4
+    ahead its feature indices, values and label (a shuffled row is a DRAM miss), 2
+    ahead the table lines of its features (their factors and state, linear/meta, seen)."""
+    j8 = _ahead(j, 8, b1, next_b0, stride, batch_rows, len(order))
+    if j8 >= 0:
+        r8 = order[j8]
+        _prefetch(offsets, r8, 0)
+        _prefetch(offsets, r8 + 1, 0)
+    j2 = _ahead(j, 4, b1, next_b0, stride, batch_rows, len(order))
+    if j2 >= 0:
+        r2 = order[j2]
+        for p in range(offsets[r2], offsets[r2 + 1], 16):
+            _prefetch(indices, p, 0)
+            _prefetch(values, p, 0)
+        _prefetch(labels, r2, 0)
+    j1 = _ahead(j, 2, b1, next_b0, stride, batch_rows, len(order))
+    if j1 >= 0:
+        r_next = order[j1]
+        for p in range(offsets[r_next], offsets[r_next + 1]):
+            i = indices[p]
+            _prefetch(linear, i, 0)
+            _prefetch(seen, i, 0)
+            for f in range(0, 2 * k, 16):
+                _prefetch(table, i, f)
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _slot_of(i, table_keys, table_slots, slot_pos, slot_rows, slot_linear, slot_factors, n_slots, mask, k):
+    """Feature i's gradient slot in this batch, found in (or added to) the small
+    open-addressing table; returns (slot, number of slots)."""
+    h = (np.int64(i) * 2654435761) & mask
+    while table_keys[h] != i and table_keys[h] != -1:
+        h = (h + 1) & mask
+    if table_keys[h] == -1:
+        table_keys[h] = i
+        table_slots[h] = n_slots
+        slot_pos[n_slots] = h
+        slot_rows[n_slots] = i
+        slot_linear[n_slots] = 0.0
+        for f in range(k):
+            slot_factors[n_slots, f] = 0.0
+        n_slots += 1
+    return table_slots[h], n_slots
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=FAST, inline="always")
+def _accumulate(indices, values, lo, hi, g, s, linear, table, k, inv_counts, inv_batch, prior, prior_lin32,
+                prior_fac32, table_keys, table_slots, slot_pos, slot_rows, slot_linear, slot_factors, n_slots, mask):
+    """Add one row's gradient (g = dloss/dlogit, s = sum_i v_i x_i) to its features'
+    slots, with their --l2-all share; returns the number of slots.
+
+    priors (--l2-all, with inv_counts = rows / the feature's count in the rows): each
+    occurrence carries rows/count of it, so over an epoch every feature gets the same
+    L2 - an unbiased sparse form of weight decay on the mean loss, under which rare
+    features are shrunk hardest."""
+    for p in range(lo, hi):
+        i = indices[p]
+        x = values[p]
+        slot, n_slots = _slot_of(i, table_keys, table_slots, slot_pos, slot_rows, slot_linear, slot_factors,
+                                 n_slots, mask, k)
+        gx = g * x
+        if prior:
+            share = np.float32(inv_counts[i] * inv_batch)
+            slot_linear[slot] += gx + share * prior_lin32 * linear[i]
+            rf = share * prior_fac32
+            for f in range(k):
+                slot_factors[slot, f] += gx * (s[f] - table[i, f] * x) + rf * table[i, f]
+        else:
+            slot_linear[slot] += gx
+            for f in range(k):
+                slot_factors[slot, f] += gx * (s[f] - table[i, f] * x)
+    return n_slots
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=FAST, inline="always")
+def _update_rows(n_slots, slot_rows, slot_linear, slot_factors, linear, linear_state1, linear_state2, table, k,
+                 factor_state2, optimizer, rows, ftrl, touch_lin32, touch_fac32, lr32, eps32, acc0_32,
+                 beta1_32, beta2_32, c1, c2):
+    """One optimizer step on every row the batch touched, from its summed gradient.
+    The "touch" L2 (l2_linear/l2_factors) is added here, once per batch to each row
+    the batch touches, so a feature is regularised as often as it is seen."""
+    # The two optimizers in separate plain loops, so the loop over f vectorizes.
+    if optimizer == FTRL:
+        # FTRL's hyper-parameters are in the classic per-example units: the batch's
+        # summed gradient, not its mean.
+        batch = np.float32(rows)
+        for slot in range(n_slots):
+            i = slot_rows[slot]
+            _ftrl_one(linear, linear_state1, linear_state2, i, slot_linear[slot] * batch,
+                      np.float32(ftrl[0]), np.float32(ftrl[1]), np.float32(ftrl[2]), np.float32(ftrl[3]))
+            _adagrad_row(table[i][:k], table[i][k:], slot_factors[slot], touch_fac32, lr32, eps32, acc0_32)
+    elif optimizer == ADAGRAD:
+        for slot in range(n_slots):
+            i = slot_rows[slot]
+            _adagrad_row(linear[i : i + 1], linear_state1[i : i + 1], slot_linear[slot : slot + 1], touch_lin32, lr32, eps32, acc0_32)
+            _adagrad_row(table[i][:k], table[i][k:], slot_factors[slot], touch_fac32, lr32, eps32, acc0_32)
+    else:
+        for slot in range(n_slots):
+            i = slot_rows[slot]
+            _adam_row(linear[i : i + 1], linear_state1[i : i + 1], linear_state2[i : i + 1], slot_linear[slot : slot + 1],
+                      touch_lin32, lr32, eps32, beta1_32, beta2_32, c1, c2)
+            _adam_row(table[i][:k], table[i][k:], factor_state2[i], slot_factors[slot],
+                      touch_fac32, lr32, eps32, beta1_32, beta2_32, c1, c2)
+
+
 @numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=FAST)
 def _train_batch(
     indices, values, offsets, labels, order, b0, b1,
-    bias, linear, factors,
-    bias_state, linear_state1, linear_state2, factor_state1, factor_state2,
+    bias, linear, table, k,
+    bias_state, linear_state1, linear_state2, factor_state2,
     table_keys, table_slots, slot_pos, slot_rows, slot_linear, slot_factors, s, seen,
     optimizer, lr, l2_linear, l2_factors, eps, beta1, beta2, step, init_seed, init_std, acc0, ftrl, inv_counts, priors,
-    next_b0,
+    next_b0, stride, batch_rows,
 ):
     """One mini-batch: the gradient of the mean logloss over rows order[b0:b1] at the
     current weights, plus L2 on the rows it touches, then one optimizer step on those
     rows. Gradients gather in per-batch slots, found through a small open-addressing
-    table (it stays in L1 cache, where a per-row array would miss in DRAM). Returns the batch's summed logloss."""
-    k = factors.shape[1]
+    table (it stays in L1 cache, where a per-row array would miss in DRAM). Returns
+    the batch's summed logloss."""
     mask = len(table_keys) - 1
     inv_batch = 1.0 / (b1 - b0)
     # float32 throughout the updates: float64 constants would turn every vector
     # operation into scalar double arithmetic.
     lr32, eps32 = np.float32(lr), np.float32(eps)
     l2_lin32, l2_fac32 = np.float32(l2_linear), np.float32(l2_factors)
-    beta1_32, beta2_32 = np.float32(beta1), np.float32(beta2)
-    acc0_32 = np.float32(acc0)
-    # Two kinds of L2. l2_linear/l2_factors ("touch"): added once per batch to each
-    # row the batch touches, so a feature is regularised as often as it is seen.
-    # priors (--l2-all, with inv_counts = rows / the feature's count in the rows):
-    # each occurrence carries rows/count of it, so over an epoch every feature gets
-    # the same L2 - an unbiased sparse form of weight decay on the mean loss, under
-    # which rare features are shrunk hardest.
-    prior = len(inv_counts) > 0
+    beta1_32, beta2_32, acc0_32 = np.float32(beta1), np.float32(beta2), np.float32(acc0)
+    prior = len(inv_counts) > 0  # two kinds of L2: "touch" (_update_rows) and priors (_accumulate)
     ftrl_linear = optimizer == FTRL
     touch_lin32 = np.float32(0) if ftrl_linear else l2_lin32
     touch_fac32 = l2_fac32
@@ -205,79 +352,30 @@ def _train_batch(
         r = order[j]
         lo = offsets[r]
         hi = offsets[r + 1]
-        if j + 1 < b1 or next_b0 >= 0:
-            r_next = order[j + 1] if j + 1 < b1 else order[next_b0]
-            for p in range(offsets[r_next], offsets[r_next + 1]):
-                i = indices[p]
-                _prefetch(linear, i, 0)
-                for f in range(0, k, 16):  # 16 float32 to a 64-byte line
-                    _prefetch(factors, i, f)
-                    _prefetch(factor_state1, i, f)
+        _prefetch_ahead(indices, values, offsets, labels, order, j, b1, next_b0, stride, batch_rows,
+                        linear, table, k, seen)
         for p in range(lo, hi):
             i = indices[p]
             if not seen[i]:
                 seen[i] = True
-                _init_row(factors, i, init_seed, init_std)
-        z = _row_logit(indices, values, lo, hi, bias[0], linear, factors, s)
+                _init_row_k(table, i, k, init_seed, init_std)
+        z = _row_logit_k(indices, values, lo, hi, bias[0], linear, table, k, s)
         y = labels[r]
         total_loss += max(z, 0.0) - z * y + math.log1p(math.exp(-abs(z)))
         g64 = (1.0 / (1.0 + math.exp(-z)) - y) * inv_batch
         grad_bias += g64
         g = np.float32(g64)
-        for p in range(lo, hi):
-            i = indices[p]
-            x = values[p]
-            h = (np.int64(i) * 2654435761) & mask
-            while table_keys[h] != i and table_keys[h] != -1:
-                h = (h + 1) & mask
-            if table_keys[h] == -1:
-                table_keys[h] = i
-                table_slots[h] = n_slots
-                slot_pos[n_slots] = h
-                slot_rows[n_slots] = i
-                slot_linear[n_slots] = 0.0
-                for f in range(k):
-                    slot_factors[n_slots, f] = 0.0
-                n_slots += 1
-            slot = table_slots[h]
-            gx = g * x
-            if prior:
-                share = np.float32(inv_counts[i] * inv_batch)
-                slot_linear[slot] += gx + share * prior_lin32 * linear[i]
-                rf = share * prior_fac32
-                for f in range(k):
-                    slot_factors[slot, f] += gx * (s[f] - factors[i, f] * x) + rf * factors[i, f]
-            else:
-                slot_linear[slot] += gx
-                for f in range(k):
-                    slot_factors[slot, f] += gx * (s[f] - factors[i, f] * x)
+        n_slots = _accumulate(indices, values, lo, hi, g, s, linear, table, k, inv_counts, inv_batch, prior,
+                              prior_lin32, prior_fac32, table_keys, table_slots, slot_pos, slot_rows, slot_linear,
+                              slot_factors, n_slots, mask)
     c1 = np.float32(1.0 - beta1**step)
     c2 = np.float32(1.0 - beta2**step)
     bias[0], bias_state[0], bias_state[1] = _step(
         bias[0], grad_bias, bias_state[0], bias_state[1], optimizer, lr, eps, beta1, beta2, c1, c2, acc0
     )
-    # The two optimizers in separate plain loops, so the loop over f vectorizes.
-    if optimizer == FTRL:
-        # FTRL's hyper-parameters are in the classic per-example units: the batch's
-        # summed gradient, not its mean.
-        batch = np.float32(b1 - b0)
-        for slot in range(n_slots):
-            i = slot_rows[slot]
-            _ftrl_one(linear, linear_state1, linear_state2, i, slot_linear[slot] * batch,
-                      np.float32(ftrl[0]), np.float32(ftrl[1]), np.float32(ftrl[2]), np.float32(ftrl[3]))
-            _adagrad_row(factors[i], factor_state1[i], slot_factors[slot], touch_fac32, lr32, eps32, acc0_32)
-    elif optimizer == ADAGRAD:
-        for slot in range(n_slots):
-            i = slot_rows[slot]
-            _adagrad_row(linear[i : i + 1], linear_state1[i : i + 1], slot_linear[slot : slot + 1], touch_lin32, lr32, eps32, acc0_32)
-            _adagrad_row(factors[i], factor_state1[i], slot_factors[slot], touch_fac32, lr32, eps32, acc0_32)
-    else:
-        for slot in range(n_slots):
-            i = slot_rows[slot]
-            _adam_row(linear[i : i + 1], linear_state1[i : i + 1], linear_state2[i : i + 1], slot_linear[slot : slot + 1],
-                      touch_lin32, lr32, eps32, beta1_32, beta2_32, c1, c2)
-            _adam_row(factors[i], factor_state1[i], factor_state2[i], slot_factors[slot],
-                      touch_fac32, lr32, eps32, beta1_32, beta2_32, c1, c2)
+    _update_rows(n_slots, slot_rows, slot_linear, slot_factors, linear, linear_state1, linear_state2, table, k,
+                 factor_state2, optimizer, b1 - b0, ftrl, touch_lin32, touch_fac32, lr32, eps32, acc0_32,
+                 beta1_32, beta2_32, c1, c2)
     for slot in range(n_slots):
         table_keys[slot_pos[slot]] = -1
     return total_loss
@@ -286,8 +384,8 @@ def _train_batch(
 @numba.njit(cache=True, nogil=True, error_model="numpy", parallel=True)
 def train_rows(
     indices, values, offsets, labels, order, batch_size, threads,
-    bias, linear, factors,
-    bias_state, linear_state1, linear_state2, factor_state1, factor_state2,
+    bias, linear, table, k,
+    bias_state, linear_state1, linear_state2, factor_state2,
     seen, max_row,
     optimizer, lr, l2_linear, l2_factors, eps, beta1, beta2, counters, init_seed, init_std, acc0, ftrl, inv_counts, priors,
 ):
@@ -297,9 +395,10 @@ def train_rows(
     update the shared weights without locks (Hogwild): sparse rows rarely collide.
     A row met for the first time gets its initial factors. counters[0] counts
     optimizer steps (batches). Returns the summed logloss
-    of the rows, each taken before its batch's update."""
+    of the rows, each taken before its batch's update. `table` (n, 2k) holds each
+    feature's k factors in columns [0, k) and their first optimizer state (Adagrad's
+    accumulator, Adam's m) in [k, 2k); Adam's second state is factor_state2."""
     n = len(order)
-    k = factors.shape[1]
     n_batches = (n + batch_size - 1) // batch_size
     losses = np.zeros(threads, np.float64)
     slots = batch_size * max_row + 1
@@ -321,11 +420,36 @@ def train_rows(
                 next_b0 = -1
             losses[t] += _train_batch(
                 indices, values, offsets, labels, order, b0, min(b0 + batch_size, n),
-                bias, linear, factors,
-                bias_state, linear_state1, linear_state2, factor_state1, factor_state2,
+                bias, linear, table, k,
+                bias_state, linear_state1, linear_state2, factor_state2,
                 table_keys, table_slots, slot_pos, slot_rows, slot_linear, slot_factors, s, seen,
                 optimizer, lr, l2_linear, l2_factors, eps, beta1, beta2, counters[0] + b + 1,
-                init_seed, init_std, acc0, ftrl, inv_counts, priors, next_b0,
+                init_seed, init_std, acc0, ftrl, inv_counts, priors, next_b0, threads * batch_size, batch_size,
             )
     counters[0] += n_batches
     return losses.sum()
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy", parallel=True)
+def gather_rows(indices, values, offsets, labels, order, out_indices, out_values, out_offsets, out_labels):
+    """Copy the rows `order` of a CSR block, in that order, into the out_ arrays
+    (out_values only if it is not empty). Training then reads its rows one after
+    another: a shuffled row is a cache miss on each of its arrays, and a copy
+    loop that does nothing else has many of those in flight at once, where the
+    training loop waits on each."""
+    n = len(order)
+    out_offsets[0] = 0
+    for j in range(n):
+        r = order[j]
+        out_offsets[j + 1] = out_offsets[j] + (offsets[r + 1] - offsets[r])
+        out_labels[j] = labels[r]
+    copy_values = len(out_values) > 0
+    for j in numba.prange(n):
+        r = order[j]
+        lo = offsets[r]
+        d = out_offsets[j]
+        for p in range(offsets[r + 1] - lo):
+            out_indices[d + p] = indices[lo + p]
+        if copy_values:
+            for p in range(offsets[r + 1] - lo):
+                out_values[d + p] = values[lo + p]
