@@ -297,3 +297,15 @@ def load(path: Path | str, *, training_state: bool = True) -> Model:
     except OSError as e:
         raise BadModel(f"{path}: cannot read model file: {e.strerror}") from None
     return from_bytes(data, str(path), training_state=training_state)
+
+
+def is_model_file(path: Path | str) -> bool:
+    """Whether the file at `path` starts as an fmctr model file (header only)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            n = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
+            _header(head + f.read(min(n, 100_000_000)), str(path))
+        return True
+    except (OSError, BadModel):
+        return False
