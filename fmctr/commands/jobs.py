@@ -169,9 +169,11 @@ def _check_resumed_data(resume: Model, path: str, valid: str | None, rows: int) 
         if stored.get(what) is not None and now is not None and now != stored[what]:
             raise BadInput(f"{given}: not the data the checkpoint's run started on (it has changed, or it is "
                            f"another file); resume with that data")
-    if rows is not None and rows != resume.training.get("rows"):
-        raise BadInput(f"{path}: {rows:,} training rows, but the checkpoint's run started on "
-                       f"{resume.training.get('rows')}; resume with that data")
+    started = resume.training.get("rows")
+    if rows is not None and rows != started:
+        count = f"{started:,}" if isinstance(started, int) else repr(started)
+        raise BadInput(f"{path}: {rows:,} training rows, but the checkpoint's run started on {count}; "
+                       "resume with that data")
 
 
 def check_warm_start(model: Model, cfg: TrainConfig, hashing: HashSpec | None, name: str) -> None:
