@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import gzip
 import json
-import struct
 
 import pytest
 
 from conftest import MOVIES_FLAGS, MOVIES_TRAIN, invoke
+from damage import with_format_version
 
 GOOD = "label,user,price\n1,u1,3\n0,u2,4\n"
 
@@ -85,18 +85,6 @@ def test_predict_with_a_missing_model(tmp_path):
     result = invoke("predict", MOVIES_TRAIN, "-m", tmp_path / "none.fm", "-o", tmp_path / "p.csv")
     assert (result.exit_code, result.stderr) == (1, f"error: {tmp_path / 'none.fm'}: no such model file\n")
     assert list(tmp_path.iterdir()) == []
-
-
-def with_format_version(model: bytes, version: int) -> bytes:
-    """The model file's bytes with another format version in its metadata."""
-    (n,) = struct.unpack("<Q", model[:8])
-    header = json.loads(model[8 : 8 + n])
-    meta = json.loads(header["__metadata__"]["fmctr"])
-    meta["format_version"] = version
-    header["__metadata__"]["fmctr"] = json.dumps(meta)
-    raw = json.dumps(header).encode()
-    raw += b" " * ((8 - len(raw) % 8) % 8)
-    return struct.pack("<Q", len(raw)) + raw + model[8 + n :]
 
 
 def test_files_from_before_the_bucket_change(tmp_path):

@@ -46,26 +46,27 @@ def test_shards_of_ranks_cover_every_row_once(tmp_path):
     from fmctr.hashing.tokens import HashSpec, Rows
     from fmctr.reading.schema import Field, Schema
 
-    # Three datasets with parts of these sizes; every row carries its number as label.
+    # Three datasets with parts of these sizes; every row carries its number as its one
+    # feature index (labels must be 0/1).
     shards = ([5, 7], [3], [11, 2, 4])
     total = 0
     datasets = []
     for s, sizes in enumerate(shards):
         parts = []
         for n in sizes:
-            labels = np.arange(total, total + n, dtype=np.float32)
-            parts.append(Rows(np.zeros(n, np.int32), np.ones(n, np.float32), np.arange(n + 1, dtype=np.int64), labels))
+            numbers = np.arange(total, total + n, dtype=np.int32)
+            parts.append(Rows(numbers, np.ones(n, np.float32), np.arange(n + 1, dtype=np.int64), np.zeros(n, np.float32)))
             total += n
         path = tmp_path / f"s{s}.hashed"
         dataset.PART_ROWS, saved = 1, dataset.PART_ROWS  # one part per chunk here
         try:
-            dataset.write(parts, path, Schema("label", (Field("f"),)), HashSpec(bits=4))
+            dataset.write(parts, path, Schema("label", (Field("f"),)), HashSpec(bits=6))
         finally:
             dataset.PART_ROWS = saved
         datasets.append(dataset.open_hashed(path))
     source = DatasetRows(datasets)
     for world in (1, 2, 3, 5, 40):
-        seen = [np.concatenate([b.labels for b in source.shard(r, world).blocks()] or [np.zeros(0)]) for r in range(world)]
+        seen = [np.concatenate([b.indices for b in source.shard(r, world).blocks()] or [np.zeros(0)]) for r in range(world)]
         every = np.sort(np.concatenate(seen))
         np.testing.assert_array_equal(every, np.arange(total))
         sizes = [len(x) for x in seen]

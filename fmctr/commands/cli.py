@@ -270,10 +270,15 @@ def train_cmd(
             raise BadOptions("--resume and --model both give a starting point: give one of them")
         if _schema_flags_given(*schema_flags):
             raise BadOptions("--resume takes the schema from the checkpoint: give no schema options")
-        base, job, cfg = _checkpoint_job(resume, threads)
-        input = input or job["input"]
-        output = output or (Path(job["output"]) if job["output"] else None)
-        valid, valid_fraction = job["valid"], job["valid_fraction"]
+        from fmctr.commands.jobs import resume_job
+
+        base, job, cfg = resume_job(resume, threads)
+        input = input or job.input
+        if output is None and job.output is None:
+            raise BadOptions(f"{resume}: the checkpoint names no model file to write beside it "
+                             f"(its output is elsewhere, or an existing file that is not a model): give -o/--output")
+        output = output or Path(job.output)
+        valid, valid_fraction = job.valid, job.valid_fraction
         spec = None
     else:
         base = None
@@ -334,19 +339,6 @@ def train_cmd(
         stderr.print(f"wrote {output} ({result.rows:,} rows, {len(result.history)} epoch(s){best})", highlight=False)
     if json_out:
         print(json.dumps(_json_safe(model.training)))
-
-
-def _checkpoint_job(path: Path, threads: int | None):
-    """A checkpoint, the job it holds, and the job's configuration (threads as now asked)."""
-    from fmctr.models.modelfile import load
-    from fmctr.training.config import TrainConfig
-
-    base = load(path)
-    job = (base.training or {}).get("resume")
-    if job is None or base.checkpoint is None:
-        raise BadOptions(f"{path}: not a checkpoint (a model file continues with --model)")
-    cfg = TrainConfig.from_dict(job["config"])
-    return base, job, cfg.with_options(threads=threads if threads is not None else cfg.threads).check()
 
 
 def _replica_sync(cfg, threads: int | None, sync_every: int):

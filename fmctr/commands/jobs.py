@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import glob
 import json
+import os
 import sys
 import tempfile
 import time
@@ -24,12 +25,12 @@ from fmctr.datasets import hashed as dataset
 
 from fmctr.atomic import atomic_dir, atomic_file
 from fmctr.datasets.batches import DatasetRows
-from fmctr.errors import BadInput, BadOptions
-from fmctr.datasets.inputs import Input, Log, open_input
+from fmctr.errors import BadInput, BadModel, BadOptions
+from fmctr.datasets.inputs import Input, Log, fingerprint, open_input
 from fmctr.datasets.inputs import silent as _silent
 from fmctr.hashing.tokens import HashSpec
 from fmctr.metrics import evaluate_with_calibration
-from fmctr.models.modelfile import Model, save
+from fmctr.models.modelfile import Model, is_model_file, load, save
 from fmctr.hashing.rare import RareMap
 from fmctr.reading.read import display_name
 from fmctr.reading.schema import SchemaSpec
@@ -101,16 +102,78 @@ def _as_dataset(data: Input, path: Path) -> dataset.HashedDataset:
 @dataclass
 class Job:
     """What a training run was asked to do, kept in checkpoints so that
-    `fmctr train --resume` needs nothing else."""
+    `fmctr train --resume` needs nothing else. Paths are stored absolute, with a
+    fingerprint of the data (fmctr.datasets.inputs.fingerprint) to check on resume."""
 
     input: str
     valid: str | None
     valid_fraction: float | None
     output: str | None
     config: dict
+    fingerprints: dict | None = None  # input, valid: what the data looked like
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def of_run(cls, path: str, valid: str | None, valid_fraction: float | None, output: str | None,
+               cfg: TrainConfig) -> Job:
+        return cls(_absolute(path), _absolute(valid), valid_fraction, _absolute(output), asdict(cfg),
+                   {"input": fingerprint(path), "valid": fingerprint(valid) if valid is not None else None})
+
+    @classmethod
+    def from_checkpoint(cls, job, checkpoint: Path) -> Job:
+        """The job a checkpoint holds, read as untrusted: relative paths (older
+        checkpoints) are taken from the checkpoint's directory, and the model is only
+        written beside the checkpoint, and over nothing but a model file: a stored output
+        elsewhere needs -o."""
+        paths = ("input", "valid", "output")
+        if not isinstance(job, dict) or not all(job.get(k) is None or isinstance(job[k], str) for k in paths) \
+                or not isinstance(job.get("config"), dict) or not isinstance(job.get("fingerprints") or {}, dict) \
+                or not (job.get("valid_fraction") is None or isinstance(job["valid_fraction"], (int, float))):
+            raise BadModel(f"{checkpoint}: malformed checkpoint (the training job)")
+        here = checkpoint.resolve().parent
+        found = {k: job.get(k) if job.get(k) in (None, "-") else str(here / job[k]) for k in paths}
+        output = found["output"]
+        if output is not None and (Path(output).resolve().parent != here
+                                   or Path(output).exists() and not is_model_file(output)):
+            found["output"] = None  # the CLI asks for -o
+        return cls(found["input"] or "-", found["valid"], job.get("valid_fraction"), found["output"], job["config"],
+                   job.get("fingerprints"))
+
+
+def resume_job(checkpoint: Path, threads: int | None) -> tuple[Model, Job, TrainConfig]:
+    """A checkpoint, the job it holds, and the job's configuration (threads as now asked)."""
+    base = load(checkpoint)
+    job = base.training.get("resume")
+    if job is None or base.checkpoint is None or base.optimizer is None:
+        raise BadOptions(f"{checkpoint}: not a checkpoint (a model file continues with --model)")
+    job = Job.from_checkpoint(job, Path(checkpoint))
+    try:
+        cfg = TrainConfig.from_dict(job.config)
+    except (BadOptions, TypeError) as e:
+        raise BadModel(f"{checkpoint}: malformed checkpoint ({e})") from None
+    return base, job, cfg.with_options(threads=threads if threads is not None else cfg.threads).check()
+
+
+def _absolute(path: str | None) -> str | None:
+    return path if path in (None, "-") else os.path.abspath(path)
+
+
+def _check_resumed_data(resume: Model, path: str, valid: str | None, rows: int) -> None:
+    """Refuse to resume on other data than the run started on (by fingerprint before
+    reading, by the number of training rows after)."""
+    stored = (resume.training.get("resume") or {}).get("fingerprints") or {}
+    for what, given in (("input", path), ("valid", valid)):
+        now = fingerprint(given) if given is not None else None
+        if stored.get(what) is not None and now is not None and now != stored[what]:
+            raise BadInput(f"{given}: not the data the checkpoint's run started on (it has changed, or it is "
+                           f"another file); resume with that data")
+    started = resume.training.get("rows")
+    if rows is not None and rows != started:
+        count = f"{started:,}" if isinstance(started, int) else repr(started)
+        raise BadInput(f"{path}: {rows:,} training rows, but the checkpoint's run started on {count}; "
+                       "resume with that data")
 
 
 def check_warm_start(model: Model, cfg: TrainConfig, hashing: HashSpec | None, name: str) -> None:
@@ -160,6 +223,8 @@ def _check_train_options(path: str, cfg: TrainConfig, valid: str | None, valid_f
         if min_count is not None and (base.rare is None or base.rare.min_count != min_count):
             raise BadOptions(f"--min-count {min_count} conflicts with the model's "
                              + (f"--min-count {base.rare.min_count}" if base.rare else "(it has none)"))
+    if resume is not None:
+        _check_resumed_data(resume, path, valid, None)
 
 
 def _training_data(path: str, tmp: Path, *, spec, schema, hashing, valid, valid_fraction, base, min_count,
@@ -251,10 +316,12 @@ def train_model(
         td = _training_data(path, Path(tmp), spec=spec, schema=schema, hashing=hashing, valid=valid,
                             valid_fraction=valid_fraction, base=base, min_count=min_count, log=log)
         rows = td.rows
+        if resume is not None:
+            _check_resumed_data(resume, path, None, rows.rows)
         if sync is not None:
             rows = rows.shard(sync.replicas.rank, sync.replicas.world)
             checkpoints = None
-        job = Job(path, valid, valid_fraction, output, asdict(cfg))
+        job = None if checkpoints is None else Job.of_run(path, valid, valid_fraction, output, cfg)
         result = train(
             rows, cfg, bits=td.data.hashing.bits, valid=td.valid, progress=progress,
             start=Start(start.weights, start.optimizer) if start is not None else None,

@@ -18,14 +18,15 @@ from __future__ import annotations
 import glob
 import io
 import json
+import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from fmctr.atomic import atomic_dir
-from fmctr.errors import BadInput, BadOptions
+from fmctr.errors import BadInput, BadOptions, BadSchema
 from fmctr.hashing.tokens import HashSpec, Rows, is_ones, ones
 from fmctr.reading.schema import BUCKETS_CHANGED_AFTER, Schema, old_buckets
 
@@ -44,25 +45,28 @@ class HashedDataset:
     hashing: HashSpec
     parts: list[dict]
     min_count: int | None = None  # rare values were mapped to their field's rare token
+    checked: set[int] = field(default_factory=set, repr=False, compare=False)  # parts found sound
 
     @property
     def rows(self) -> int:
         return sum(p["rows"] for p in self.parts)
 
     def read_part(self, number: int) -> Rows:
-        """One part, memory-mapped: reading it costs no copy."""
+        """One part, memory-mapped: reading it costs no copy. The first read of a part
+        checks every array (fmctr.datasets.hashed.check_part): the kernels trust them."""
         part = self.parts[number]
         arrays = {}
         for name in ARRAYS:
-            if name == "values" and not part.get("values", True):
+            if name == "values" and not part["values"]:
                 continue
             file = self.path / f"{part['name']}.{name}.npy"
             try:
                 arrays[name] = np.load(file, mmap_mode="r", allow_pickle=False)
             except (OSError, ValueError) as e:
                 raise BadInput(f"{file}: unreadable part of the hashed dataset ({e})") from None
-        if len(arrays["offsets"]) != part["rows"] + 1 or len(arrays["labels"]) != part["rows"]:
-            raise BadInput(f"{self.path}: part {part['name']} does not match the manifest")
+        if number not in self.checked:
+            check_part(arrays, part, self.hashing.size, self.path / part["name"])
+            self.checked.add(number)
         if "values" not in arrays:
             arrays["values"] = ones(len(arrays["indices"]))
         return Rows(arrays["indices"], arrays["values"], arrays["offsets"], arrays["labels"])
@@ -70,13 +74,45 @@ class HashedDataset:
     def frequent(self) -> np.ndarray:
         """The packed frequent set of a dataset written with --min-count."""
         try:
-            return np.load(self.path / FREQUENT, allow_pickle=False)
+            packed = np.load(self.path / FREQUENT, allow_pickle=False)
         except (OSError, ValueError) as e:
             raise BadInput(f"{self.path / FREQUENT}: unreadable frequent set ({e})") from None
+        if packed.dtype != np.uint8 or packed.shape != ((self.hashing.size + 7) // 8,):
+            raise BadInput(f"{self.path / FREQUENT}: the frequent set is not one bit per index of the hash space")
+        return packed
 
     def iter_parts(self) -> Iterator[Rows]:
         for number in range(len(self.parts)):
             yield self.read_part(number)
+
+
+DTYPES = {"indices": np.int32, "values": np.float32, "offsets": np.int64, "labels": np.float32}
+
+
+def check_part(arrays: dict[str, np.ndarray], part: dict, size: int, where: Path) -> None:
+    """Refuse a part whose arrays the kernels could not index safely or whose labels
+    and values are not data: the dtypes and shapes written, row offsets from 0 up to
+    the number of indices and never decreasing, indices within the hash space, finite
+    values, 0/1 labels. Vectorised; about one pass over the part's bytes."""
+    for name, array in arrays.items():
+        if array.dtype != DTYPES[name] or array.ndim != 1:
+            raise BadInput(f"{where}.{name}.npy: {array.dtype} array of shape {array.shape}; "
+                           f"expected a 1-D {np.dtype(DTYPES[name])} array")
+    indices, offsets, labels = arrays["indices"], arrays["offsets"], arrays["labels"]
+    rows, nnz = part["rows"], len(indices)
+    if len(offsets) != rows + 1 or len(labels) != rows or part.get("nnz", nnz) != nnz:
+        raise BadInput(f"{where}: part has {len(labels):,} labels, {len(offsets):,} offsets and {nnz:,} indices; "
+                       f"the manifest says {rows:,} rows" + (f" and {part['nnz']:,} indices" if "nnz" in part else ""))
+    if offsets[0] != 0 or offsets[-1] != nnz or np.any(offsets[1:] < offsets[:-1]):
+        raise BadInput(f"{where}.offsets.npy: row offsets must start at 0, never decrease and end at "
+                       f"the number of indices ({nnz:,})")
+    if nnz and (indices.min() < 0 or indices.max() >= size):
+        raise BadInput(f"{where}.indices.npy: feature index {int(indices.min() if indices.min() < 0 else indices.max())} "
+                       f"outside the hash space [0, {size})")
+    if "values" in arrays and (len(arrays["values"]) != nnz or not np.isfinite(arrays["values"]).all()):
+        raise BadInput(f"{where}.values.npy: expected {nnz:,} finite values, one per index")
+    if np.any((labels != 0) & (labels != 1)):
+        raise BadInput(f"{where}.labels.npy: labels must be 0 or 1")
 
 
 def hashed_paths(path: str | Path) -> list[Path] | None:
@@ -184,13 +220,45 @@ def write(chunks: Iterable[Rows], path: str | Path, schema: Schema, hashing: Has
     return HashedDataset(path, schema, hashing, records, None if rare is None else rare[0])
 
 
+def read_json(file: Path, error: type[Exception], what: str):
+    """A JSON file fmctr wrote, read as untrusted: any damage is one `error` line
+    (nesting deep enough to exhaust the parser's recursion too)."""
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as e:
+        reason = "nested too deeply" if isinstance(e, RecursionError) else str(e)
+        raise error(f"{file}: not a readable {what} ({reason})") from None
+
+
+PART_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,200}")  # a file name in the dataset's directory, no path
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _parts(manifest: dict, path: Path) -> list[dict]:
+    """The manifest's part records, checked: each names a file beside the manifest
+    (never a path elsewhere) and counts rows and indices."""
+    parts = manifest.get("parts")
+    if not isinstance(parts, list) or not parts:
+        raise BadInput(f"{path}: malformed manifest (no list of parts)")
+    records = []
+    for number, part in enumerate(parts):
+        if not isinstance(part, dict) or not isinstance(part.get("name"), str) \
+                or not PART_NAME.fullmatch(part["name"]) or ".." in part["name"]:
+            raise BadInput(f"{path}: malformed manifest (part {number} must name a file in the dataset's directory)")
+        if not _is_count(part.get("rows")) or not _is_count(part.get("nnz", 0)) \
+                or not isinstance(part.get("values", True), bool):
+            raise BadInput(f"{path}: malformed manifest (part {number}: rows and nnz must be counts, values true or false)")
+        records.append({**part, "values": part.get("values", True)})
+    return records
+
+
 def open_hashed(path: str | Path) -> HashedDataset:
     path = Path(path)
-    try:
-        manifest = json.loads((path / MANIFEST).read_text())
-    except (OSError, ValueError) as e:
-        raise BadInput(f"{path}: not a readable hashed dataset ({e})") from None
-    if manifest.get("format") != FORMAT:
+    manifest = read_json(path / MANIFEST, BadInput, "hashed dataset manifest")
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise BadInput(f"{path}: not an fmctr hashed dataset")
     version = manifest.get("format_version")
     if old_buckets(version, manifest.get("schema")):
@@ -198,5 +266,12 @@ def open_hashed(path: str | Path) -> HashedDataset:
                        f"(values up to 2 shared tokens with larger ones); run fmctr preprocess again")
     if version not in (FORMAT_VERSION, BUCKETS_CHANGED_AFTER):
         raise BadInput(f"{path}: hashed dataset version {version} is not one this fmctr reads ({FORMAT_VERSION})")
-    return HashedDataset(path, Schema.from_dict(manifest["schema"]), HashSpec(**manifest["hashing"]).check(), manifest["parts"],
-                         manifest.get("min_count"))
+    hashing, min_count = manifest.get("hashing"), manifest.get("min_count")
+    if not isinstance(hashing, dict) or not isinstance(manifest.get("schema"), dict) \
+            or not (min_count is None or _is_count(min_count)):
+        raise BadInput(f"{path}: malformed manifest (schema, hashing or min_count)")
+    try:
+        spec = HashSpec(**hashing).check()
+    except (TypeError, BadSchema) as e:
+        raise BadInput(f"{path}: malformed manifest (hashing: {e})") from None
+    return HashedDataset(path, Schema.from_dict(manifest["schema"]), spec, _parts(manifest, path), min_count)

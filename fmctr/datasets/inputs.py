@@ -8,8 +8,10 @@ command (train, eval, predict, preprocess, tune) takes from a file to rows.
 from __future__ import annotations
 
 import difflib
+import hashlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import polars as pl
 
@@ -137,3 +139,30 @@ def _open_hashed(path: str, *, schema: Schema | None, hashing: HashSpec | None, 
         raise BadSchema(f"{name}: the hashed dataset's schema differs from the model's")
     parts = ((rows if rare is None else rare.apply(rows), None) for shard in shards for rows in shard.iter_parts())
     return Input(name, ds.schema, ds.hashing, parts, shards)
+
+
+FINGERPRINT_BYTES = 1 << 16
+
+
+def fingerprint(path: str) -> str | None:
+    """A cheap identity of an input, to tell whether a resumed run reads the data it
+    started on: the size and a hash of the first and last 64 KiB of a raw file, or a
+    hash of the manifests of hashed data (they count each part's rows, indices and
+    positives). None for stdin or what cannot be read (opening it will say why)."""
+    if path == "-":
+        return None
+    h = hashlib.sha256()
+    try:
+        shards = dataset.hashed_paths(path)
+        if shards is not None:
+            for shard in shards:
+                h.update((shard / dataset.MANIFEST).read_bytes())
+            return f"manifests:{h.hexdigest()}"
+        with open(path, "rb") as f:
+            size = Path(path).stat().st_size
+            h.update(f.read(FINGERPRINT_BYTES))
+            f.seek(max(0, size - FINGERPRINT_BYTES))
+            h.update(f.read(FINGERPRINT_BYTES))
+        return f"{size}:{h.hexdigest()}"
+    except OSError:
+        return None

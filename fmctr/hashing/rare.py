@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import numba
 import numpy as np
 
-from fmctr.errors import BadOptions
+from fmctr.errors import BadInput, BadOptions
 from fmctr.hashing.tokens import HashSpec, Rows, token_index
 from fmctr.reading.schema import SPARSE_FIELD, SPARSE_FORMATS, Schema
 
@@ -73,6 +73,8 @@ class RareMap:
     def apply(self, rows: Rows) -> Rows:
         """The rows with every rare index replaced by its field's rare index. Applying
         it twice changes nothing more (a rare index maps to itself)."""
+        if self.positional and len(rows) and int(np.diff(rows.offsets).max()) > len(self.rare_index):
+            raise BadInput(f"a row has more features than the schema's {len(self.rare_index)} fields")
         indices = _remap(rows.indices, rows.offsets, self.frequent, self.rare_index, self.positional)
         return Rows(indices, rows.values, rows.offsets, rows.labels)
 

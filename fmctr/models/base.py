@@ -54,6 +54,9 @@ class ModelKind(Protocol):
     def scorer(self, weights, *, engine: str, device: str):
         """A callable rows -> (n,) click probabilities on the given engine."""
 
+    def shapes(self, rows: int, dim: int) -> dict[str, tuple[int, ...]]:
+        """Each section's shape in a model file that stores `rows` indices (float32)."""
+
     def sections(self, weights) -> dict[str, np.ndarray]:
         """The weights as named arrays for the model file (per-index ones over all indices)."""
 

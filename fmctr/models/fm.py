@@ -74,6 +74,9 @@ class FM:
             return TorchScorer(weights, device)
         return lambda rows: probabilities(weights, rows)
 
+    def shapes(self, rows: int, dim: int) -> dict[str, tuple[int, ...]]:
+        return {"bias": (1,), "linear": (rows,), "factors": (rows, dim)}
+
     def sections(self, weights: FMWeights) -> dict[str, np.ndarray]:
         return {"bias": weights.bias, "linear": weights.linear, "factors": weights.factors}
 

@@ -3,7 +3,11 @@ needed to score raw data (schema, hashing spec, options, format version, trainin
 metadata). Loading parses the header and the raw tensor bytes; nothing is unpickled.
 
 Only rows that training touched are stored (`rows` lists their indices); every other
-row of the hash space is zero. A SHA-256 of the tensor bytes guards against corruption.
+row of the hash space is zero. A SHA-256 over the header (canonical JSON) and every
+tensor's name, dtype, shape and bytes guards against corruption (format version 3;
+versions 1-2 hashed the tensor bytes only and are still read with that check). The
+file is untrusted: every tensor's dtype and shape is checked against what the model
+kind expects before any kernel sees it (`_check_tensors`).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from safetensors.numpy import save as st_save
 
 from fmctr import __version__
 from fmctr.atomic import write_bytes
-from fmctr.errors import BadModel
+from fmctr.errors import BadModel, FmctrError
 from fmctr.hashing.tokens import HashSpec
 from fmctr.hashing.rare import RareMap
 from fmctr.reading.schema import BUCKETS_CHANGED_AFTER, Schema, old_buckets
@@ -29,7 +33,8 @@ from fmctr.models.kinds import kind_of
 from fmctr.models.weights import FMWeights
 
 FORMAT = "fmctr-model"
-FORMAT_VERSION = 2  # 2: numeric buckets keep values up to 2 apart (fmctr.schema.old_buckets)
+FORMAT_VERSION = 3  # 3: the checksum covers the header, dtypes and shapes too
+TENSORS_ONLY_CHECKSUM = 2  # versions up to 2 (2: numeric buckets keep values up to 2 apart, fmctr.schema.old_buckets)
 METADATA_KEY = "fmctr"
 
 
@@ -55,10 +60,24 @@ OPTIMIZER_ARRAYS = ("linear1", "linear2", "factors1", "factors2")
 
 
 def _checksum(tensors: dict[str, np.ndarray]) -> str:
+    """Versions 1-2: the tensors' names and bytes."""
     h = hashlib.sha256()
     for name in sorted(tensors):
         h.update(name.encode())
         h.update(np.ascontiguousarray(tensors[name]).tobytes())
+    return h.hexdigest()
+
+
+def _checksum_v3(meta: dict, tensors: dict[str, np.ndarray]) -> str:
+    """Version 3: everything that decides a score - the header as canonical JSON
+    (without the checksum itself) and each tensor's name, dtype, shape and bytes."""
+    h = hashlib.sha256()
+    header = {k: v for k, v in meta.items() if k != "sha256"}
+    h.update(json.dumps(header, sort_keys=True, separators=(",", ":")).encode())
+    for name in sorted(tensors):
+        array = tensors[name]
+        h.update(json.dumps([name, array.dtype.str, list(array.shape)]).encode())
+        h.update(np.ascontiguousarray(array).tobytes())
     return h.hexdigest()
 
 
@@ -118,7 +137,8 @@ def to_bytes(model: Model) -> bytes:
     if model.rare is not None:
         tensors["rare.frequent"] = model.rare.packed()
         header["min_count"] = model.rare.min_count
-    header["sha256"] = _checksum(tensors)
+    header = json.loads(json.dumps(header))  # as a reader will see it (tuples as lists, ...)
+    header["sha256"] = _checksum_v3(header, tensors)
     return st_save(tensors, metadata={METADATA_KEY: json.dumps(header)})
 
 
@@ -135,7 +155,7 @@ def _header(data: bytes, name: str) -> dict:
     try:
         header = json.loads(data[8 : 8 + n])
         meta = json.loads(header["__metadata__"][METADATA_KEY])
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         raise BadModel(f"{name}: not an fmctr model file (no fmctr header)") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise BadModel(f"{name}: not an fmctr model file")
@@ -143,10 +163,10 @@ def _header(data: bytes, name: str) -> dict:
     if old_buckets(version, meta.get("schema")):
         raise BadModel(f"{name}: made by an older fmctr, which bucketed numeric fields differently "
                        f"(values up to 2 shared tokens with larger ones); train the model again")
-    if version not in (FORMAT_VERSION, BUCKETS_CHANGED_AFTER):  # (nothing else changed since version 1)
+    if version not in (FORMAT_VERSION, TENSORS_ONLY_CHECKSUM, BUCKETS_CHANGED_AFTER):
         raise BadModel(
             f"{name}: model format version {version} is not one this fmctr {__version__} reads "
-            f"(it reads version {FORMAT_VERSION})"
+            f"(it reads versions 1 to {FORMAT_VERSION})"
         )
     return meta
 
@@ -156,6 +176,86 @@ def _full(values: np.ndarray, rows: np.ndarray, n: int, dim: int | None = None) 
     full = np.zeros(n if dim is None else (n, dim), np.float32)
     full[rows] = values if dim is None else values.reshape(len(rows), dim)
     return full
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_array(tensors: dict, key: str, dtype, shape: tuple, name: str) -> None:
+    array = tensors.get(key)
+    if array is None:
+        raise BadModel(f"{name}: model file has no {key!r} tensor")
+    if array.dtype != dtype or array.shape != shape:
+        raise BadModel(f"{name}: model file's {key!r} tensor is {array.dtype} {list(array.shape)}, "
+                       f"expected {np.dtype(dtype)} {list(shape)}")
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise BadModel(f"{name}: model file's {key!r} tensor has values that are not finite")
+
+
+def _check_tensors(meta: dict, tensors: dict, name: str, training_state: bool) -> tuple[int, int, str]:
+    """Every tensor the model kind reads, with the dtype and shape it expects, before
+    any kernel indexes it; rows unique, ascending and within the hash space. Returns
+    (num_features, dim, kind)."""
+    n, dim, kind = meta.get("num_features"), meta.get("dim"), meta.get("model", "fm")
+    if not (_is_int(n) and _is_int(dim) and 1 <= n <= 1 << 31 and 0 <= dim <= 1 << 16 and isinstance(kind, str)):
+        raise BadModel(f"{name}: inconsistent model file (num_features, dim or model kind)")
+    try:
+        model_kind = kind_of(kind)
+    except FmctrError as e:
+        raise BadModel(f"{name}: {e}") from None
+    rows = tensors.get("rows")
+    if rows is None or rows.dtype != np.int64 or rows.ndim != 1:
+        raise BadModel(f"{name}: model file's 'rows' tensor is missing or not 1-D int64")
+    if rows.size and (rows[0] < 0 or rows[-1] >= n or np.any(rows[1:] <= rows[:-1])):
+        raise BadModel(f"{name}: model file's rows are not unique, ascending indices below {n}")
+    shapes = model_kind.shapes(len(rows), dim)
+    prefixes = ("", "best.") if training_state and "best.bias" in tensors else ("",)
+    for prefix in prefixes:
+        for key, shape in shapes.items():
+            _check_array(tensors, prefix + key, np.float32, shape, name)
+    optimizer = meta.get("optimizer")
+    if training_state and optimizer is not None:
+        if not isinstance(optimizer, dict) or not isinstance(optimizer.get("kind"), str) \
+                or not _is_int(optimizer.get("step")) or optimizer["step"] < 0:
+            raise BadModel(f"{name}: inconsistent model file (optimizer kind and step)")
+        _check_array(tensors, "opt.bias", np.float32, (2,), name)
+        for array in OPTIMIZER_ARRAYS:
+            if _own_array(optimizer["kind"], array):
+                shape = (len(rows),) if array.startswith("linear") else (len(rows), dim)
+                _check_array(tensors, f"opt.{array}", np.float32, shape, name)
+    if "min_count" in meta:
+        if not _is_int(meta["min_count"]) or meta["min_count"] < 1:
+            raise BadModel(f"{name}: inconsistent model file (min_count)")
+        _check_array(tensors, "rare.frequent", np.uint8, ((n + 7) // 8,), name)
+    return n, dim, kind
+
+
+def _verify(meta: dict, tensors: dict, name: str) -> None:
+    version = meta.get("format_version")
+    expected = _checksum_v3(meta, tensors) if version == FORMAT_VERSION else _checksum(tensors)
+    if expected != meta.get("sha256"):
+        raise BadModel(f"{name}: model file is corrupt (checksum mismatch)")
+
+
+def _optimizer(meta: dict, tensors: dict, rows: np.ndarray, n: int, dim: int) -> dict:
+    opt_kind = meta["optimizer"]["kind"]
+    optimizer = {"kind": opt_kind, "step": int(meta["optimizer"]["step"]), "bias": tensors["opt.bias"].copy()}
+    optimizer["seen"] = np.zeros(n, np.bool_)
+    optimizer["seen"][rows] = True
+    for array in OPTIMIZER_ARRAYS:
+        source = array if _own_array(opt_kind, array) else array[:-1] + "1"
+        optimizer[array] = _full(tensors[f"opt.{source}"], rows, n, None if array.startswith("linear") else dim)
+    return optimizer
+
+
+def _stored_specs(meta: dict, name: str) -> tuple[HashSpec, Schema]:
+    try:
+        if not isinstance(meta.get("hashing"), dict) or not isinstance(meta.get("schema"), dict):
+            raise ValueError("no hashing spec or schema")
+        return HashSpec(**meta["hashing"]).check(), Schema.from_dict(meta["schema"])
+    except (FmctrError, ValueError, TypeError) as e:
+        raise BadModel(f"{name}: inconsistent model file ({e})") from None
 
 
 def from_bytes(data: bytes, name: str = "model", *, training_state: bool = True) -> Model:
@@ -168,41 +268,22 @@ def from_bytes(data: bytes, name: str = "model", *, training_state: bool = True)
         raise BadModel(f"{name}: corrupt or truncated model file ({str(e).splitlines()[0]})") from None
     if "rows" not in tensors or "bias" not in tensors:
         raise BadModel(f"{name}: model file has tensors {sorted(tensors)}, expected bias, rows and the weights")
-    if _checksum(tensors) != meta.get("sha256"):
-        raise BadModel(f"{name}: model file is corrupt (checksum mismatch)")
-    try:
-        n, dim = int(meta["num_features"]), int(meta["dim"])
-        rows = tensors["rows"]
-        if rows.size and (rows.min() < 0 or rows.max() >= n):
-            raise ValueError("row index out of range")
-        kind = meta.get("model", "fm")
-        weights = _weights(kind, tensors, rows, n, dim)
-        optimizer = None
-        if "optimizer" in meta and training_state:
-            opt_kind = meta["optimizer"]["kind"]
-            optimizer = {"kind": opt_kind, "step": int(meta["optimizer"]["step"]), "bias": tensors["opt.bias"].copy()}
-            optimizer["seen"] = np.zeros(n, np.bool_)
-            optimizer["seen"][rows] = True
-            for array in OPTIMIZER_ARRAYS:
-                source = array if _own_array(opt_kind, array) else array[:-1] + "1"
-                optimizer[array] = _full(tensors[f"opt.{source}"], rows, n, None if array.startswith("linear") else dim)
-        best = None
-        if "best.bias" in tensors and training_state:
-            best = _weights(kind, tensors, rows, n, dim, "best.")
-        hashing = HashSpec(**meta["hashing"]).check()
-        schema = Schema.from_dict(meta["schema"])
-    except BadModel:
-        raise
-    except Exception as e:  # any inconsistency in an untrusted file is the file's fault
-        raise BadModel(f"{name}: inconsistent model file ({type(e).__name__}: {e})") from None
+    _verify(meta, tensors, name)
+    n, dim, kind = _check_tensors(meta, tensors, name, training_state)
+    hashing, schema = _stored_specs(meta, name)
     if hashing.size != n:
         raise BadModel(f"{name}: inconsistent model file (2^bits != number of features)")
+    rows = tensors["rows"]
+    weights = _weights(kind, tensors, rows, n, dim)
+    optimizer = _optimizer(meta, tensors, rows, n, dim) if "optimizer" in meta and training_state else None
+    best = _weights(kind, tensors, rows, n, dim, "best.") if "best.bias" in tensors and training_state else None
     rare = None
     if "min_count" in meta:
-        if "rare.frequent" not in tensors or len(tensors["rare.frequent"]) * 8 < n:
-            raise BadModel(f"{name}: model file has --min-count but no frequent set")
-        rare = RareMap.from_packed(int(meta["min_count"]), tensors["rare.frequent"], n, schema, hashing)
-    return Model(weights, schema, hashing, meta.get("training", {}), optimizer, meta.get("checkpoint"), best, rare, kind)
+        rare = RareMap.from_packed(meta["min_count"], tensors["rare.frequent"], n, schema, hashing)
+    training, checkpoint = meta.get("training", {}), meta.get("checkpoint")
+    if not isinstance(training, dict) or not (checkpoint is None or isinstance(checkpoint, dict)):
+        raise BadModel(f"{name}: inconsistent model file (training record)")
+    return Model(weights, schema, hashing, training, optimizer, checkpoint, best, rare, kind)
 
 
 def load(path: Path | str, *, training_state: bool = True) -> Model:
@@ -216,3 +297,15 @@ def load(path: Path | str, *, training_state: bool = True) -> Model:
     except OSError as e:
         raise BadModel(f"{path}: cannot read model file: {e.strerror}") from None
     return from_bytes(data, str(path), training_state=training_state)
+
+
+def is_model_file(path: Path | str) -> bool:
+    """Whether the file at `path` starts as an fmctr model file (header only)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            n = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
+            _header(head + f.read(min(n, 100_000_000)), str(path))
+        return True
+    except (OSError, BadModel):
+        return False

@@ -75,8 +75,9 @@ class Schema:
 
     @classmethod
     def from_dict(cls, d: dict) -> Schema:
+        """The schema a model file or hashed dataset stores, read as untrusted."""
         try:
-            return cls(
+            schema = cls(
                 label=d["label"],
                 fields=tuple(Field(**f) for f in d["fields"]),
                 format=d.get("format"),
@@ -84,10 +85,29 @@ class Schema:
             )
         except (KeyError, TypeError) as e:
             raise BadSchema(f"malformed schema: {e}") from None
+        problem = _stored_schema_problem(schema)
+        if problem:
+            raise BadSchema(f"malformed schema: {problem}")
+        return schema
 
     @property
     def feature_names(self) -> list[str]:
         return [f.name for f in self.fields]
+
+
+def _stored_schema_problem(schema: Schema) -> str | None:
+    """What is wrong with a stored schema's types and names, if anything."""
+    if not (schema.label is None or isinstance(schema.label, str)):
+        return "label must be a column name"
+    if schema.format is not None and schema.format not in FORMATS:
+        return f"unknown format {schema.format!r}"
+    if schema.column_names is not None and not all(isinstance(c, str) for c in schema.column_names):
+        return "column_names must be names"
+    for f in schema.fields:
+        if not isinstance(f.name, str) or f.kind not in KINDS or f.numeric not in NUMERIC_MODES \
+                or not isinstance(f.sep, str) or not f.sep:
+            return f"field {f.name!r}: a name, a kind ({', '.join(KINDS)}), a numeric mode and a separator"
+    return None
 
 
 @dataclass(frozen=True)
@@ -192,10 +212,15 @@ def load_schema_file(path: Path) -> SchemaSpec:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise BadSchema(f"{path}: cannot read schema file: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise BadSchema(f"{path}: not valid UTF-8 text") from None
+    kind = "JSON" if path.suffix.lower() == ".json" else "TOML"
     try:
-        raw = json.loads(text) if path.suffix.lower() == ".json" else tomllib.loads(text)
-    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
-        raise BadSchema(f"{path}: not valid {'JSON' if path.suffix.lower() == '.json' else 'TOML'}: {e}") from None
+        raw = json.loads(text) if kind == "JSON" else tomllib.loads(text)
+    except (ValueError, RecursionError) as e:  # (the decoders' errors are ValueErrors)
+        raise BadSchema(f"{path}: not valid {kind}: {'nested too deeply' if isinstance(e, RecursionError) else e}") from None
+    if not isinstance(raw, dict):
+        raise BadSchema(f"{path}: a schema file holds a table of keys (label, numeric, ...), not a {type(raw).__name__}")
     allowed = {"label", "categorical", "numeric", "multi", "ignore", "numeric_mode", "sep", "format", "column_names"}
     unknown = set(raw) - allowed
     if unknown:

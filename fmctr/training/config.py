@@ -81,6 +81,7 @@ class Runtime:
     seed: int = 0
 
 
+TYPES = {"int": int, "float": (int, float), "str": str}  # of the options, by their annotations
 GROUPS = {"model": ModelOptions, "optimization": OptimizerOptions, "regularization": Regularization,
           "schedule": Schedule, "runtime": Runtime}
 GROUP_OF = {f.name: group for group, cls in GROUPS.items() for f in fields(cls)}
@@ -108,10 +109,17 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
         """From `asdict(cfg)` (grouped) or the flat options that checkpoints from
-        before the grouping hold."""
-        if set(d) <= set(GROUPS):
-            return cls.from_options(**{k: v for group in d.values() for k, v in group.items()})
-        return cls.from_options(**d)
+        before the grouping hold; read from a file, so each option's type is checked."""
+        if not isinstance(d, dict) or not all(isinstance(g, dict) for g in d.values() if set(d) <= set(GROUPS)):
+            raise BadOptions("malformed training options")
+        options = {k: v for group in d.values() for k, v in group.items()} if set(d) <= set(GROUPS) else d
+        cfg = cls.from_options(**options)
+        for group, kind in GROUPS.items():
+            for f in fields(kind):
+                value, (base, _, optional) = getattr(cfg, f.name), f.type.partition(" | ")
+                if not (value is None and optional) and (isinstance(value, bool) or not isinstance(value, TYPES[base])):
+                    raise BadOptions(f"training option {f.name} = {value!r} is not a {base}")
+        return cfg
 
     def options(self) -> dict:
         return {k: v for group in asdict(self).values() for k, v in group.items()}

@@ -137,6 +137,7 @@ def _begin(rows, cfg: TrainConfig, *, bits, valid, progress, start, resume, chec
     rng = np.random.default_rng(cfg.seed)
     state = resume or Resume(weights, {}, 1, 0, rng.bit_generator.state, 0.0, 0, [])
     if resume is not None:
+        resume.check(cfg.epochs, source.rows)
         rng.bit_generator.state = resume.epoch_rng
     validation = None
     if valid_source is not None:

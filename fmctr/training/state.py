@@ -4,8 +4,12 @@ writes it; a checkpoint stores it and `--resume` continues from it exactly."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
+import numpy as np
+
+from fmctr.errors import BadModel
 from fmctr.models.weights import FMWeights
 
 
@@ -50,7 +54,27 @@ class Resume:
 
     @classmethod
     def from_parts(cls, weights: FMWeights, optimizer: dict, best: FMWeights | None, progress: dict) -> Resume:
-        return cls(weights, optimizer, progress["epoch"], progress["block"], progress["epoch_rng"], progress["loss"],
-                   progress["rows_done"], [Epoch(**e) for e in progress["history"]], best,
-                   progress["best_score"], progress["best_epoch"], progress["since_best"],
-                   progress.get("lr_scale", 1.0), progress.get("since_check", 0))
+        """From a checkpoint's arrays and its progress record, read as untrusted."""
+        try:
+            resume = cls(weights, optimizer, progress["epoch"], progress["block"], progress["epoch_rng"],
+                         float(progress["loss"]), progress["rows_done"], [Epoch(**e) for e in progress["history"]],
+                         best, progress["best_score"], progress["best_epoch"], progress["since_best"],
+                         float(progress.get("lr_scale", 1.0)), progress.get("since_check", 0))
+            np.random.default_rng().bit_generator.state = resume.epoch_rng
+        except (KeyError, TypeError, ValueError) as e:
+            raise BadModel(f"malformed checkpoint progress ({type(e).__name__}: {e})") from None
+        counts = (resume.epoch, resume.block, resume.rows_done, resume.best_epoch, resume.since_best, resume.since_check,
+                  *(e.epoch for e in resume.history))
+        numbers = (resume.best_score, *(x for e in resume.history for x in (e.train_logloss, e.seconds, e.rows_per_s, e.lr)))
+        if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts) or resume.epoch < 1 \
+                or not all(x is None or isinstance(x, (int, float)) and not isinstance(x, bool) for x in numbers) \
+                or not (math.isfinite(resume.loss) and resume.lr_scale > 0):
+            raise BadModel("malformed checkpoint progress (epoch from 1, block and rows from 0, a finite loss)")
+        return resume
+
+    def check(self, epochs: int, rows: int) -> None:
+        """Refuse progress beyond the run it resumes: an epoch past the last, more
+        blocks or rows done than the epoch has."""
+        if self.epoch > epochs or self.block > rows or self.rows_done > rows:
+            raise BadModel(f"checkpoint progress (epoch {self.epoch}, block {self.block}, {self.rows_done:,} rows) "
+                           f"is beyond the run it resumes ({epochs} epochs of {rows:,} rows)")
