@@ -50,6 +50,10 @@ TRAIN_CASES = [
     ("libsvm feature without a number", "1 3:1\n0 4:x\n", [], "error: {path}:2: feature '4:x' has no finite numeric value"),
     ("binary garbage", bytes(range(256)) * 4, [], "error: {path}:1: binary data (a NUL byte), not text"),
     ("invalid UTF-8", b"label,user\n1,u1\n0,\xff\xfe\n", [], "error: {path}:3: not valid UTF-8 text"),
+    ("a pandas index column (no name in the header)", ",label,user\n0,1,u1\n1,0,u2\n", [], "error: {path}:1: column 1 has no name in the header (pandas writes its index so: save with index=False, or name the column)"),
+    ("an unterminated quote", 'label,user,price\n1,u1,3\n0,u2,"4\n1,u3,5\n0,u4,6\n', [], "error: {path}:3: a quoted field is not closed on its line (an unterminated quote, or a line break inside quotes, which fmctr does not read)"),
+    ("a line break inside quotes", 'label,user,price\n1,"u\n1",3\n0,u2,4\n', [], "error: {path}:2: a quoted field is not closed on its line"),
+    ("a quote left open in the header", 'label,"user,price\n1,u1,3\n', [], "error: {path}:1: a quoted field is not closed on its line"),
     ("invalid UTF-8 past the first 64 KiB", b"label,user\n" + b"1,u1\n" * 20000 + b"0,\xff\n", [], "error: {path}:20002:2: not valid UTF-8 text"),
 ]
 
