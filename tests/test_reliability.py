@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import invoke
+from conftest import MOVIES_FLAGS, MOVIES_TEST, MOVIES_TRAIN, invoke
 from fmctr.errors import BadInput
 from fmctr.reading import read
 from fmctr.reading.read import open_source
@@ -108,3 +108,30 @@ def test_numbers_at_the_limits_are_read(tmp_path):
     raw = write(tmp_path, "raw.csv", "label,user,x\n1,u1,1e18\n0,u2,-1e18\n1,u3, 7 \n")
     assert invoke("train", raw, "--numeric", "x", "--numeric-mode", "raw", "-o", tmp_path / "m.fm", "-q",
                   "--epochs", "1", "--bits", "10").exit_code in (0, 1)  # read; training may diverge (see below)
+
+
+# Model files
+
+
+@pytest.mark.parametrize("special", ["/dev/zero", "fifo"])
+def test_a_model_path_that_is_not_a_regular_file_is_not_read(tmp_path, special):
+    import os
+
+    if special == "fifo":
+        special = tmp_path / "fifo"
+        os.mkfifo(special)  # opening it would wait for a writer
+    fails(invoke("predict", MOVIES_TEST, "-m", special), f"error: {special}: not a regular file; a model is a file written by `fmctr train`")
+
+
+def test_a_model_with_non_finite_weights_is_refused(tmp_path, movies_model):
+    import numpy as np
+
+    from fmctr.models import modelfile
+
+    model = modelfile.load(movies_model)
+    model.weights.factors[np.flatnonzero(model.optimizer["seen"])[0], 0] = np.nan
+    broken = tmp_path / "nan.fm"
+    modelfile.save(model, broken)
+    message = f"error: {broken}: the model's weights are not finite (NaN or infinity: its training diverged); train it again"
+    fails(invoke("predict", MOVIES_TEST, "-m", broken), message)
+    fails(invoke("eval", MOVIES_TEST, "-m", broken), message)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,6 +160,14 @@ def _full(values: np.ndarray, rows: np.ndarray, n: int, dim: int | None = None) 
     return full
 
 
+def _check_finite(tensors: dict[str, np.ndarray], name: str) -> None:
+    """A model whose weights hold NaN or infinity scores every row as NaN: refuse it."""
+    for key, values in tensors.items():
+        if values.dtype.kind == "f" and not key.startswith("opt.") and not np.isfinite(values).all():
+            raise BadModel(f"{name}: the model's weights are not finite (NaN or infinity: its training diverged); "
+                           f"train it again")
+
+
 def from_bytes(data: bytes, name: str = "model", *, training_state: bool = True) -> Model:
     """Parse a model file. Scoring needs no optimizer state or best weights:
     `training_state=False` leaves them out (they can double the memory)."""
@@ -170,6 +180,7 @@ def from_bytes(data: bytes, name: str = "model", *, training_state: bool = True)
         raise BadModel(f"{name}: model file has tensors {sorted(tensors)}, expected bias, rows and the weights")
     if _checksum(tensors) != meta.get("sha256"):
         raise BadModel(f"{name}: model file is corrupt (checksum mismatch)")
+    _check_finite(tensors, name)
     try:
         n, dim = int(meta["num_features"]), int(meta["dim"])
         rows = tensors["rows"]
@@ -206,13 +217,32 @@ def from_bytes(data: bytes, name: str = "model", *, training_state: bool = True)
 
 
 def load(path: Path | str, *, training_state: bool = True) -> Model:
-    p = Path(path)
+    return from_bytes(_read(Path(path), str(path)), str(path), training_state=training_state)
+
+
+def _read(p: Path, name: str) -> bytes:
+    """The file's bytes, read only from a regular file and never past the size it had
+    when opened (a device such as /dev/zero, or a pipe, would be read without end)."""
     try:
-        data = p.read_bytes()
+        mode = os.stat(p).st_mode  # before opening: opening a pipe would wait for a writer
+        if stat.S_ISDIR(mode):
+            raise BadModel(f"{name}: is a directory, not a model file")
+        if not stat.S_ISREG(mode):
+            raise BadModel(f"{name}: not a regular file; a model is a file written by `fmctr train`")
+        with open(p, "rb", buffering=0) as f:
+            return _read_up_to(f, os.fstat(f.fileno()).st_size)
     except FileNotFoundError:
-        raise BadModel(f"{path}: no such model file") from None
-    except IsADirectoryError:
-        raise BadModel(f"{path}: is a directory, not a model file") from None
+        raise BadModel(f"{name}: no such model file") from None
     except OSError as e:
-        raise BadModel(f"{path}: cannot read model file: {e.strerror}") from None
-    return from_bytes(data, str(path), training_state=training_state)
+        raise BadModel(f"{name}: cannot read model file: {e.strerror}") from None
+
+
+def _read_up_to(f, size: int) -> bytes:
+    data = bytearray(size)
+    view, got = memoryview(data), 0
+    while got < size:
+        n = f.readinto(view[got:])
+        if not n:
+            break
+        got += n
+    return bytes(data[:got]) if got < size else bytes(data)
