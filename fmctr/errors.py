@@ -27,3 +27,7 @@ class Interrupted(FmctrError):
     def __init__(self, epoch: int, rows_done: int, rows: int):
         self.epoch, self.rows_done, self.rows = epoch, rows_done, rows
         super().__init__(f"interrupted in epoch {epoch} after {rows_done:,} of {rows:,} rows")
+
+
+class Diverged(FmctrError):
+    """Training produced a loss or weights that are not finite (NaN or infinity)."""

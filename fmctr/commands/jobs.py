@@ -38,6 +38,7 @@ from fmctr.models.kinds import scorer
 from fmctr.training.checkpoints import Checkpoints
 from fmctr.training.config import TrainConfig
 from fmctr.training.distributed import ReplicaSync
+from fmctr.training.guards import check_memory
 from fmctr.training.loop import Start, TrainResult, train
 from fmctr.training.state import Resume
 
@@ -218,6 +219,8 @@ def _check_train_options(path: str, cfg: TrainConfig, valid: str | None, valid_f
     cfg.check()
     if min_count is not None and min_count < 1:
         raise BadOptions(f"--min-count must be at least 1, got {min_count}")
+    if hashing is not None and base is None:  # before hashing the data (training checks again in any case)
+        check_memory(hashing.bits, cfg.dim, cfg.optimizer, valid is not None or valid_fraction is not None)
     if base is not None:
         check_warm_start(base, cfg, hashing, "the model" if resume is None else "the checkpoint")
         if min_count is not None and (base.rare is None or base.rare.min_count != min_count):
@@ -431,12 +434,11 @@ def evaluate_model(path: str, model: Model, *, log: Log = _silent, device: str =
         labels.append(rows.labels)
         probs.append(score(rows))
     labels, probs = np.concatenate(labels), np.concatenate(probs)
+    _warn_if_one_score(len(probs), probs.min(initial=np.inf), probs.max(initial=-np.inf), log)
     metrics = evaluate_with_calibration(labels, probs, bins)
     if np.isnan(metrics["auc"]):
         log(f"warning: {data.name}: every row has label {int(labels[0]) if len(labels) else 0}; "
             f"AUC is undefined (printed as NaN, null in JSON)")
-    if len(probs) > 1 and np.ptp(probs) == 0:
-        log(f"warning: {data.name}: every row got the same score {probs[0]:.6g}; is this the right model for the data?")
     if plot is not None:
         from fmctr.commands.plot import write_plot
 
@@ -460,22 +462,32 @@ def predict(path: str, model: Model, output: str, *, keep: Sequence[str] = (), l
         raise BadOptions(f"--precision must be from 1 to 17 decimal places, got {precision}")
     score = scorer(model.weights, kind=model.kind, device=device)
     if output == "-":
-        return _write_predictions(data, score, sys.stdout.buffer, precision)
+        return _write_predictions(data, score, sys.stdout.buffer, log, precision)
     with atomic_file(output) as tmp:
         try:
             with open(tmp, "wb") as out:
-                return _write_predictions(data, score, out, precision)
+                return _write_predictions(data, score, out, log, precision)
         except OSError as e:
             raise BadOptions(f"{output}: cannot write: {e.strerror}") from None
 
 
-def _write_predictions(data: Input, score, out, precision: int | None = None) -> int:
-    written = 0
+def _write_predictions(data: Input, score, out, log: Log, precision: int | None = None) -> int:
+    written, lowest, highest = 0, np.inf, -np.inf
     for rows, kept in data.parts:
-        frame = pl.DataFrame({PROBABILITY: score(rows)})
+        probs = score(rows)
+        frame = pl.DataFrame({PROBABILITY: probs})
         if kept is not None:
             frame = pl.concat([kept, frame], how="horizontal")
         out.write(frame.write_csv(include_header=written == 0, float_precision=precision).encode())
         written += len(rows)
+        lowest, highest = min(lowest, probs.min(initial=np.inf)), max(highest, probs.max(initial=-np.inf))
     out.flush()
+    _warn_if_one_score(written, lowest, highest, log)
     return written
+
+
+def _warn_if_one_score(rows: int, lowest: float, highest: float, log: Log) -> None:
+    """Every row scored the same is surely not what was wanted: say so."""
+    if rows > 1 and lowest == highest:
+        log(f"warning: every one of the {rows:,} rows has the same probability, {lowest:.6g}: the model knows "
+            f"none of their features (other data? other columns?), or it learned nothing")

@@ -16,6 +16,7 @@ empty token "" of its field.
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -159,7 +160,7 @@ def parse_labels(values: pl.Series, name: str, chunk: Chunk, column: int | None)
     return positive.to_numpy().astype(np.float32)
 
 
-BAD = "__bad__"
+MAX_VALUE = 1e18  # a value the FM multiplies (raw numeric, libsvm): x*x must stay finite in float32 (3.4e38)
 
 
 def _number(text: pl.Expr) -> pl.Expr:
@@ -167,23 +168,37 @@ def _number(text: pl.Expr) -> pl.Expr:
     return text.cast(pl.Float64, strict=False).fill_null(float("nan"))
 
 
-def _bad_number(text: pl.Expr) -> pl.Expr:
-    """Non-empty text that is not a finite number (junk, NaN, inf, 1e400)."""
-    return (text != MISSING) & text.cast(pl.Float64, strict=False).is_finite().not_().fill_null(True)
+def _bad_number(text: pl.Expr, limit: float | None = None) -> pl.Expr:
+    """Non-empty text that is not a finite number (junk, NaN, inf, 1e400), or above
+    `limit` in magnitude."""
+    value = text.cast(pl.Float64, strict=False)
+    bad = value.is_finite().not_()
+    if limit is not None:
+        bad = bad | (value.abs() > limit)
+    return (text != MISSING) & bad.fill_null(True)
+
+
+def _limit(f: Field) -> float | None:
+    return MAX_VALUE if f.numeric == "raw" else None
 
 
 def _raise_bad_numeric(frame: pl.DataFrame, fields: list[Field], row: int, name: str, chunk: Chunk, position: dict) -> None:
+    """The error for the first field of `row` that _bad_number flags. It reads the text
+    as polars does (Python's float() would take '1_000' and other digits polars does not)."""
     for f in fields:
-        text = frame.get_column(f.name)[row].strip()
+        text = frame.get_column(f.name).str.strip_chars()[row]
         if text == MISSING:
             continue
         where = _where(name, chunk, row, position.get(f.name))
-        try:
-            value = float(text)
-        except ValueError:
-            raise BadInput(f"{where}: {text!r} in numeric column {f.name!r} is not a number") from None
-        if value != value or value in (float("inf"), float("-inf")):
+        value = pl.Series([text]).cast(pl.Float64, strict=False)[0]
+        if value is None:
+            raise BadInput(f"{where}: {text!r} in numeric column {f.name!r} is not a number")
+        if not math.isfinite(value):
             raise BadInput(f"{where}: {text!r} in numeric column {f.name!r} is not finite; leave the field empty for a missing value")
+        if f.numeric == "raw" and abs(value) > MAX_VALUE:
+            raise BadInput(f"{where}: {text!r} in numeric column {f.name!r} is too large for --numeric-mode raw "
+                           f"(at most 1e18, so that the FM's x*x fits in float32); scale the column or use --numeric-mode log1p")
+    raise AssertionError(f"row {row} was flagged as a bad number, but no field of it is")
 
 
 SMALL_SHIFT = 3  # small values' buckets are floor(x) - 3 <= -1; the log^2 buckets of x > 2 are >= 0
@@ -272,16 +287,17 @@ def _single_fields(frame: pl.DataFrame, singles: list[Field], spec: HashSpec, na
         (index_of(pl.col(f.name), f.name) if f.kind == "categorical" else _number(pl.col(f.name))).alias(f.name)
         for f in singles
     ]
+    bad_flag = "_" * (max(map(len, frame.columns), default=0) + 1)  # a name no column has
     if numeric:
-        outputs.append(pl.any_horizontal(_bad_number(pl.col(f.name)) for f in numeric).alias(BAD))
+        outputs.append(pl.any_horizontal(_bad_number(pl.col(f.name), _limit(f)) for f in numeric).alias(bad_flag))
     computed = frame.select(outputs)
-    if numeric and computed.get_column(BAD).any():
+    if numeric and computed.get_column(bad_flag).any():
         # Padded numbers (" 7") are fine; anything else names its row and column.
         stripped = [_number(pl.col(f.name).str.strip_chars()).alias(f.name) for f in numeric]
-        bad = pl.any_horizontal(_bad_number(pl.col(f.name).str.strip_chars()) for f in numeric).alias(BAD)
-        computed = computed.with_columns(frame.select(*stripped, bad))
-        if computed.get_column(BAD).any():
-            _raise_bad_numeric(frame, numeric, int(computed.get_column(BAD).arg_max()), name, chunk, position)
+        bad = pl.any_horizontal(_bad_number(pl.col(f.name).str.strip_chars(), _limit(f)) for f in numeric)
+        computed = computed.with_columns(frame.select(*stripped, bad.alias(bad_flag)))
+        if computed.get_column(bad_flag).any():
+            _raise_bad_numeric(frame, numeric, int(computed.get_column(bad_flag).arg_max()), name, chunk, position)
     n = frame.height
     single_idx = np.empty((n, len(singles)), np.int32)
     single_val = np.ones((n, len(singles)), dtype=np.float32)
@@ -356,11 +372,13 @@ def _hash_sparse_lines(chunk: Chunk, spec: HashSpec, *, name: str, require_label
         "feat",
     )
     value = pieces.get_column("value").cast(pl.Float64, strict=False)
-    bad = (pieces.get_column("value").is_not_null() & (value.is_null() | value.is_nan() | value.is_infinite()))
+    bad = (pieces.get_column("value").is_not_null() & (value.is_null() | ~value.is_finite() | (value.abs() > MAX_VALUE)))
     if bad.any():
         at = int(bad.arg_max())
-        row = int(pieces.get_column("row")[at])
-        raise BadInput(f"{_where(name, chunk, row)}: feature {pieces.get_column('feat')[at]!r} has no finite numeric value")
+        where, feature = _where(name, chunk, int(pieces.get_column("row")[at])), pieces.get_column('feat')[at]
+        if value[at] is not None and math.isfinite(value[at]):
+            raise BadInput(f"{where}: feature {feature!r} has a value above 1e18 (at most 1e18, so that the FM's x*x fits in float32); scale the values")
+        raise BadInput(f"{where}: feature {feature!r} has no finite numeric value")
     indices = pieces.select(_index_expr(spec)(pl.col("token"), SPARSE_FIELD)).to_series().to_numpy()
     values = value.fill_null(1.0).to_numpy().astype(np.float32)
     counts = np.bincount(pieces.get_column("row").to_numpy(), minlength=chunk.frame.height)

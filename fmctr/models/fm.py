@@ -27,7 +27,8 @@ def logits(w: FMWeights, rows: Rows) -> np.ndarray:
 
 def probabilities(w: FMWeights, rows: Rows) -> np.ndarray:
     z = logits(w, rows)
-    return 1.0 / (1.0 + np.exp(-z))
+    with np.errstate(over="ignore"):  # exp(-z) of a very negative logit is inf: probability 0
+        return 1.0 / (1.0 + np.exp(-z))
 
 
 class TorchScorer:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -258,6 +260,14 @@ def _stored_specs(meta: dict, name: str) -> tuple[HashSpec, Schema]:
         raise BadModel(f"{name}: inconsistent model file ({e})") from None
 
 
+def _check_finite(tensors: dict[str, np.ndarray], name: str) -> None:
+    """A model whose weights hold NaN or infinity scores every row as NaN: refuse it."""
+    for key, values in tensors.items():
+        if values.dtype.kind == "f" and not key.startswith("opt.") and not np.isfinite(values).all():
+            raise BadModel(f"{name}: the model's weights are not finite (NaN or infinity: its training diverged); "
+                           f"train it again")
+
+
 def from_bytes(data: bytes, name: str = "model", *, training_state: bool = True) -> Model:
     """Parse a model file. Scoring needs no optimizer state or best weights:
     `training_state=False` leaves them out (they can double the memory)."""
@@ -269,6 +279,7 @@ def from_bytes(data: bytes, name: str = "model", *, training_state: bool = True)
     if "rows" not in tensors or "bias" not in tensors:
         raise BadModel(f"{name}: model file has tensors {sorted(tensors)}, expected bias, rows and the weights")
     _verify(meta, tensors, name)
+    _check_finite(tensors, name)
     n, dim, kind = _check_tensors(meta, tensors, name, training_state)
     hashing, schema = _stored_specs(meta, name)
     if hashing.size != n:
@@ -287,16 +298,35 @@ def from_bytes(data: bytes, name: str = "model", *, training_state: bool = True)
 
 
 def load(path: Path | str, *, training_state: bool = True) -> Model:
-    p = Path(path)
+    return from_bytes(_read(Path(path), str(path)), str(path), training_state=training_state)
+
+
+def _read(p: Path, name: str) -> bytes:
+    """The file's bytes, read only from a regular file and never past the size it had
+    when opened (a device such as /dev/zero, or a pipe, would be read without end)."""
     try:
-        data = p.read_bytes()
+        mode = os.stat(p).st_mode  # before opening: opening a pipe would wait for a writer
+        if stat.S_ISDIR(mode):
+            raise BadModel(f"{name}: is a directory, not a model file")
+        if not stat.S_ISREG(mode):
+            raise BadModel(f"{name}: not a regular file; a model is a file written by `fmctr train`")
+        with open(p, "rb", buffering=0) as f:
+            return _read_up_to(f, os.fstat(f.fileno()).st_size)
     except FileNotFoundError:
-        raise BadModel(f"{path}: no such model file") from None
-    except IsADirectoryError:
-        raise BadModel(f"{path}: is a directory, not a model file") from None
+        raise BadModel(f"{name}: no such model file") from None
     except OSError as e:
-        raise BadModel(f"{path}: cannot read model file: {e.strerror}") from None
-    return from_bytes(data, str(path), training_state=training_state)
+        raise BadModel(f"{name}: cannot read model file: {e.strerror}") from None
+
+
+def _read_up_to(f, size: int) -> bytes:
+    data = bytearray(size)
+    view, got = memoryview(data), 0
+    while got < size:
+        n = f.readinto(view[got:])
+        if not n:
+            break
+        got += n
+    return bytes(data[:got]) if got < size else bytes(data)
 
 
 def is_model_file(path: Path | str) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import queue
 import re
 import sys
@@ -18,11 +19,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numba
+import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from fmctr.errors import BadInput
+from fmctr.errors import BadInput, BadOptions
 from fmctr.reading.schema import FORMATS, SPARSE_FORMATS
 
 GZIP_MAGIC = b"\x1f\x8b"
@@ -30,6 +33,8 @@ PARQUET_MAGIC = b"PAR1"
 BLOCK_BYTES = 1 << 22  # ~16k Criteo rows a chunk; pyarrow parses these twice as fast as 16 MiB blocks
 RAW_BLOCK_BYTES = 1 << 24  # ~65k Criteo rows: the one-pass kernel likes them big
 PEEK_BYTES = 1 << 16
+MAX_LINE_BYTES = 1 << 26  # 64 MiB: one line is held whole in memory; FMCTR_MAX_LINE_BYTES raises it
+MAX_LINE_ENV = "FMCTR_MAX_LINE_BYTES"
 LINE_COLUMN = "line"
 _SPARSE_LINE = re.compile(r"^\s*[-+]?[0-9.eE+-]+(\s+[^\s:]+(:[^\s:]+){1,2})*\s*$")
 
@@ -53,6 +58,8 @@ class RawChunk:
     def parse(self, name: str, columns: list[str], separator: str, quoted: bool = False) -> Iterator[Chunk]:
         """The same lines as string columns (pyarrow), with the file's line numbers."""
         self.check_utf8(name, separator)
+        if quoted:
+            check_quotes(self.data, name, self.first_line)
         try:
             yield from _csv_chunks(io.BytesIO(self.data), name, columns, separator, 0, quoted, self.first_line - 1)
         except _Straddling:
@@ -70,6 +77,44 @@ class RawChunk:
             line = self.first_line + self.data.count(b"\n", 0, e.start)
             column = self.data.count(separator.encode(), line_start, e.start) + 1
             raise BadInput(f"{name}:{line}:{column}: not valid UTF-8 text") from None
+
+
+def check_quotes(data: bytes, name: str, first_line: int) -> None:
+    """A quoted field must close on its line: refuse an unterminated quote, which would
+    swallow the rows after it, and a line break inside quotes, which fmctr does not read
+    (so line numbers stay the file's)."""
+    if b'"' not in data:
+        return
+    start = _open_quote_line(np.frombuffer(data, np.uint8))
+    if start >= 0:
+        line = first_line + data.count(b"\n", 0, start)
+        raise BadInput(f"{name}:{line}: a quoted field is not closed on its line (an unterminated quote, "
+                       f"or a line break inside quotes, which fmctr does not read)")
+
+
+@numba.njit(cache=True, nogil=True)
+def _open_quote_line(buf) -> int:
+    """Offset of the first CSV line with a quote still open at its end, or -1. A quote
+    opens a field only at its start ("" inside is a quote), as pyarrow reads CSV."""
+    line_start, field_start, quoted, i = 0, True, False, 0
+    while i < len(buf):
+        b = buf[i]
+        if quoted:
+            if b == 34:  # "
+                if i + 1 < len(buf) and buf[i + 1] == 34:
+                    i += 1
+                else:
+                    quoted = False
+            elif b == 10:  # \n
+                return line_start
+        elif b == 10:
+            line_start, field_start = i + 1, True
+        elif b == 44:  # ,
+            field_start = True
+        else:
+            quoted, field_start = b == 34 and field_start, False
+        i += 1
+    return line_start if quoted else -1
 
 
 @dataclass
@@ -215,7 +260,44 @@ def open_text(path: str) -> tuple[io.RawIOBase, bytes]:
     if head == GZIP_MAGIC:
         stream = _Gunzip(stream, name)
     peek = _read_up_to(stream, PEEK_BYTES)
+    if len(peek) == PEEK_BYTES and b"\n" not in peek and not peek.startswith(PARQUET_MAGIC) and b"\x00" not in peek:
+        peek = _whole_first_line(stream, peek, name)
     return _Prefixed(peek, stream), peek
+
+
+def max_line_bytes() -> int:
+    """The longest line fmctr reads (FMCTR_MAX_LINE_BYTES, or 64 MiB)."""
+    text = os.environ.get(MAX_LINE_ENV)
+    if text is None:
+        return MAX_LINE_BYTES
+    try:
+        value = int(text.replace("_", ""))
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise BadOptions(f"{MAX_LINE_ENV} must be a number of bytes of at least 1, got {text!r}")
+    return value
+
+
+def _line_too_long(name: str, line: int, limit: int) -> BadInput:
+    return BadInput(f"{name}:{line}: line longer than {limit:,} bytes; set {MAX_LINE_ENV} to read longer lines")
+
+
+def _whole_first_line(stream, peek: bytes, name: str) -> bytes:
+    """A header longer than the peek: read on to its end (the header names every column)."""
+    limit = max_line_bytes()
+    parts, size = [peek], len(peek)
+    while size <= limit:
+        more = _read_up_to(stream, size)  # doubling: few reads for a long line
+        parts.append(more)
+        size += len(more)
+        if not more or b"\n" in more:
+            break
+    data = b"".join(parts)
+    end = data.find(b"\n")
+    if (end if end >= 0 else len(data)) > limit:
+        raise _line_too_long(name, 1, limit)
+    return data
 
 
 def sniff_format(peek: bytes, hint: str | None) -> str:
@@ -241,7 +323,7 @@ def _check_text(peek: bytes, name: str) -> None:
     try:
         peek.decode("utf-8")
     except UnicodeDecodeError as e:
-        if not (e.reason == "unexpected end of data" and len(peek) == PEEK_BYTES):  # a character cut by the peek is fine
+        if not (e.reason == "unexpected end of data" and len(peek) >= PEEK_BYTES):  # a character cut by the peek is fine
             line = peek[: e.start].count(b"\n") + 1
             raise BadInput(f"{name}:{line}: not valid UTF-8 text") from None
 
@@ -260,7 +342,7 @@ def open_source(path: str, *, format: str | None = None, column_names: tuple[str
         return _open_parquet(stream if path == "-" else path, name)
     _check_text(peek, name)
     if fmt in SPARSE_FORMATS:
-        return Source(name, fmt, [LINE_COLUMN], _raw_chunks(stream, 0), "\x1f")
+        return Source(name, fmt, [LINE_COLUMN], _raw_chunks(stream, 0, name), "\x1f")
     first, newline, _ = peek.partition(b"\n")
     first = first.rstrip(b"\r")
     if fmt == "criteo":
@@ -273,8 +355,10 @@ def open_source(path: str, *, format: str | None = None, column_names: tuple[str
                 f"{name}:1: the criteo format has {len(names)} tab-separated columns "
                 f"(or {len(names) - 1} without the label), found {n_fields}"
             )
-        return Source(name, fmt, names, _raw_chunks(stream, 0), "\t")
+        return Source(name, fmt, names, _raw_chunks(stream, 0, name), "\t")
     separator = "\t" if fmt == "tsv" else _csv_delimiter(peek)
+    if fmt == "csv":
+        check_quotes(first, name, 1)
     header_text = first.decode("utf-8", errors="replace").lstrip("\ufeff")
     try:
         names = next(csv.reader([header_text], delimiter=separator))
@@ -287,10 +371,21 @@ def open_source(path: str, *, format: str | None = None, column_names: tuple[str
         raise BadInput(f"{name}:1: the first line looks like data, not a header ({', '.join(names[:4])}, ...); "
                        f"for Criteo's raw format give --preset criteo, otherwise add a header line "
                        f"or name the columns in a schema file (column_names)")
-    dupes = sorted({n for n in names if names.count(n) > 1})
+    _check_names(names, f"{name}:1")
+    return Source(name, fmt, names, _raw_chunks(stream, 1, name), separator, quoted=fmt == "csv")
+
+
+def _check_names(names: list[str], where: str, header: str = " in the header") -> None:
+    """Every column needs a name of its own."""
+    if "" in names:
+        raise BadInput(f"{where}: column {names.index('') + 1} has no name{header} (pandas writes its index "
+                       f"so: save with index=False, or name the column)")
+    counts: dict[str, int] = {}
+    for n in names:
+        counts[n] = counts.get(n, 0) + 1
+    dupes = sorted(n for n, c in counts.items() if c > 1)
     if dupes:
-        raise BadInput(f"{name}:1: duplicate column name(s) in the header: {', '.join(dupes)}")
-    return Source(name, fmt, names, _raw_chunks(stream, 1), separator, quoted=fmt == "csv")
+        raise BadInput(f"{where}: duplicate column name(s){header}: {', '.join(dupes)}")
 
 
 def _csv_delimiter(peek: bytes) -> str:
@@ -312,8 +407,10 @@ def _looks_like_data(names: list[str]) -> bool:
     return len(names) > 2 and names[0] in ("0", "1") and numeric >= max(2, len(names) / 4)
 
 
-def _raw_chunks(stream, header_lines: int) -> Iterator[RawChunk]:
-    """Blocks of whole lines, about BLOCK_BYTES each, after `header_lines` lines."""
+def _raw_chunks(stream, header_lines: int, name: str) -> Iterator[RawChunk]:
+    """Blocks of whole lines, about RAW_BLOCK_BYTES each, after `header_lines` lines.
+    A line longer than max_line_bytes() is an error (it would be held whole)."""
+    limit = max_line_bytes()
     rest = b""
     line = 1
     skip = header_lines
@@ -322,12 +419,16 @@ def _raw_chunks(stream, header_lines: int) -> Iterator[RawChunk]:
         if not block and not rest:
             return
         cut = block.rfind(b"\n") + 1 if block else len(block)
+        if len(rest) + (block.find(b"\n") if cut else len(block)) > limit:
+            raise _line_too_long(name, line, limit)  # the carried-over line, before it grows further
         if block and cut == 0:  # no line end yet: read on
             rest += block
             continue
         # One copy: the partial line carried over, then this block up to its last line end.
         lines = b"".join([rest, memoryview(block)[:cut]]) if block else rest
         rest = block[cut:]
+        if limit < RAW_BLOCK_BYTES:  # (the default limit is above any line inside one block)
+            _check_line_lengths(lines, name, line, limit)
         while skip and lines:
             end = lines.find(b"\n")
             lines = lines[end + 1 :] if end >= 0 else b""
@@ -338,6 +439,14 @@ def _raw_chunks(stream, header_lines: int) -> Iterator[RawChunk]:
             line += lines.count(b"\n")
         if not block:
             return
+
+
+def _check_line_lengths(lines: bytes, name: str, first_line: int, limit: int) -> None:
+    data = np.frombuffer(lines, np.uint8)
+    ends = np.concatenate([[-1], np.flatnonzero(data == 10), [len(data)]])
+    lengths = np.diff(ends) - 1
+    if lengths.max(initial=0) > limit:
+        raise _line_too_long(name, first_line + int(np.argmax(lengths > limit)), limit)
 
 
 class _Straddling(Exception):
@@ -422,9 +531,12 @@ def _open_parquet(source, name: str) -> Source:
         source = pa.BufferReader(source.read())
     try:
         parquet = pq.ParquetFile(source)
+        names = parquet.schema_arrow.names
     except (pa.ArrowInvalid, OSError) as e:
         raise BadInput(f"{name}: not a readable Parquet file ({_first_line(e)})") from None
-    names = parquet.schema_arrow.names
+    except UnicodeDecodeError:
+        raise BadInput(f"{name}: a column name in the Parquet schema is not valid UTF-8") from None
+    _check_names(names, name, "")
 
     def chunks() -> Iterator[Chunk]:
         try:

@@ -7,6 +7,7 @@ the schedule (fmctr.training.schedule), validation with early stopping and rate 
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -20,6 +21,7 @@ from fmctr.models.kinds import kind_of
 from fmctr.models.runtime import resolve_device, set_threads
 from fmctr.training.checkpoints import Checkpoints
 from fmctr.training.config import TrainConfig
+from fmctr.training.guards import check_loss, check_memory, diverged, weights_finite
 from fmctr.training.schedule import epoch_pieces
 from fmctr.training.state import Epoch, Resume
 from fmctr.training.validation import Validation, scores
@@ -124,6 +126,8 @@ def _begin(rows, cfg: TrainConfig, *, bits, valid, progress, start, resume, chec
     cfg = cfg.resolved(engine=engine_name, device=device, rows=total_rows, validation=valid is not None)
     threads = set_threads(cfg.threads)
     kind = kind_of(cfg.kind)
+    if resume is None and start is None:
+        check_memory(bits, cfg.dim, cfg.optimizer, valid is not None)
     if resume is not None:
         weights, optimizer = resume.weights, resume.optimizer
     else:
@@ -166,6 +170,8 @@ def _epoch(run: Run, epoch: int, *, resumed: bool) -> None:
         run.checkpoints.before_block(state, engine, epoch, number, epoch_rng, loss, rows_done, run.source.rows)
         if piece is not None:
             piece_loss = engine.train(*piece)
+            if run.sync is None:  # (a data-parallel run checks at the end of the epoch, on every rank)
+                check_loss(piece_loss, run.cfg, run.source, epoch, rows_done + len(piece[1]))
             loss += piece_loss
             rows_done += len(piece[1])
             state.since_check += len(piece[1])
@@ -183,6 +189,8 @@ def _epoch(run: Run, epoch: int, *, resumed: bool) -> None:
     epoch_rows, total_done = rows_done - rows_before, rows_done
     if run.sync is not None:
         loss, epoch_rows, total_done = run.sync.total([loss, epoch_rows, total_done])
+    if _any(run, not (math.isfinite(loss) and weights_finite(engine.weights()))):
+        raise diverged(run.cfg, run.source, epoch, "the loss or the weights are NaN or infinite")
     record = Epoch(epoch, loss / max(total_done, 1), seconds, epoch_rows / max(seconds, 1e-9))
     if run.validation is not None and run.every is None:
         record_valid, check = run.validation.check(state, engine, epoch, rows_done, False)
