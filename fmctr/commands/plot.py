@@ -7,14 +7,23 @@ from pathlib import Path
 
 import numpy as np
 
-from fmctr.atomic import write_bytes
+from fmctr.atomic import Kind, Output, Target, write_bytes
 from fmctr.errors import BadOptions
 from fmctr.metrics import roc_curve
 
 
-def pyplot(path: str | Path):
+def _is_png(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+PNG = Kind("a PNG image", _is_png)
+
+
+def pyplot(path: Target):
     """matplotlib's pyplot, checked before any work is done."""
-    if not str(path).lower().endswith(".png"):
+    path = path.name if isinstance(path, Output) else str(path)
+    if not path.lower().endswith(".png"):
         raise BadOptions(f"--plot {path}: the plot is a PNG; give a file name ending in .png")
     try:
         import matplotlib
@@ -26,7 +35,7 @@ def pyplot(path: str | Path):
     return plt
 
 
-def write_plot(path: str | Path, labels: np.ndarray, probs: np.ndarray, metrics: dict, title: str) -> None:
+def write_plot(path: Target, labels: np.ndarray, probs: np.ndarray, metrics: dict, title: str) -> None:
     """Draw both curves and write the PNG atomically."""
     plt = pyplot(path)
     fpr, tpr = roc_curve(labels, probs)
