@@ -156,6 +156,8 @@ def display_name(path: str) -> str:
 
 def _open_bytes(path: str):
     if path == "-":
+        if sys.stdin is None:
+            raise BadInput("<stdin>: cannot read: it is closed")
         return sys.stdin.buffer
     p = Path(path)
     if p.is_dir():
