@@ -158,7 +158,10 @@ def _open_bytes(path: str):
     if path == "-":
         if sys.stdin is None:
             raise BadInput("<stdin>: cannot read: it is closed")
-        return sys.stdin.buffer
+        # A reader of our own on fd 0, not sys.stdin.buffer: when a signal or an error
+        # ends the run while the prefetch thread waits in a read, the interpreter's
+        # shutdown would close sys.stdin and abort on the lock that read holds.
+        return open(sys.stdin.fileno(), "rb", closefd=False)
     p = Path(path)
     if p.is_dir():
         raise BadInput(f"{path}: is a directory, not a data file (a hashed dataset needs its manifest.json)")
