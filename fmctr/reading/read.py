@@ -161,7 +161,10 @@ def _open_bytes(path: str):
         # A reader of our own on fd 0, not sys.stdin.buffer: when a signal or an error
         # ends the run while the prefetch thread waits in a read, the interpreter's
         # shutdown would close sys.stdin and abort on the lock that read holds.
-        return open(sys.stdin.fileno(), "rb", closefd=False)
+        try:
+            return open(sys.stdin.fileno(), "rb", closefd=False)
+        except (OSError, ValueError):  # no descriptor (a test runner's stdin)
+            return sys.stdin.buffer
     p = Path(path)
     if p.is_dir():
         raise BadInput(f"{path}: is a directory, not a data file (a hashed dataset needs its manifest.json)")
