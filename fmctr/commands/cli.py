@@ -6,7 +6,6 @@ and errors go to stderr. Every fmctr error becomes one `error: ...` line and exi
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import math
@@ -51,16 +50,86 @@ def _err(message: str) -> None:
     sys.stderr.flush()
 
 
+class Stopped(BaseException):
+    """SIGINT or SIGTERM: unwinds the command (not an Exception, so that nothing
+    swallows it), and every temporary file and directory is removed on the way out."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+class _Signals:
+    """The one signal setup, for every command. SIGINT and SIGTERM raise Stopped in
+    the main thread at once; while training asks (`requested`, between blocks) they
+    only ask it to stop at the next block, where it writes a checkpoint. A second
+    signal while the first is being handled is ignored, so that cleanup finishes."""
+
+    def __init__(self):
+        self.signal = 0
+        self.training = False
+        self.previous: dict = {}
+
+    def requested(self) -> bool:
+        self.training = True
+        return self.signal != 0
+
+    def training_done(self) -> None:
+        """Back to stopping at once; a stop asked for after the last block stops now."""
+        self.training = False
+        if self.signal:
+            raise Stopped(self.signal)
+
+    def _handle(self, signum, frame) -> None:
+        if self.signal:
+            return
+        self.signal = signum
+        if not self.training:
+            raise Stopped(signum)
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self.previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread (e.g. some test runners)
+                pass
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+_signals = _Signals()  # the running command's (errors_to_exit makes a new one per command)
+
+
+def _occupy_closed_std_fds() -> None:
+    """A closed stdin/stdout/stderr (`>&-`) is noted by Python as sys.stdout = None; put
+    /dev/null on its descriptor so that no file fmctr opens later gets number 1 and
+    receives what is meant for stdout."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            os.open(os.devnull, os.O_RDWR)  # takes the lowest free number: this one
+
+
 def errors_to_exit(fn):
-    """The one place where typed errors become an `error:` line and an exit code."""
+    """The one place where typed errors and signals become an `error:` line and an exit code."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        global _signals
         try:
-            return fn(*args, **kwargs)
+            _occupy_closed_std_fds()
+            with _Signals() as _signals:
+                return fn(*args, **kwargs)
         except FmctrError as e:
             _err(f"error: {e}")
             raise typer.Exit(code=1) from None
+        except Stopped as e:
+            _err(f"error: interrupted by {signal.Signals(e.signum).name}")
+            raise typer.Exit(code=128 + e.signum) from None
         except KeyboardInterrupt:
             _err("error: interrupted")
             raise typer.Exit(code=130) from None
@@ -69,7 +138,7 @@ def errors_to_exit(fn):
         except BrokenPipeError:
             # The reader of our stdout went away (e.g. `| head`): stop quietly, and
             # point stdout at /dev/null so the interpreter's final flush cannot fail.
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
             raise typer.Exit(code=0) from None
         except Exception as e:
             if os.environ.get("FMCTR_DEBUG"):
@@ -78,6 +147,14 @@ def errors_to_exit(fn):
             raise typer.Exit(code=INTERNAL_ERROR) from None
 
     return wrapper
+
+
+def _print_data(text: str) -> None:
+    """One line of data on stdout, through the output layer: a closed or failing stdout
+    is an error, not a silent loss."""
+    from fmctr.atomic import STDOUT, write_bytes
+
+    write_bytes(STDOUT, (text + "\n").encode())
 
 
 def _names(values: Optional[list[str]]) -> list[str]:
@@ -104,6 +181,7 @@ Threads = Annotated[Optional[int], typer.Option(help="CPU threads for reading, h
 TrainThreads = Annotated[Optional[int], typer.Option(help="CPU threads for reading, hashing, training and scoring.  [default: all cores]")]
 ModelOpt = Annotated[Path, typer.Option("--model", "-m", help="Model file written by `fmctr train`.")]
 Json = Annotated[bool, typer.Option("--json", help="Print metrics as one JSON object on stdout.")]
+Force = Annotated[bool, typer.Option("--force", help="Replace an existing output that fmctr did not write (a directory that is not a hashed dataset, a file of another kind). Inputs are never written over.")]
 
 
 def _spec(preset, schema_file, label, categorical, numeric, multi, ignore, sep, numeric_mode, fmt):
@@ -186,6 +264,7 @@ def preprocess(
     hash_seed: HashSeed = 0,
     min_count: Annotated[Optional[int], typer.Option(metavar="N", help="Count values over every input first; values seen fewer than N times become their field's rare token. The frequent set is kept with the data, and a model trained on it keeps it.", rich_help_panel=SCHEMA)] = None,
     threads: Threads = None,
+    force: Force = False,
 ) -> None:
     """Hash raw data once into a dataset directory (for data trained on many times)."""
     _use_threads(threads)
@@ -195,7 +274,7 @@ def preprocess(
 
     spec = _spec(preset, schema, label, categorical, numeric, multi, ignore, sep, numeric_mode, format)
     hashing = HashSpec(bits=DEFAULT_BITS if bits is None else bits, seed=hash_seed).check()
-    shards = run(inputs or ["-"], output, spec=spec, hashing=hashing, min_count=min_count)
+    shards = run(inputs or ["-"], output, spec=spec, hashing=hashing, min_count=min_count, force=force)
     rows = sum(ds.rows for ds in shards)
     parts = sum(len(ds.parts) for ds in shards)
     what = f"{len(shards)} shards, {parts} parts" if len(shards) > 1 else f"{parts} part(s)"
@@ -250,6 +329,7 @@ def train_cmd(
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto (CUDA when available).", rich_help_panel=TRAIN)] = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or tables.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the training summary (the model file's training metadata) as JSON on stdout.")] = False,
+    force: Force = False,
 ) -> None:
     """Train an FM on raw or hashed data and write a self-contained model file.
 
@@ -298,7 +378,11 @@ def train_cmd(
         raise BadOptions("give the model file to write with -o/--output")
     if checkpoint_every is not None and checkpoint_every <= 0:
         raise BadOptions(f"--checkpoint-every must be a positive number of seconds, got {checkpoint_every}")
-    checkpoint_path = checkpoint or Path(f"{output}.ckpt")
+    out, ckpt = _train_outputs(output, checkpoint, inputs=[input, valid, start, resume], force=force)
+    if json_out and out.stream and out.path is None:
+        raise BadOptions("-o - and --json both write to stdout: give one of them")
+    if checkpoint_every is not None and ckpt is None:
+        raise BadOptions(f"--checkpoint-every: -o {output} is not a file, so there is no default checkpoint; give --checkpoint FILE")
     warm = load(start) if start is not None else None
     replicas = sync = None
     if distributed.launched():
@@ -309,36 +393,55 @@ def train_cmd(
     lead = replicas is None or replicas.rank == 0  # only rank 0 writes and talks
     show = not quiet and lead
     progress = TrainProgress() if show else NullProgress()
-    stop = _StopOnSignal()
+    stop = _signals
     try:
-        with stop if replicas is None else contextlib.nullcontext(), progress:
+        with progress:
             model, result = train_model(
                 input, spec=spec, hashing=_hashing(bits, hash_seed) if base is None else None, cfg=cfg,
                 valid=valid, valid_fraction=valid_fraction, progress=progress, log=_err if lead else _quiet, start=warm,
                 resume=base, output=str(output), sync=sync, min_count=min_count if resume is None else None,
-                checkpoints=CheckpointPlan(checkpoint_path, checkpoint_every,
-                                           stop.requested if replicas is None else None),
+                checkpoints=CheckpointPlan(ckpt, checkpoint_every, stop.requested if replicas is None else None),
             )
+        stop.training_done()
     except Interrupted as e:
-        _err(f"error: {e}; checkpoint written to {checkpoint_path}; resume with: fmctr train --resume {checkpoint_path}")
+        where = (f"checkpoint written to {ckpt.name}; resume with: fmctr train --resume {ckpt.name}" if ckpt is not None
+                 else f"no checkpoint (-o {output} is not a file; --checkpoint FILE keeps one)")
+        _err(f"error: {e}; {where}")
         raise typer.Exit(code=128 + stop.signal) from None
     finally:
         if replicas is not None:
             replicas.close()
     if not lead:
         return
-    save(model, output)
-    if checkpoint_every is not None or resume is not None:
-        checkpoint_path.unlink(missing_ok=True)  # superseded by the model
-        if resume is not None:
-            resume.unlink(missing_ok=True)
+    save(model, out)
+    if ckpt is not None and not ckpt.stream and (checkpoint_every is not None or resume is not None):
+        ckpt.path.unlink(missing_ok=True)  # superseded by the model
+    if resume is not None:
+        resume.unlink(missing_ok=True)
     if show:
         if stderr.is_terminal:  # (off a terminal the epoch lines already said it)
             stderr.print(history_table(result.history, result.best_epoch))
         best = f", best epoch {result.best_epoch}" if valid or valid_fraction else ""
         stderr.print(f"wrote {output} ({result.rows:,} rows, {len(result.history)} epoch(s){best})", highlight=False)
     if json_out:
-        print(json.dumps(_json_safe(model.training)))
+        _print_data(json.dumps(_json_safe(model.training)))
+
+
+def _train_outputs(output: Path, checkpoint: Optional[Path], *, inputs: list, force: bool):
+    """The model file and the checkpoint, checked before any data is read. A model
+    written through a stream (-, a FIFO, /dev/null) has no default checkpoint: it would
+    land beside a device."""
+    from fmctr.atomic import check_output
+    from fmctr.models.modelfile import MODEL_FILE
+
+    out = check_output(output, MODEL_FILE, inputs=inputs, force=force)
+    if checkpoint is None and out.stream:
+        return out, None
+    # The checkpoint of a resumed run may replace the one it resumes from (not an input here).
+    ckpt = check_output(checkpoint or Path(f"{output}.ckpt"), MODEL_FILE, inputs=inputs[:-1], force=force)
+    if not ckpt.stream and ckpt.path == out.path:
+        raise BadOptions(f"--checkpoint {ckpt.name} is the model file -o {output}: give another")
+    return out, ckpt
 
 
 def _replica_sync(cfg, threads: int | None, sync_every: int):
@@ -380,6 +483,7 @@ def tune(
     threads: TrainThreads = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the trials as JSON on stdout.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No table.")] = False,
+    force: Force = False,
 ) -> None:
     """Search dim, learning rate and L2 on validation data; write the best model.
 
@@ -388,11 +492,15 @@ def tune(
     then combine the moves that helped; each trial stops early on the validation
     data. The search stops starting trials when --budget is spent."""
     _use_threads(threads)
-    from fmctr.models.modelfile import save
+    from fmctr.atomic import check_output
+    from fmctr.models.modelfile import MODEL_FILE, save
     from fmctr.commands.progress import stderr, trials_table
     from fmctr.training.config import TrainConfig
     from fmctr.commands.tune import tune as run
 
+    out = check_output(output, MODEL_FILE, inputs=[input, valid], force=force)
+    if json_out and out.stream and out.path is None:
+        raise BadOptions("-o - and --json both write to stdout: give one of them")
     spec = _spec(preset, schema, label, categorical, numeric, multi, ignore, sep, numeric_mode, format)
     base = TrainConfig.from_options(optimizer=optimizer, seed=seed, threads=threads)
 
@@ -404,44 +512,13 @@ def tune(
     trials, best = run(input, valid, spec=spec, hashing=_hashing(bits, hash_seed), base=base, budget_s=budget,
                        metric=metric.lower(), min_count=min_count, log=_err, on_trial=show)
     best.model.training["tune"] = {"options": best.flags, "trials": len(trials)}
-    save(best.model, output)
+    save(best.model, out)
     if not quiet:
         stderr.print(trials_table(trials, best.number))
         stderr.print(f"wrote {output} (trial {best.number} of {len(trials)})", highlight=False)
     if json_out:
-        print(json.dumps(_json_safe([{"trial": t.number, "options": t.flags, "valid": t.valid, "epochs": t.epochs,
+        _print_data(json.dumps(_json_safe([{"trial": t.number, "options": t.flags, "valid": t.valid, "epochs": t.epochs,
                                       "seconds": round(t.seconds, 3), "best": t is best} for t in trials])))
-
-
-class _StopOnSignal:
-    """SIGINT and SIGTERM ask training to stop at the next block (it then writes a
-    checkpoint); before training has begun they interrupt at once."""
-
-    def __init__(self):
-        self.signal = 0
-        self.training = False
-        self.previous: dict = {}
-
-    def requested(self) -> bool:
-        self.training = True
-        return self.signal != 0
-
-    def _handle(self, signum, frame) -> None:
-        self.signal = signum
-        if not self.training:
-            raise KeyboardInterrupt
-
-    def __enter__(self):
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self.previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread (e.g. some test runners)
-                pass
-        return self
-
-    def __exit__(self, *exc):
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
 
 
 @app.command("eval")
@@ -456,21 +533,25 @@ def eval_cmd(
     device: Device = "auto",
     allow_missing: AllowMissing = False,
     format: Annotated[Optional[str], typer.Option("--format", help="Input format, if not the model's or recognisable from the data: csv, tsv, criteo, parquet, libsvm, libffm.")] = None,
+    force: Force = False,
 ) -> None:
     """Report AUC, logloss, normalized entropy and calibration on labelled data.
 
     The calibration table cuts the rows, sorted by predicted probability, into bins
     of equal size and compares each bin's mean prediction with its observed rate."""
     _use_threads(threads)
+    from fmctr.atomic import check_output
     from fmctr.models.modelfile import load
     from fmctr.commands.jobs import evaluate_model
+    from fmctr.commands.plot import PLOT
     from fmctr.commands.progress import metrics_table, reliability_table, stderr
 
+    target = check_output(plot, PLOT, inputs=[input, model], force=force) if plot is not None else None
     m = load(model, training_state=False)
-    metrics = evaluate_model(input, m, log=_err, device=device, bins=bins, plot=plot, allow_missing=allow_missing,
+    metrics = evaluate_model(input, m, log=_err, device=device, bins=bins, plot=target, allow_missing=allow_missing,
                              format=format)
     if json_out:
-        print(json.dumps(_json_safe(metrics)))
+        _print_data(json.dumps(_json_safe(metrics)))
     else:
         stderr.print(metrics_table(metrics))
         stderr.print(reliability_table(metrics["reliability"]))
@@ -490,14 +571,17 @@ def predict(
     allow_missing: AllowMissing = False,
     precision: Annotated[Optional[int], typer.Option(metavar="N", help="Write probabilities with N decimal places.  [default: as many as float64 needs, up to 17 significant digits]")] = None,
     format: Annotated[Optional[str], typer.Option("--format", help="Input format, if not the model's or recognisable from the data: csv, tsv, criteo, parquet, libsvm, libffm.")] = None,
+    force: Force = False,
 ) -> None:
     """Write click probabilities as CSV, one line per input row, in input order."""
     _use_threads(threads)
+    from fmctr.atomic import check_output
     from fmctr.models.modelfile import load
-    from fmctr.commands.jobs import predict as run
+    from fmctr.commands.jobs import PREDICTIONS, predict as run
 
+    out = check_output(output, PREDICTIONS, inputs=[input, model], force=force)
     m = load(model, training_state=False)
-    run(input, m, output, keep=_names(keep), log=_err, device=device, allow_missing=allow_missing, precision=precision,
+    run(input, m, out, keep=_names(keep), log=_err, device=device, allow_missing=allow_missing, precision=precision,
         format=format)
 
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 import glob
 import json
 import os
-import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -23,7 +21,7 @@ from fmctr import __version__
 
 from fmctr.datasets import hashed as dataset
 
-from fmctr.atomic import atomic_dir, atomic_file
+from fmctr.atomic import Kind, Target, atomic_dir, check_output, scratch_dir, writing
 from fmctr.datasets.batches import DatasetRows
 from fmctr.errors import BadInput, BadModel, BadOptions
 from fmctr.datasets.inputs import Input, Log, fingerprint, open_input
@@ -42,22 +40,24 @@ from fmctr.training.guards import check_memory
 from fmctr.training.loop import Start, TrainResult, train
 from fmctr.training.state import Resume
 
-def preprocess(paths: str | Sequence[str], output: str | Path, *, spec: SchemaSpec, hashing: HashSpec,
-               min_count: int | None = None) -> list[dataset.HashedDataset]:
+def preprocess(paths: str | Sequence[str], output: Target, *, spec: SchemaSpec, hashing: HashSpec,
+               min_count: int | None = None, force: bool = False) -> list[dataset.HashedDataset]:
     """Hash raw data once into a dataset directory that train/eval read directly.
     Several inputs give one shard per input, `output/shard-NNNNN.hashed`: shards
     hashed anywhere (other processes, other machines) can be used together, since
     hashing is stateless. With `min_count`, a counting pass over every input finds
     the frequent values and rare ones are mapped to their field's rare token; the
-    frequent set is stored with the data, and a model trained on it keeps it."""
+    frequent set is stored with the data, and a model trained on it keeps it. An
+    existing `output` is replaced only if it is a hashed dataset (or `force`)."""
     paths = [paths] if isinstance(paths, str) else list(paths)
     paths = [m for p in paths for m in _expand(p)]
+    output = check_output(output, dataset.DATASET, inputs=paths, force=force)
     for path in paths:
         if dataset.is_hashed(path):
             raise BadOptions(f"{path}: is already a hashed dataset")
     if min_count is not None and min_count < 1:
         raise BadOptions(f"--min-count must be at least 1, got {min_count}")
-    with tempfile.TemporaryDirectory(prefix="fmctr-") as work:
+    with scratch_dir() as work:
         if min_count:
             from fmctr.hashing.rare import check_schema
 
@@ -76,14 +76,14 @@ def preprocess(paths: str | Sequence[str], output: str | Path, *, spec: SchemaSp
                 return _as_dataset(open_input(paths[number], spec=spec, hashing=hashing, require_label=True), target)
 
         if len(paths) == 1:
-            return [shard(0, Path(output))]
+            return [shard(0, output)]
         shards = []
         with atomic_dir(output) as tmp:
             for number in range(len(paths)):
                 shards.append(shard(number, tmp / f"shard-{number:05d}.hashed"))
             listing = [{"shard": s.path.name, "input": display_name(p), "rows": s.rows} for s, p in zip(shards, paths)]
             (tmp / dataset.SHARDS).write_text(json.dumps({"shards": listing}, indent=2) + "\n")
-    return [dataset.open_hashed(Path(output) / s.path.name) for s in shards]
+    return [dataset.open_hashed(Path(output.name) / s.path.name) for s in shards]
 
 
 def _expand(path: str) -> list[str]:
@@ -96,7 +96,7 @@ def _expand(path: str) -> list[str]:
     return [path]
 
 
-def _as_dataset(data: Input, path: Path) -> dataset.HashedDataset:
+def _as_dataset(data: Input, path: Target) -> dataset.HashedDataset:
     return dataset.write((rows for rows, _ in data.parts), path, data.schema, data.hashing)
 
 
@@ -192,7 +192,7 @@ def check_warm_start(model: Model, cfg: TrainConfig, hashing: HashSpec | None, n
 class CheckpointPlan:
     """Where and when a training run writes checkpoints (see fmctr.training.checkpoints)."""
 
-    path: str | Path
+    path: Target | None  # None: a stop request writes no checkpoint
     every: float | None = None  # seconds
     should_stop: Callable[[], bool] | None = None  # asked between blocks
 
@@ -315,8 +315,8 @@ def train_model(
     if base is not None:
         spec, schema, hashing = None, base.schema, base.hashing
     started = time.time()
-    with tempfile.TemporaryDirectory(prefix="fmctr-") as tmp:
-        td = _training_data(path, Path(tmp), spec=spec, schema=schema, hashing=hashing, valid=valid,
+    with scratch_dir() as tmp:
+        td = _training_data(path, tmp, spec=spec, schema=schema, hashing=hashing, valid=valid,
                             valid_fraction=valid_fraction, base=base, min_count=min_count, log=log)
         rows = td.rows
         if resume is not None:
@@ -359,7 +359,7 @@ def _checkpoints(plan: CheckpointPlan | None, td: TrainingData, rows: DatasetRow
         save(Model(state.weights, td.data.schema, td.data.hashing, partial, state.optimizer, state.progress(),
                    state.best, td.rare), plan.path)
 
-    return Checkpoints(write, should_stop=plan.should_stop, every=plan.every)
+    return Checkpoints(write if plan.path is not None else None, should_stop=plan.should_stop, every=plan.every)
 
 
 def _training_record(td: TrainingData, result: TrainResult, positives: float, sync, started: float) -> dict:
@@ -417,14 +417,15 @@ def _remapped(shards: list[dataset.HashedDataset], rare: RareMap, path: Path) ->
 
 
 def evaluate_model(path: str, model: Model, *, log: Log = _silent, device: str = "auto", bins: int = 10,
-                   plot: str | Path | None = None, allow_missing: bool = False, format: str | None = None) -> dict:
+                   plot: Target | None = None, allow_missing: bool = False, format: str | None = None) -> dict:
     """AUC, logloss and friends of the model on labelled data, with the reliability
-    table in `bins` bins; `plot` also writes the ROC and calibration curves (PNG)."""
+    table in `bins` bins; `plot` also writes the ROC and calibration curves (PNG, PDF or SVG)."""
     if bins < 1:
         raise BadOptions(f"--bins must be at least 1, got {bins}")
     if plot is not None:
-        from fmctr.commands.plot import pyplot
+        from fmctr.commands.plot import PLOT, pyplot
 
+        plot = check_output(plot, PLOT, inputs=[path])
         pyplot(plot)  # fail before scoring if it cannot be drawn
     data = open_input(path, schema=model.schema, hashing=model.hashing, require_label=True, log=log, rare=model.rare,
                       allow_missing=allow_missing, format=format)
@@ -449,26 +450,30 @@ def evaluate_model(path: str, model: Model, *, log: Log = _silent, device: str =
 PROBABILITY = "probability"
 
 
-def predict(path: str, model: Model, output: str, *, keep: Sequence[str] = (), log: Log = _silent,
+def _looks_like_predictions(path: Path) -> bool:
+    with open(path, "rb") as f:
+        header = f.readline(1 << 16)
+    return header.rstrip(b"\r\n").split(b",")[-1] == PROBABILITY.encode()
+
+
+PREDICTIONS = Kind("a predictions CSV (its header ends in 'probability')", _looks_like_predictions)
+
+
+def predict(path: str, model: Model, output: Target, *, keep: Sequence[str] = (), log: Log = _silent,
             device: str = "auto", allow_missing: bool = False, precision: int | None = None,
             format: str | None = None) -> int:
     """Write one CSV line per input row, in input order: the --keep columns, then the
     click probability. `output` "-" is stdout; a file appears only when complete."""
     if PROBABILITY in keep:
         raise BadOptions(f"--keep {PROBABILITY}: that name is the output column")
+    output = check_output(output, PREDICTIONS, inputs=[path])
     data = open_input(path, schema=model.schema, hashing=model.hashing, require_label=False, keep=keep, log=log,
                       rare=model.rare, allow_missing=allow_missing, format=format)
     if precision is not None and not 1 <= precision <= 17:
         raise BadOptions(f"--precision must be from 1 to 17 decimal places, got {precision}")
     score = scorer(model.weights, kind=model.kind, device=device)
-    if output == "-":
-        return _write_predictions(data, score, sys.stdout.buffer, log, precision)
-    with atomic_file(output) as tmp:
-        try:
-            with open(tmp, "wb") as out:
-                return _write_predictions(data, score, out, log, precision)
-        except OSError as e:
-            raise BadOptions(f"{output}: cannot write: {e.strerror}") from None
+    with writing(output) as out:
+        return _write_predictions(data, score, out, log, precision)
 
 
 def _write_predictions(data: Input, score, out, log: Log, precision: int | None = None) -> int:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fmctr.atomic import write_bytes
+from fmctr.atomic import Kind, Output, Target, write_bytes
 from fmctr.errors import BadOptions
 from fmctr.metrics import roc_curve
 
@@ -23,8 +23,18 @@ def plot_format(path: str | Path) -> str:
     return suffix
 
 
-def pyplot(path: str | Path):
+def _is_plot(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(8)
+    return head == b"\x89PNG\r\n\x1a\n" or head.startswith((b"%PDF", b"<?xml"))
+
+
+PLOT = Kind("a PNG, PDF or SVG image", _is_plot)
+
+
+def pyplot(path: Target):
     """matplotlib's pyplot, checked before any work is done."""
+    path = path.name if isinstance(path, Output) else str(path)
     plot_format(path)
     try:
         import matplotlib
@@ -36,7 +46,7 @@ def pyplot(path: str | Path):
     return plt
 
 
-def write_plot(path: str | Path, labels: np.ndarray, probs: np.ndarray, metrics: dict, title: str) -> None:
+def write_plot(path: Target, labels: np.ndarray, probs: np.ndarray, metrics: dict, title: str) -> None:
     """Draw both curves and write the file atomically."""
     plt = pyplot(path)
     fpr, tpr = roc_curve(labels, probs)

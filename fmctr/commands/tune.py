@@ -9,12 +9,11 @@ together; it stops when the time budget is spent (a trial that has begun finishe
 
 from __future__ import annotations
 
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
+from fmctr.atomic import scratch_dir
 from fmctr.errors import BadOptions
 from fmctr.hashing.tokens import HashSpec
 from fmctr.models.modelfile import Model
@@ -101,13 +100,13 @@ def tune(
         raise BadOptions(f"unknown metric {metric!r} (choose from auc, logloss)")
     base = base.with_options(stop_metric=metric).check()
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="fmctr-tune-") as tmp:
+    with scratch_dir("fmctr-tune-") as tmp:
         train_in = open_input(path, spec=spec, hashing=hashing, require_label=True, log=log)
-        train_sets = train_in.shards or [_as_dataset(train_in, Path(tmp) / "train")]
+        train_sets = train_in.shards or [_as_dataset(train_in, tmp / "train")]
         train_path = path if train_in.shards else str(train_sets[0].path)
         rows = sum(ds.rows for ds in train_sets)
         valid_in = open_input(valid, schema=train_in.schema, hashing=train_in.hashing, require_label=True, log=log)
-        valid_path = valid if valid_in.shards else str(_as_dataset(valid_in, Path(tmp) / "valid").path)
+        valid_path = valid if valid_in.shards else str(_as_dataset(valid_in, tmp / "valid").path)
         trials: list[Trial] = []
         best: Trial | None = None
 

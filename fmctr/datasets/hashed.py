@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fmctr.atomic import atomic_dir
+from fmctr.atomic import Kind, Output, Target, atomic_dir
 from fmctr.errors import BadInput, BadOptions, BadSchema
 from fmctr.hashing.tokens import HashSpec, Rows, is_ones, ones
 from fmctr.reading.schema import BUCKETS_CHANGED_AFTER, Schema, old_buckets
@@ -181,14 +181,14 @@ def _save(path: Path, array: np.ndarray) -> None:
         raise BadOptions(f"{path}: cannot write: {e.strerror}") from None
 
 
-def write(chunks: Iterable[Rows], path: str | Path, schema: Schema, hashing: HashSpec,
+def write(chunks: Iterable[Rows], path: Target, schema: Schema, hashing: HashSpec,
           rare: tuple[int, np.ndarray] | None = None) -> HashedDataset:
     """Write hashed rows to `path` in parts of PART_ROWS rows (atomically: the
     directory appears complete or not at all). `rare` (min count, packed frequent
     set) records that the rows were mapped by --min-count."""
-    path = Path(path)
+    target, path = path, Path(path.name if isinstance(path, Output) else path)
     records = []
-    with atomic_dir(path) as tmp:
+    with atomic_dir(target) as tmp:
         # Chunks of at least half a part are written as they come: merging costs a copy.
         for number, rows in enumerate(_coalesce(chunks, PART_ROWS // 2)):
             if rows.labels is None:
@@ -253,6 +253,17 @@ def _parts(manifest: dict, path: Path) -> list[dict]:
             raise BadInput(f"{path}: malformed manifest (part {number}: rows and nnz must be counts, values true or false)")
         records.append({**part, "values": part.get("values", True)})
     return records
+
+
+def _made_by_fmctr(path: Path) -> bool:
+    """A hashed dataset, or a directory of shards, as `fmctr preprocess` writes them."""
+    try:
+        return json.loads((path / MANIFEST).read_text()).get("format") == FORMAT or (path / SHARDS).is_file()
+    except (OSError, ValueError, AttributeError):
+        return (path / SHARDS).is_file()
+
+
+DATASET = Kind("an fmctr hashed dataset", _made_by_fmctr, directory=True)
 
 
 def open_hashed(path: str | Path) -> HashedDataset:

@@ -26,7 +26,7 @@ from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
 from fmctr import __version__
-from fmctr.atomic import write_bytes
+from fmctr.atomic import Kind, Target, write_bytes
 from fmctr.errors import BadModel, FmctrError
 from fmctr.hashing.tokens import HashSpec
 from fmctr.hashing.rare import RareMap
@@ -144,8 +144,23 @@ def to_bytes(model: Model) -> bytes:
     return st_save(tensors, metadata={METADATA_KEY: json.dumps(header)})
 
 
-def save(model: Model, path: Path | str) -> None:
+def save(model: Model, path: Target) -> None:
     write_bytes(path, to_bytes(model))
+
+
+def _is_model_file(path: Path) -> bool:
+    """A safetensors file with an fmctr header (a model or a checkpoint)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            (n,) = struct.unpack("<Q", head) if len(head) == 8 else (0,)
+            header = json.loads(f.read(n)) if 0 < n <= 100_000_000 else {}
+        return METADATA_KEY in header.get("__metadata__", {})
+    except (OSError, ValueError, AttributeError, TypeError):
+        return False
+
+
+MODEL_FILE = Kind("an fmctr model file", _is_model_file)
 
 
 def _header(data: bytes, name: str) -> dict:

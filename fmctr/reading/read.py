@@ -201,9 +201,17 @@ def display_name(path: str) -> str:
 
 def _open_bytes(path: str):
     if path == "-":
+        if sys.stdin is None:
+            raise BadInput("<stdin>: cannot read: it is closed")
         if sys.stdin.isatty():  # nothing piped in: a person would wait for ever
             raise BadInput("no input: give a data file, or pipe data in (stdin is a terminal)")
-        return sys.stdin.buffer
+        # A reader of our own on fd 0, not sys.stdin.buffer: when a signal or an error
+        # ends the run while the prefetch thread waits in a read, the interpreter's
+        # shutdown would close sys.stdin and abort on the lock that read holds.
+        try:
+            return open(sys.stdin.fileno(), "rb", closefd=False)
+        except (OSError, ValueError):  # no descriptor (a test runner's stdin)
+            return sys.stdin.buffer
     p = Path(path)
     if p.is_dir():
         raise BadInput(f"{path}: is a directory, not a data file (a hashed dataset needs its manifest.json)")
