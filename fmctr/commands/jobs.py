@@ -234,7 +234,8 @@ def _training_data(path: str, tmp: Path, *, spec, schema, hashing, valid, valid_
                    log: Log) -> TrainingData:
     """Open the training (and validation) data, hash it into datasets under `tmp`,
     split off --valid-fraction and map rare values."""
-    data = open_input(path, spec=spec, schema=schema, hashing=hashing, require_label=True, log=log)
+    # (training learns from the columns there are: a warm start on other columns is warned of, not refused)
+    data = open_input(path, spec=spec, schema=schema, hashing=hashing, require_label=True, log=log, allow_missing=True)
     if min_count:
         from fmctr.hashing.rare import check_schema
 

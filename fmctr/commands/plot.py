@@ -68,6 +68,6 @@ def write_plot(path: Target, labels: np.ndarray, probs: np.ndarray, metrics: dic
     fig.suptitle(f"{title}: {metrics['rows']:,} rows, logloss {metrics['logloss']:.4f}")
     fig.tight_layout()
     out = io.BytesIO()
-    fig.savefig(out, format=plot_format(path))
+    fig.savefig(out, format=plot_format(path.name if isinstance(path, Output) else path))
     plt.close(fig)
     write_bytes(path, out.getvalue())

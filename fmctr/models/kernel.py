@@ -68,36 +68,10 @@ def _splitmix64(x):
     return z ^ (z >> np.uint64(31))
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
-def _init_row(factors, i, seed, std):
-    """fmctr.weights.initial_factors for one row, in place."""
-    base = _splitmix64(_splitmix64(np.uint64(seed)) + np.uint64(i))
-    half_width = math.sqrt(3.0) * std
-    for f in range(factors.shape[1]):
-        u = np.float64(_splitmix64(base + np.uint64(f)) >> np.uint64(11)) * 2.0**-53
-        factors[i, f] = (2.0 * u - 1.0) * half_width
-
-
 @numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=FAST)
 def _row_logit(indices, values, lo, hi, bias, linear, factors, s):
     """Logit of one row; leaves sum_i v_if x_i in s for the gradient."""
-    k = factors.shape[1]
-    for f in range(k):
-        s[f] = 0
-    lin = bias
-    square_then_sum = np.float32(0)
-    for p in range(lo, hi):
-        i = indices[p]
-        x = values[p]
-        lin += linear[i] * x
-        for f in range(k):
-            vx = factors[i, f] * x
-            s[f] += vx
-            square_then_sum += vx * vx
-    sum_then_square = np.float32(0)
-    for f in range(k):
-        sum_then_square += s[f] * s[f]
-    return np.float64(lin + np.float32(0.5) * (sum_then_square - square_then_sum))
+    return _row_logit_k(indices, values, lo, hi, bias, linear, factors, factors.shape[1], s)
 
 
 @numba.njit(cache=True, parallel=True, nogil=True, error_model="numpy")
@@ -180,7 +154,8 @@ def _ahead(j, d, b1, next_b0, stride, batch, n):
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def _init_row_k(table, i, k, seed, std):
-    """_init_row for the first k columns of row i of the training table."""
+    """fmctr.models.weights.initial_factors for row i, in place, in the first k columns
+    of the training table (factors, then their optimizer state)."""
     base = _splitmix64(_splitmix64(np.uint64(seed)) + np.uint64(i))
     half_width = math.sqrt(3.0) * std
     for f in range(k):
