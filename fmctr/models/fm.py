@@ -85,4 +85,4 @@ class FM:
         return FMWeights(sections["bias"], sections["linear"], sections["factors"])
 
 
-FM_KIND = register(FM())
+register(FM())
