@@ -307,7 +307,9 @@ def train_cmd(
     bits: Bits = None,
     hash_seed: HashSeed = 0,
     dim: Annotated[int, typer.Option(help="Factor dimension k; 0 trains logistic regression.", rich_help_panel=TRAIN)] = 8,
-    epochs: Annotated[Optional[int], typer.Option(help="Passes over the data; with validation, the most (early stopping decides).  [default: 3, or 20 with validation]", rich_help_panel=TRAIN)] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Passes over the data, fixed; with validation, the most (early stopping decides).  [default: chosen on held-out rows (--holdout), at most 20]", rich_help_panel=TRAIN)] = None,
+    holdout: Annotated[Optional[float], typer.Option(metavar="FRACTION", help="Without validation data or --epochs: hold out this last share of the rows, stop early on it, then train again on every row for the epochs chosen (0: hold nothing out, train 3 epochs).  [default: 0.1, at least 100 rows]", rich_help_panel=TRAIN)] = None,
+    refit: Annotated[bool, typer.Option("--refit/--no-refit", help="With --holdout: train again on every row (--no-refit keeps the held-out run's model: about half the time).", rich_help_panel=TRAIN)] = True,
     batch_size: Annotated[Optional[int], typer.Option(help="Rows per update.  [default: 4 on the cpu engine, 1024 on torch]", rich_help_panel=TRAIN)] = None,
     lr: Annotated[Optional[float], typer.Option(help="Learning rate.  [default: 0.03; 3e-4 with adam]", rich_help_panel=TRAIN)] = None,
     optimizer: Annotated[str, typer.Option(help="adagrad, adam (both lazy: only the rows a batch touches move), or ftrl (FTRL-Proximal for the linear weights, Adagrad for the factors).", rich_help_panel=TRAIN)] = "adagrad",
@@ -372,7 +374,7 @@ def train_cmd(
             dim=dim, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, l2_linear=l2,
             l2_factors=l2_factors, patience=patience, stop_metric=metric.lower(), seed=seed, threads=threads,
             engine=engine, device=device, l1=l1, init_std=init_std, l2_all_linear=l2_all, l2_all_factors=l2_all_factors, ftrl_alpha=ftrl_alpha, ftrl_beta=ftrl_beta, lr_decay=lr_decay,
-            valid_every=valid_every,
+            valid_every=valid_every, holdout=holdout, refit=refit,
         ).check()
     if output is None:
         raise BadOptions("give the model file to write with -o/--output")

@@ -11,7 +11,8 @@ import json
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +35,8 @@ from fmctr.reading.read import display_name
 from fmctr.reading.schema import SchemaSpec
 from fmctr.models.kinds import scorer
 from fmctr.training.checkpoints import Checkpoints
-from fmctr.training.config import TrainConfig
+from fmctr.training import selection
+from fmctr.training.config import DEFAULT_EPOCHS, TrainConfig
 from fmctr.training.distributed import ReplicaSync
 from fmctr.training.guards import check_memory
 from fmctr.training.loop import Start, TrainResult, train
@@ -309,7 +311,9 @@ def train_model(
     says where and when to write checkpoints. With `sync` this is one rank of a
     data-parallel run: it trains on its share of the data (checkpoints are not
     written then). `min_count` maps values seen fewer times in the training rows to
-    their field's rare token (fmctr.hashing.rare); the map is part of the model."""
+    their field's rare token (fmctr.hashing.rare); the map is part of the model.
+    Without validation data or --epochs, the epochs are chosen on held-out rows and
+    the model trained again on every row (fmctr.training.selection)."""
     base = resume or start
     _check_train_options(path, cfg, valid, valid_fraction, min_count, base, hashing, resume)
     schema = None
@@ -319,28 +323,69 @@ def train_model(
     with scratch_dir() as tmp:
         td = _training_data(path, tmp, spec=spec, schema=schema, hashing=hashing, valid=valid,
                             valid_fraction=valid_fraction, base=base, min_count=min_count, log=log)
-        rows = td.rows
-        if resume is not None:
-            _check_resumed_data(resume, path, None, rows.rows)
-        if sync is not None:
-            rows = rows.shard(sync.replicas.rank, sync.replicas.world)
-            checkpoints = None
-        job = None if checkpoints is None else Job.of_run(path, valid, valid_fraction, output, cfg)
-        result = train(
-            rows, cfg, bits=td.data.hashing.bits, valid=td.valid, progress=progress,
-            start=Start(start.weights, start.optimizer) if start is not None else None,
-            resume=_resume_state(resume), checkpoints=_checkpoints(checkpoints, td, rows, job),
-            sync=sync, on_epoch=on_epoch,
-        )
-        positives = sum(float(block.labels.sum()) for block in rows.blocks())
-        if sync is not None:
-            [positives] = sync.total([positives])
+        every_row = td.rows
+        td, cfg = _hold_out(td, cfg, valid is not None or valid_fraction is not None, progress)
+        job_of = partial(Job.of_run, path, valid, valid_fraction, output)
+        run = partial(_train_rows, td, path, progress=progress, start=start, checkpoints=checkpoints, sync=sync,
+                      on_epoch=on_epoch)
+        result, positives = run(td.rows, cfg, valid=td.valid, resume=resume, job=job_of(cfg))
+        chose, held_out = result, td.valid
+        if td.valid is not None and cfg.epochs is None and cfg.holdout and cfg.refit:
+            refit = selection.refit_config(cfg, result)
+            _note(progress, f"{result.best_epoch} epoch(s) chosen on {td.valid.rows:,} held-out rows; "
+                            f"training again on all {every_row.rows:,} rows")
+            result, positives = run(every_row, refit, valid=None, resume=None, job=job_of(refit))
+            td = replace(td, rows=every_row, valid=None)
     training = _training_record(td, result, positives, sync, started)
+    if chose is not result:
+        training["selection"] = {"holdout_rows": held_out.rows, "best_epoch": chose.best_epoch,
+                                 "valid_metrics": chose.history[chose.best_epoch - 1].valid,
+                                 "history": [asdict(e) for e in chose.history]}
     if start is not None:
         training["warm_start"] = start.training.get("input")
     model = Model(result.weights, td.data.schema, td.data.hashing, training, result.optimizer, rare=td.rare,
                   kind=result.config.kind)
     return model, result
+
+
+def _hold_out(td: TrainingData, cfg: TrainConfig, validation: bool, progress) -> tuple[TrainingData, TrainConfig]:
+    """Without validation data or --epochs: hold out the last rows to choose the epochs
+    on (fmctr.training.selection), or, when they cannot choose, the fixed budget."""
+    if not selection.chooses_epochs(cfg, validation):
+        return td, cfg
+    fraction = selection.holdout_fraction(cfg, td.rows.rows)
+    fit, held = td.rows.split_tail(fraction)
+    if fit.rows == 0 or not selection.usable(held.labels()):
+        _note(progress, f"the last {held.rows:,} rows cannot choose the epochs (one class only): "
+                        f"training {DEFAULT_EPOCHS} epochs on every row")
+        return td, selection.fixed(cfg)
+    return replace(td, rows=fit, valid=held), cfg.with_options(holdout=fraction)
+
+
+def _note(progress, message: str) -> None:
+    if progress is not None:
+        progress.note(message)
+
+
+def _train_rows(td: TrainingData, path: str, rows: DatasetRows, cfg: TrainConfig, *, valid, resume, job, progress, start,
+                checkpoints, sync, on_epoch) -> tuple[TrainResult, float]:
+    """One training run on rows (this rank's share of them under `sync`), and the
+    number of positive training rows."""
+    if resume is not None:
+        _check_resumed_data(resume, path, None, rows.rows)
+    if sync is not None:
+        rows = rows.shard(sync.replicas.rank, sync.replicas.world)
+        checkpoints = None
+    result = train(
+        rows, cfg, bits=td.data.hashing.bits, valid=valid, progress=progress,
+        start=Start(start.weights, start.optimizer) if start is not None else None,
+        resume=_resume_state(resume), checkpoints=_checkpoints(checkpoints, td, rows, job),
+        sync=sync, on_epoch=on_epoch,
+    )
+    positives = sum(float(block.labels.sum()) for block in rows.blocks())
+    if sync is not None:
+        [positives] = sync.total([positives])
+    return result, positives
 
 
 def _resume_state(resume: Model | None) -> Resume | None:

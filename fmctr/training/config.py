@@ -19,8 +19,11 @@ from fmctr.models.runtime import ENGINES, known_device
 
 OPTIMIZERS = ("adagrad", "adam", "ftrl")
 STOP_METRICS = ("logloss", "auc")
-# Defaults chosen by measurement (README, "Accuracy"): without validation data a few
-# epochs of small batches; with validation, early stopping decides.
+# Defaults chosen by measurement (README, "Accuracy"). With validation data, early
+# stopping decides the epochs, up to DEFAULT_MAX_EPOCHS. Without it (and without
+# --epochs), training holds out the last rows (fmctr.training.selection), lets early
+# stopping decide there and trains again on every row for the epochs it chose.
+# DEFAULT_EPOCHS is what a run gets when it holds nothing out (--holdout 0).
 DEFAULT_EPOCHS = 3
 DEFAULT_MAX_EPOCHS = 20
 # Small batches suit per-row CPU kernels; a GPU needs large ones to be busy.
@@ -71,6 +74,12 @@ class Schedule:
     stop_metric: str = "logloss"
     lr_decay: float = 0.5  # with validation: the rate is multiplied by this after a check that does not improve
     valid_every: int | None = None  # rows between validation checks (None: once per epoch)
+    # Without validation data or --epochs: the share of the rows held out to choose the
+    # epochs (None: fmctr.training.selection decides; 0: hold nothing out), and
+    # whether to train again on every row for the epochs chosen.
+    holdout: float | None = None
+    refit: bool = True
+    lr_by_epoch: list | None = None  # each epoch's rate (a refit replays the rates that chose it)
 
 
 @dataclass(frozen=True)
@@ -81,7 +90,7 @@ class Runtime:
     seed: int = 0
 
 
-TYPES = {"int": int, "float": (int, float), "str": str}  # of the options, by their annotations
+TYPES = {"int": int, "float": (int, float), "str": str, "bool": bool, "list": list}  # of the options, by their annotations
 GROUPS = {"model": ModelOptions, "optimization": OptimizerOptions, "regularization": Regularization,
           "schedule": Schedule, "runtime": Runtime}
 GROUP_OF = {f.name: group for group, cls in GROUPS.items() for f in fields(cls)}
@@ -117,7 +126,7 @@ class TrainConfig:
         for group, kind in GROUPS.items():
             for f in fields(kind):
                 value, (base, _, optional) = getattr(cfg, f.name), f.type.partition(" | ")
-                if not (value is None and optional) and (isinstance(value, bool) or not isinstance(value, TYPES[base])):
+                if not (value is None and optional) and not _of_type(value, base):
                     raise BadOptions(f"training option {f.name} = {value!r} is not a {base}")
         return cfg
 
@@ -157,6 +166,12 @@ class TrainConfig:
         )
 
 
+def _of_type(value, base: str) -> bool:
+    if base == "list":  # of numbers
+        return isinstance(value, list) and all(_of_type(v, "float") for v in value)
+    return isinstance(value, TYPES[base]) and (base == "bool" or not isinstance(value, bool))
+
+
 def _rules(cfg: TrainConfig) -> list[tuple[bool, str]]:
     m, o, r, s, t = cfg.model, cfg.optimization, cfg.regularization, cfg.schedule, cfg.runtime
     return [
@@ -175,6 +190,9 @@ def _rules(cfg: TrainConfig) -> list[tuple[bool, str]]:
         (s.stop_metric in STOP_METRICS, f"unknown metric {s.stop_metric!r} (choose from {', '.join(STOP_METRICS)})"),
         (0 < s.lr_decay <= 1, f"--lr-decay must be in (0, 1], got {s.lr_decay}"),
         (s.valid_every is None or s.valid_every >= 1, f"--valid-every must be at least 1 row, got {s.valid_every}"),
+        (s.holdout is None or 0 <= s.holdout < 1, f"--holdout must be at least 0 and below 1, got {s.holdout}"),
+        (s.lr_by_epoch is None or s.epochs is not None and len(s.lr_by_epoch) >= s.epochs
+         and all(v > 0 and math.isfinite(v) for v in s.lr_by_epoch), "a rate for every epoch, each positive"),
         (t.engine in ENGINES, f"unknown engine {t.engine!r} (choose from {', '.join(ENGINES)})"),
         (known_device(t.device), f"unknown device {t.device!r} (choose from auto, cpu, cuda, cuda:N)"),
         (t.threads is None or t.threads >= 1, f"--threads must be at least 1, got {t.threads}"),

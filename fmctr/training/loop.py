@@ -164,6 +164,8 @@ def _epoch(run: Run, epoch: int, *, resumed: bool) -> None:
     progress.start_epoch(epoch, run.cfg.epochs, run.source.rows)
     if rows_done:
         progress.advance(rows_done, loss / rows_done)  # resumed mid-epoch
+    if run.cfg.lr_by_epoch is not None:  # a refit replays the rates of the run that chose its epochs
+        engine.set_lr(run.cfg.lr_by_epoch[epoch - 1])
     started = time.perf_counter()
     skip = state.block if resumed else 0
     for number, piece in epoch_pieces(run.source, run.rng, piece_rows=run.piece_rows, skip=skip, sync=run.sync):

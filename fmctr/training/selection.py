@@ -1,0 +1,53 @@
+"""Choosing the number of epochs when the user gave neither validation data nor
+--epochs. No fixed count suits every data set (the Criteo sample overfits after 3
+epochs, the adult census data wants 20), so training decides on the data itself:
+
+1. hold out the last rows of the training data (10%, at least 100 rows, at most a
+   quarter; the last because CTR logs are in time order and the rows to predict are
+   later ones);
+2. train on the others with early stopping and rate decay on the held-out rows;
+3. train again from scratch on every row for the epochs step 2 chose, replaying the
+   rates it used (a refit: the held-out rows are not lost to the model).
+
+Measured on the suite (README, "Accuracy"): the refit is at or above the held-out
+model on every case, and both are above any fixed epoch count across the cases.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from fmctr.training.config import TrainConfig
+
+AUTO_HOLDOUT = 0.1
+MIN_HOLDOUT_ROWS = 100
+MAX_HOLDOUT = 0.25
+
+
+def chooses_epochs(cfg: TrainConfig, validation: bool) -> bool:
+    """Whether this run holds out rows to choose its epochs."""
+    return not validation and cfg.epochs is None and cfg.holdout != 0 and cfg.lr_by_epoch is None
+
+
+def holdout_fraction(cfg: TrainConfig, rows: int) -> float:
+    if cfg.holdout is not None:
+        return cfg.holdout
+    share = max(AUTO_HOLDOUT, MIN_HOLDOUT_ROWS / max(rows, 1))
+    return min(share, MAX_HOLDOUT)
+
+
+def usable(labels) -> bool:
+    """Held-out rows can choose only if they hold both classes."""
+    return len(labels) > 0 and 0 < float(labels.sum()) < len(labels)
+
+
+def refit_config(cfg: TrainConfig, chosen) -> TrainConfig:
+    """The refit's configuration: the epochs the held-out rows chose, each with the
+    rate it had there (the first epoch's is the configured rate)."""
+    rates = [chosen.config.lr] + [e.lr for e in chosen.history[: chosen.best_epoch - 1]]
+    return cfg.with_options(epochs=chosen.best_epoch, lr_by_epoch=[float(r) for r in rates])
+
+
+def fixed(cfg: TrainConfig) -> TrainConfig:
+    """A run that holds nothing out: the fixed default budget."""
+    return replace(cfg, schedule=replace(cfg.schedule, holdout=0.0))
