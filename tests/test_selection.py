@@ -1,0 +1,83 @@
+"""Without validation data or --epochs, training chooses its epochs on held-out rows
+and trains again on every row (fmctr.training.selection)."""
+
+from __future__ import annotations
+
+
+import numpy as np
+import pytest
+
+from conftest import CRITEO_TRAIN, MOVIES_FLAGS, MOVIES_TRAIN, invoke
+from fmctr.models.modelfile import load
+from fmctr.training import selection
+from fmctr.training.config import TrainConfig
+
+
+def test_holdout_share_is_a_tenth_but_at_least_100_rows_and_at_most_a_quarter():
+    cfg = TrainConfig()
+    assert selection.holdout_fraction(cfg, 100_000) == pytest.approx(0.1)
+    assert selection.holdout_fraction(cfg, 500) == pytest.approx(0.2)
+    assert selection.holdout_fraction(cfg, 100) == pytest.approx(0.25)
+    assert selection.holdout_fraction(cfg.with_options(holdout=0.3), 100_000) == pytest.approx(0.3)
+
+
+def test_only_runs_without_validation_or_epochs_choose():
+    cfg = TrainConfig()
+    assert selection.chooses_epochs(cfg, validation=False)
+    assert not selection.chooses_epochs(cfg, validation=True)
+    assert not selection.chooses_epochs(cfg.with_options(epochs=3), validation=False)
+    assert not selection.chooses_epochs(cfg.with_options(holdout=0.0), validation=False)
+
+
+def test_one_class_rows_cannot_choose():
+    assert not selection.usable(np.zeros(50, np.float32))
+    assert not selection.usable(np.ones(50, np.float32))
+    assert selection.usable(np.array([0, 1, 0], np.float32))
+
+
+def test_default_training_chooses_then_refits_on_every_row(tmp_path):
+    path = tmp_path / "m.fm"
+    result = invoke("train", MOVIES_TRAIN, *MOVIES_FLAGS, "-o", path, "--threads", "1")
+    assert result.exit_code == 0, result.stderr
+    training = load(path).training
+    chose = training["selection"]
+    rows = training["rows"]
+    assert chose["holdout_rows"] == round(rows * 0.1)  # every row trained the final model
+    assert 1 <= chose["best_epoch"] <= 20 and chose["valid_metrics"]["auc"] > 0.6
+    assert training["epochs_run"] == chose["best_epoch"] == len(training["history"])
+    # the refit replays the rates of the run that chose: the first epoch at the configured rate
+    rates = training["config"]["schedule"]["lr_by_epoch"]
+    assert rates[0] == training["config"]["optimization"]["lr"]
+    assert rates[1:] == [e["lr"] for e in chose["history"][: chose["best_epoch"] - 1]]
+    assert f"epoch(s) chosen on {chose['holdout_rows']:,} held-out rows" in result.stderr
+
+
+def test_no_refit_keeps_the_held_out_model(tmp_path):
+    path = tmp_path / "m.fm"
+    result = invoke("train", MOVIES_TRAIN, *MOVIES_FLAGS, "-o", path, "-q", "--no-refit", "--holdout", "0.2")
+    assert result.exit_code == 0, result.stderr
+    training = load(path).training
+    assert "selection" not in training and training["valid_rows"] == round(training["rows"] / 0.8 * 0.2)
+
+
+def test_epochs_or_holdout_0_give_a_fixed_budget(tmp_path):
+    for flags, epochs in ((["--epochs", "2"], 2), (["--holdout", "0"], 3)):
+        path = tmp_path / "m.fm"
+        result = invoke("train", CRITEO_TRAIN, "--preset", "criteo", "-o", path, "-q", "--bits", "18", *flags)
+        assert result.exit_code == 0, result.stderr
+        training = load(path).training
+        assert training["epochs_run"] == epochs and training["valid_rows"] == 0 and "selection" not in training
+
+
+def test_held_out_rows_of_one_class_fall_back_to_the_fixed_budget(tmp_path):
+    rows = ["label,a"] + [f"{i % 2},{i % 7}" for i in range(900)] + ["0,1"] * 100
+    (tmp_path / "d.csv").write_text("\n".join(rows) + "\n")
+    result = invoke("train", tmp_path / "d.csv", "-o", tmp_path / "m.fm", "--threads", "1")
+    assert result.exit_code == 0, result.stderr
+    assert "cannot choose the epochs (one class only)" in result.stderr
+    assert load(tmp_path / "m.fm").training["epochs_run"] == 3
+
+
+def test_bad_holdout_is_a_usage_error(tmp_path):
+    result = invoke("train", MOVIES_TRAIN, *MOVIES_FLAGS, "-o", tmp_path / "m.fm", "--holdout", "1.5")
+    assert result.exit_code != 0 and "--holdout must be" in result.stderr
