@@ -1,11 +1,22 @@
 """Data-parallel training over torch.distributed (launched by torchrun).
 
-Each rank trains on its own share of the data with its usual engine and, every
-`sync_rows` rows, the ranks average the rows of the model (weights and optimizer
-state) that any of them touched since the last sync: the union of touched row ids
-is gathered, those rows are summed with one all_reduce and divided by the number of
-ranks. Sparse CTR models touch few rows between syncs, so a sync moves far less
-than the whole table. gloo serves CPUs, NCCL GPUs.
+Each rank trains on its own share of the data with its usual engine, in pieces of
+`sync_rows` rows. Before a piece the ranks gather the union of the model rows any of
+them will touch (the piece's feature ids are known before training), give those never
+met their initial factors (a function of the row id, so the same on every rank) and
+copy them; after it, one all_reduce sums each rank's change to those rows (weights and
+optimizer state alike, and the bias) and every rank sets them to the copy plus the sum.
+A row only one rank touched gets that rank's whole update, and its Adagrad accumulator
+what sequential training would have accumulated; a row several touched gets all their
+updates, as Hogwild threads would. (Averaging the rows instead, as before, halved the
+update of every row one rank touched, and the initial factors of rows met on one
+rank: 2 ranks lost 0.0040 test AUC against one process on 200k planted rows.)
+
+Summed changes assume each rank's change to a shared row is small, so syncs must be
+frequent: at 65,536 rows per rank between syncs, 2 ranks lost 0.025 test AUC on 200k
+planted rows (frequent features moved twice as far as one process would move them);
+at the default 8,192, 0.0013. Sparse CTR models touch few rows between syncs, so a
+sync moves far less than the whole table. gloo serves CPUs, NCCL GPUs.
 """
 
 from __future__ import annotations
