@@ -76,14 +76,16 @@ def test_shards_of_ranks_cover_every_row_once(tmp_path):
 @pytest.mark.skipif(importlib.util.find_spec("torch") is None,
                     reason="torchrun needs PyTorch: pip install torch==2.13.0 (a CPU build), or 'fmctr[torch]'")
 def test_two_ranks_reach_the_one_rank_auc(tmp_path):
-    """A real 2-process gloo run through torchrun on this machine."""
+    """A real 2-process gloo run through torchrun on this machine. One thread per rank
+    and one process at one thread are deterministic, so the margin is not luck: 0.7370
+    for 2 ranks against 0.7353 for one process, measured with summed changes."""
     data = tmp_path / "train.hashed"
     assert invoke("preprocess", CRITEO_TRAIN, "--preset", "criteo", "--bits", "18", "-o", data).exit_code == 0
     one, two = tmp_path / "one.fm", tmp_path / "two.fm"
     assert invoke("train", data, "-o", one, "-q", "--threads", "1").exit_code == 0
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         "-m", "fmctr", "train", str(data), "-o", str(two), "-q", "--json", "--sync-every", "2048"],
+         "-m", "fmctr", "train", str(data), "-o", str(two), "-q", "--json", "--threads", "1", "--sync-every", "2048"],
         capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
@@ -91,4 +93,4 @@ def test_two_ranks_reach_the_one_rank_auc(tmp_path):
     assert summary["ranks"] == 2 and summary["rows"] == 20_000
     auc_one = json.loads(invoke("eval", CRITEO_TEST, "-m", one, "--json").stdout)["auc"]
     auc_two = json.loads(invoke("eval", CRITEO_TEST, "-m", two, "--json").stdout)["auc"]
-    assert auc_two >= auc_one - 0.002, (auc_one, auc_two)
+    assert auc_two >= auc_one - 0.001, (auc_one, auc_two)

@@ -290,7 +290,7 @@ def train_cmd(
     resume: Annotated[Optional[Path], typer.Option(help="Finish an interrupted run from its checkpoint; the checkpoint holds every option (give INPUT again if it was stdin).")] = None,
     checkpoint: Annotated[Optional[Path], typer.Option(help="Where SIGINT/SIGTERM and --checkpoint-every write a checkpoint.  [default: OUTPUT.ckpt]")] = None,
     checkpoint_every: Annotated[Optional[float], typer.Option(help="Also write a checkpoint every this many seconds (removed when training ends well).")] = None,
-    sync_every: Annotated[int, typer.Option(help="Under torchrun: rows each rank trains between averaging the model across ranks.")] = 1 << 16,
+    sync_every: Annotated[int, typer.Option(help="Under torchrun: rows each rank trains between syncs, which add every rank's change to the model rows touched.")] = 1 << 13,
     valid: Annotated[Optional[str], typer.Option(help="Validation data (raw or hashed): early stopping keeps the best epoch.")] = None,
     valid_fraction: Annotated[Optional[float], typer.Option(help="Hold out this last fraction of the training rows for validation instead.")] = None,
     min_count: Annotated[Optional[int], typer.Option(metavar="N", help="Values seen fewer than N times in the training rows become their field's one rare token (counted in a first pass; the model keeps the frequent set, so eval and predict map the same way). Not for multi-valued fields.", rich_help_panel=SCHEMA)] = None,

@@ -30,8 +30,14 @@ class Engine(Protocol):
     def set_counts(self, counts: np.ndarray, rows: int) -> None:
         """Feature counts over the training rows, for the --l2-all penalty."""
 
-    def average(self, replicas, rows: np.ndarray) -> None:
-        """Average the given weight rows (and their optimizer state) across ranks."""
+    def first_touch(self, rows: np.ndarray) -> None:
+        """Give those of the rows never trained before their initial values now (data-
+        parallel ranks do this for every rank's rows before a piece)."""
+
+    def replicated(self) -> tuple[list, list]:
+        """What data-parallel ranks keep equal, live (not copies; numpy arrays or torch
+        tensors): the tables indexed by model row (weights and optimizer state) and the
+        scalars beside them (the bias and its state)."""
 
     def optimizer_state(self) -> dict: ...
 

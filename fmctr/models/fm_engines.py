@@ -139,15 +139,20 @@ class CpuEngine:
         self.meta[:, 3] = rows / np.maximum(counts, 1)
         self.inv_counts = self.meta[:, 3]
 
-    def average(self, replicas, rows: np.ndarray) -> None:
-        """Average the given rows (weights and optimizer state) across ranks."""
-        tables = [self.w.linear, self.w.factors, self.linear_state1, self.factor_state1]
-        if self.cfg.optimizer == "adam":
-            tables += [self.linear_state2, self.factor_state2]
-        elif self.cfg.optimizer == "ftrl":
-            tables.append(self.linear_state2)
-        replicas.average_rows(rows, tables, [self.w.bias, self.bias_state])
-        self.seen[rows] = True
+    def first_touch(self, rows: np.ndarray) -> None:
+        """Give the rows never met before their initial factors now, as the kernel
+        would when it first meets them."""
+        new = rows[~self.seen[rows]]
+        if len(new):
+            self.w.factors[new] = initial_factors(new, self.w.dim, seed=self.cfg.seed, std=self.cfg.init_std)
+            self.seen[new] = True
+
+    def replicated(self) -> tuple[list, list]:
+        """The factor table (factors and their first state side by side), the meta table
+        (each linear weight and its state; the --l2-all share, the same on every rank,
+        rides along), Adam's second factor state, and the bias with its state."""
+        second = [self.factor_state2] if self.cfg.optimizer == "adam" else []
+        return [self.table, self.meta] + second, [self.w.bias, self.bias_state]
 
     def optimizer_state(self) -> dict:
         """The optimizer's arrays (live, not copies), as fmctr.models.modelfile stores them."""
@@ -190,16 +195,19 @@ class TorchEngine:
         if optimizer is not None:
             self._load_optimizer(optimizer)
 
-    def average(self, replicas, rows: np.ndarray) -> None:
+    def first_touch(self, rows: np.ndarray) -> None:
+        """Give the rows never met before their initial factors now (init_new_rows)."""
+        self.init_new_rows(self.torch.from_numpy(rows).to(self.device))
+
+    def replicated(self) -> tuple[list, list]:
+        """The linear and factor tables with their optimizer state, and the bias with its."""
         self.optimizer.init_state()
         tables, scalars = [], []
         for p in self.params:
             state = self.optimizer.state[p]
-            group = [p, state["acc1"]] + ([state["acc2"]] if self._two_states(p) else [])
+            group = [p.data, state["acc1"]] + ([state["acc2"]] if self._two_states(p) else [])
             (scalars if p is self.params[0] else tables).extend(group)
-        with self.torch.no_grad():
-            replicas.average_rows(rows, tables, scalars)
-        self.seen[self.torch.from_numpy(rows).to(self.device)] = True
+        return tables, scalars
 
     def _two_states(self, p) -> bool:
         """Whether parameter p's optimizer keeps a second state (Adam's v; FTRL's n

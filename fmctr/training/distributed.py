@@ -1,11 +1,22 @@
 """Data-parallel training over torch.distributed (launched by torchrun).
 
-Each rank trains on its own share of the data with its usual engine and, every
-`sync_rows` rows, the ranks average the rows of the model (weights and optimizer
-state) that any of them touched since the last sync: the union of touched row ids
-is gathered, those rows are summed with one all_reduce and divided by the number of
-ranks. Sparse CTR models touch few rows between syncs, so a sync moves far less
-than the whole table. gloo serves CPUs, NCCL GPUs.
+Each rank trains on its own share of the data with its usual engine, in pieces of
+`sync_rows` rows. Before a piece the ranks gather the union of the model rows any of
+them will touch (the piece's feature ids are known before training), give those never
+met their initial factors (a function of the row id, so the same on every rank) and
+copy them; after it, one all_reduce sums each rank's change to those rows (weights and
+optimizer state alike, and the bias) and every rank sets them to the copy plus the sum.
+A row only one rank touched gets that rank's whole update, and its Adagrad accumulator
+what sequential training would have accumulated; a row several touched gets all their
+updates, as Hogwild threads would. (Averaging the rows instead, as before, halved the
+update of every row one rank touched, and the initial factors of rows met on one
+rank: 2 ranks lost 0.0040 test AUC against one process on 200k planted rows.)
+
+Summed changes assume each rank's change to a shared row is small, so syncs must be
+frequent: at 65,536 rows per rank between syncs, 2 ranks lost 0.025 test AUC on 200k
+planted rows (frequent features moved twice as far as one process would move them);
+at the default 8,192, 0.0013. Sparse CTR models touch few rows between syncs, so a
+sync moves far less than the whole table. gloo serves CPUs, NCCL GPUs.
 """
 
 from __future__ import annotations
@@ -74,36 +85,51 @@ class Replicas:
         every = np.concatenate([g.cpu().numpy() for g in gathered])
         return np.unique(every[every >= 0])
 
-    def average_rows(self, rows: np.ndarray, tables: list, scalars: list) -> None:
-        """Average rows `rows` of every table (torch tensors or numpy arrays indexed by
-        row, changed in place) and the scalar tensors/arrays, across the ranks."""
+    def _views(self, arrays: list) -> list:
         torch = self.torch
-        views = [torch.from_numpy(t) if isinstance(t, np.ndarray) else t for t in tables]
-        index = torch.from_numpy(rows).to(views[0].device) if len(views) else None
-        pieces = [v.index_select(0, index).reshape(len(rows), -1) for v in views]
-        widths = [p.shape[1] for p in pieces]
-        flat = [torch.from_numpy(s) if isinstance(s, np.ndarray) else s for s in scalars]
-        packed = torch.cat([p.reshape(-1) for p in pieces] + [f.reshape(-1) for f in flat]).to(self.device)
-        self.dist.all_reduce(packed)
-        packed /= self.world
+        return [torch.from_numpy(a) if isinstance(a, np.ndarray) else a for a in arrays]
+
+    def pack(self, rows: np.ndarray, tables: list, scalars: list):
+        """Rows `rows` of every table (numpy arrays or torch tensors indexed by row) and
+        every scalar, as one flat float32 tensor on the collectives' device (a copy)."""
+        torch = self.torch
+        views = self._views(tables)
+        index = torch.from_numpy(rows).to(views[0].device)
+        pieces = [v.index_select(0, index).reshape(-1) for v in views] + [f.reshape(-1) for f in self._views(scalars)]
+        return torch.cat([p.to(self.device, torch.float32) for p in pieces])
+
+    def unpack(self, packed, rows: np.ndarray, tables: list, scalars: list) -> None:
+        """Write `packed` (laid out as pack lays it) back into the rows and the scalars."""
+        views = self._views(tables)
+        index = self.torch.from_numpy(rows).to(views[0].device)
         at = 0
-        for view, width in zip(views, widths):
-            chunk = packed[at : at + len(rows) * width].reshape(len(rows), *view.shape[1:]).to(view.device)
-            view.index_copy_(0, index, chunk)
-            at += len(rows) * width
-        for f in flat:
-            f.copy_(packed[at : at + f.numel()].reshape(f.shape).to(f.device))
+        for view in views:
+            size = len(rows) * (view.numel() // max(view.shape[0], 1))
+            chunk = packed[at : at + size].reshape(len(rows), *view.shape[1:])
+            view.index_copy_(0, index, chunk.to(view.device, view.dtype))
+            at += size
+        for f in self._views(scalars):
+            f.copy_(packed[at : at + f.numel()].reshape(f.shape).to(f.device, f.dtype))
             at += f.numel()
+
+    def add_changes(self, before, rows: np.ndarray, tables: list, scalars: list) -> None:
+        """Set the rows and scalars to `before` (pack's copy of them before the piece,
+        the same on every rank) plus the sum of every rank's change since."""
+        change = self.pack(rows, tables, scalars) - before
+        self.dist.all_reduce(change)
+        self.unpack(before + change, rows, tables, scalars)
 
 
 class ReplicaSync:
     """The loop's part for data-parallel training: every rank trains pieces of at most
-    `rows` rows and, after each, the ranks average the model rows any of them touched.
+    `rows` rows. Before each piece the ranks agree on the model rows any of them will
+    touch and copy them; after it those rows become the copy plus every rank's change.
     A rank out of rows keeps joining the collectives until every rank is."""
 
     def __init__(self, replicas: Replicas, rows: int):
         self.replicas = replicas
         self.rows = rows
+        self._before = None  # (rows, their packed values) from before_piece to after_piece
 
     def total(self, values: list[float]) -> list[float]:
         return self.replicas.sum(values)
@@ -111,10 +137,19 @@ class ReplicaSync:
     def any(self, flag: bool) -> bool:
         return bool(self.replicas.max(flag))
 
-    def after_piece(self, engine, piece) -> None:
+    def before_piece(self, engine, piece) -> None:
         if piece is not None:
             block, order = piece
             touched = np.unique(block.take(order).indices).astype(np.int64)
         else:
             touched = np.zeros(0, np.int64)
-        engine.average(self.replicas, self.replicas.union(touched))
+        rows = self.replicas.union(touched)
+        # A row's initial factors depend only on its id (and the seed): every rank
+        # gives them now, so that they are no rank's change.
+        engine.first_touch(rows)
+        self._before = rows, self.replicas.pack(rows, *engine.replicated())
+
+    def after_piece(self, engine, piece) -> None:
+        rows, before = self._before
+        self._before = None
+        self.replicas.add_changes(before, rows, *engine.replicated())

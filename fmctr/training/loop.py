@@ -170,6 +170,8 @@ def _epoch(run: Run, epoch: int, *, resumed: bool) -> None:
     skip = state.block if resumed else 0
     for number, piece in epoch_pieces(run.source, run.rng, piece_rows=run.piece_rows, skip=skip, sync=run.sync):
         run.checkpoints.before_block(state, engine, epoch, number, epoch_rng, loss, rows_done, run.source.rows)
+        if run.sync is not None:
+            run.sync.before_piece(engine, piece)
         if piece is not None:
             piece_loss = engine.train(*piece)
             if run.sync is None:  # (a data-parallel run checks at the end of the epoch, on every rank)
