@@ -151,7 +151,8 @@ def test_learning_rate_default_depends_on_the_optimizer(tmp_path):
     --lr each optimizer gets its own default."""
     for optimizer, lr in [("adagrad", 0.03), ("adam", 3e-4), ("ftrl", 0.03)]:
         out = tmp_path / f"{optimizer}.fm"
-        assert invoke("train", MOVIES_TRAIN, *MOVIES_FLAGS, "-o", out, "-q", "--optimizer", optimizer).exit_code == 0
+        assert invoke("train", MOVIES_TRAIN, *MOVIES_FLAGS, "-o", out, "-q", "--optimizer", optimizer,
+                      "--epochs", "3").exit_code == 0
         assert [e["lr"] for e in load(out).training["history"]] == pytest.approx([lr] * 3)
         assert json.loads(invoke("eval", MOVIES_TEST, "-m", out, "--json").stdout)["auc"] > 0.65
 

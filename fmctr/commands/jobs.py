@@ -332,13 +332,13 @@ def train_model(
         chose, held_out = result, td.valid
         if td.valid is not None and cfg.epochs is None and cfg.holdout and cfg.refit:
             refit = selection.refit_config(cfg, result)
-            _note(progress, f"{result.best_epoch} epoch(s) chosen on {td.valid.rows:,} held-out rows; "
+            _note(progress, f"{refit.epochs} epoch(s) chosen on {td.valid.rows:,} held-out rows; "
                             f"training again on all {every_row.rows:,} rows")
             result, positives = run(every_row, refit, valid=None, resume=None, job=job_of(refit))
             td = replace(td, rows=every_row, valid=None)
     training = _training_record(td, result, positives, sync, started)
     if chose is not result:
-        training["selection"] = {"holdout_rows": held_out.rows, "best_epoch": chose.best_epoch,
+        training["selection"] = {"holdout_rows": held_out.rows, "best_epoch": chose.best_epoch, "epochs": result.config.epochs,
                                  "valid_metrics": chose.history[chose.best_epoch - 1].valid,
                                  "history": [asdict(e) for e in chose.history]}
     if start is not None:
@@ -355,8 +355,8 @@ def _hold_out(td: TrainingData, cfg: TrainConfig, validation: bool, progress) ->
         return td, cfg
     fraction = selection.holdout_fraction(cfg, td.rows.rows)
     fit, held = td.rows.split_tail(fraction)
-    if fit.rows == 0 or not selection.usable(held.labels()):
-        _note(progress, f"the last {held.rows:,} rows cannot choose the epochs (one class only): "
+    if fit.rows == 0 or held.rows == 0 or not selection.usable(held.labels()):
+        _note(progress, f"the last {held.rows:,} rows cannot choose the epochs (none, or one class only): "
                         f"training {DEFAULT_EPOCHS} epochs on every row")
         return td, selection.fixed(cfg)
     return replace(td, rows=fit, valid=held), cfg.with_options(holdout=fraction)

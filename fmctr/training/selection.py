@@ -9,8 +9,11 @@ epochs, the adult census data wants 20), so training decides on the data itself:
 3. train again from scratch on every row for the epochs step 2 chose, replaying the
    rates it used (a refit: the held-out rows are not lost to the model).
 
-Measured on the suite (README, "Accuracy"): the refit is at or above the held-out
-model on every case, and both are above any fixed epoch count across the cases.
+Measured on four samples, three seeds each (README, "Accuracy"), the refit is at or
+above the held-out run's model on average. Choosing fewer epochs by the one-standard-
+error rule (the fewest whose held-out loss is within one paired standard error of the
+best) was tried and lost on the Criteo and Avazu samples (0.7468 against 0.7482,
+0.7216 against 0.7230), so the best epoch stands.
 """
 
 from __future__ import annotations
@@ -44,8 +47,9 @@ def usable(labels) -> bool:
 def refit_config(cfg: TrainConfig, chosen) -> TrainConfig:
     """The refit's configuration: the epochs the held-out rows chose, each with the
     rate it had there (the first epoch's is the configured rate)."""
-    rates = [chosen.config.lr] + [e.lr for e in chosen.history[: chosen.best_epoch - 1]]
-    return cfg.with_options(epochs=chosen.best_epoch, lr_by_epoch=[float(r) for r in rates])
+    epochs = chosen.best_epoch
+    rates = [chosen.config.lr] + [e.lr for e in chosen.history[: epochs - 1]]
+    return cfg.with_options(epochs=epochs, lr_by_epoch=[float(r) for r in rates])
 
 
 def fixed(cfg: TrainConfig) -> TrainConfig:
