@@ -1,0 +1,395 @@
+"""fmctr against peers on real and planted data, every model on the same splits, in one command.
+
+    python bench/suite.py                                  # the "choose" cases, peers, tune 60 s per case
+    python bench/suite.py --group all --no-tune --seeds 1  # every case
+    python bench/suite.py --cases adult,ml100k --no-peers --seeds 3 --fmctr-args "--dim 16"
+    python bench/suite.py --json out.json                  # also every number as JSON
+
+Prepared splits and the peers' results are cached under --cache (default
+~/.cache/fmctr-suite/prepared): a rerun of fmctr-only experiments reuses them
+(`--refresh-peers` recomputes the peers). The raw data is never copied into the repo:
+`bash ../shared/data/suite/fetch.sh` writes the Parquet files to ~/.cache/fmctr-suite.
+`prepare_case(name, cache)` is importable (`from bench.suite import prepare_case`).
+
+Cases (group "choose": cases to choose fmctr's defaults on; "check": held back to check them)
+- criteo [choose]: criteo-kaggle-head10k, first 8,000 rows train, last 2,000 test
+  (as bench/real_samples.py); raw Criteo TSV, `--preset criteo`.
+- avazu [choose]: avazu-head10k, random 80/20 split (RandomState(0) permutation, the
+  first 20% test: sklearn's train_test_split(test_size=0.2, random_state=0)); `--preset avazu`.
+- adult [choose]: UCI Adult, the classic split adult.data (32,561 rows) / adult.test
+  (16,281). NOTE: adult.parquet holds adult.test FIRST (rows 0..16,280) and adult.data
+  after it (row 16,281 is adult.data's first row, "39, State-gov, 77516"), so train is
+  the LAST 32,561 rows and test the first 16,281. Label income ">50K" (a trailing "."
+  stripped); fnlwgt dropped; 5 numeric columns, 8 categorical.
+- ml100k [choose]: MovieLens-100k ratings joined with users and items; label rating >= 4;
+  rows sorted by timestamp (stable), last 20% test. Features user_id, movie_id,
+  gender, occupation, zip_code, release_year (categorical), age (numeric), genres (one
+  multi-valued column "Action|Comedy"). Title, timestamp, rating dropped.
+- planted10k, planted100k [choose], planted1m [check]: sample_data/generate.py's
+  criteo_like (seed 0, vocab_max = train rows, as bench/accuracy.py at 1M), drawn as one
+  sample of train + test rows and split in file order; test 50k / 50k / 100k rows.
+- planted_rare [check]: criteo_like with target_rate 0.005 (the generator's own base
+  rate: the planted bias is shifted down), 200k train + 100k test, vocab_max 200k.
+- bio_kdd04 [check]: KDD Cup 2004 protein homology, 74 numeric columns (renamed f4..f77,
+  all `--numeric`), label target; split by block EXAMPLE_ID: RandomState(0) permutation
+  of the 153 sorted block ids, the first 31 blocks test. BLOCK_ID, EXAMPLE_ID dropped.
+- clothing [check]: women's clothing reviews, label `Recommended IND`, random 80/20
+  split (RandomState(0) permutation, first 20% test). review_words and title_words:
+  the distinct lowercase words ([a-z']+) of Review Text and of Title, multi-valued;
+  clothing_id, division, department, class categorical; age and
+  positive_feedback numeric. Rating (almost the label: leakage) and the row index dropped.
+- breast_cancer [check]: sklearn's load_breast_cancer, 30 numeric columns, label
+  1 = malignant; stratified 70/30 split, train_test_split(random_state=0).
+
+fmctr, run as `python -m fmctr` subprocesses with the case's data args:
+- defaults: `train TRAIN -o M -q --seed S <args> <--fmctr-args>`, `eval TEST -m M --json`;
+  with --seeds N, seeds 0..N-1: mean AUC/logloss and the AUC spread (max - min).
+- tuned: `tune FIT --valid VALID -o M --budget S <args>` on the peers' fit/valid split of
+  the training rows (below), then `eval TEST` of its best model (trained on FIT only).
+
+Peers. Each sweeps a few settings: fit on FIT, score VALID, choose by validation AUC,
+refit on all training rows with the chosen setting, score TEST. VALID is the last 20%
+of the training rows for the time-ordered cases (criteo, ml100k) and a random 20%
+(RandomState(0)) otherwise. All three see the same features, built from the training
+rows only: a categorical value is one feature ("field=value", a missing value is the
+value ""); a multi-valued column is a bag of its tokens; a numeric column x becomes
+z = standardised sign(x)*ln(1+|x|) (median-filled, clipped to +-5), a missing
+indicator, and a one-hot of its 16-quantile bin. Values unseen in the training rows
+are dropped.
+- VW: vowpalwabbit.Workspace, logistic regression `--loss_function logistic -b 24`
+  (its defaults: adaptive, normalised, invariant updates, lr 0.5), one namespace per
+  field; sweep --passes {1,3,10} x --l2 {0,1e-6}, multi-pass with --cache_file and
+  --holdout_off.
+- sklearn LR: LogisticRegression(solver="liblinear") on the sparse matrix; sweep C in
+  {0.01,0.1,1,10}.
+- xLearn FM: create_fm, k=8 (fmctr's default dim), lr 0.2, lambda 0.002 (its defaults,
+  instance normalisation on), 2 threads, lock-free off; sweep epoch {3,10,30}; libsvm
+  input with 1-based feature ids. Run in a subprocess (a crash is recorded, not fatal).
+A peer that fails on a case gets its error text in the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "sample_data"))
+DATA = ROOT.parent / "shared" / "data"
+SUITE = Path.home() / ".cache" / "fmctr-suite"
+PREPARED_VERSION = 1  # bump when a case's preparation changes
+PEER_VERSION = 1  # bump when the peers' features or sweeps change
+
+CHOOSE = ["criteo", "avazu", "adult", "ml100k", "planted10k", "planted100k"]
+CHECK = ["bio_kdd04", "clothing", "breast_cancer", "planted1m", "planted_rare"]
+CRITEO_COLUMNS = ["label"] + [f"I{i}" for i in range(1, 14)] + [f"C{i}" for i in range(1, 27)]
+PLANTED = {  # name -> (train rows, test rows, target rate)
+    "planted10k": (10_000, 50_000, 0.22), "planted100k": (100_000, 50_000, 0.22),
+    "planted1m": (1_000_000, 100_000, 0.22), "planted_rare": (200_000, 100_000, 0.005),
+}
+
+
+@dataclass
+class Case:
+    """A prepared case: its files, fmctr's data args, and the schema the peers use."""
+
+    name: str
+    group: str
+    train: str
+    test: str
+    args: list[str]
+    label: str = "label"
+    categorical: list[str] = field(default_factory=list)
+    numeric: list[str] = field(default_factory=list)
+    multi: list[str] = field(default_factory=list)
+    time_ordered: bool = False
+    raw_format: str = "csv"  # csv (header) or criteo (headerless TSV)
+    note: str = ""
+
+
+# ---------------------------------------------------------------- preparing the cases
+
+
+def _write_pair(out: Path, train: pl.DataFrame, test: pl.DataFrame) -> tuple[str, str]:
+    out.mkdir(parents=True, exist_ok=True)
+    train.write_csv(out / "train.csv")
+    test.write_csv(out / "test.csv")
+    return str(out / "train.csv"), str(out / "test.csv")
+
+
+def _random_split(n: int, test_fraction: float = 0.2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """sklearn's train_test_split(test_size, random_state=seed) without sklearn: the
+    first ceil(fraction * n) of RandomState(seed)'s permutation are the test rows."""
+    order = np.random.RandomState(seed).permutation(n)
+    n_test = int(np.ceil(test_fraction * n))
+    return np.sort(order[n_test:]), np.sort(order[:n_test])
+
+
+def _criteo(out: Path) -> Case:
+    lines = (DATA / "criteo-kaggle-head10k" / "train_head10k.txt").read_bytes().splitlines(keepends=True)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "train.tsv").write_bytes(b"".join(lines[:8000]))
+    (out / "test.tsv").write_bytes(b"".join(lines[-2000:]))
+    return Case("criteo", "choose", str(out / "train.tsv"), str(out / "test.tsv"), ["--preset", "criteo"],
+                categorical=CRITEO_COLUMNS[14:], numeric=CRITEO_COLUMNS[1:14], time_ordered=True, raw_format="criteo")
+
+
+def _avazu(out: Path) -> Case:
+    header, *rows = (DATA / "avazu-head10k" / "avazu_head10k.csv").read_bytes().splitlines(keepends=True)
+    train_rows, test_rows = _random_split(len(rows))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "train.csv").write_bytes(header + b"".join(rows[i] for i in train_rows))
+    (out / "test.csv").write_bytes(header + b"".join(rows[i] for i in test_rows))
+    columns = header.decode().strip().split(",")
+    return Case("avazu", "choose", str(out / "train.csv"), str(out / "test.csv"), ["--preset", "avazu"],
+                label="click", categorical=[c for c in columns if c not in ("id", "click")])
+
+
+def _adult(out: Path) -> Case:
+    d = pl.read_parquet(SUITE / "adult.parquet")
+    numeric = ["age", "educational-num", "capital-gain", "capital-loss", "hours-per-week"]
+    d = d.with_columns(label=(pl.col("income").str.strip_chars().str.strip_chars_end(".") == ">50K").cast(pl.Int8))
+    d = d.drop("income", "fnlwgt").select("label", pl.exclude("label"))
+    # adult.parquet is adult.test (16,281 rows) followed by adult.data (32,561 rows).
+    assert d.row(16_281)[1:3] == (39, "State-gov"), "adult.parquet is not in the expected order"
+    train, test = _write_pair(out, d[16_281:], d[:16_281])
+    categorical = [c for c in d.columns if c not in numeric and c != "label"]
+    return Case("adult", "choose", train, test, ["--numeric", ",".join(numeric)], categorical=categorical,
+                numeric=numeric, note="train = adult.data = the parquet's last 32,561 rows")
+
+
+def _ml100k(out: Path) -> Case:
+    ratings = pl.read_parquet(SUITE / "ml100k_ratings.parquet")
+    users = pl.read_parquet(SUITE / "ml100k_users.parquet")
+    items = pl.read_parquet(SUITE / "ml100k_items.parquet")
+    genre_cols = items.columns[items.columns.index("unknown"):]
+    genres = pl.concat_list([pl.when(pl.col(g) == 1).then(pl.lit(g)) for g in genre_cols]).list.drop_nulls()
+    items = items.select("movie_id", genres.list.join("|").alias("genres"),
+                         pl.col("release_date").str.slice(-4).alias("release_year"))
+    d = (ratings.join(users, on="user_id", how="left").join(items, on="movie_id", how="left")
+         .sort("timestamp", maintain_order=True)
+         .select((pl.col("rating") >= 4).cast(pl.Int8).alias("label"), "user_id", "movie_id", "age", "gender",
+                 "occupation", "zip_code", "genres", "release_year"))
+    n_train = int(round(0.8 * d.height))
+    train, test = _write_pair(out, d[:n_train], d[n_train:])
+    return Case("ml100k", "choose", train, test, ["--numeric", "age", "--multi", "genres"],
+                categorical=["user_id", "movie_id", "gender", "occupation", "zip_code", "release_year"],
+                numeric=["age"], multi=["genres"], time_ordered=True)
+
+
+def _bio(out: Path) -> Case:
+    d = pl.read_parquet(SUITE / "bio_kdd04.parquet")
+    numeric = [f"f{c}" for c in d.columns[3:]]
+    blocks = np.sort(d["EXAMPLE_ID"].unique().to_numpy())
+    order = np.random.RandomState(0).permutation(len(blocks))
+    test_blocks = blocks[order[: int(round(0.2 * len(blocks)))]]
+    d = d.rename(dict(zip(d.columns[3:], numeric))).with_columns(pl.col("target").cast(pl.Int8).alias("label"))
+    is_test = d["EXAMPLE_ID"].is_in(test_blocks.tolist())
+    d = d.select("label", *numeric)
+    train, test = _write_pair(out, d.filter(~is_test), d.filter(is_test))
+    return Case("bio_kdd04", "check", train, test, ["--numeric", ",".join(numeric)], numeric=numeric,
+                note=f"{len(test_blocks)} of {len(blocks)} blocks test")
+
+
+def _words(column: str) -> pl.Expr:
+    words = pl.col(column).fill_null("").str.to_lowercase().str.extract_all(r"[a-z']+")
+    return words.list.unique(maintain_order=True).list.join("|")
+
+
+def _clothing(out: Path) -> Case:
+    d = pl.read_parquet(SUITE / "womens_clothing.parquet")
+    d = d.select(pl.col("Recommended IND").cast(pl.Int8).alias("label"),
+                 pl.col("Clothing ID").alias("clothing_id"), pl.col("Age").alias("age"),
+                 pl.col("Positive Feedback Count").alias("positive_feedback"),
+                 pl.col("Division Name").alias("division"), pl.col("Department Name").alias("department"),
+                 pl.col("Class Name").alias("class"), _words("Title").alias("title_words"),
+                 _words("Review Text").alias("review_words"))
+    train_rows, test_rows = _random_split(d.height)
+    train, test = _write_pair(out, d[train_rows], d[test_rows])
+    return Case("clothing", "check", train, test,
+                ["--numeric", "age,positive_feedback", "--multi", "title_words,review_words"],
+                categorical=["clothing_id", "division", "department", "class"],
+                numeric=["age", "positive_feedback"], multi=["title_words", "review_words"])
+
+
+def _breast_cancer(out: Path) -> Case:
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.model_selection import train_test_split
+
+    data = load_breast_cancer()
+    names = [re.sub(r"\W+", "_", n) for n in data.feature_names]
+    d = pl.DataFrame(data.data, schema=names).with_columns(label=pl.Series((data.target == 0).astype(np.int8)))
+    d = d.select("label", *names)
+    train_rows, test_rows = train_test_split(np.arange(d.height), test_size=0.3, random_state=0, stratify=data.target)
+    train, test = _write_pair(out, d[np.sort(train_rows)], d[np.sort(test_rows)])
+    return Case("breast_cancer", "check", train, test, ["--numeric", ",".join(names)], numeric=names,
+                note="label 1 = malignant")
+
+
+def _planted(name: str, out: Path) -> Case:
+    import generate
+
+    train_rows, test_rows, rate = PLANTED[name]
+    g = generate.criteo_like(train_rows + test_rows, seed=0, vocab_max=train_rows, target_rate=rate)
+    lines = g.text.splitlines(keepends=True)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "train.tsv").write_bytes(b"".join(lines[:train_rows]))
+    (out / "test.tsv").write_bytes(b"".join(lines[train_rows:]))
+    from sklearn.metrics import roc_auc_score
+
+    oracle = roc_auc_score(g.labels[train_rows:], g.probabilities[train_rows:])
+    return Case(name, "check" if name in CHECK else "choose", str(out / "train.tsv"), str(out / "test.tsv"),
+                ["--preset", "criteo"], categorical=CRITEO_COLUMNS[14:], numeric=CRITEO_COLUMNS[1:14],
+                raw_format="criteo", note=f"oracle test AUC {oracle:.4f}")
+
+
+BUILDERS = {"criteo": _criteo, "avazu": _avazu, "adult": _adult, "ml100k": _ml100k, "bio_kdd04": _bio,
+            "clothing": _clothing, "breast_cancer": _breast_cancer,
+            **{name: (lambda out, name=name: _planted(name, out)) for name in PLANTED}}
+
+
+def prepare_case(name: str, cache: Path | None = None) -> Case:
+    """Write the case's train/test files under cache/NAME (once) and return the Case."""
+    out = Path(cache or SUITE / "prepared") / name
+    stamp = out / "case.json"
+    if stamp.exists():
+        saved = json.loads(stamp.read_text())
+        if saved.pop("version", None) == PREPARED_VERSION:
+            return Case(**saved)
+    case = BUILDERS[name](out)
+    stamp.write_text(json.dumps({**asdict(case), "version": PREPARED_VERSION}, indent=1))
+    return case
+
+
+def read_frame(case: Case, path: str) -> pl.DataFrame:
+    """A case's file as a frame: `label` (int) and its feature columns as text/float."""
+    if case.raw_format == "criteo":
+        d = pl.read_csv(path, separator="\t", has_header=False, new_columns=CRITEO_COLUMNS, infer_schema=False,
+                        quote_char=None)
+    else:
+        d = pl.read_csv(path, infer_schema=False)
+    d = d.with_columns(pl.col(case.label).cast(pl.Float64).cast(pl.Int8).alias("label"))
+    return d.with_columns(pl.col(case.numeric).cast(pl.Float64, strict=False))
+
+
+# ---------------------------------------------------------------- the peers' features
+
+
+def _categorical_ids(train: pl.Series, test: pl.Series) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Each training value's id (0..n-1); test values unseen in training get -1."""
+    train, test = train.cast(pl.String).fill_null(""), test.cast(pl.String).fill_null("")
+    values = train.unique(maintain_order=True)
+    ids = pl.Series(range(len(values)), dtype=pl.Int64)
+    to_id = lambda s: s.replace_strict(values, ids, default=-1).to_numpy()  # noqa: E731
+    return to_id(train), to_id(test), values.to_list()
+
+
+def _numeric_parts(train: pl.Series, test: pl.Series):
+    """z (standardised signed log1p, median-filled, clipped), missing flag, 16-quantile bin."""
+    def t(s):
+        x = s.to_numpy().astype(np.float64)
+        return np.sign(x) * np.log1p(np.abs(x))
+    a, b = t(train), t(test)
+    seen = a[~np.isnan(a)]
+    median = np.median(seen) if len(seen) else 0.0
+    mean, std = (seen.mean(), seen.std() or 1.0) if len(seen) else (0.0, 1.0)
+    edges = np.unique(np.quantile(seen, np.linspace(0, 1, 17)[1:-1])) if len(seen) else np.array([])
+    out = []
+    for x in (a, b):
+        missing = np.isnan(x)
+        z = np.clip((np.where(missing, median, x) - mean) / std, -5, 5)
+        out.append((z, missing, np.searchsorted(edges, np.where(missing, median, x))))
+    return out, len(edges) + 1
+
+
+def _multi_tokens(train: pl.Series, test: pl.Series, sep: str = "|"):
+    """(row, token id) pairs of a multi-valued column; test tokens unseen in training dropped."""
+    def explode(s):
+        e = pl.DataFrame({"tok": s.cast(pl.String).fill_null("").str.split(sep)}).with_row_index("row").explode("tok")
+        return e.filter(pl.col("tok") != "")
+    a, b = explode(train), explode(test)
+    values = a["tok"].unique(maintain_order=True)
+    ids = pl.Series(range(len(values)), dtype=pl.Int64)
+    pairs = [(e["row"].to_numpy(), e["tok"].replace_strict(values, ids, default=-1).to_numpy()) for e in (a, b)]
+    return pairs, values.to_list()
+
+
+class Features:
+    """Sparse design matrices for train and test, built from the training rows only;
+    `names[j]` is feature j as "field=value" (or "field:z"), `fields[j]` its field."""
+
+    def __init__(self, case: Case, train: pl.DataFrame, test: pl.DataFrame):
+        self.names: list[str] = []
+        self.fields: list[str] = []
+        self.parts = [([], [], []), ([], [], [])]  # per split: rows, cols, values
+        self.n = (train.height, test.height)
+        for c in case.categorical:
+            a, b, values = _categorical_ids(train[c], test[c])
+            self._add(c, [f"{c}={v}" for v in values], [(np.arange(len(x)), x, np.ones(len(x))) for x in (a, b)])
+        for c in case.numeric:
+            (pa, pb), n_bins = _numeric_parts(train[c], test[c])
+            names = [f"{c}:z", f"{c}=missing"] + [f"{c}=q{i}" for i in range(n_bins)]
+            self._add(c, names, [self._numeric_triples(p) for p in (pa, pb)])
+        for c in case.multi:
+            pairs, values = _multi_tokens(train[c], test[c])
+            self._add(c, [f"{c}={v}" for v in values], [(r, x, np.ones(len(x))) for r, x in pairs])
+        self.y = (train["label"].to_numpy(), test["label"].to_numpy())
+
+    @staticmethod
+    def _numeric_triples(part):
+        z, missing, bins = part
+        rows = np.arange(len(z))
+        m = np.flatnonzero(missing)
+        return (np.concatenate([rows, m, rows]), np.concatenate([np.zeros(len(z), int), np.ones(len(m), int), 2 + bins]),
+                np.concatenate([z, np.ones(len(m)), np.ones(len(z))]))
+
+    def _add(self, fieldname, names, triples):
+        base = len(self.names)
+        self.names += names
+        self.fields += [fieldname] * len(names)
+        for part, (r, c, v) in zip(self.parts, triples):
+            keep = (c >= 0) & (v != 0)
+            part[0].append(r[keep]), part[1].append(c[keep] + base), part[2].append(v[keep])
+
+    def matrix(self, split: int):
+        from scipy.sparse import csr_matrix
+
+        rows, cols, vals = (np.concatenate(p) for p in self.parts[split])
+        return csr_matrix((vals, (rows, cols)), shape=(self.n[split], len(self.names)))
+
+
+def _lines(X, y, token: callable) -> list[str]:
+    """One text line per row of X: the label, then token(ids, values) of its nonzeros."""
+    X = X.tocoo()
+    frame = pl.DataFrame({"row": X.row, "tok": token(X.col, X.data)}).group_by("row").agg(pl.col("tok").str.join(" "))
+    by_row = np.full(X.shape[0], "", dtype=object)
+    by_row[frame["row"].to_numpy()] = frame["tok"].to_numpy()
+    return [f"{label} {toks}\n" for label, toks in zip(y.tolist(), by_row.tolist())]
+
+
+def write_libsvm(X, y, path: Path) -> None:
+    def token(cols, vals):
+        return (pl.Series(cols + 1).cast(pl.String) + ":" + pl.Series(np.round(vals, 5)).cast(pl.String)).to_numpy()
+    path.write_text("".join(_lines(X, y, token)))
+
+
+def write_vw(X, y, feats: Features, path: Path) -> None:
+    safe = lambda s: re.sub(r"[\s|:]", "_", s)  # noqa: E731
+    ns = np.array([f"|{safe(f)} " for f in feats.fields], dtype=object)
+    names = np.array([safe(n) for n in feats.names], dtype=object)
+
+    def token(cols, vals):
+        value = np.where(vals == 1, "", ":" + pl.Series(np.round(vals, 5)).cast(pl.String).to_numpy().astype(object))
+        return (ns[cols] + names[cols] + value).astype(str)
+    path.write_text("".join(_lines(X, np.where(y > 0, 1, -1), token)))
