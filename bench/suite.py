@@ -393,3 +393,129 @@ def write_vw(X, y, feats: Features, path: Path) -> None:
         value = np.where(vals == 1, "", ":" + pl.Series(np.round(vals, 5)).cast(pl.String).to_numpy().astype(object))
         return (ns[cols] + names[cols] + value).astype(str)
     path.write_text("".join(_lines(X, np.where(y > 0, 1, -1), token)))
+
+
+# ---------------------------------------------------------------- the peers
+
+
+def metrics(y: np.ndarray, p: np.ndarray) -> dict:
+    from sklearn.metrics import log_loss, roc_auc_score
+
+    p = np.clip(np.asarray(p, dtype=np.float64), 1e-7, 1 - 1e-7)
+    return {"auc": float(roc_auc_score(y, p)), "logloss": float(log_loss(y, p, labels=[0, 1]))}
+
+
+def valid_split(case: Case, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Fit and validation rows carved from the training rows: the last 20% for the
+    time-ordered cases, a random 20% (RandomState(0)) otherwise."""
+    if case.time_ordered:
+        cut = int(round(0.8 * n))
+        return np.arange(cut), np.arange(cut, n)
+    return _random_split(n)
+
+
+def sklearn_lr(setting: dict, data) -> np.ndarray:
+    from sklearn.linear_model import LogisticRegression
+
+    X, y, X_test = data
+    model = LogisticRegression(C=setting["C"], solver="liblinear", max_iter=200)
+    return model.fit(X, y).predict_proba(X_test)[:, 1]
+
+
+def vw_lr(setting: dict, work: Path) -> np.ndarray:
+    import vowpalwabbit
+
+    (work / "train.cache").unlink(missing_ok=True)
+    flags = f"--loss_function logistic -b 24 --passes {setting['passes']} --l2 {setting['l2']} --quiet"
+    if setting["passes"] > 1:
+        flags += f" --cache_file {work / 'train.cache'} --holdout_off"
+    vowpalwabbit.Workspace(f"-d {work / 'train.vw'} {flags} -f {work / 'model.vw'}").finish()
+    vowpalwabbit.Workspace(f"-d {work / 'test.vw'} -t -i {work / 'model.vw'} -p {work / 'p.txt'} --link logistic "
+                           "--quiet").finish()
+    return np.loadtxt(work / "p.txt", ndmin=1)
+
+
+XLEARN_RUN = """
+import json, sys, xlearn
+train, test, model, out, params = sys.argv[1:6]
+fm = xlearn.create_fm()
+fm.setTrain(train)
+fm.disableLockFree()
+fm.fit(json.loads(params), model)
+fm.setTest(test)
+fm.setSigmoid()
+fm.predict(model, out)
+"""
+
+
+def xlearn_fm(setting: dict, work: Path) -> np.ndarray:
+    params = {"task": "binary", "k": 8, "lr": 0.2, "lambda": 0.002, "epoch": setting["epoch"], "nthread": 2}
+    done = subprocess.run([sys.executable, "-c", XLEARN_RUN, str(work / "train.svm"), str(work / "test.svm"),
+                           str(work / "model.xl"), str(work / "p.txt"), json.dumps(params)],
+                          capture_output=True, text=True, env={**os.environ, "USER": os.environ.get("USER") or "bench"})
+    if done.returncode:
+        log = re.sub(r"\x1b\[[0-9;]*m", "", done.stdout + done.stderr).strip().splitlines()
+        raise RuntimeError(f"xLearn exited {done.returncode}: {' / '.join(log[-3:])[:300]}")
+    return np.loadtxt(work / "p.txt", ndmin=1)
+
+
+PEERS = {  # name -> (settings swept, fit-and-score function, short form of a setting)
+    "VW LR": ([{"passes": p, "l2": l2} for p in (1, 3, 10) for l2 in (0, 1e-6)], vw_lr,
+              lambda s: f"passes {s['passes']}" + (f", l2 {s['l2']:g}" if s["l2"] else "")),
+    "sklearn LR": ([{"C": c} for c in (0.01, 0.1, 1, 10)], sklearn_lr, lambda s: f"C {s['C']:g}"),
+    "xLearn FM": ([{"epoch": e} for e in (3, 10, 30)], xlearn_fm, lambda s: f"{s['epoch']} epochs"),
+}
+
+
+def _peer_data(peer: str, X, y, X_test, feats: Features, work: Path):
+    """What the peer's function takes: the matrices, or a folder with them as its text input."""
+    if peer == "sklearn LR":
+        return X, y, X_test
+    work.mkdir(parents=True, exist_ok=True)
+    if peer == "VW LR":
+        write_vw(X, y, feats, work / "train.vw")
+        write_vw(X_test, np.zeros(X_test.shape[0]), feats, work / "test.vw")
+    else:
+        write_libsvm(X, y, work / "train.svm")
+        write_libsvm(X_test, np.zeros(X_test.shape[0], int), work / "test.svm")
+    return work
+
+
+def run_peer(peer: str, case: Case, feats: Features) -> dict:
+    """Sweep on fit/valid, refit the best on all training rows, score the test rows."""
+    started = time.perf_counter()
+    X, X_test = feats.matrix(0), feats.matrix(1)
+    y, y_test = feats.y
+    fit_rows, valid_rows = valid_split(case, X.shape[0])
+    settings, fit, show = PEERS[peer]
+    with tempfile.TemporaryDirectory(prefix="fmctr-suite-peer-") as tmp:
+        data = _peer_data(peer, X[fit_rows], y[fit_rows], X[valid_rows], feats, Path(tmp) / "sweep")
+        valid = [metrics(y[valid_rows], fit(s, data))["auc"] for s in settings]
+        best = settings[int(np.argmax(valid))]
+        test = metrics(y_test, fit(best, _peer_data(peer, X, y, X_test, feats, Path(tmp) / "final")))
+    return {**test, "chosen": show(best), "valid_auc": {show(s): round(a, 4) for s, a in zip(settings, valid)},
+            "seconds": round(time.perf_counter() - started, 1)}
+
+
+def peer_results(case: Case, cache: Path, refresh: bool, log) -> dict:
+    """Every peer's result on the case, from the cache unless refresh (or missing)."""
+    path = cache / "peers.json"
+    store = json.loads(path.read_text()) if path.exists() else {}
+    keys = {peer: f"{case.name}|{peer}|v{PEER_VERSION}|prep{PREPARED_VERSION}" for peer in PEERS}
+    if not refresh and all(k in store for k in keys.values()):
+        return {peer: store[k] for peer, k in keys.items()}
+    feats = Features(case, read_frame(case, case.train), read_frame(case, case.test))
+    out = {}
+    for peer, key in keys.items():
+        if key in store and not refresh:
+            out[peer] = store[key]
+            continue
+        try:
+            out[peer] = run_peer(peer, case, feats)
+        except Exception as e:  # a peer's failure is a result, not a crash
+            out[peer] = {"error": f"{type(e).__name__}: {e}"[:300]}
+        log(f"  {case.name}: {peer} {out[peer]}")
+        store = json.loads(path.read_text()) if path.exists() else {}
+        store[key] = out[peer]
+        path.write_text(json.dumps(store, indent=1))
+    return out
