@@ -514,8 +514,161 @@ def peer_results(case: Case, cache: Path, refresh: bool, log) -> dict:
             out[peer] = run_peer(peer, case, feats)
         except Exception as e:  # a peer's failure is a result, not a crash
             out[peer] = {"error": f"{type(e).__name__}: {e}"[:300]}
-        log(f"  {case.name}: {peer} {out[peer]}")
+        log(f"  {case.name}: {peer} {_cell(out[peer], chosen=True)} ({out[peer].get('seconds', '-')} s)")
         store = json.loads(path.read_text()) if path.exists() else {}
         store[key] = out[peer]
         path.write_text(json.dumps(store, indent=1))
     return out
+
+
+# ---------------------------------------------------------------- fmctr
+
+
+def fmctr(*args) -> str:
+    """`python -m fmctr ARGS`; raise RuntimeError with its last stderr line on failure."""
+    done = subprocess.run([sys.executable, "-m", "fmctr", *map(str, args)], capture_output=True, text=True, cwd=ROOT)
+    if done.returncode:
+        lines = done.stderr.strip().splitlines() or [""]
+        raise RuntimeError(f"fmctr {args[0]} exited {done.returncode}: {lines[-1][:300]}")
+    return done.stdout
+
+
+def fmctr_defaults(case: Case, seeds: int, extra: list[str], work: Path) -> dict:
+    """Train with the case's data args (and `extra`) for each seed; eval on test."""
+    runs = []
+    for seed in range(seeds):
+        started = time.perf_counter()
+        model = work / f"{case.name}.s{seed}.fm"
+        fmctr("train", case.train, "-o", model, "-q", "--force", "--seed", seed, *case.args, *extra)
+        runs.append({**json.loads(fmctr("eval", case.test, "-m", model, "--json")),
+                     "seconds": time.perf_counter() - started})
+    aucs = [r["auc"] for r in runs]
+    return {"auc": float(np.mean(aucs)), "logloss": float(np.mean([r["logloss"] for r in runs])),
+            "spread": float(max(aucs) - min(aucs)), "seeds": len(runs), "aucs": aucs,
+            "seconds": round(sum(r["seconds"] for r in runs), 1)}
+
+
+def _carve_files(case: Case, work: Path) -> tuple[Path, Path]:
+    """The peers' fit/valid split of the training file, as two files for `fmctr tune`."""
+    raw = Path(case.train).read_bytes().splitlines(keepends=True)
+    header, rows = ([], raw) if case.raw_format == "criteo" else (raw[:1], raw[1:])
+    fit_rows, valid_rows = valid_split(case, len(rows))
+    paths = work / f"{case.name}.fit{Path(case.train).suffix}", work / f"{case.name}.valid{Path(case.train).suffix}"
+    for path, part in zip(paths, (fit_rows, valid_rows)):
+        path.write_bytes(b"".join(header + [rows[i] for i in part]))
+    return paths
+
+
+def fmctr_tuned(case: Case, budget: float, work: Path) -> dict:
+    """`fmctr tune` on the fit/valid carve of the training rows; its best model on test."""
+    started = time.perf_counter()
+    fit, valid = _carve_files(case, work)
+    model = work / f"{case.name}.tuned.fm"
+    trials = json.loads(fmctr("tune", fit, "--valid", valid, "-o", model, "--budget", budget, "--json", "-q",
+                              "--force", *case.args))
+    result = json.loads(fmctr("eval", case.test, "-m", model, "--json"))
+    return {"auc": result["auc"], "logloss": result["logloss"], "trials": trials,
+            "seconds": round(time.perf_counter() - started, 1)}
+
+
+# ---------------------------------------------------------------- the table
+
+
+def _cell(r: dict | None, spread: bool = False, chosen: bool = False) -> str:
+    if r is None:
+        return "-"
+    if "error" in r:
+        return f"FAILED: {r['error'][:120]}".replace("|", "/")
+    text = f"{r['auc']:.4f} / {r['logloss']:.4f}"
+    if spread and r.get("seeds", 1) > 1:
+        text = f"{r['auc']:.4f} (spread {r['spread']:.4f}, {r['seeds']} seeds) / {r['logloss']:.4f}"
+    return text + (f" ({r['chosen']})" if chosen and "chosen" in r else "")
+
+
+def table(results: dict) -> str:
+    peers = list(PEERS)
+    head = ["case", "group", "rows train/test", "pos. rate", "fmctr defaults AUC / logloss", "fmctr tuned",
+            *peers, "best peer"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, r in results.items():
+        ok = {p: v for p, v in r["peers"].items() if "auc" in v}
+        best = max(ok, key=lambda p: ok[p]["auc"]) if ok else None
+        best_text = f"{best} {ok[best]['auc']:.4f}" if best else "-"
+        if best and "auc" in (r.get("defaults") or {}):
+            best_text += f" (fmctr {r['defaults']['auc'] - ok[best]['auc']:+.4f})"
+        lines.append("| " + " | ".join([
+            name, r["group"], f"{r['rows'][0]:,}/{r['rows'][1]:,}", f"{r['positive_rate']:.4f}",
+            _cell(r.get("defaults"), spread=True), _cell(r.get("tuned")),
+            *(_cell(r["peers"].get(p), chosen=True) for p in peers), best_text]) + " |")
+    return "\n".join(lines)
+
+
+def _count(case: Case) -> tuple[int, int, float]:
+    train, test = read_frame(case, case.train), read_frame(case, case.test)
+    return train.height, test.height, float(train["label"].mean())
+
+
+def run_case(name: str, args, work: Path, log) -> dict:
+    case = prepare_case(name, args.cache)
+    n_train, n_test, rate = _count(case)
+    out = {"group": case.group, "rows": [n_train, n_test], "positive_rate": rate, "args": case.args,
+           "note": case.note, "peers": {}}
+    if not args.no_peers:
+        out["peers"] = peer_results(case, args.cache, args.refresh_peers, log)
+    for key, run in (("defaults", lambda: fmctr_defaults(case, args.seeds, args.fmctr_args.split(), work)),
+                     ("tuned", None if args.no_tune else lambda: fmctr_tuned(case, args.tune_budget, work))):
+        if run is None:
+            continue
+        try:
+            out[key] = run()
+        except RuntimeError as e:
+            out[key] = {"error": str(e)}
+        log(f"  {name}: fmctr {key} {_cell(out[key], spread=True)} ({out[key].get('seconds', '-')} s)")
+    return out
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cases", help=f"comma-separated, of: {', '.join(CHOOSE + CHECK)}")
+    p.add_argument("--group", choices=["choose", "check", "all"], default="choose",
+                   help="which cases, when --cases is not given (default: choose)")
+    p.add_argument("--seeds", type=int, default=1, help="fmctr defaults with --seed 0..N-1: mean and spread")
+    p.add_argument("--tune-budget", type=float, default=60.0, help="seconds of `fmctr tune --budget` per case")
+    p.add_argument("--no-tune", action="store_true", help="skip fmctr tune")
+    p.add_argument("--no-peers", action="store_true", help="skip the peers (cached results are not shown either)")
+    p.add_argument("--refresh-peers", action="store_true", help="recompute the peers' cached results")
+    p.add_argument("--fmctr-args", default="", help='extra `fmctr train` options for the defaults runs, e.g. "--dim 16"')
+    p.add_argument("--cache", type=Path, default=SUITE / "prepared", help="prepared splits and peer results")
+    p.add_argument("--json", type=Path, help="write every result here")
+    args = p.parse_args(argv)
+    names = args.cases.split(",") if args.cases else {"choose": CHOOSE, "check": CHECK, "all": CHOOSE + CHECK}[args.group]
+    unknown = [n for n in names if n not in BUILDERS]
+    if unknown:
+        p.error(f"unknown case(s) {', '.join(unknown)}; known: {', '.join(CHOOSE + CHECK)}")
+    return args, names
+
+
+def main(argv=None) -> None:
+    args, names = parse_args(argv)
+    args.cache.mkdir(parents=True, exist_ok=True)
+    log = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
+    started = time.perf_counter()
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="fmctr-suite-") as tmp:
+        for name in names:
+            log(f"{name} ...")
+            case_started = time.perf_counter()
+            results[name] = run_case(name, args, Path(tmp), log)
+            results[name]["seconds"] = round(time.perf_counter() - case_started, 1)
+    print(table(results))
+    notes = [f"{n}: {r['note']}" for n, r in results.items() if r["note"]]
+    print("\n" + "\n".join(f"- {n}" for n in notes))
+    print("\nfmctr data args: " + "; ".join(f"{n} `{' '.join(r['args'])[:80]}`" for n, r in results.items()))
+    total = time.perf_counter() - started
+    print(f"\ntotal wall time {total:.0f} s (" + ", ".join(f"{n} {r['seconds']:.0f} s" for n, r in results.items()) + ")")
+    if args.json:
+        args.json.write_text(json.dumps({"results": results, "seconds": total, "fmctr_args": args.fmctr_args}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
