@@ -73,8 +73,9 @@ A peer that fails on a case gets its error text in the table.
 
 Runtime (2 cores shared with other work): the ten cases other than planted1m take about
 35 min with peers computed, about 5 min with peers cached. The peers on planted1m take
-well over 20 min, mostly VW: its text input is built with object-array string
-concatenation (about 300 s of VW's 313 s at 200k rows) - the first thing to speed up.
+well over 20 min, mostly VW (313 s at 200k rows and 330 s on bio_kdd04, against
+61-137 s for sklearn and xLearn): its text input is built with object-array string
+concatenation in Python, probably the bulk of it - the first thing to speed up.
 """
 
 from __future__ import annotations
