@@ -338,14 +338,18 @@ def train_model(
             td = replace(td, rows=every_row, valid=None)
     training = _training_record(td, result, positives, sync, started)
     if chose is not result:
-        training["selection"] = {"holdout_rows": held_out.rows, "best_epoch": chose.best_epoch,
-                                 "valid_metrics": chose.history[chose.best_epoch - 1].valid,
-                                 "history": [asdict(e) for e in chose.history]}
+        training["selection"] = _selection_record(chose, held_out)
     if start is not None:
         training["warm_start"] = start.training.get("input")
     model = Model(result.weights, td.data.schema, td.data.hashing, training, result.optimizer, rare=td.rare,
                   kind=result.config.kind)
     return model, result
+
+
+def _selection_record(chose: TrainResult, held_out: DatasetRows) -> dict:
+    """How the held-out rows chose the epochs of a refit."""
+    return {"holdout_rows": held_out.rows, "best_epoch": chose.best_epoch,
+            "valid_metrics": chose.history[chose.best_epoch - 1].valid, "history": [asdict(e) for e in chose.history]}
 
 
 def _hold_out(td: TrainingData, cfg: TrainConfig, validation: bool, progress) -> tuple[TrainingData, TrainConfig]:
