@@ -73,7 +73,14 @@ def test_tune_without_validation_data_holds_out_the_last_rows_and_refits(tmp_pat
     assert chosen["holdout_rows"] == 500  # as train holds out: the last 10%
     winner = [t for t in outcome["trials"] if t["best"]][0]
     assert chosen["valid_metrics"] == winner["valid"]  # the winner's trial, repeated exactly
-    assert "fmctr train INPUT " in stderr and "--valid" not in stderr.split("fmctr train INPUT")[1].splitlines()[0]
+    line = stderr.split("fmctr train INPUT")[1].splitlines()[0]
+    assert "--valid" not in line and outcome["train_options"] in line
+    # `fmctr train` with the options it printed makes the same model.
+    again = tmp_path / "again.fm"
+    result = invoke("train", MOVIES_TRAIN, *SMALL, *outcome["train_options"].split(), "-o", again, "-q")
+    assert result.exit_code == 0, result.stderr
+    scored = [json.loads(invoke("eval", MOVIES_TEST, "-m", m, "--json").stdout) for m in (out, again)]
+    assert scored[0]["auc"] == scored[1]["auc"] and scored[0]["logloss"] == scored[1]["logloss"]
 
 
 def test_tune_needs_a_positive_budget(tmp_path):

@@ -338,7 +338,7 @@ def train_model(
             td = replace(td, rows=every_row, valid=None)
     training = _training_record(td, result, positives, sync, started)
     if chose is not result:
-        training["selection"] = _selection_record(chose, held_out)
+        training["selection"] = selection_record(chose, held_out.rows)
     if start is not None:
         training["warm_start"] = start.training.get("input")
     model = Model(result.weights, td.data.schema, td.data.hashing, training, result.optimizer, rare=td.rare,
@@ -346,9 +346,9 @@ def train_model(
     return model, result
 
 
-def _selection_record(chose: TrainResult, held_out: DatasetRows) -> dict:
-    """How the held-out rows chose the epochs of a refit."""
-    return {"holdout_rows": held_out.rows, "best_epoch": chose.best_epoch,
+def selection_record(chose, held_out_rows: int) -> dict:
+    """How the held-out rows chose the epochs of a refit (`chose`: the TrainResult there)."""
+    return {"holdout_rows": held_out_rows, "best_epoch": chose.best_epoch,
             "valid_metrics": chose.history[chose.best_epoch - 1].valid, "history": [asdict(e) for e in chose.history]}
 
 

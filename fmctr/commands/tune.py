@@ -21,10 +21,11 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 from fmctr.atomic import scratch_dir
 from fmctr.commands import search
-from fmctr.commands.jobs import Log, _as_dataset, _silent, open_input, train_model
+from fmctr.commands.jobs import Log, _as_dataset, _silent, open_input, selection_record, train_model
 from fmctr.datasets.batches import DatasetRows
 from fmctr.errors import BadOptions, Diverged
 from fmctr.hashing.tokens import HashSpec
@@ -51,6 +52,7 @@ class Trial:
     check: bool = False  # a run with another seed, to measure the noise
     error: str | None = None  # why it did not finish (diverged, too large)
     model: Model | None = None  # kept for the defaults and the best trial only
+    chosen: object = None  # the run's history, best epoch and configuration (TrainResult without weights)
 
     def score(self, metric: str) -> float:
         """Lower is better; a failed trial scores infinity."""
@@ -165,8 +167,9 @@ def _trainer(data: _Data, base: TrainConfig, metric: str, min_count: int | None,
             return Trial(number, settings, flags, {"auc": math.nan, "logloss": math.nan}, 0, time.monotonic() - t0, seed, check, str(e))
         model.training["input"] = data.name
         best = result.history[result.best_epoch - 1]
+        chosen = SimpleNamespace(history=result.history, best_epoch=result.best_epoch, config=result.config)
         return Trial(number, settings, flags, best.valid, len(result.history), time.monotonic() - t0, seed, check,
-                     model=model)
+                     model=model, chosen=chosen)
 
     return run
 
@@ -175,7 +178,7 @@ def _reserve(trials: list[Trial], best: Trial, refit: bool) -> float:
     """Seconds to keep for the checks (and the final training without --valid)."""
     mean = sum(t.seconds for t in trials) / len(trials)
     keep = (SEEDS - 1) * (trials[0].seconds + max(best.seconds, mean))
-    return keep + (2.2 * max(best.seconds, mean) if refit else 0.0)
+    return keep + (max(best.seconds, mean) if refit else 0.0)
 
 
 def _search(run, book: search.Book, *, metric: str, seed: int, budget_s: float, started: float,
@@ -240,6 +243,16 @@ def _open(path: str, valid: str | None, tmp, *, spec, hashing, base: TrainConfig
     return _Data(train_path, train_in.name, rows.rows, engine, None, fraction)
 
 
+def _refit(winner: Trial, cfg: TrainConfig, data: _Data, min_count: int | None, log: Log) -> Model:
+    """Without --valid, the final model as `fmctr train` makes it: every row, for the
+    epochs (and at the rates) the winner's trial chose on the held-out rows."""
+    refit = selection.refit_config(cfg.with_options(holdout=data.fraction), winner.chosen)
+    model, _ = train_model(data.train, spec=None, hashing=None, cfg=refit, min_count=min_count, log=log)
+    model.training["input"] = data.name
+    model.training["selection"] = selection_record(winner.chosen, int(round(data.rows * data.fraction)))
+    return model
+
+
 def tune(
     path: str,
     valid: str | None,
@@ -276,12 +289,7 @@ def tune(
         cfg = config(base, out.winner.settings, data)
         out.train_flags = " ".join(f for f in (as_flags(out.winner.settings, cfg), f"--seed {base.seed} --threads 1")
                                    if f != "(defaults)")
-        if valid is not None:
-            out.model = out.winner.model
-        else:  # as `fmctr train` does: epochs chosen on the held-out rows, then every row
-            out.model, _ = train_model(data.train, spec=None, hashing=None, cfg=cfg.with_options(holdout=data.fraction),
-                                       min_count=min_count, log=log)
-            out.model.training["input"] = data.name
+        out.model = out.winner.model if valid is not None else _refit(out.winner, cfg, data, min_count, log)
     for t in trials:
         t.model = None
     return out
