@@ -6,7 +6,8 @@ learning rate as a multiple of the optimizer's default; `touch_l2_x`: the touch 
 as a multiple of its default; `batch_x`: the batch size as a multiple of the
 engine's default; the others are option values). The plan:
 
-1. coordinate-wise from the defaults: each setting moved alone to each of its values;
+1. coordinate-wise from the defaults: each setting moved alone to each of its values
+   (every setting's likeliest value first, then every setting's next, ...);
 2. combine what helped: the moves that beat the defaults, best first, each added to
    the best so far and kept only if the result is better still;
 3. coordinate rounds around the best (each setting to each of its values, and one
@@ -43,18 +44,21 @@ class Setting:
 
 
 def space(*, optimizer: str, init_std: float, dim: int, l2_all_factors: float, l2_all: float) -> dict[str, Setting]:
-    """The settings `fmctr tune` searches, in the order the first round tries them
-    (the ones that matter most first, for a small budget)."""
-    others = tuple(o for o in ("adagrad", "ftrl", "adam") if o != optimizer)
+    """The settings `fmctr tune` searches (the ones that matter most first)."""
+    others = tuple(o for o in ("ftrl", "adam", "adagrad") if o != optimizer)
+    # Each setting's first values in the order most likely to help (larger rates, less
+    # L2 and a larger initial scale helped on adult; fmctr.commands.tune's budget may
+    # allow only a few trials): the first round takes each setting's first value, then
+    # each one's second, and so on.
     return {
-        "lr_x": Setting(1.0, (0.1, 0.3, 3.0, 10.0), (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)),
-        "touch_l2_x": Setting(1.0, (0.0, 0.1, 10.0), (0.0, 0.01, 0.1, 1.0, 10.0, 100.0)),
-        "l2_all_factors": Setting(l2_all_factors, tuple(v for v in (0.0, 1e-4, 1e-3) if v != l2_all_factors),
+        "lr_x": Setting(1.0, (3.0, 10.0, 0.3, 0.1), (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)),
+        "touch_l2_x": Setting(1.0, (0.1, 0.0, 10.0), (0.0, 0.01, 0.1, 1.0, 10.0, 100.0)),
+        "l2_all_factors": Setting(l2_all_factors, tuple(v for v in (1e-4, 0.0, 1e-3) if v != l2_all_factors),
                                   (0.0, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3)),
-        "init_std": Setting(init_std, tuple(v for v in (0.001, 0.03, 0.1) if v != init_std),
+        "init_std": Setting(init_std, tuple(v for v in (0.03, 0.1, 0.001) if v != init_std),
                             (0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3)),
-        "dim": Setting(dim, tuple(v for v in (0, 4, 16, 32) if v != dim)),
-        "batch_x": Setting(1.0, (0.25, 4.0, 16.0)),
+        "dim": Setting(dim, tuple(v for v in (16, 4, 32, 0) if v != dim)),
+        "batch_x": Setting(1.0, (4.0, 16.0, 0.25)),
         "optimizer": Setting(optimizer, others),
         "l2_all": Setting(l2_all, tuple(v for v in (1e-4,) if v != l2_all), (0.0, 1e-5, 1e-4, 1e-3)),
     }
@@ -97,9 +101,10 @@ def plan(book: Book, seed: int = 0) -> Iterator[dict]:
     sp = book.space
     if not book.tried({}):
         yield {}
-    for name, setting in sp.items():
-        for value in setting.first:
-            yield from _fresh(book, {name: value})
+    for rank in range(max(len(s.first) for s in sp.values())):
+        for name, setting in sp.items():
+            if rank < len(setting.first):
+                yield from _fresh(book, {name: setting.first[rank]})
     yield from _combine(book)
     while True:
         fresh = False

@@ -84,6 +84,9 @@ class Outcome:
     def summary(self) -> str:
         m = "AUC" if self.metric == "auc" else "logloss"
         value = lambda s: -s if self.metric == "auc" else s  # noqa: E731
+        if len([t for t in self.trials if not t.check]) == 1:
+            return (f"only the defaults ran: the budget left no time for another trial and its noise checks "
+                    f"(a trial took {self.defaults.seconds:.0f}s; try --budget {7 * self.defaults.seconds:.0f} or more)")
         if self.best is self.defaults:
             return f"no trial beat the defaults (trial 1, valid {m} {value(self.defaults.score(self.metric)):.4f})"
         seeds = (f"mean of {SEEDS} seeds {value(self.means['best']):.4f} against {value(self.means['defaults']):.4f} "
@@ -178,7 +181,7 @@ def _reserve(trials: list[Trial], best: Trial, refit: bool) -> float:
     """Seconds to keep for the checks (and the final training without --valid)."""
     mean = sum(t.seconds for t in trials) / len(trials)
     keep = (SEEDS - 1) * (trials[0].seconds + max(best.seconds, mean))
-    return keep + (max(best.seconds, mean) if refit else 0.0)
+    return keep + (0.5 * max(best.seconds, mean) if refit else 0.0)  # (a refit has no validation checks)
 
 
 def _search(run, book: search.Book, *, metric: str, seed: int, budget_s: float, started: float,
