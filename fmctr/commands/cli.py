@@ -236,7 +236,7 @@ def _quiet(message: str) -> None:
 
 
 def _json_safe(value):
-    if isinstance(value, float) and math.isnan(value):
+    if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
         return {k: _json_safe(v) for k, v in value.items()}
@@ -463,9 +463,10 @@ def _replica_sync(cfg, threads: int | None, sync_every: int):
 @errors_to_exit
 def tune(
     input: InputArg = "-",
-    valid: Annotated[str, typer.Option(help="Validation data (raw or hashed): every trial is scored on it.")] = ...,
-    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the best trial's model.")] = ...,
-    budget: Annotated[float, typer.Option(metavar="SECONDS", help="Start no new trial after this many seconds (a trial that has begun finishes).")] = 600.0,
+    valid: Annotated[Optional[str], typer.Option(help="Validation data (raw or hashed): every trial is scored on it.  [default: the last rows of INPUT, held out as train holds them out]")] = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the winning model.")] = ...,
+    budget: Annotated[float, typer.Option(metavar="SECONDS", help="The time to spend: no trial starts that would leave too little for the noise checks (and, without --valid, the final training).")] = 600.0,
+    max_trials: Annotated[Optional[int], typer.Option(metavar="N", help="Stop the search after N trials even if time is left (the noise checks run after them).")] = None,
     metric: Annotated[str, typer.Option(help="logloss or auc on the validation data ranks the trials (and stops each one early); logloss, as train's early stopping.")] = "logloss",
     min_count: Annotated[Optional[int], typer.Option(metavar="N", help="As for train.", rich_help_panel=SCHEMA)] = None,
     preset: Preset = None,
@@ -480,19 +481,24 @@ def tune(
     format: Format = None,
     bits: Bits = None,
     hash_seed: HashSeed = 0,
-    optimizer: Annotated[str, typer.Option(help="As for train.", rich_help_panel=TRAIN)] = "adagrad",
-    seed: Annotated[int, typer.Option(help="Seed for initialisation and shuffling.", rich_help_panel=TRAIN)] = 0,
-    threads: TrainThreads = None,
-    json_out: Annotated[bool, typer.Option("--json", help="Print the trials as JSON on stdout.")] = False,
+    optimizer: Annotated[str, typer.Option(help="The optimizer of the defaults (the search tries the others too).", rich_help_panel=TRAIN)] = "adagrad",
+    seed: Annotated[int, typer.Option(help="Seed of every trial (the noise checks add seed+1, seed+2) and of the search's random moves.", rich_help_panel=TRAIN)] = 0,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads for hashing and scoring; every trial trains on one, so that it is repeatable.  [default: all cores]")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the trials and the outcome as JSON on stdout.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No table.")] = False,
     force: Force = False,
 ) -> None:
-    """Search dim, learning rate and L2 on validation data; write the best model.
+    """Search the rate, initial scale, dim, L2, batch size and optimizer; write the winner.
 
-    The data is hashed once. Trials start from the defaults and move one setting at
-    a time (dim 4/16, lr x1/3 and x10/3 of its default (0.01/0.1 with adagrad), --l2-all-factors 0/1e-4/1e-3, touch L2 x0.1/x10),
-    then combine the moves that helped; each trial stops early on the validation
-    data. The search stops starting trials when --budget is spent."""
+    The data is hashed once. Trials start from the defaults and move one setting at a
+    time (--lr x0.1/0.3/3/10 of its default, --init-std 0.001/0.03/0.1, --dim 0/4/16/32,
+    touch L2 x0/0.1/10, --l2-all-factors 0/1e-4/1e-3, --l2-all 1e-4, batch size
+    x1/4, 4, 16, the other optimizers), combine the moves that helped, then keep moving
+    around the best until --budget is spent. Each trial trains on one thread with the
+    same seed and stops early on --valid, or without it on the last rows of INPUT.
+    The defaults and the best then run with two more seeds: the best is written only
+    if it beats the defaults by more than that noise; without --valid the winner's
+    settings train the final model on every row, as `fmctr train` does."""
     _use_threads(threads)
     from fmctr.atomic import check_output
     from fmctr.models.modelfile import MODEL_FILE, save
@@ -504,23 +510,27 @@ def tune(
     if json_out and out.stream and out.path is None:
         raise BadOptions("-o - and --json both write to stdout: give one of them")
     spec = _spec(preset, schema, label, categorical, numeric, multi, ignore, sep, numeric_mode, format)
-    base = TrainConfig.from_options(optimizer=optimizer, seed=seed, threads=threads)
+    base = TrainConfig.from_options(optimizer=optimizer, seed=seed)
 
     def show(trial) -> None:
         if not quiet:
-            stderr.print(f"trial {trial.number} {trial.flags}: valid AUC {trial.valid['auc']:.4f}, "
-                         f"logloss {trial.valid['logloss']:.4f}, {trial.epochs} epochs, {trial.seconds:.0f}s", highlight=False)
+            stderr.print(f"trial {trial.number} {trial.flags}: valid AUC {trial.valid.get('auc', float('nan')):.4f}, "
+                         f"logloss {trial.valid.get('logloss', float('nan')):.4f}, {trial.epochs} epochs, "
+                         f"{trial.seconds:.0f}s" + (f" ({trial.error})" if trial.error else ""), highlight=False)
 
-    trials, best = run(input, valid, spec=spec, hashing=_hashing(bits, hash_seed), base=base, budget_s=budget,
-                       metric=metric.lower(), min_count=min_count, log=_err, on_trial=show)
-    best.model.training["tune"] = {"options": best.flags, "trials": len(trials)}
-    save(best.model, out)
+    outcome = run(input, valid, spec=spec, hashing=_hashing(bits, hash_seed), base=base, budget_s=budget,
+                  metric=metric.lower(), min_count=min_count, max_trials=max_trials, log=_err, on_trial=show)
+    outcome.model.training["tune"] = {"options": outcome.train_flags, "trials": len(outcome.trials),
+                                      "winner": outcome.winner.number, "summary": outcome.summary()}
+    save(outcome.model, out)
     if not quiet:
-        stderr.print(trials_table(trials, best.number))
-        stderr.print(f"wrote {output} (trial {best.number} of {len(trials)})", highlight=False)
+        stderr.print(trials_table(outcome.trials, outcome.winner.number))
+        stderr.print(outcome.summary(), highlight=False)
+        stderr.print(f"the same with train: fmctr train INPUT{' --valid VALID' if valid is not None else ''} "
+                     f"{outcome.train_flags}", highlight=False)
+        stderr.print(f"wrote {output}", highlight=False)
     if json_out:
-        _print_data(json.dumps(_json_safe([{"trial": t.number, "options": t.flags, "valid": t.valid, "epochs": t.epochs,
-                                      "seconds": round(t.seconds, 3), "best": t is best} for t in trials])))
+        _print_data(json.dumps(_json_safe(outcome.to_json())))
 
 
 @app.command("eval")

@@ -338,14 +338,18 @@ def train_model(
             td = replace(td, rows=every_row, valid=None)
     training = _training_record(td, result, positives, sync, started)
     if chose is not result:
-        training["selection"] = {"holdout_rows": held_out.rows, "best_epoch": chose.best_epoch, "epochs": result.config.epochs,
-                                 "valid_metrics": chose.history[chose.best_epoch - 1].valid,
-                                 "history": [asdict(e) for e in chose.history]}
+        training["selection"] = selection_record(chose, held_out.rows, result.config.epochs)
     if start is not None:
         training["warm_start"] = start.training.get("input")
     model = Model(result.weights, td.data.schema, td.data.hashing, training, result.optimizer, rare=td.rare,
                   kind=result.config.kind)
     return model, result
+
+
+def selection_record(chose, held_out_rows: int, epochs: int) -> dict:
+    """How the held-out rows chose the epochs of a refit (`chose`: the TrainResult there)."""
+    return {"holdout_rows": held_out_rows, "best_epoch": chose.best_epoch, "epochs": epochs,
+            "valid_metrics": chose.history[chose.best_epoch - 1].valid, "history": [asdict(e) for e in chose.history]}
 
 
 def _hold_out(td: TrainingData, cfg: TrainConfig, validation: bool, progress) -> tuple[TrainingData, TrainConfig]:

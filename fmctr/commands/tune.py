@@ -1,88 +1,264 @@
-"""`fmctr tune`: a small, time-boxed search over dim, learning rate and L2, scored on
-validation data.
+"""`fmctr tune`: a search over the rate, the initial scale, dim, every L2, the batch
+size and the optimizer that spends its time budget, with the noise taken into account.
 
-The data is hashed once; every trial trains with early stopping on the validation
-rows. The search is coordinate-wise from the defaults: first the defaults, then each
-setting moved alone to each of its other values, then all the settings that helped
-together; it stops when the time budget is spent (a trial that has begun finishes).
+The data is hashed once. Every trial trains single-threaded with the same seed, so
+it is bit-for-bit repeatable and two trials differ only by their settings; each
+stops early on the validation data (--valid), or, without it, on the last rows of
+the training data held out as `fmctr train` holds them out (fmctr.training.selection).
+The plan of trials is fmctr.commands.search's; no trial starts that, by the mean
+trial time so far, would leave too little of the budget for the checks below.
+
+Then the noise: the defaults and the best trial run again with two more seeds. The
+best wins only if the mean of its three scores beats the defaults' mean by more
+than the seeds' spread (the larger range of the two); otherwise the defaults win.
+Without --valid the winner's settings train the final model as `fmctr train` would
+(epochs chosen on the held-out rows, then a refit on every row).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 from fmctr.atomic import scratch_dir
-from fmctr.errors import BadOptions
+from fmctr.commands import search
+from fmctr.commands.jobs import Log, _as_dataset, _silent, open_input, selection_record, train_model
+from fmctr.datasets.batches import DatasetRows
+from fmctr.errors import BadOptions, Diverged
 from fmctr.hashing.tokens import HashSpec
 from fmctr.models.modelfile import Model
-from fmctr.commands.jobs import Log, _as_dataset, _silent, open_input, train_model
+from fmctr.models.runtime import resolve_device
 from fmctr.reading.schema import SchemaSpec
-from fmctr.training.config import DEFAULT_LR, L2_TOUCH_ROWS, TrainConfig
+from fmctr.training import selection
+from fmctr.training.config import DEFAULT_BATCH, DEFAULT_LR, FTRL_L2, L2_TOUCH_ROWS, TrainConfig
 
-# Each setting's values to try besides the default (the learning rate as a multiple of
-# the optimizer's default, 0.01 and 0.1 for Adagrad; the touch L2 as a multiple of its
-# default of L2_TOUCH_ROWS / rows).
-SPACE = {
-    "dim": [4, 16],
-    "lr_x": [1 / 3, 10 / 3],
-    "l2_all_factors": [0.0, 1e-4, 1e-3],
-    "touch_l2_x": [0.1, 10.0],
-}
-FLAGS = {"dim": "--dim", "l2_all_factors": "--l2-all-factors"}
+SEEDS = 3  # the defaults and the best each run with this many seeds in all
+FLAGS = {"dim": "--dim", "init_std": "--init-std", "l2_all_factors": "--l2-all-factors", "l2_all": "--l2-all",
+         "optimizer": "--optimizer"}
 
 
 @dataclass
 class Trial:
     number: int
-    settings: dict  # the settings that differ from the defaults
+    settings: dict  # the settings that differ from the defaults (fmctr.commands.search)
     flags: str  # the same as `fmctr train` options
     valid: dict  # validation metrics of the trial's best epoch
     epochs: int
     seconds: float
-    model: Model | None = None  # kept for the best trial only
+    seed: int
+    check: bool = False  # a run with another seed, to measure the noise
+    error: str | None = None  # why it did not finish (diverged, too large)
+    model: Model | None = None  # kept for the defaults and the best trial only
+    chosen: object = None  # the run's history, best epoch and configuration (TrainResult without weights)
 
     def score(self, metric: str) -> float:
-        value = self.valid[metric]
+        """Lower is better; a failed trial scores infinity."""
+        value = self.valid.get(metric, math.nan)
+        if value is None or math.isnan(value):
+            return math.inf
         return -value if metric == "auc" else value
 
 
-def _config(base: TrainConfig, settings: dict, rows: int) -> TrainConfig:
-    settings = dict(settings)
-    scale = settings.pop("touch_l2_x", None)
-    lr_scale = settings.pop("lr_x", None)
-    cfg = base.with_options(**settings)
-    if lr_scale is not None:
-        cfg = cfg.with_options(lr=(base.lr or DEFAULT_LR[base.optimizer]) * lr_scale)
-    if scale is not None:
-        cfg = cfg.with_options(l2_linear=L2_TOUCH_ROWS[0] * scale / rows, l2_factors=L2_TOUCH_ROWS[1] * scale / rows)
+@dataclass
+class Outcome:
+    trials: list[Trial]
+    defaults: Trial
+    best: Trial  # the search's best trial
+    winner: Trial  # the best if it beat the defaults by more than the noise, else the defaults
+    metric: str
+    means: dict = field(default_factory=dict)  # "defaults", "best": mean score over the seeds (lower is better)
+    noise: float | None = None  # the larger range of the two's scores over the seeds
+    model: Model | None = None  # the model to write
+    train_flags: str = ""  # `fmctr train` options that give the model
+
+    @property
+    def gain(self) -> float | None:
+        """How far the winner's mean score is better than the defaults' (metric units)."""
+        if not self.means:
+            return None
+        return self.means["defaults"] - self.means["best"]
+
+    def summary(self) -> str:
+        m = "AUC" if self.metric == "auc" else "logloss"
+        value = lambda s: -s if self.metric == "auc" else s  # noqa: E731
+        if len([t for t in self.trials if not t.check]) == 1:
+            return (f"only the defaults ran: the budget left no time for another trial and its noise checks "
+                    f"(a trial took {self.defaults.seconds:.0f}s; try --budget {7 * self.defaults.seconds:.0f} or more)")
+        if self.best is self.defaults:
+            return f"no trial beat the defaults (trial 1, valid {m} {value(self.defaults.score(self.metric)):.4f})"
+        seeds = (f"mean of {SEEDS} seeds {value(self.means['best']):.4f} against {value(self.means['defaults']):.4f} "
+                 f"for the defaults")
+        if self.winner is self.defaults:
+            return (f"nothing beat the defaults by more than the noise (±{self.noise:.4f}): the best, trial "
+                    f"{self.best.number}, was better by {self.gain:.4f} valid {m} ({seeds}); kept the defaults")
+        return (f"trial {self.winner.number} won: valid {m} better than the defaults by {self.gain:.4f} ({seeds}), "
+                f"more than the noise (±{self.noise:.4f})")
+
+    def to_json(self) -> dict:
+        return {"trials": [{"trial": t.number, "options": t.flags, "valid": t.valid, "epochs": t.epochs,
+                            "seconds": round(t.seconds, 3), "seed": t.seed, "check": t.check, "error": t.error,
+                            "best": t is self.winner} for t in self.trials],
+                "winner": self.winner.number, "best_trial": self.best.number, "metric": self.metric,
+                "beat_defaults": self.winner is not self.defaults, "gain": self.gain, "noise": self.noise,
+                "summary": self.summary(), "train_options": self.train_flags}
+
+
+@dataclass
+class _Data:
+    """The hashed training data, and how trials are scored: `valid` (a path) or the
+    last `fraction` of the training rows."""
+
+    train: str
+    name: str
+    rows: int
+    engine: str
+    valid: str | None
+    fraction: float | None
+
+
+def config(base: TrainConfig, settings: dict, data: _Data) -> TrainConfig:
+    """The training configuration of a trial's settings."""
+    s = dict(settings)
+    lr_x, touch, batch_x = s.pop("lr_x", None), s.pop("touch_l2_x", None), s.pop("batch_x", None)
+    if "l2_all" in s:
+        s["l2_all_linear"] = s.pop("l2_all")
+    cfg = base.with_options(**s)
+    if lr_x is not None:
+        cfg = cfg.with_options(lr=(base.lr or DEFAULT_LR[cfg.optimizer]) * lr_x)
+    if touch is not None:
+        linear = FTRL_L2 if cfg.optimizer == "ftrl" else L2_TOUCH_ROWS[0] / data.rows
+        cfg = cfg.with_options(l2_linear=linear * touch, l2_factors=L2_TOUCH_ROWS[1] * touch / data.rows)
+    if batch_x is not None:
+        cfg = cfg.with_options(batch_size=max(1, round(DEFAULT_BATCH[data.engine] * batch_x)))
     return cfg
 
 
 def as_flags(settings: dict, cfg: TrainConfig) -> str:
     """A trial's settings as the `fmctr train` options that give them."""
-    flags = [f"{FLAGS[k]} {v:g}" for k, v in settings.items() if k in FLAGS]
+    flags = [f"{FLAGS[k]} {v:g}" if not isinstance(v, str) else f"{FLAGS[k]} {v}"
+             for k, v in settings.items() if k in FLAGS]
     if "lr_x" in settings:
         flags.append(f"--lr {cfg.lr:.3g}")
     if "touch_l2_x" in settings:
         flags.append(f"--l2 {cfg.l2_linear:.3g} --l2-factors {cfg.l2_factors:.3g}")
+    if "batch_x" in settings:
+        flags.append(f"--batch-size {cfg.batch_size}")
     return " ".join(flags) or "(defaults)"
 
 
-def helpful(trials: list[Trial], defaults: Trial, metric: str) -> dict:
-    """For each setting, its value that beat the defaults by the most (if any did)."""
-    chosen: dict = {}
-    for key in SPACE:
-        alone = [t for t in trials if set(t.settings) == {key} and t.score(metric) < defaults.score(metric)]
-        if alone:
-            chosen[key] = min(alone, key=lambda t: t.score(metric)).settings[key]
-    return chosen
+def _space(base: TrainConfig) -> dict[str, search.Setting]:
+    return search.space(optimizer=base.optimizer, init_std=base.init_std, dim=base.dim,
+                        l2_all_factors=base.l2_all_factors, l2_all=base.l2_all_linear)
+
+
+def _trainer(data: _Data, base: TrainConfig, metric: str, min_count: int | None, log: Log):
+    """A function that runs one trial: settings and seed -> (Trial, model or None)."""
+
+    def run(number: int, settings: dict, seed: int, check: bool = False) -> Trial:
+        cfg = config(base, settings, data).with_options(seed=seed)
+        flags = as_flags(settings, cfg) + (f" --seed {seed}" if check else "")
+        t0 = time.monotonic()
+        try:
+            model, result = train_model(data.train, spec=None, hashing=None, cfg=cfg, valid=data.valid,
+                                        valid_fraction=data.fraction, min_count=min_count, log=log)
+        except (Diverged, BadOptions) as e:
+            if number == 1:
+                raise
+            return Trial(number, settings, flags, {"auc": math.nan, "logloss": math.nan}, 0, time.monotonic() - t0, seed, check, str(e))
+        model.training["input"] = data.name
+        best = result.history[result.best_epoch - 1]
+        chosen = SimpleNamespace(history=result.history, best_epoch=result.best_epoch, config=result.config)
+        return Trial(number, settings, flags, best.valid, len(result.history), time.monotonic() - t0, seed, check,
+                     model=model, chosen=chosen)
+
+    return run
+
+
+def _reserve(trials: list[Trial], best: Trial, refit: bool) -> float:
+    """Seconds to keep for the checks (and the final training without --valid)."""
+    mean = sum(t.seconds for t in trials) / len(trials)
+    keep = (SEEDS - 1) * (trials[0].seconds + max(best.seconds, mean))
+    return keep + (0.5 * max(best.seconds, mean) if refit else 0.0)  # (a refit has no validation checks)
+
+
+def _search(run, book: search.Book, *, metric: str, seed: int, budget_s: float, started: float,
+            max_trials: int | None, refit: bool, on_trial) -> tuple[list[Trial], Trial, Trial]:
+    """The search trials, until the budget (or --max-trials) is spent; returns them,
+    the defaults' trial and the best."""
+    trials: list[Trial] = []
+    best = defaults = None
+    for settings in search.plan(book, seed):
+        if trials and (max_trials is not None and len(trials) >= max_trials or time.monotonic() - started
+                       + sum(t.seconds for t in trials) / len(trials) + _reserve(trials, best, refit) > budget_s):
+            break
+        trial = run(len(trials) + 1, settings, seed)
+        book.record(settings, trial.score(metric))
+        trials.append(trial)
+        if best is None or trial.score(metric) < best.score(metric):
+            if best is not None and best is not defaults:
+                best.model = None
+            best = trial
+        elif trial is not defaults:
+            trial.model = None
+        defaults = defaults or trial
+        if on_trial is not None:
+            on_trial(trial)
+    return trials, defaults, best
+
+
+def _check_noise(run, trials: list[Trial], out: Outcome, seed: int, on_trial) -> None:
+    """Run the defaults and the best with more seeds; the best wins only if its mean
+    beats the defaults' by more than the spread over the seeds."""
+    scores = {}
+    for name, trial in (("defaults", out.defaults), ("best", out.best)):
+        runs = [trial]
+        for s in range(seed + 1, seed + SEEDS):
+            runs.append(run(len(trials) + 1, trial.settings, s, check=True))
+            trials.append(runs[-1])
+            if on_trial is not None:
+                on_trial(runs[-1])
+        scores[name] = [t.score(out.metric) for t in runs]
+    out.means = {name: sum(v) / len(v) for name, v in scores.items()}
+    out.noise = max(max(v) - min(v) for v in scores.values())
+    if not out.gain > out.noise:  # (also when a score is infinite)
+        out.winner = out.defaults
+
+
+def _open(path: str, valid: str | None, tmp, *, spec, hashing, base: TrainConfig, log: Log) -> _Data:
+    """Hash the data once; without --valid, the share of the rows to hold out."""
+    train_in = open_input(path, spec=spec, hashing=hashing, require_label=True, log=log)
+    train_sets = train_in.shards or [_as_dataset(train_in, tmp / "train")]
+    train_path = path if train_in.shards else str(train_sets[0].path)
+    rows = DatasetRows(train_sets)
+    engine = resolve_device(base.engine, base.device)[0]
+    if valid is not None:
+        valid_in = open_input(valid, schema=train_in.schema, hashing=train_in.hashing, require_label=True, log=log)
+        valid_path = valid if valid_in.shards else str(_as_dataset(valid_in, tmp / "valid").path)
+        return _Data(train_path, train_in.name, rows.rows, engine, valid_path, None)
+    fraction = selection.holdout_fraction(base, rows.rows)
+    fit, held = rows.split_tail(fraction)
+    if fit.rows == 0 or held.rows == 0 or not selection.usable(held.labels()):
+        raise BadOptions(f"{train_in.name}: the last {held.rows:,} rows are none or hold one class only, so they cannot score "
+                         f"the trials: give validation data with --valid")
+    return _Data(train_path, train_in.name, rows.rows, engine, None, fraction)
+
+
+def _refit(winner: Trial, cfg: TrainConfig, data: _Data, min_count: int | None, log: Log) -> Model:
+    """Without --valid, the final model as `fmctr train` makes it: every row, for the
+    epochs (and at the rates) the winner's trial chose on the held-out rows."""
+    refit = selection.refit_config(cfg.with_options(holdout=data.fraction), winner.chosen)
+    model, _ = train_model(data.train, spec=None, hashing=None, cfg=refit, min_count=min_count, log=log)
+    model.training["input"] = data.name
+    model.training["selection"] = selection_record(winner.chosen, int(round(data.rows * data.fraction)), refit.epochs)
+    return model
 
 
 def tune(
     path: str,
-    valid: str,
+    valid: str | None,
     *,
     spec: SchemaSpec | None,
     hashing: HashSpec | None,
@@ -90,53 +266,33 @@ def tune(
     budget_s: float,
     metric: str = "auc",
     min_count: int | None = None,
+    max_trials: int | None = None,
     log: Log = _silent,
     on_trial: Callable[[Trial], None] | None = None,
-) -> tuple[list[Trial], Trial]:
-    """Run the search; return every trial and the best (with its model)."""
+) -> Outcome:
+    """Run the search and the noise checks; return the outcome with the model to write."""
     if budget_s <= 0:
         raise BadOptions(f"--budget must be a positive number of seconds, got {budget_s}")
+    if max_trials is not None and max_trials < 1:
+        raise BadOptions(f"--max-trials must be at least 1, got {max_trials}")
     if metric not in ("auc", "logloss"):
         raise BadOptions(f"unknown metric {metric!r} (choose from auc, logloss)")
-    base = base.with_options(stop_metric=metric).check()
+    base = base.with_options(stop_metric=metric, threads=1).check()
     started = time.monotonic()
     with scratch_dir("fmctr-tune-") as tmp:
-        train_in = open_input(path, spec=spec, hashing=hashing, require_label=True, log=log)
-        train_sets = train_in.shards or [_as_dataset(train_in, tmp / "train")]
-        train_path = path if train_in.shards else str(train_sets[0].path)
-        rows = sum(ds.rows for ds in train_sets)
-        valid_in = open_input(valid, schema=train_in.schema, hashing=train_in.hashing, require_label=True, log=log)
-        valid_path = valid if valid_in.shards else str(_as_dataset(valid_in, tmp / "valid").path)
-        trials: list[Trial] = []
-        best: Trial | None = None
-
-        def run(settings: dict) -> Trial:
-            nonlocal best
-            t0 = time.monotonic()
-            cfg = _config(base, settings, rows)
-            model, result = train_model(train_path, spec=None, hashing=None, cfg=cfg,
-                                        valid=valid_path, min_count=min_count, log=log)
-            model.training["input"] = train_in.name
-            trial = Trial(len(trials) + 1, settings, as_flags(settings, cfg), result.history[result.best_epoch - 1].valid,
-                          len(result.history), time.monotonic() - t0)
-            trials.append(trial)
-            if best is None or trial.score(metric) < best.score(metric):
-                if best is not None:
-                    best.model = None
-                trial.model, best = model, trial
-            if on_trial is not None:
-                on_trial(trial)
-            return trial
-
-        defaults = run({})
-        plan = [{key: value} for key, values in SPACE.items() for value in values]
-        for settings in plan + [None]:
-            if settings is None:  # the settings that helped, together
-                settings = helpful(trials, defaults, metric)
-                if len(settings) < 2:
-                    break
-            if time.monotonic() - started >= budget_s:
-                break
-            run(settings)
-    assert best is not None
-    return trials, best
+        data = _open(path, valid, tmp, spec=spec, hashing=hashing, base=base, log=log)
+        run = _trainer(data, base, metric, min_count, log)
+        book = search.Book(_space(base))
+        trials, defaults, best = _search(run, book, metric=metric, seed=base.seed, budget_s=budget_s,
+                                         started=started, max_trials=max_trials, refit=valid is None,
+                                         on_trial=on_trial)
+        out = Outcome(trials, defaults, best, best, metric)
+        if best is not defaults:
+            _check_noise(run, trials, out, base.seed, on_trial)
+        cfg = config(base, out.winner.settings, data)
+        out.train_flags = " ".join(f for f in (as_flags(out.winner.settings, cfg), f"--seed {base.seed} --threads 1")
+                                   if f != "(defaults)")
+        out.model = out.winner.model if valid is not None else _refit(out.winner, cfg, data, min_count, log)
+    for t in trials:
+        t.model = None
+    return out
