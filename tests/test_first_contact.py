@@ -182,7 +182,7 @@ def test_exit_codes_follow_shell_conventions(tmp_path):
         return proc.returncode, proc.stderr
 
     assert run("train", "--nope") == (
-        2, "error: No such option: --nope (Possible options: --force, --ignore, --model) (see fmctr train --help)\n")
+        2, "error: No such option: --nope (Possible options: --ignore, --model, --no-refit) (see fmctr train --help)\n")
     assert run("predict") == (2, "error: Missing option '--model' / '-m'. (see fmctr predict --help)\n")
     assert run("bogus") == (2, "error: No such command 'bogus'. (see fmctr --help)\n")
     assert run("eval", tmp_path / "nope.csv", "-m", tmp_path / "m.fm") == (1, f"error: {tmp_path / 'm.fm'}: no such model file\n")

@@ -13,11 +13,11 @@ from fmctr.training import selection
 from fmctr.training.config import TrainConfig
 
 
-def test_holdout_share_is_a_tenth_but_at_least_100_rows_and_at_most_a_quarter():
+def test_holdout_share_is_a_tenth_but_at_least_2000_rows_and_at_most_a_quarter():
     cfg = TrainConfig()
     assert selection.holdout_fraction(cfg, 100_000) == pytest.approx(0.1)
-    assert selection.holdout_fraction(cfg, 500) == pytest.approx(0.2)
-    assert selection.holdout_fraction(cfg, 100) == pytest.approx(0.25)
+    assert selection.holdout_fraction(cfg, 10_000) == pytest.approx(0.2)
+    assert selection.holdout_fraction(cfg, 500) == pytest.approx(0.25)
     assert selection.holdout_fraction(cfg.with_options(holdout=0.3), 100_000) == pytest.approx(0.3)
 
 
@@ -42,7 +42,8 @@ def test_default_training_chooses_then_refits_on_every_row(tmp_path):
     training = load(path).training
     chose = training["selection"]
     rows = training["rows"]
-    assert chose["holdout_rows"] == round(rows * 0.1)  # every row trained the final model
+    share = selection.holdout_fraction(TrainConfig(), rows)
+    assert chose["holdout_rows"] == rows - (rows - round(rows * share))  # every row trained the final model
     assert 1 <= chose["best_epoch"] <= 20 and chose["valid_metrics"]["auc"] > 0.6
     assert training["epochs_run"] == chose["epochs"] == len(training["history"]) <= chose["best_epoch"]
     # the refit replays the rates of the run that chose: the first epoch at the configured rate

@@ -308,7 +308,7 @@ def train_cmd(
     hash_seed: HashSeed = 0,
     dim: Annotated[int, typer.Option(help="Factor dimension k; 0 trains logistic regression.", rich_help_panel=TRAIN)] = 8,
     epochs: Annotated[Optional[int], typer.Option(help="Passes over the data, fixed; with validation, the most (early stopping decides).  [default: chosen on held-out rows (--holdout), at most 20]", rich_help_panel=TRAIN)] = None,
-    holdout: Annotated[Optional[float], typer.Option(metavar="FRACTION", help="Without validation data or --epochs: hold out this last share of the rows, stop early on it, then train again on every row for the epochs chosen (0: hold nothing out, train 3 epochs).  [default: 0.1, at least 100 rows]", rich_help_panel=TRAIN)] = None,
+    holdout: Annotated[Optional[float], typer.Option(metavar="FRACTION", help="Without validation data or --epochs: hold out this last share of the rows, stop early on it, then train again on every row for the epochs chosen (0: hold nothing out, train 3 epochs).  [default: 0.1, at least 2,000 rows, at most 0.25]", rich_help_panel=TRAIN)] = None,
     refit: Annotated[bool, typer.Option("--refit/--no-refit", help="With --holdout: train again on every row (--no-refit keeps the held-out run's model: about half the time).", rich_help_panel=TRAIN)] = True,
     batch_size: Annotated[Optional[int], typer.Option(help="Rows per update.  [default: 4 on the cpu engine, 1024 on torch]", rich_help_panel=TRAIN)] = None,
     lr: Annotated[Optional[float], typer.Option(help="Learning rate.  [default: 0.03; 3e-4 with adam]", rich_help_panel=TRAIN)] = None,
