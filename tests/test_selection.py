@@ -71,7 +71,7 @@ def test_epochs_or_holdout_0_give_a_fixed_budget(tmp_path):
 
 
 def test_held_out_rows_of_one_class_fall_back_to_the_fixed_budget(tmp_path):
-    rows = ["label,a"] + [f"{i % 2},{i % 7}" for i in range(900)] + ["0,1"] * 100
+    rows = ["label,a"] + [f"{i % 2},{i % 7}" for i in range(900)] + ["0,1"] * 300
     (tmp_path / "d.csv").write_text("\n".join(rows) + "\n")
     result = invoke("train", tmp_path / "d.csv", "-o", tmp_path / "m.fm", "--threads", "1")
     assert result.exit_code == 0, result.stderr
