@@ -44,8 +44,9 @@ Cases (group "choose": cases to choose fmctr's defaults on; "check": held back t
 fmctr, run as `python -m fmctr` subprocesses with the case's data args:
 - defaults: `train TRAIN -o M -q --seed S <args> <--fmctr-args>`, `eval TEST -m M --json`;
   with --seeds N, seeds 0..N-1: mean AUC/logloss and the AUC spread (max - min).
-- tuned: `tune FIT --valid VALID -o M --budget S <args>` on the peers' fit/valid split of
-  the training rows (below), then `eval TEST` of its best model (trained on FIT only).
+- tuned: `tune TRAIN -o M --budget S <args>` as a user without validation data runs it
+  (trials scored on the rows `train` holds out, the winner refit on every row, so tuned
+  and defaults see the same rows), then `eval TEST`.
 
 Peers. Each sweeps a few settings: fit on FIT, score VALID, choose by validation AUC,
 refit on all training rows with the chosen setting, score TEST. The sweep climbs from
@@ -572,23 +573,13 @@ def fmctr_defaults(case: Case, seeds: int, extra: list[str], work: Path) -> dict
             "seconds": round(sum(r["seconds"] for r in runs), 1)}
 
 
-def _carve_files(case: Case, work: Path) -> tuple[Path, Path]:
-    """The peers' fit/valid split of the training file, as two files for `fmctr tune`."""
-    raw = Path(case.train).read_bytes().splitlines(keepends=True)
-    header, rows = ([], raw) if case.raw_format == "criteo" else (raw[:1], raw[1:])
-    fit_rows, valid_rows = valid_split(case, len(rows))
-    paths = work / f"{case.name}.fit{Path(case.train).suffix}", work / f"{case.name}.valid{Path(case.train).suffix}"
-    for path, part in zip(paths, (fit_rows, valid_rows)):
-        path.write_bytes(b"".join(header + [rows[i] for i in part]))
-    return paths
-
-
 def fmctr_tuned(case: Case, budget: float, work: Path) -> dict:
-    """`fmctr tune` on the fit/valid carve of the training rows; its best model on test."""
+    """`fmctr tune` on the training rows as a user without validation data runs it: it
+    scores trials on the rows `fmctr train` holds out and refits the winner on every
+    row, so tuned and defaults see the same rows. Its model on test."""
     started = time.perf_counter()
-    fit, valid = _carve_files(case, work)
     model = work / f"{case.name}.tuned.fm"
-    trials = json.loads(fmctr("tune", fit, "--valid", valid, "-o", model, "--budget", budget, "--json", "-q",
+    trials = json.loads(fmctr("tune", case.train, "-o", model, "--budget", budget, "--json", "-q",
                               "--force", *case.args))
     result = json.loads(fmctr("eval", case.test, "-m", model, "--json"))
     return {"auc": result["auc"], "logloss": result["logloss"], "trials": trials,
@@ -639,7 +630,8 @@ def run_case(name: str, args, work: Path, log) -> dict:
            "note": case.note, "peers": {}}
     if not args.no_peers:
         out["peers"] = peer_results(case, args.cache, args.refresh_peers, log)
-    for key, run in (("defaults", lambda: fmctr_defaults(case, args.seeds, args.fmctr_args.split(), work)),
+    for key, run in (("defaults", None if args.no_defaults else
+                      lambda: fmctr_defaults(case, args.seeds, args.fmctr_args.split(), work)),
                      ("tuned", None if args.no_tune else lambda: fmctr_tuned(case, args.tune_budget, work))):
         if run is None:
             continue
@@ -659,6 +651,7 @@ def parse_args(argv=None):
     p.add_argument("--seeds", type=int, default=1, help="fmctr defaults with --seed 0..N-1: mean and spread")
     p.add_argument("--tune-budget", type=float, default=60.0, help="seconds of `fmctr tune --budget` per case")
     p.add_argument("--no-tune", action="store_true", help="skip fmctr tune")
+    p.add_argument("--no-defaults", action="store_true", help="skip the fmctr defaults runs")
     p.add_argument("--no-peers", action="store_true", help="skip the peers (cached results are not shown either)")
     p.add_argument("--refresh-peers", action="store_true", help="recompute the peers' cached results")
     p.add_argument("--fmctr-args", default="", help='extra `fmctr train` options for the defaults runs, e.g. "--dim 16"')
