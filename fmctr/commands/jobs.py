@@ -222,7 +222,8 @@ def _check_train_options(path: str, cfg: TrainConfig, valid: str | None, valid_f
     if min_count is not None and min_count < 1:
         raise BadOptions(f"--min-count must be at least 1, got {min_count}")
     if hashing is not None and base is None:  # before hashing the data (training checks again in any case)
-        check_memory(hashing.bits, cfg.dim, cfg.optimizer, valid is not None or valid_fraction is not None)
+        validation = valid is not None or valid_fraction is not None
+        check_memory(hashing.bits, cfg.dim, cfg.optimizer, validation or selection.chooses_epochs(cfg, validation))
     if base is not None:
         check_warm_start(base, cfg, hashing, "the model" if resume is None else "the checkpoint")
         if min_count is not None and (base.rare is None or base.rare.min_count != min_count):
