@@ -99,3 +99,18 @@ def test_bits_bound_the_indices():
     rows = hash_chunk(c, schema, spec, name="t", columns=["label", "C1"], require_label=True)
     assert rows.indices.min() >= 0 and rows.indices.max() < 8
     assert len(set(rows.indices.tolist())) == 8
+
+
+def test_fine_buckets_tell_small_fractions_apart_where_bucket_merges_them():
+    from fmctr.hashing.tokens import FINE_BUCKETS, bucket_values
+
+    x = np.array([0.05, 0.1, 0.16, 0.5, 1.5, 7.5, -0.3, -0.05])
+    coarse, fine = bucket_values(x), bucket_values(x, fine=True)
+    assert len(set(coarse[:4])) == 1  # every value in [0, 1) on one token
+    assert len(set(fine)) == len(x)  # a quarter octave apart or more: each its own
+    assert all(b in FINE_BUCKETS for b in fine)
+    whole = np.array([0.0, 1.0, 2.0, 3.0, 40.0, -7.0, np.nan])
+    np.testing.assert_array_equal(bucket_values(whole, fine=True), bucket_values(whole))
+    # the same bucket for values within a quarter octave, on either side of 0 apart
+    assert bucket_values(np.array([0.101]), True)[0] == bucket_values(np.array([0.102]), True)[0]
+    assert bucket_values(np.array([0.1]), True)[0] != bucket_values(np.array([-0.1]), True)[0]

@@ -108,3 +108,15 @@ def test_line_starts_in_parallel_pieces_match_a_plain_scan(text):
     if not text.endswith(b"\n"):
         expected.append(len(text) + 1)
     assert onepass.line_starts(np.frombuffer(text, np.uint8)).tolist() == expected
+
+
+def test_fine_buckets_agree_on_whole_numbers_and_leave_fractions_to_the_columnar_way():
+    header = "label\tx\tc"
+    whole = [f"1\t{v}\ta" for v in (0, 1, 2, 3, 17, 1000, -5, "")]
+    spec = {"numeric": ("x",), "numeric_mode": "fine", "format": "tsv"}
+    columnar, fast = both_paths("\n".join([header, *whole]) + "\n", spec)
+    np.testing.assert_array_equal(fast.indices, columnar.indices)
+    bucket_columnar, _ = both_paths("\n".join([header, *whole]) + "\n", {**spec, "numeric_mode": "bucket"})
+    np.testing.assert_array_equal(columnar.indices, bucket_columnar.indices)  # whole numbers: the same tokens
+    _, fast = both_paths("\n".join([header, "1\t0.25\ta"]) + "\n", spec)
+    assert fast is None  # a fraction: the columnar way

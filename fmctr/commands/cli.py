@@ -172,7 +172,7 @@ Numeric = Annotated[Optional[list[str]], typer.Option(metavar="COLS", help="Nume
 Multi = Annotated[Optional[list[str]], typer.Option(metavar="COLS", help="Multi-valued columns, e.g. genres=\"Action|Comedy\" (comma-separated, repeatable).", rich_help_panel=SCHEMA)]
 Ignore = Annotated[Optional[list[str]], typer.Option(metavar="COLS", help="Columns that are not features, e.g. ids (comma-separated, repeatable).", rich_help_panel=SCHEMA)]
 Sep = Annotated[Optional[str], typer.Option("--sep", help="Separator inside multi-valued columns.  [default: |]", rich_help_panel=SCHEMA)]
-NumericMode = Annotated[Optional[str], typer.Option(help="How numeric columns become features: bucket (token floor(ln(x)^2) for x>2; a token of its own for each floor(x) up to 2), log1p (value sign(x)*ln(1+|x|) on one index) or raw.  [default: bucket]", rich_help_panel=SCHEMA)]
+NumericMode = Annotated[Optional[str], typer.Option(help="How numeric columns become features: fine (as bucket for whole numbers; a fractional value gets a bucket of its own scale, a quarter octave of |x| with its sign), bucket (the Criteo winners' rule: token floor(ln(x)^2) for x>2, a token of its own for each floor(x) up to 2, so all of [0, 1) is one token), log1p (value sign(x)*ln(1+|x|) on one index) or raw.  [default: fine; bucket with --preset criteo]", rich_help_panel=SCHEMA)]
 Format = Annotated[Optional[str], typer.Option("--format", help="Input format: csv, tsv, criteo, parquet, libsvm, libffm.  [default: detected from the data]", rich_help_panel=SCHEMA)]
 Bits = Annotated[Optional[int], typer.Option(help="Hash space is 2^bits features.  [default: 22]", rich_help_panel=HASH)]
 HashSeed = Annotated[int, typer.Option(help="Seed of the feature hash.", rich_help_panel=HASH)]

@@ -239,7 +239,10 @@ class Plan:
 
     @staticmethod
     def applies(schema: Schema) -> bool:
-        return all(f.kind == "categorical" or (f.kind == "numeric" and f.numeric == "bucket") for f in schema.fields)
+        # (`fine` differs from `bucket` only for fractional values, which this parser
+        # leaves to the columnar way: they are not whole numbers)
+        return all(f.kind == "categorical" or (f.kind == "numeric" and f.numeric in ("bucket", "fine"))
+                   for f in schema.fields)
 
 
 def hash_bytes(buf: bytes, plan: Plan, sep: str) -> Rows | None:

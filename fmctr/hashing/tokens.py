@@ -204,16 +204,28 @@ def _raise_bad_numeric(frame: pl.DataFrame, fields: list[Field], row: int, name:
 SMALL_SHIFT = 3  # small values' buckets are floor(x) - 3 <= -1; the log^2 buckets of x > 2 are >= 0
 
 
-def bucket_values(x: np.ndarray) -> np.ndarray:
+def bucket_values(x: np.ndarray, fine: bool = False) -> np.ndarray:
     """The Criteo winners' rule: floor(ln(x)^2) for x > 2; a value x <= 2 keeps a
     token of its own (floor(x) - 3, which no log^2 bucket reaches: the winners wrote
     "SP1", "SP2"), since 1 and 3 (ln(3)^2 = 1.2) would otherwise share one; NaN if
-    missing. The token hashed is the bucket's decimal text ("" when missing)."""
+    missing. The token hashed is the bucket's decimal text ("" when missing).
+
+    `fine` (the `fine` numeric mode): whole numbers as above, and a fractional value a
+    bucket of its own scale, floor(4 log2 |x|) with its sign, in a range of its own
+    (FINE_BUCKETS) - where the rule above puts every value in [0, 1) on one token,
+    which leaves a column of measurements such as 0.05-0.16 with nothing to learn."""
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(x > 2, np.floor(np.log(x) ** 2), np.floor(x) - SMALL_SHIFT)
+        b = np.where(x > 2, np.floor(np.log(x) ** 2), np.floor(x) - SMALL_SHIFT)
+        if not fine:
+            return b
+        octave = np.clip(np.floor(4 * np.log2(np.abs(x))), -FINE_SPAN, FINE_SPAN)
+        scaled = FINE_BUCKETS.start + FINE_SPAN + np.where(x < 0, 2 * FINE_SPAN + 1, 0) + octave
+        return np.where(np.isfinite(x) & (x != np.floor(x)), scaled, b)
 
 
 BUCKET_TABLE = range(-1024, 1024)  # buckets whose index is looked up, not hashed per row
+FINE_SPAN = 400  # quarter octaves each side of 1 (2^-100 .. 2^100)
+FINE_BUCKETS = range(100_000, 100_000 + 2 * (2 * FINE_SPAN + 1))  # fractional values' buckets: positive, then negative
 
 
 @functools.lru_cache(maxsize=4096)
@@ -224,16 +236,26 @@ def _bucket_table(field: str, spec: HashSpec) -> np.ndarray:
     return frame.select(_index_expr(spec)(pl.col("t"), field)).to_series().to_numpy()
 
 
-def _bucket_indices(x: np.ndarray, field: str, spec: HashSpec) -> np.ndarray:
+@functools.lru_cache(maxsize=4096)
+def _fine_table(field: str, spec: HashSpec) -> np.ndarray:
+    """Indices of the fractional values' bucket tokens (FINE_BUCKETS), for one field."""
+    frame = pl.DataFrame({"t": [str(b) for b in FINE_BUCKETS]})
+    return frame.select(_index_expr(spec)(pl.col("t"), field)).to_series().to_numpy()
+
+
+def _bucket_indices(x: np.ndarray, field: str, spec: HashSpec, fine: bool = False) -> np.ndarray:
     """Numbers -> indices of their buckets' tokens: the same as hashing the text, by
     table lookup for the usual buckets."""
     table = _bucket_table(field, spec)
     lo, hi = BUCKET_TABLE.start, BUCKET_TABLE.stop
-    b = bucket_values(x)
+    b = bucket_values(x, fine)
     missing = np.isnan(b)
-    outside = ~missing & ((b < lo) | (b >= hi))
-    slot = np.where(missing | outside, len(table) - 1, b - lo).astype(np.int64)
+    in_fine = ~missing & (b >= FINE_BUCKETS.start) & (b < FINE_BUCKETS.stop)
+    outside = ~missing & ~in_fine & ((b < lo) | (b >= hi))
+    slot = np.where(missing | outside | in_fine, len(table) - 1, b - lo).astype(np.int64)
     out = table[slot]
+    if in_fine.any():
+        out[in_fine] = _fine_table(field, spec)[(b[in_fine] - FINE_BUCKETS.start).astype(np.int64)]
     if outside.any():
         rare = pl.Series("t", [str(int(v)) for v in b[outside]])
         out[outside] = pl.DataFrame({"t": rare}).select(_index_expr(spec)(pl.col("t"), field)).to_series().to_numpy()
@@ -305,8 +327,8 @@ def _single_fields(frame: pl.DataFrame, singles: list[Field], spec: HashSpec, na
         column = computed.get_column(f.name)
         if f.kind == "categorical":
             single_idx[:, j] = column.to_numpy()
-        elif f.numeric == "bucket":
-            single_idx[:, j] = _bucket_indices(column.to_numpy(), f.name, spec)
+        elif f.numeric in ("bucket", "fine"):
+            single_idx[:, j] = _bucket_indices(column.to_numpy(), f.name, spec, fine=f.numeric == "fine")
         else:
             x = column.to_numpy()
             missing = np.isnan(x)

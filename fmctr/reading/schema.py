@@ -19,7 +19,7 @@ from pathlib import Path
 from fmctr.errors import BadSchema
 
 KINDS = ("categorical", "numeric", "multi")
-NUMERIC_MODES = ("bucket", "log1p", "raw")
+NUMERIC_MODES = ("fine", "bucket", "log1p", "raw")
 FORMATS = ("csv", "tsv", "criteo", "parquet", "libsvm", "libffm")
 SPARSE_FORMATS = ("libsvm", "libffm")
 
@@ -31,7 +31,10 @@ SPARSE_FIELD = "features"
 class Field:
     """One feature column. `numeric` says how a numeric column becomes features:
     `bucket` hashes the token floor(ln(x)^2) for x > 2, and one of its own for
-    each floor(x) up to 2 (fmctr.hashing.bucket_values); `log1p` and
+    each floor(x) up to 2 (fmctr.hashing.bucket_values); `fine` does the same for
+    whole numbers and gives a fractional value a bucket of its own scale (a quarter
+    octave of |x|, with its sign), where `bucket` puts every value in [0, 1) on one
+    token; `log1p` and
     `raw` put the value sign(x)*ln(1+|x|) or x on the field's one index.
     `sep` splits a multi-valued column into a bag of tokens."""
 
@@ -120,7 +123,7 @@ class SchemaSpec:
     numeric: tuple[str, ...] = ()
     multi: tuple[str, ...] = ()
     ignore: tuple[str, ...] = ()
-    numeric_mode: str = "bucket"
+    numeric_mode: str = "fine"
     sep: str = "|"
     format: str | None = None
     column_names: tuple[str, ...] | None = None
