@@ -83,3 +83,17 @@ def test_bad_holdout_is_a_usage_error(tmp_path):
     result = invoke("train", MOVIES_TRAIN, *MOVIES_FLAGS, "-o", tmp_path / "m.fm", "--holdout", "1.5")
     assert result.exit_code != 0 and "--holdout must be" in result.stderr
 
+
+
+def test_validation_data_with_holdout_does_not_refit(tmp_path):
+    from conftest import MOVIES_TEST
+
+    path = tmp_path / "m.fm"
+    result = invoke("train", MOVIES_TRAIN, *MOVIES_FLAGS, "-o", path, "-q", "--valid", MOVIES_TEST, "--holdout", "0.2",
+                    "--epochs", "3")
+    assert result.exit_code == 0, result.stderr
+    assert "selection" not in load(path).training
+    result = invoke("train", MOVIES_TRAIN, *MOVIES_FLAGS, "-o", path, "-q", "--valid", MOVIES_TEST, "--holdout", "0.2")
+    assert result.exit_code == 0, result.stderr
+    training = load(path).training
+    assert "selection" not in training and training["valid_rows"] > 0 and training["rows"] == 5000

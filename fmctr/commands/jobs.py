@@ -330,8 +330,8 @@ def train_model(
         run = partial(_train_rows, td, path, progress=progress, start=start, checkpoints=checkpoints, sync=sync,
                       on_epoch=on_epoch)
         result, positives = run(td.rows, cfg, valid=td.valid, resume=resume, job=job_of(cfg))
-        chose, held_out = result, td.valid
-        if td.valid is not None and cfg.epochs is None and cfg.holdout and cfg.refit:
+        chose, held_out = result, (td.valid if valid is None and valid_fraction is None else None)
+        if held_out is not None and cfg.epochs is None and cfg.holdout and cfg.refit:
             refit = selection.refit_config(cfg, result)
             _note(progress, f"{refit.epochs} epoch(s) chosen on {td.valid.rows:,} held-out rows; "
                             f"training again on all {every_row.rows:,} rows")
