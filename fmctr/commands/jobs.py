@@ -359,12 +359,12 @@ def _hold_out(td: TrainingData, cfg: TrainConfig, validation: bool, progress) ->
     if not selection.chooses_epochs(cfg, validation):
         return td, cfg
     fraction = selection.holdout_fraction(cfg, td.rows.rows)
-    fit, held = td.rows.split_tail(fraction)
-    if fit.rows == 0 or held.rows == 0 or not selection.usable(held.labels()):
-        _note(progress, f"the last {held.rows:,} rows cannot choose the epochs (none, or one class only): "
+    parts = selection.split(td.rows, fraction)
+    if parts is None:
+        _note(progress, f"the last {fraction:.0%} of the rows cannot choose the epochs (none, or one class only): "
                         f"training {DEFAULT_EPOCHS} epochs on every row")
         return td, selection.fixed(cfg)
-    return replace(td, rows=fit, valid=held), cfg.with_options(holdout=fraction)
+    return replace(td, rows=parts[0], valid=parts[1]), cfg.with_options(holdout=fraction)
 
 
 def _note(progress, message: str) -> None:

@@ -239,10 +239,9 @@ def _open(path: str, valid: str | None, tmp, *, spec, hashing, base: TrainConfig
         valid_path = valid if valid_in.shards else str(_as_dataset(valid_in, tmp / "valid").path)
         return _Data(train_path, train_in.name, rows.rows, engine, valid_path, None)
     fraction = selection.holdout_fraction(base, rows.rows)
-    fit, held = rows.split_tail(fraction)
-    if fit.rows == 0 or held.rows == 0 or not selection.usable(held.labels()):
-        raise BadOptions(f"{train_in.name}: the last {held.rows:,} rows are none or hold one class only, so they cannot score "
-                         f"the trials: give validation data with --valid")
+    if selection.split(rows, fraction) is None:
+        raise BadOptions(f"{train_in.name}: the last {fraction:.0%} of the rows are none or hold one class only, so "
+                         f"they cannot score the trials: give validation data with --valid")
     return _Data(train_path, train_in.name, rows.rows, engine, None, fraction)
 
 

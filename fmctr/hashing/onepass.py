@@ -12,7 +12,7 @@ import numba
 import numpy as np
 
 from fmctr.hashing.tokens import BUCKET_TABLE, SMALL_SHIFT, HashSpec, Rows, _bucket_table, bucket_values, field_seed, ones, token_index
-from fmctr.reading.schema import Schema
+from fmctr.reading.schema import BUCKETED, Schema
 
 P1 = np.uint64(0x9E3779B185EBCA87)
 P2 = np.uint64(0xC2B2AE3D27D4EB4F)
@@ -241,7 +241,7 @@ class Plan:
     def applies(schema: Schema) -> bool:
         # (`fine` differs from `bucket` only for fractional values, which this parser
         # leaves to the columnar way: they are not whole numbers)
-        return all(f.kind == "categorical" or (f.kind == "numeric" and f.numeric in ("bucket", "fine"))
+        return all(f.kind == "categorical" or (f.kind == "numeric" and f.numeric in BUCKETED)
                    for f in schema.fields)
 
 

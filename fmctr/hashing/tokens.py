@@ -26,7 +26,7 @@ import xxhash
 
 from fmctr.errors import BadInput, BadSchema
 from fmctr.reading.read import LINE_COLUMN, Chunk
-from fmctr.reading.schema import SPARSE_FORMATS, Field, Schema
+from fmctr.reading.schema import BUCKETED, SPARSE_FORMATS, Field, Schema
 
 HASH_FUNCTION = "xxhash64"
 MISSING = ""
@@ -327,7 +327,7 @@ def _single_fields(frame: pl.DataFrame, singles: list[Field], spec: HashSpec, na
         column = computed.get_column(f.name)
         if f.kind == "categorical":
             single_idx[:, j] = column.to_numpy()
-        elif f.numeric in ("bucket", "fine"):
+        elif f.numeric in BUCKETED:
             single_idx[:, j] = _bucket_indices(column.to_numpy(), f.name, spec, fine=f.numeric == "fine")
         else:
             x = column.to_numpy()

@@ -20,6 +20,7 @@ from fmctr.errors import BadSchema
 
 KINDS = ("categorical", "numeric", "multi")
 NUMERIC_MODES = ("fine", "bucket", "log1p", "raw")
+BUCKETED = ("fine", "bucket")  # the modes that hash a numeric value's bucket token (fmctr.hashing.bucket_values)
 FORMATS = ("csv", "tsv", "criteo", "parquet", "libsvm", "libffm")
 SPARSE_FORMATS = ("libsvm", "libffm")
 

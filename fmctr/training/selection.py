@@ -47,6 +47,15 @@ def usable(labels) -> bool:
     return len(labels) > 0 and 0 < float(labels.sum()) < len(labels)
 
 
+def split(rows, fraction: float):
+    """(rows to train on, held-out rows) - the last `fraction` held out - or None when
+    the held-out rows cannot choose: none of them, none left to train on, or one class."""
+    fit, held = rows.split_tail(fraction)
+    if fit.rows == 0 or held.rows == 0 or not usable(held.labels()):
+        return None
+    return fit, held
+
+
 def refit_config(cfg: TrainConfig, chosen) -> TrainConfig:
     """The refit's configuration: the epochs the held-out rows chose, each with the
     rate it had there (the first epoch's is the configured rate)."""
