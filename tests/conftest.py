@@ -18,6 +18,14 @@ MOVIES_TEST = SAMPLE / "movies_test.csv"
 MOVIES_FLAGS = ["--multi", "genres", "--numeric", "price", "--ignore", "request_id"]
 
 
+try:
+    import torch
+except ImportError:  # the test extra leaves torch out: a CPU-only install is small
+    torch = None
+needs_torch = pytest.mark.skipif(
+    torch is None, reason="the torch engine's tests need PyTorch: pip install torch==2.13.0 (a CPU build), or 'fmctr[torch]'")
+
+
 def invoke(*args: str, input: str | bytes | None = None):
     """Run the CLI in-process; returns click's Result (exit_code, stdout, stderr)."""
     return CliRunner().invoke(app, [str(a) for a in args], input=input)

@@ -14,12 +14,7 @@ from fmctr.training.loop import train
 from fmctr.models.weights import FMWeights
 
 
-try:
-    import torch
-except ImportError:  # the test extra leaves torch out: a CPU-only install is small
-    torch = None
-needs_torch = pytest.mark.skipif(
-    torch is None, reason="the torch engine's tests need PyTorch: pip install torch==2.13.0 (a CPU build), or 'fmctr[torch]'")
+from conftest import needs_torch, torch
 
 
 def random_rows(rng, n_rows=40, n_features=50, max_len=7, labels=True) -> Rows:
