@@ -186,3 +186,27 @@ def test_exit_codes_follow_shell_conventions(tmp_path):
     assert run("predict") == (2, "error: Missing option '--model' / '-m'. (see fmctr predict --help)\n")
     assert run("bogus") == (2, "error: No such command 'bogus'. (see fmctr --help)\n")
     assert run("eval", tmp_path / "nope.csv", "-m", tmp_path / "m.fm") == (1, f"error: {tmp_path / 'm.fm'}: no such model file\n")
+
+
+def test_a_short_predict_does_not_load_numba(movies_model, tmp_path):
+    """numba's start-up is most of a short command's time: a 10-row predict (CSV, and the
+    Criteo TSV that takes the one-pass kernels when big) must not import it."""
+    import subprocess
+    import sys
+
+    from conftest import CRITEO_TEST
+
+    criteo = tmp_path / "criteo_model.fm"
+    assert invoke("train", CRITEO_TRAIN, "--preset", "criteo", "--epochs", "1", "-o", criteo).exit_code == 0
+    short_tsv = tmp_path / "ten.tsv"
+    short_tsv.write_text("".join(CRITEO_TEST.read_text().splitlines(keepends=True)[:10]))
+    short_csv = tmp_path / "ten.csv"
+    short_csv.write_text("".join(MOVIES_TEST.read_text().splitlines(keepends=True)[:11]))
+    for data, model in ((short_csv, movies_model), (short_tsv, criteo)):
+        code = ("import sys; from fmctr.commands.cli import main; sys.argv = ['fmctr', 'predict', sys.argv[1], '-m', "
+                "sys.argv[2], '-o', sys.argv[3]]\ntry: main()\nexcept SystemExit as e: assert not e.code, e.code\n"
+                "assert 'numba' not in sys.modules, 'numba was imported'")
+        done = subprocess.run([sys.executable, "-c", code, str(data), str(model), str(tmp_path / "p.csv")],
+                              capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        assert len((tmp_path / "p.csv").read_text().splitlines()) == 11

@@ -185,3 +185,29 @@ def test_validation_every_n_rows_decays_the_rate_and_keeps_the_best():
 
     assert logloss(valid.labels, 1 / (1 + np.exp(-z))) == pytest.approx(best["logloss"], rel=1e-9)
     assert result.best_epoch == best["epoch"]
+
+
+def test_scores_are_the_same_bits_in_numpy_and_in_the_kernel():
+    """predict and eval score a few rows with numpy and many with the compiled kernel;
+    a row must get the same float64 either way (so its score does not depend on how
+    many rows came with it): random models and rows, numeric values, empty rows, dim 0."""
+    from fmctr.models import kernel, scores
+
+    rng = np.random.default_rng(7)
+    for dim in (0, 1, 8, 16):
+        w = random_weights(rng, n_features=300, dim=dim)
+        rows = random_rows(rng, n_rows=500, n_features=300, max_len=30)
+        small = scores.small_logits(w.bias, w.linear, w.factors, rows.indices, rows.values, rows.offsets)
+        big = np.empty(len(rows))
+        kernel.fm_scores(rows.indices, rows.values, rows.offsets, w.bias, w.linear, w.factors, big)
+        assert np.array_equal(small, big)
+        np.testing.assert_allclose(small, brute_force(w, rows)[: len(rows)], rtol=1e-9, atol=1e-9)
+
+
+def test_quote_check_is_the_same_in_python_and_compiled():
+    from fmctr.reading import quotes
+
+    rng = np.random.default_rng(3)
+    for _ in range(2000):
+        data = bytes(rng.choice(list(b'ab,"\n'), size=rng.integers(0, 40)))
+        assert quotes.open_quote_line(data) == quotes.compiled()(np.frombuffer(data, np.uint8))

@@ -4,8 +4,6 @@ stdout carries only data (predictions, --json metrics); progress, tables, warnin
 and errors go to stderr. Every fmctr error becomes one `error: ...` line and exit 1.
 """
 
-from __future__ import annotations
-
 import functools
 import json
 import math
@@ -15,7 +13,11 @@ import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
-import typer
+from fmctr.commands import lazy_markdown
+
+lazy_markdown.install()  # before typer, whose help imports rich.markdown
+
+import typer  # noqa: E402
 
 from fmctr import __version__
 from fmctr.errors import BadOptions, FmctrError, Interrupted

@@ -17,7 +17,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import numba
 import numpy as np
 
 from fmctr.errors import BadInput, BadOptions
@@ -75,18 +74,12 @@ class RareMap:
         it twice changes nothing more (a rare index maps to itself)."""
         if self.positional and len(rows) and int(np.diff(rows.offsets).max()) > len(self.rare_index):
             raise BadInput(f"a row has more features than the schema's {len(self.rare_index)} fields")
-        indices = _remap(rows.indices, rows.offsets, self.frequent, self.rare_index, self.positional)
+        rare = self.rare_index[0] if not self.positional else self.rare_index[_positions(rows.offsets)]
+        indices = np.where(self.frequent[rows.indices], rows.indices, rare).astype(np.int32, copy=False)
         return Rows(indices, rows.values, rows.offsets, rows.labels)
 
 
-@numba.njit(cache=True, nogil=True)
-def _remap(indices, offsets, frequent, rare_index, positional):
-    out = np.empty(len(indices), np.int32)
-    for r in range(len(offsets) - 1):
-        for p in range(offsets[r], offsets[r + 1]):
-            i = indices[p]
-            if frequent[i]:
-                out[p] = i
-            else:
-                out[p] = rare_index[p - offsets[r] if positional else 0]
-    return out
+def _positions(offsets: np.ndarray) -> np.ndarray:
+    """Each feature's position within its row."""
+    nnz = int(offsets[-1])
+    return np.arange(nnz, dtype=np.int64) - np.repeat(offsets[:-1].astype(np.int64), np.diff(offsets))

@@ -1,9 +1,11 @@
 """Chunks of raw rows in, hashed rows out: the one way every command hashes raw data.
 
 A chunk of unquoted delimited text goes through the one-pass kernels
-(fmctr.hashing.onepass) when the schema allows; anything else, or a chunk the
-kernels give up on, goes the columnar way (fmctr.hashing.tokens), which also words
-the errors. Rare values (--min-count) are mapped here and nowhere else.
+(fmctr.hashing.onepass) when the schema allows and the chunk is big enough to pay for
+loading them (numba's start-up is most of the time of a command on a few rows); anything
+else, or a chunk the kernels give up on, goes the columnar way (fmctr.hashing.tokens),
+which computes the same indices and also words the errors. Rare values (--min-count)
+are mapped here and nowhere else.
 """
 
 from __future__ import annotations
@@ -13,11 +15,12 @@ from collections.abc import Iterator, Sequence
 import polars as pl
 
 from fmctr.errors import BadInput
-from fmctr.hashing import onepass
 from fmctr.hashing.rare import RareMap
 from fmctr.hashing.tokens import HashSpec, Rows, hash_chunk
 from fmctr.reading.read import Chunk, RawChunk, Source, prefetch
 from fmctr.reading.schema import SPARSE_FORMATS, Schema
+
+ONE_PASS_MIN_BYTES = 1 << 20  # smaller chunks go the columnar way
 
 
 class Hasher:
@@ -27,10 +30,8 @@ class Hasher:
                  keep: Sequence[str] = (), missing: Sequence[str] = (), rare: RareMap | None = None):
         self.source, self.schema, self.hashing, self.name = source, schema, hashing, name
         self.require_label, self.keep, self.missing, self.rare = require_label, list(keep), list(missing), rare
-        self.plan = None
-        if source.format in ("tsv", "criteo") and onepass.Plan.applies(schema) and not keep and not missing:
-            plan = onepass.Plan(schema, hashing, source.columns, require_label)
-            self.plan = plan if plan.ok else None
+        self.plan = None  # the one-pass kernels' plan, made at the first chunk that may use it
+        self.one_pass = source.format in ("tsv", "criteo") and not keep and not missing
 
     def __call__(self, chunk: Chunk | RawChunk) -> tuple[Rows, pl.DataFrame | None]:
         rows, kept = self._hash(chunk)
@@ -39,13 +40,23 @@ class Hasher:
     def _hash(self, chunk: Chunk | RawChunk) -> tuple[Rows, pl.DataFrame | None]:
         if isinstance(chunk, Chunk):
             return self._columnar(chunk)
-        rows = onepass.hash_bytes(chunk.data, self.plan, self.source.separator) if self.plan is not None else None
-        if rows is not None:
-            return rows, None
+        if self.one_pass and len(chunk.data) >= ONE_PASS_MIN_BYTES:
+            rows = self._one_pass(chunk.data)
+            if rows is not None:
+                return rows, None
         pieces = [self._columnar(c) for c in chunk.parse(self.name, self.source.columns, self.source.separator,
                                                           self.source.quoted)]
         kept = [k for _, k in pieces if k is not None]
         return Rows.concat([r for r, _ in pieces]), (pl.concat(kept) if kept else None)
+
+    def _one_pass(self, data: bytes) -> Rows | None:
+        from fmctr.hashing import onepass
+
+        if self.plan is None:
+            applies = onepass.Plan.applies(self.schema)
+            self.plan = onepass.Plan(self.schema, self.hashing, self.source.columns, self.require_label) if applies else None
+            self.one_pass = applies and self.plan.ok
+        return onepass.hash_bytes(data, self.plan, self.source.separator) if self.one_pass else None
 
     def _columnar(self, chunk: Chunk) -> tuple[Rows, pl.DataFrame | None]:
         if self.missing:

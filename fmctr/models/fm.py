@@ -12,21 +12,25 @@ from __future__ import annotations
 import numpy as np
 
 from fmctr.hashing.tokens import Rows
-from fmctr.models import kernel
+from fmctr.models import scores
 from fmctr.models.base import register
 from fmctr.models.runtime import _torch
 from fmctr.models.weights import FMWeights
 
 
 def logits(w: FMWeights, rows: Rows) -> np.ndarray:
-    """FM logits of CSR rows with the CPU kernel."""
+    """FM logits of CSR rows with the CPU training kernel's arithmetic (float32)."""
+    from fmctr.models import kernel
+
     out = np.empty(len(rows), np.float64)
     kernel.fm_logits(rows.indices, rows.values, rows.offsets, w.bias, w.linear, w.factors, out)
     return out
 
 
 def probabilities(w: FMWeights, rows: Rows) -> np.ndarray:
-    z = logits(w, rows)
+    """Click probabilities for predict and eval (fmctr.models.scores: float64, the same
+    bits for a row in any batch)."""
+    z = scores.logits(w.bias, w.linear, w.factors, rows.indices, rows.values, rows.offsets)
     with np.errstate(over="ignore"):  # exp(-z) of a very negative logit is inf: probability 0
         return 1.0 / (1.0 + np.exp(-z))
 

@@ -120,7 +120,7 @@ class CpuEngine:
         indices = np.empty(nnz, rows.indices.dtype)
         ones_only = is_ones(rows.values)
         values = ones(nnz) if ones_only else np.empty(nnz, rows.values.dtype)
-        kernel.gather_rows(rows.indices, rows.values, rows.offsets, rows.labels, order,
+        kernel.gather_rows(*map(_read_only, (rows.indices, rows.values, rows.offsets, rows.labels, order)),
                            indices, values[:0] if ones_only else values, offsets, labels)
         if len(self._identity) < n:
             self._identity = np.arange(n, dtype=np.int64)

@@ -84,6 +84,33 @@ def fm_logits(indices, values, offsets, bias, linear, factors, out):
         out[r] = _row_logit(indices, values, offsets[r], offsets[r + 1], bias[0], linear, factors, s)
 
 
+@numba.njit(cache=True, parallel=True, nogil=True, error_model="numpy")
+def fm_scores(indices, values, offsets, bias, linear, factors, out):
+    """(nnz,), (nnz,), (n+1,) CSR rows -> out (n,) logits in float64, in the order of
+    operations of fmctr.models.scores.small_logits (no fast-math: the same bits)."""
+    n = len(offsets) - 1
+    k = factors.shape[1]
+    for b in numba.prange((n + 1023) // 1024):
+        s = np.empty(k, np.float64)
+        q = np.empty(k, np.float64)
+        for r in range(b * 1024, min(n, b * 1024 + 1024)):
+            s[:] = 0.0
+            q[:] = 0.0
+            lin = np.float64(bias[0])
+            for p in range(offsets[r], offsets[r + 1]):
+                i = indices[p]
+                x = np.float64(values[p])
+                lin += np.float64(linear[i]) * x
+                for f in range(k):
+                    vx = np.float64(factors[i, f]) * x
+                    s[f] += vx
+                    q[f] += vx * vx
+            d = 0.0
+            for f in range(k):
+                d += s[f] * s[f] - q[f]
+            out[r] = lin + 0.5 * d
+
+
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def _step(theta, g, acc1, acc2, optimizer, lr, eps, beta1, beta2, correction1, correction2, acc0):
     """One optimizer update of one scalar: (new value, new state1, new state2).

@@ -19,13 +19,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import numba
 import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from fmctr.errors import BadInput, BadOptions
+from fmctr.reading import quotes
 from fmctr.reading.schema import FORMATS, SPARSE_FORMATS
 
 GZIP_MAGIC = b"\x1f\x8b"
@@ -85,36 +85,14 @@ def check_quotes(data: bytes, name: str, first_line: int) -> None:
     (so line numbers stay the file's)."""
     if b'"' not in data:
         return
-    start = _open_quote_line(np.frombuffer(data, np.uint8))
+    if len(data) < quotes.QUOTE_KERNEL_MIN_BYTES:
+        start = quotes.open_quote_line(data)
+    else:
+        start = quotes.compiled()(np.frombuffer(data, np.uint8))
     if start >= 0:
         line = first_line + data.count(b"\n", 0, start)
         raise BadInput(f"{name}:{line}: a quoted field is not closed on its line (an unterminated quote, "
                        f"or a line break inside quotes, which fmctr does not read)")
-
-
-@numba.njit(cache=True, nogil=True)
-def _open_quote_line(buf) -> int:
-    """Offset of the first CSV line with a quote still open at its end, or -1. A quote
-    opens a field only at its start ("" inside is a quote), as pyarrow reads CSV."""
-    line_start, field_start, quoted, i = 0, True, False, 0
-    while i < len(buf):
-        b = buf[i]
-        if quoted:
-            if b == 34:  # "
-                if i + 1 < len(buf) and buf[i + 1] == 34:
-                    i += 1
-                else:
-                    quoted = False
-            elif b == 10:  # \n
-                return line_start
-        elif b == 10:
-            line_start, field_start = i + 1, True
-        elif b == 44:  # ,
-            field_start = True
-        else:
-            quoted, field_start = b == 34 and field_start, False
-        i += 1
-    return line_start if quoted else -1
 
 
 @dataclass
