@@ -597,6 +597,31 @@ def predict(
         format=format)
 
 
+@app.command()
+@errors_to_exit
+def info(
+    model: Annotated[str, typer.Argument(metavar="MODEL", help="Model file (or checkpoint) written by fmctr.")],
+    json_out: Json = False,
+    verify: Annotated[bool, typer.Option("--verify", help="Also read the weights and check the checksum (slower on big models).")] = False,
+) -> None:
+    """What a model file holds: format, schema, hashing, kind, training options and history, sizes, checksum.
+
+    Reads the header only (not the weights), so it answers at once on a model of any size."""
+    from fmctr.commands.info import model_info
+
+    found = model_info(model, verify=verify)
+    if json_out:
+        _print_data(json.dumps(_json_safe(found)))
+        return
+    from rich.console import Console
+
+    console = Console(stderr=True, soft_wrap=not sys.stderr.isatty())
+    from fmctr.commands.views import info_tables
+
+    for table in info_tables(found):
+        console.print(table)
+
+
 def _version(value: bool) -> None:
     if value:
         print(f"fmctr {__version__}")
@@ -610,10 +635,31 @@ def main_options(
     pass
 
 
+def _fast_info(args: list[str]) -> int | None:
+    """`fmctr info MODEL [--json] [--verify]` without building the typer app: typer
+    builds every command's parameters through pydantic first (about 0.3 s, longer than
+    the answer takes). Anything else (--help, a typo) goes the usual way."""
+    flags = {"--json": "json_out", "--verify": "verify"}
+    if args[:1] != ["info"] or len(args) < 2:
+        return None
+    given = [a for a in args[1:] if a in flags]
+    models = [a for a in args[1:] if a not in flags]
+    if len(models) != 1 or models[0].startswith("-") or len(set(given)) != len(given):
+        return None
+    try:
+        info(models[0], **{flags[a]: True for a in given})
+    except typer.Exit as e:
+        return e.exit_code
+    return 0
+
+
 def main() -> None:
     """Run the CLI; click's usage errors become one `error:` line and exit 2."""
     from typer._click import exceptions as click_errors  # (typer vendors click)
 
+    fast = _fast_info(sys.argv[1:])
+    if fast is not None:
+        sys.exit(fast)
     try:
         code = app(standalone_mode=False)
     except click_errors.NoArgsIsHelpError as e:
