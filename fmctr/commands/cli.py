@@ -583,6 +583,7 @@ def predict(
     allow_missing: AllowMissing = False,
     precision: Annotated[Optional[int], typer.Option(metavar="N", help="Write probabilities with N decimal places.  [default: as many as float64 needs, up to 17 significant digits]")] = None,
     format: Annotated[Optional[str], typer.Option("--format", help="Input format, if not the model's or recognisable from the data: csv, tsv, criteo, parquet, libsvm, libffm.")] = None,
+    explain: Annotated[Optional[int], typer.Option(metavar="N", help="Also write each row's logit, its N largest terms (bias, field=token, field=token*field=token) with their values, and the rest: they sum to the logit.")] = None,
     force: Force = False,
 ) -> None:
     """Write click probabilities as CSV, one line per input row, in input order."""
@@ -594,7 +595,7 @@ def predict(
     out = check_output(output, PREDICTIONS, inputs=[input, model], force=force)
     m = load(model, training_state=False)
     run(input, m, out, keep=_names(keep), log=_err, device=device, allow_missing=allow_missing, precision=precision,
-        format=format)
+        format=format, explain=explain)
 
 
 @app.command()
@@ -633,6 +634,56 @@ def main_options(
     version: Annotated[bool, typer.Option("--version", "-V", callback=_version, is_eager=True, help="Show the version and exit.")] = False,
 ) -> None:
     pass
+
+
+@app.command("inspect")
+@errors_to_exit
+def inspect_cmd(
+    model: Annotated[str, typer.Argument(metavar="MODEL", help="Model file written by fmctr.")],
+    data: Annotated[Optional[str], typer.Option(metavar="FILE", help="Raw data (a file or -) read as the model reads it, to name the hashed indices and weigh features and pairs by how often they occur.")] = None,
+    top: Annotated[int, typer.Option(metavar="N", help="How many features and pairs to list.")] = 20,
+    rows: Annotated[int, typer.Option(metavar="N", help="Read at most N rows of --data.")] = 1_000_000,
+    json_out: Annotated[bool, typer.Option("--json", help="Print everything as one JSON object on stdout.")] = False,
+    plot: Annotated[Optional[Path], typer.Option(metavar="FILE", help="Draw the field x field interaction strengths as a heatmap (.png, .pdf, .svg; needs matplotlib).")] = None,
+    export_text: Annotated[Optional[str], typer.Option(metavar="FILE", help="Write the weights as tab-separated text, one line per stored index, with names from --data (- for stdout).")] = None,
+    threads: Threads = None,
+    allow_missing: AllowMissing = False,
+    format: Annotated[Optional[str], typer.Option("--format", help="Format of --data, if not the model's or recognisable.")] = None,
+    force: Force = False,
+) -> None:
+    """The features and interactions a model leans on, by name; the field x field interaction strengths; hash-space health."""
+    _use_threads(threads)
+    from fmctr.atomic import check_output, writing
+    from fmctr.commands import inspection
+    from fmctr.models.modelfile import load
+
+    if json_out and export_text == "-":
+        raise BadOptions("--export-text - and --json both write to stdout: give one of them")
+    text_out = check_output(export_text, inspection.EXPORT, inputs=[model, data], force=force) if export_text else None
+    if plot is not None:
+        from fmctr.commands.plot import PLOT, pyplot
+
+        plot = check_output(plot, PLOT, inputs=[model, data], force=force)
+        pyplot(plot)  # fail before reading if it cannot be drawn
+    m = load(model, training_state=False)
+    seen = inspection.read_data(data, m, limit=rows, log=_err, allow_missing=allow_missing, format=format) \
+        if data is not None else None
+    found = inspection.inspect_model(m, seen, top=top)
+    if text_out is not None:
+        with writing(text_out) as out:
+            inspection.export_text(m, out, seen)
+    if plot is not None and found.get("fields"):
+        from fmctr.commands.plot import write_heatmap
+
+        write_heatmap(plot, found["fields"]["fields"], found["fields"]["matrix"], f"{model}: field x field interactions")
+    if json_out:
+        _print_data(json.dumps(_json_safe(found)))
+    elif export_text != "-":
+        from fmctr.commands.progress import stderr
+        from fmctr.commands.views import inspect_tables
+
+        for table in inspect_tables(found):
+            stderr.print(table, highlight=False)
 
 
 def _fast_info(args: list[str]) -> int | None:

@@ -116,3 +116,82 @@ def info_tables(info: dict) -> list:
         out.append(history_table(info["history"], "epochs" + (" (the refit on every row)" if info["selection"] else ""),
                                  best))
     return out
+
+
+def _name(field, token, tokens: int = 1) -> str:
+    if field is None:
+        return "(not in the data)"
+    shown = f"{field}={token if token != '' else '(missing)'}"
+    return shown + (f" (+{tokens - 1} more: collision)" if tokens > 1 else "")
+
+
+def features_table(features: list[dict], title: str) -> Table:
+    table = Table(title=title, title_justify="left")
+    for name, justify in (("feature", "left"), ("index", "right"), ("count", "right"), ("weight", "right"),
+                          ("|v|", "right"), ("mean |contribution|", "right")):
+        table.add_column(name, justify=justify)
+    for f in features:
+        table.add_row(_name(f["field"], f["token"], f["tokens"]), str(f["index"]), _num(f["count"]),
+                      f"{f['weight']:+.4f}", f"{f['factor_norm']:.4f}",
+                      _num(f.get("mean_abs_contribution")))
+    return table
+
+
+def pairs_table(pairs: dict) -> Table:
+    note = "" if pairs["exact"] else f" (among the {pairs['candidates']:,} most promising features; not proven exact)"
+    table = Table(title="top interactions by mean |pair term| over the data" + note, title_justify="left")
+    for name, justify in (("feature a", "left"), ("feature b", "left"), ("together", "right"),
+                          ("<v_a, v_b>", "right"), ("mean |term|", "right")):
+        table.add_column(name, justify=justify)
+    for p in pairs["pairs"]:
+        a, b = p["a"], p["b"]
+        table.add_row(_name(a["field"], a["token"], a["tokens"]), _name(b["field"], b["token"], b["tokens"]),
+                      _num(p["count"]), f"{p['effect']:+.4f}", f"{p['mean_abs']:.4f}")
+    return table
+
+
+def fields_table(fields: dict) -> Table:
+    names = fields["fields"]
+    if len(names) > 10:
+        table = Table(title="strongest field pairs (mean |pair terms| between them, per row)", title_justify="left")
+        for name, justify in (("field a", "left"), ("field b", "left"), ("mean |terms|", "right")):
+            table.add_column(name, justify=justify)
+        for p in fields["top"]:
+            table.add_row(p["a"], p["b"] if p["b"] != p["a"] else f"{p['b']} (within)", f"{p['mean_abs']:.4f}")
+        return table
+    table = Table(title="field x field interaction strength (mean |pair terms| per row)", title_justify="left")
+    table.add_column("")
+    for name in names:
+        table.add_column(name, justify="right")
+    for name, row in zip(names, fields["matrix"]):
+        table.add_row(name, *[f"{v:.4f}" for v in row])
+    return table
+
+
+def health_table(h: dict) -> Table:
+    title = (f"hash space: {h['tokens']:,} tokens on {h['indices_used']:,} of 2^{h['bits']} indices; "
+             f"{h['share_of_occurrences_shared']:.2%} of occurrences on a shared index; --bits: {h['advice']}")
+    table = Table(title=title, title_justify="left")
+    for name, justify in (("field", "left"), ("distinct tokens", "right"), ("indices", "right"),
+                          ("tokens sharing an index", "right"), ("occurrences on shared", "right")):
+        table.add_column(name, justify=justify)
+    for f in h["fields"]:
+        table.add_row(f["field"], _num(f["tokens"]), _num(f["indices"]), _num(f["tokens_sharing"]),
+                      f"{f['share_of_occurrences_shared']:.2%}")
+    return table
+
+
+def inspect_tables(found: dict) -> list:
+    out = [f"bias {found['bias']:+.4f}, dim {found['dim']}, {found['indices_stored']:,} indices stored"
+           + (f"; data {found['data']}: {found['rows']:,} rows reach {found['indices_reached']:,} indices"
+              if "data" in found else "; --data FILE names the indices")]
+    out.append(features_table(found["features_by_weight"], "top features by |weight|"))
+    if "data" not in found:
+        return out
+    out.append(features_table(found["features_by_contribution"], "top features by mean |contribution| to the logit"))
+    if found["pairs"]["pairs"]:
+        out.append(pairs_table(found["pairs"]))
+    if found["fields"]:
+        out.append(fields_table(found["fields"]))
+    out.append(health_table(found["health"]))
+    return out
