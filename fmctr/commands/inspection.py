@@ -10,7 +10,6 @@ terms| between them; and the hash space is checked for collisions.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np

@@ -151,7 +151,7 @@ class NameBook:
 def names_by_index(table: pl.DataFrame, schema: Schema, indices: np.ndarray, most: int = 3) -> dict[int, dict]:
     """For each of `indices` the data reaches: its names (field=token, count), most
     frequent first, at most `most` of them, and how many tokens share it."""
-    wanted = table.filter(pl.col("index").is_in(pl.Series(np.asarray(indices, np.int64)).cast(pl.Int32)))
+    wanted = table.join(pl.DataFrame({"index": np.asarray(indices, np.int64)}).cast(pl.Int32), on="index", how="semi")
     grouped = wanted.group_by("index").agg(pl.col("field"), pl.col("token"), pl.col("count"))
     out = {}
     for index, fields, tokens, counts in grouped.iter_rows():
@@ -169,7 +169,8 @@ def health(table: pl.DataFrame, schema: Schema, bits: int) -> dict:
     """Hash-space health: distinct tokens per field, how many share an index with
     another token, and whether --bits should grow (or could shrink)."""
     shared = table.group_by("index").agg(pl.len().alias("tokens")).filter(pl.col("tokens") > 1)
-    marked = table.with_columns(pl.col("index").is_in(shared.get_column("index")).alias("shared"))
+    marked = table.join(shared.select("index", pl.lit(True).alias("shared")), on="index", how="left") \
+        .with_columns(pl.col("shared").fill_null(False))
     per_field = marked.group_by("field").agg(
         pl.len().alias("tokens"), pl.col("index").n_unique().alias("indices"),
         pl.col("shared").sum().alias("tokens_sharing"),

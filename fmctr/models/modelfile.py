@@ -31,7 +31,7 @@ from fmctr.errors import BadModel, FmctrError
 from fmctr.hashing.tokens import HashSpec
 from fmctr.hashing.rare import RareMap
 from fmctr.reading.schema import Schema
-from fmctr.models.header import FORMAT, FORMAT_VERSION, METADATA_KEY, TENSORS_ONLY_CHECKSUM, parse_header  # noqa: F401
+from fmctr.models.header import FORMAT, FORMAT_VERSION, METADATA_KEY, parse_header
 from fmctr.models.kinds import kind_of
 from fmctr.models.weights import FMWeights
 
