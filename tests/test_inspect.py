@@ -142,6 +142,9 @@ def test_inspect_shows_collisions_and_the_hash_space_health(tmp_path):
     assert len(found["fields"]["matrix"]) == 4
     table = invoke("inspect", model, "--data", data)
     assert table.exit_code == 0 and table.stdout == "" and "collision" in table.stderr
+    pytest.importorskip("matplotlib")
+    drawn = invoke("inspect", model, "--data", data, "--plot", tmp_path / "fields.png", "--json")
+    assert drawn.exit_code == 0 and (tmp_path / "fields.png").read_bytes().startswith(b"\x89PNG")
 
 
 def test_export_text_names_every_stored_index(tmp_path, movies_model):

@@ -149,25 +149,30 @@ def inspect_model(model: Model, seen: Seen | None = None, *, top: int = 20, cand
                                        [p["index_b"] for p in pairs["pairs"]]]).astype(np.int64))
     table = seen.book.table()
     names = names_by_index(table, model.schema, wanted)
+    order = {f.name: j for j, f in enumerate(model.schema.fields)}
     per_index = {k: dict(zip(reached.tolist(), stats[k].tolist())) for k in ("abs_total", "total")}
     out.update({
         "data": seen.name, "rows": len(seen.rows), "indices_reached": int(len(reached)),
         "features_by_weight": [_feature(i, model, names, per_index) for i in by_weight],
         "features_by_contribution": [_feature(i, model, names, per_index) for i in by_contribution],
-        "pairs": {**pairs, "pairs": [_named_pair(p, names) for p in pairs["pairs"]]},
+        "pairs": {**pairs, "pairs": [_named_pair(p, names, order) for p in pairs["pairs"]]},
         "fields": _field_matrix(seen, model) if w.dim > 0 else None,
         "health": health(table, model.schema, model.hashing.bits),
     })
     return out
 
 
-def _named_pair(pair: dict, names: dict) -> dict:
+def _named_pair(pair: dict, names: dict, order: dict) -> dict:
     def name(index: int) -> dict:
         known = names.get(index, {"names": [], "tokens": 0})
         first = known["names"][0] if known["names"] else {"field": None, "token": None}
         return {"field": first["field"], "token": first["token"], "tokens": known["tokens"]}
 
-    return {"a": name(pair["index_a"]), "b": name(pair["index_b"]), **pair}
+    a, b = name(pair["index_a"]), name(pair["index_b"])
+    if order.get(a["field"], -1) > order.get(b["field"], -1):  # the schema's order of fields, for reading
+        a, b = b, a
+        pair = {**pair, "index_a": pair["index_b"], "index_b": pair["index_a"]}
+    return {"a": a, "b": b, **pair}
 
 
 EXPORT_BLOCK = 1 << 16

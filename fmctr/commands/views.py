@@ -22,6 +22,11 @@ def _num(value, digits: int = 4) -> str:
     return str(value)
 
 
+def _sig(value) -> str:
+    """Four significant digits: contributions and pair terms span many decades."""
+    return "" if value is None else f"{value:.4g}"
+
+
 def _bytes(n) -> str:
     if not isinstance(n, int):
         return ""
@@ -132,8 +137,8 @@ def features_table(features: list[dict], title: str) -> Table:
         table.add_column(name, justify=justify)
     for f in features:
         table.add_row(_name(f["field"], f["token"], f["tokens"]), str(f["index"]), _num(f["count"]),
-                      f"{f['weight']:+.4f}", f"{f['factor_norm']:.4f}",
-                      _num(f.get("mean_abs_contribution")))
+                      f"{f['weight']:+.4g}", f"{f['factor_norm']:.4g}",
+                      _sig(f.get("mean_abs_contribution")))
     return table
 
 
@@ -146,7 +151,7 @@ def pairs_table(pairs: dict) -> Table:
     for p in pairs["pairs"]:
         a, b = p["a"], p["b"]
         table.add_row(_name(a["field"], a["token"], a["tokens"]), _name(b["field"], b["token"], b["tokens"]),
-                      _num(p["count"]), f"{p['effect']:+.4f}", f"{p['mean_abs']:.4f}")
+                      _num(p["count"]), f"{p['effect']:+.4g}", _sig(p["mean_abs"]))
     return table
 
 
@@ -157,14 +162,14 @@ def fields_table(fields: dict) -> Table:
         for name, justify in (("field a", "left"), ("field b", "left"), ("mean |terms|", "right")):
             table.add_column(name, justify=justify)
         for p in fields["top"]:
-            table.add_row(p["a"], p["b"] if p["b"] != p["a"] else f"{p['b']} (within)", f"{p['mean_abs']:.4f}")
+            table.add_row(p["a"], p["b"] if p["b"] != p["a"] else f"{p['b']} (within)", _sig(p["mean_abs"]))
         return table
     table = Table(title="field x field interaction strength (mean |pair terms| per row)", title_justify="left")
     table.add_column("")
     for name in names:
         table.add_column(name, justify="right")
     for name, row in zip(names, fields["matrix"]):
-        table.add_row(name, *[f"{v:.4f}" for v in row])
+        table.add_row(name, *[_sig(v) for v in row])
     return table
 
 
