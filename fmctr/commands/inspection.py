@@ -196,7 +196,7 @@ def export_text(model: Model, out, seen: Seen | None = None) -> int:
     joined = _joined_names(seen.book.table(), model) if seen is not None else None
     header = ["index", "names", "count", "linear", *[f"v{f + 1}" for f in range(w.dim)]]
     out.write(("\t".join(header) + "\n").encode())
-    out.write(("\t".join(["", "(bias)", "", repr(float(w.bias[0])), *[""] * w.dim]) + "\n").encode())
+    out.write(("\t".join(["", "(bias)", "", np.format_float_positional(w.bias[0]), *[""] * w.dim]) + "\n").encode())
     for start in range(0, len(stored), EXPORT_BLOCK):
         index = stored[start : start + EXPORT_BLOCK].astype(np.int64)
         block = pl.DataFrame({"index": index})

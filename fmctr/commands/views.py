@@ -68,19 +68,27 @@ def _model_rows(info: dict) -> list[tuple[str, str]]:
 
 
 def _schema_table(schema: dict) -> Table:
+    """Runs of fields of one kind on one row each (Criteo's 39 fields on 2 rows)."""
     title = f"schema (label {schema.get('label')!r}, format {schema.get('format') or 'recognised from the data'})"
     table = Table(title=title, title_justify="left")
-    for name in ("field", "kind", "how"):
-        table.add_column(name)
+    for name, overflow in (("fields", "fold"), ("kind", "ellipsis"), ("how", "ellipsis")):
+        table.add_column(name, overflow=overflow)
+    runs: list[tuple[list[str], str, str]] = []
     for f in schema.get("fields", []):
         how = {"numeric": f"--numeric-mode {f.get('numeric')}", "multi": f"split on {f.get('sep')!r}"}.get(f.get("kind"), "")
-        table.add_row(str(f.get("name")), str(f.get("kind")), how)
+        if runs and runs[-1][1:] == (str(f.get("kind")), how):
+            runs[-1][0].append(str(f.get("name")))
+        else:
+            runs.append(([str(f.get("name"))], str(f.get("kind")), how))
+    for names, kind, how in runs:
+        table.add_row(", ".join(names), kind, how)
     return table
 
 
 def _training_rows(info: dict) -> list[tuple[str, str]]:
     t = info["training"]
-    rows = [(k.replace("_", " "), _metrics(v) if isinstance(v, dict) else _num(v)) for k, v in t.items()]
+    rows = [(k.replace("_", " "), _metrics(v) if isinstance(v, dict) else _num(v)) for k, v in t.items()
+            if v not in (None, {}, "")]
     for group, options in (info.get("config") or {}).items():
         if isinstance(options, dict):
             shown = {k: v for k, v in options.items() if k != "lr_by_epoch"}
@@ -180,7 +188,11 @@ def health_table(h: dict) -> Table:
     for name, justify in (("field", "left"), ("distinct tokens", "right"), ("indices", "right"),
                           ("tokens sharing an index", "right"), ("occurrences on shared", "right")):
         table.add_column(name, justify=justify)
-    for f in h["fields"]:
+    fields = h["fields"]
+    if len(fields) > 12:  # the fields where collisions can happen: those with the most tokens
+        fields = sorted(fields, key=lambda f: -f["tokens"])[:12]
+        table.caption = f"the 12 of {len(h['fields'])} fields with the most tokens (--json lists all)"
+    for f in fields:
         table.add_row(f["field"], _num(f["tokens"]), _num(f["indices"]), _num(f["tokens_sharing"]),
                       f"{f['share_of_occurrences_shared']:.2%}")
     return table
