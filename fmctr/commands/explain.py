@@ -46,18 +46,17 @@ def explained(part: Tagged, model: Model, n: int) -> pl.DataFrame:
     logit = kind_of(model.kind).logits(w, rows)
     fields = pl.Series([field_name(model.schema, j) for j in range(max(len(model.schema.fields), 1))])
     names = pl.DataFrame({"f": fields.gather(part.field), "t": part.token}).select(
-        pl.format("{}={}", "f", "t")).to_series().to_numpy()
-    start = rows.offsets[:-1]
+        pl.format("{}={}", "f", "t")).to_series()
+    start, last = rows.offsets[:-1], max(len(names) - 1, 0)
     out = {"logit": logit}
     for j in range(n):
-        a = names[np.minimum(start + first[:, j], max(len(names) - 1, 0))] if len(names) else np.full(count, "")
-        b = names[np.minimum(start + second[:, j], max(len(names) - 1, 0))] if len(names) else np.full(count, "")
-        pair = pl.Series(a.astype(str)) + "*" + pl.Series(b.astype(str))
-        kind = kinds[:, j]
-        out[f"term_{j + 1}"] = pl.select(pl.when(pl.Series(kind == terms.BIAS)).then(pl.lit("bias"))
-                                         .when(pl.Series(kind == terms.LINEAR)).then(pl.Series(a.astype(str)))
-                                         .when(pl.Series(kind == terms.PAIR)).then(pair)).to_series()
-        out[f"value_{j + 1}"] = pl.Series(np.where(kind >= 0, value[:, j], np.nan)).fill_nan(None)
+        kind = pl.Series(kinds[:, j])
+        a = names.gather(np.minimum(start + first[:, j], last)) if len(names) else pl.repeat("", count, eager=True)
+        b = names.gather(np.minimum(start + second[:, j], last)) if len(names) else a
+        out[f"term_{j + 1}"] = pl.select(pl.when(kind == terms.BIAS).then(pl.lit("bias"))
+                                         .when(kind == terms.LINEAR).then(a)
+                                         .when(kind == terms.PAIR).then(a + "*" + b)).to_series()
+        out[f"value_{j + 1}"] = pl.Series(np.where(kinds[:, j] >= 0, value[:, j], np.nan)).fill_nan(None)
     out["rest"] = rest
     with np.errstate(over="ignore"):
         out[PROBABILITY] = 1.0 / (1.0 + np.exp(-logit))

@@ -77,15 +77,20 @@ def _feature_stats(seen: Seen, model: Model) -> tuple[np.ndarray, dict]:
     r, w = seen.rows, model.weights
     linear, total = np.empty(len(r.indices)), np.empty(len(r.indices))
     terms.contributions(r.indices, r.values, r.offsets, w.linear, w.factors, linear, total)
-    reached, inverse = np.unique(r.indices, return_inverse=True)
+    if w.num_features <= 1 << 24:  # counting over the whole hash space is faster than sorting
+        count = np.bincount(r.indices, minlength=w.num_features)
+        reached = np.flatnonzero(count)
+        inverse, size = r.indices, w.num_features
+    else:
+        reached, inverse = np.unique(r.indices, return_inverse=True)
+        size = len(reached)
     n = max(len(r), 1)
     stats = {
-        "count": np.bincount(inverse, minlength=len(reached)),
-        "x2": np.bincount(inverse, r.values.astype(np.float64) ** 2, len(reached)),
-        "abs_total": np.bincount(inverse, np.abs(total), len(reached)) / n,
-        "total": np.bincount(inverse, total, len(reached)) / n,
+        "x2": np.bincount(inverse, r.values.astype(np.float64) ** 2, size),
+        "abs_total": np.bincount(inverse, np.abs(total), size) / n,
+        "total": np.bincount(inverse, total, size) / n,
     }
-    return reached, stats
+    return reached, {k: v[reached] if size != len(reached) else v for k, v in stats.items()}
 
 
 def _pairs(seen: Seen, model: Model, reached: np.ndarray, x2: np.ndarray, top: int, candidates: int) -> dict:

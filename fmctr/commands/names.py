@@ -55,6 +55,12 @@ def _tokens(frame: pl.DataFrame, schema: Schema) -> tuple[pl.Series, np.ndarray]
         token = flat.str.extract(r"^(.*):([^:]*)$", 1).fill_null(flat)
         return token, lengths
     order = [schema.fields[j] for j in position_order(schema)]
+    if all(f.kind != "multi" for f in order) and order:  # one token per field: gather, column-major to row-major
+        columns = [frame.get_column(f.name).str.strip_chars() if f.kind == "numeric" else frame.get_column(f.name)
+                   for f in order]
+        n, width = frame.height, len(order)
+        by_row = (np.arange(n)[:, None] + np.arange(width)[None, :] * n).ravel()
+        return pl.concat(columns).gather(by_row), np.ones((n, width), np.int64)
     parts = [pl.col(f.name).str.split(f.sep) if f.kind == "multi" else
              pl.col(f.name).str.strip_chars() if f.kind == "numeric" else pl.col(f.name) for f in order]
     lists = frame.select(pl.concat_list(parts).alias("t")).to_series()

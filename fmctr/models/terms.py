@@ -86,37 +86,44 @@ def pair_sums(slots, values, offsets, m):
 
 
 @numba.njit(cache=True, nogil=True)
+def _keep_top(n_top, shown, t_kind, t_a, t_b, t_val, kinds, first, second, value, r):
+    """Insert one term into row r's top list (sorted by |value|, largest first)."""
+    j = shown
+    while j > 0 and abs(value[r, j - 1]) < abs(t_val):
+        if j < n_top:
+            kinds[r, j], first[r, j], second[r, j], value[r, j] = \
+                kinds[r, j - 1], first[r, j - 1], second[r, j - 1], value[r, j - 1]
+        j -= 1
+    if j < n_top:
+        kinds[r, j], first[r, j], second[r, j], value[r, j] = t_kind, t_a, t_b, t_val
+    return min(shown + 1, n_top)
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
 def top_terms(indices, values, offsets, bias, linear, factors, n_top, kinds, first, second, value, rest):
     """Per row r: every term of its logit; the n_top largest by |value| into
     kinds/first/second/value[r, :] (positions within the row; kind -1 where the row
     has fewer terms), and the sum of the others into rest[r]."""
     k = factors.shape[1]
-    for r in range(len(offsets) - 1):
+    for r in numba.prange(len(offsets) - 1):
         lo, m = offsets[r], offsets[r + 1] - offsets[r]
-        total = 1 + m + (m * (m - 1) // 2 if k > 0 else 0)  # (no factors: no pair terms)
-        t_val = np.empty(total, np.float64)
-        t_kind = np.empty(total, np.int8)
-        t_a = np.zeros(total, np.int32)
-        t_b = np.zeros(total, np.int32)
-        t_val[0], t_kind[0] = bias[0], BIAS
-        n = 1
+        kinds[r, :] = -1
+        total = np.float64(bias[0])
+        shown = _keep_top(n_top, 0, BIAS, 0, 0, total, kinds, first, second, value, r)
         for p in range(m):
-            t_val[n], t_kind[n], t_a[n] = linear[indices[lo + p]] * values[lo + p], LINEAR, p
-            n += 1
-        for p in range(m if k > 0 else 0):
+            t = np.float64(linear[indices[lo + p]]) * np.float64(values[lo + p])
+            total += t
+            shown = _keep_top(n_top, shown, LINEAR, p, 0, t, kinds, first, second, value, r)
+        for p in range(m if k > 0 else 0):  # (no factors: no pair terms)
             for q in range(p + 1, m):
                 dot = 0.0
                 for f in range(k):
-                    dot += factors[indices[lo + p], f] * factors[indices[lo + q], f]
-                t_val[n], t_kind[n], t_a[n], t_b[n] = dot * values[lo + p] * values[lo + q], PAIR, p, q
-                n += 1
-        order = np.argsort(-np.abs(t_val))
-        shown = min(n_top, total)
-        kinds[r, :] = -1
+                    dot += np.float64(factors[indices[lo + p], f]) * np.float64(factors[indices[lo + q], f])
+                t = dot * np.float64(values[lo + p]) * np.float64(values[lo + q])
+                total += t
+                if shown < n_top or abs(t) > abs(value[r, n_top - 1]):  # (most terms are not among the largest)
+                    shown = _keep_top(n_top, shown, PAIR, p, q, t, kinds, first, second, value, r)
+        kept = 0.0
         for j in range(shown):
-            t = order[j]
-            kinds[r, j], first[r, j], second[r, j], value[r, j] = t_kind[t], t_a[t], t_b[t], t_val[t]
-        other = 0.0
-        for j in range(shown, total):
-            other += t_val[order[j]]
-        rest[r] = other
+            kept += value[r, j]
+        rest[r] = total - kept
