@@ -72,25 +72,23 @@ def _feature(index: int, model: Model, names: dict, stats: dict | None) -> dict:
 
 
 def _feature_stats(seen: Seen, model: Model) -> tuple[np.ndarray, dict]:
-    """Per index the data reaches: occurrences, sum of x^2, mean |contribution| and
-    mean contribution (its linear term plus half its pair terms) over the rows."""
+    """Per index the data reaches (ascending): the sum of x^2 over its occurrences, and
+    its mean |contribution| and mean contribution (its linear term plus half its pair
+    terms) over the rows."""
     r, w = seen.rows, model.weights
-    linear, total = np.empty(len(r.indices)), np.empty(len(r.indices))
-    terms.contributions(r.indices, r.values, r.offsets, w.linear, w.factors, linear, total)
-    if w.num_features <= 1 << 24:  # counting over the whole hash space is faster than sorting
-        count = np.bincount(r.indices, minlength=w.num_features)
-        reached = np.flatnonzero(count)
-        inverse, size = r.indices, w.num_features
+    if w.num_features <= 1 << 24:  # sums over the whole hash space: no sort, no per-position arrays
+        slots, size = r.indices, w.num_features
     else:
-        reached, inverse = np.unique(r.indices, return_inverse=True)
+        reached, slots = np.unique(r.indices, return_inverse=True)
         size = len(reached)
+    sums = {name: np.zeros(size) for name in ("abs_total", "total", "x2")}
+    terms.contributions(r.indices, r.values, r.offsets, w.linear, w.factors, slots, sums["abs_total"], sums["total"],
+                        sums["x2"])
+    if size == w.num_features:
+        reached = np.flatnonzero(np.bincount(r.indices, minlength=size))
+        sums = {k: v[reached] for k, v in sums.items()}
     n = max(len(r), 1)
-    stats = {
-        "x2": np.bincount(inverse, r.values.astype(np.float64) ** 2, size),
-        "abs_total": np.bincount(inverse, np.abs(total), size) / n,
-        "total": np.bincount(inverse, total, size) / n,
-    }
-    return reached, {k: v[reached] if size != len(reached) else v for k, v in stats.items()}
+    return reached, {"x2": sums["x2"], "abs_total": sums["abs_total"] / n, "total": sums["total"] / n}
 
 
 def _pairs(seen: Seen, model: Model, reached: np.ndarray, x2: np.ndarray, top: int, candidates: int) -> dict:

@@ -16,10 +16,11 @@ BIAS, LINEAR, PAIR = 0, 1, 2  # kinds of term
 
 
 @numba.njit(cache=True, nogil=True)
-def contributions(indices, values, offsets, linear, factors, out_linear, out_total):
-    """Per position p: its linear term w x_p (out_linear) and that plus half of every
-    pair term it takes part in (out_total): a row's bias plus its positions' totals is
-    its logit."""
+def contributions(indices, values, offsets, linear, factors, slots, abs_total, total, x2):
+    """Per position p, its contribution: its linear term w x_p plus half of every pair
+    term it takes part in (a row's bias plus its positions' contributions is its
+    logit). Summed by slot (slots[p], e.g. the index itself): |contribution| into
+    abs_total, the contribution into total, x_p^2 into x2."""
     k = factors.shape[1]
     s = np.zeros(k, np.float64)
     for r in range(len(offsets) - 1):
@@ -28,13 +29,15 @@ def contributions(indices, values, offsets, linear, factors, out_linear, out_tot
             for f in range(k):
                 s[f] += factors[indices[p], f] * values[p]
         for p in range(offsets[r], offsets[r + 1]):
-            i, x = indices[p], values[p]
+            i, x = indices[p], np.float64(values[p])
             half = 0.0
             for f in range(k):
                 vx = factors[i, f] * x
                 half += vx * (s[f] - vx)
-            out_linear[p] = linear[i] * x
-            out_total[p] = out_linear[p] + 0.5 * half
+            c = linear[i] * x + 0.5 * half
+            abs_total[slots[p]] += abs(c)
+            total[slots[p]] += c
+            x2[slots[p]] += x * x
 
 
 @numba.njit(cache=True, nogil=True)
