@@ -24,7 +24,6 @@ from fmctr.models.modelfile import Model
 from fmctr.reading.read import LINE_COLUMN
 from fmctr.reading.schema import SPARSE_FORMATS, Schema
 
-VALUE_FIELD_TOKEN = "(value)"  # log1p/raw numeric fields: every value on one index
 
 
 @dataclass
@@ -104,9 +103,6 @@ def tagged_parts(path: str, model: Model, *, keep: Sequence[str] = (), log: Log 
                 return
 
     return data.name, parts()
-
-
-NUMERIC_NAMES = {"fine": "bucket", "bucket": "bucket", "log1p": "value", "raw": "value"}
 
 
 class NameBook:
