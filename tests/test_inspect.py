@@ -193,3 +193,22 @@ def test_inspect_names_the_planted_interactions(tmp_path):
                 strength[frozenset([name[i], name[j]])] = abs(v[i] @ v[j]) * c
     truth = sorted(strength, key=strength.get, reverse=True)[:10]
     assert sum(frozenset(p) in truth for p in pairs) >= 6
+
+
+def test_explain_from_stdin_and_its_column_names(tmp_path):
+    model, data = random_world(tmp_path, 4, 2)
+    piped = invoke("predict", "-", "-m", model, "--explain", "1", input=data.read_bytes())
+    assert piped.exit_code == 0, piped.stderr
+    assert piped.stdout.splitlines()[0] == "logit,term_1,value_1,rest,probability"
+    assert len(piped.stdout.splitlines()) == 61
+    clash = invoke("predict", data, "-m", model, "--explain", "2", "--keep", "rest")
+    assert (clash.exit_code, clash.stderr) == (1, "error: --keep rest: with --explain that name is an output column\n")
+    zero = invoke("predict", data, "-m", model, "--explain", "0")
+    assert (zero.exit_code, zero.stderr) == (1, "error: --explain must be at least 1, got 0\n")
+
+
+def test_inspect_a_model_without_factors(tmp_path):
+    model, data = random_world(tmp_path, 5, 0)
+    found = json.loads(invoke("inspect", model, "--data", data, "--json").stdout)
+    assert found["dim"] == 0 and found["pairs"]["pairs"] == [] and found["fields"] is None
+    assert found["features_by_contribution"][0]["mean_abs_contribution"] > 0
