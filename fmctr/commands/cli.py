@@ -623,19 +623,6 @@ def info(
         console.print(table)
 
 
-def _version(value: bool) -> None:
-    if value:
-        print(f"fmctr {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def main_options(
-    version: Annotated[bool, typer.Option("--version", "-V", callback=_version, is_eager=True, help="Show the version and exit.")] = False,
-) -> None:
-    pass
-
-
 @app.command("inspect")
 @errors_to_exit
 def inspect_cmd(
@@ -684,6 +671,19 @@ def inspect_cmd(
 
         for table in inspect_tables(found):
             stderr.print(table, highlight=False)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"fmctr {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[bool, typer.Option("--version", "-V", callback=_version, is_eager=True, help="Show the version and exit.")] = False,
+) -> None:
+    pass
 
 
 def _fast_info(args: list[str]) -> int | None:
