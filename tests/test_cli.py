@@ -14,7 +14,7 @@ import pytest
 from conftest import CRITEO_TEST, CRITEO_TRAIN, MOVIES_FLAGS, MOVIES_TEST, MOVIES_TRAIN, SAMPLE, invoke
 from fmctr.models.modelfile import load
 
-COMMANDS = ["preprocess", "train", "tune", "eval", "predict"]
+COMMANDS = ["preprocess", "train", "tune", "eval", "predict", "info", "inspect"]
 
 
 def test_every_command_has_help_and_is_in_the_readme():

@@ -585,6 +585,7 @@ def predict(
     allow_missing: AllowMissing = False,
     precision: Annotated[Optional[int], typer.Option(metavar="N", help="Write probabilities with N decimal places.  [default: as many as float64 needs, up to 17 significant digits]")] = None,
     format: Annotated[Optional[str], typer.Option("--format", help="Input format, if not the model's or recognisable from the data: csv, tsv, criteo, parquet, libsvm, libffm.")] = None,
+    explain: Annotated[Optional[int], typer.Option(metavar="N", help="Also write each row's logit, its N largest terms (bias, field=token, field=token*field=token) with their values, and the rest: they sum to the logit.")] = None,
     force: Force = False,
 ) -> None:
     """Write click probabilities as CSV, one line per input row, in input order."""
@@ -596,7 +597,82 @@ def predict(
     out = check_output(output, PREDICTIONS, inputs=[input, model], force=force)
     m = load(model, training_state=False)
     run(input, m, out, keep=_names(keep), log=_err, device=device, allow_missing=allow_missing, precision=precision,
-        format=format)
+        format=format, explain=explain)
+
+
+@app.command()
+@errors_to_exit
+def info(
+    model: Annotated[str, typer.Argument(metavar="MODEL", help="Model file (or checkpoint) written by fmctr.")],
+    json_out: Json = False,
+    verify: Annotated[bool, typer.Option("--verify", help="Also read the weights and check the checksum (slower on big models).")] = False,
+) -> None:
+    """What a model file holds: format, schema, hashing, kind, training options and history, sizes, checksum.
+
+    Reads the header only (not the weights), so it answers at once on a model of any size."""
+    from fmctr.commands.info import model_info
+
+    found = model_info(model, verify=verify)
+    if json_out:
+        _print_data(json.dumps(_json_safe(found)))
+        return
+    from rich.console import Console
+
+    console = Console(stderr=True, soft_wrap=not sys.stderr.isatty())
+    from fmctr.commands.views import info_tables
+
+    for table in info_tables(found):
+        console.print(table)
+
+
+@app.command("inspect")
+@errors_to_exit
+def inspect_cmd(
+    model: Annotated[str, typer.Argument(metavar="MODEL", help="Model file written by fmctr.")],
+    data: Annotated[Optional[str], typer.Option(metavar="FILE", help="Raw data (a file or -) read as the model reads it, to name the hashed indices and weigh features and pairs by how often they occur.")] = None,
+    top: Annotated[int, typer.Option(metavar="N", help="How many features and pairs to list.")] = 20,
+    rows: Annotated[int, typer.Option(metavar="N", help="Read at most N rows of --data.")] = 1_000_000,
+    json_out: Annotated[bool, typer.Option("--json", help="Print everything as one JSON object on stdout.")] = False,
+    plot: Annotated[Optional[Path], typer.Option(metavar="FILE", help="Draw the field x field interaction strengths as a heatmap (.png, .pdf, .svg; needs matplotlib).")] = None,
+    export_text: Annotated[Optional[str], typer.Option(metavar="FILE", help="Write the weights as tab-separated text, one line per stored index, with names from --data (- for stdout).")] = None,
+    threads: Threads = None,
+    allow_missing: AllowMissing = False,
+    format: Annotated[Optional[str], typer.Option("--format", help="Format of --data, if not the model's or recognisable.")] = None,
+    force: Force = False,
+) -> None:
+    """The features and interactions a model leans on, by name; the field x field interaction strengths; hash-space health."""
+    _use_threads(threads)
+    from fmctr.atomic import check_output, writing
+    from fmctr.commands import inspection
+    from fmctr.models.modelfile import load
+
+    if json_out and export_text == "-":
+        raise BadOptions("--export-text - and --json both write to stdout: give one of them")
+    text_out = check_output(export_text, inspection.EXPORT, inputs=[model, data], force=force) if export_text else None
+    if plot is not None:
+        from fmctr.commands.plot import PLOT, pyplot
+
+        plot = check_output(plot, PLOT, inputs=[model, data], force=force)
+        pyplot(plot)  # fail before reading if it cannot be drawn
+    m = load(model, training_state=False)
+    seen = inspection.read_data(data, m, limit=rows, log=_err, allow_missing=allow_missing, format=format) \
+        if data is not None else None
+    found = inspection.inspect_model(m, seen, top=top)
+    if text_out is not None:
+        with writing(text_out) as out:
+            inspection.export_text(m, out, seen)
+    if plot is not None and found.get("fields"):
+        from fmctr.commands.plot import write_heatmap
+
+        write_heatmap(plot, found["fields"]["fields"], found["fields"]["matrix"], f"{model}: field x field interactions")
+    if json_out:
+        _print_data(json.dumps(_json_safe(found)))
+    elif export_text != "-":
+        from fmctr.commands.progress import stderr
+        from fmctr.commands.views import inspect_tables
+
+        for table in inspect_tables(found):
+            stderr.print(table, highlight=False)
 
 
 def _version(value: bool) -> None:
@@ -612,10 +688,31 @@ def main_options(
     pass
 
 
+def _fast_info(args: list[str]) -> int | None:
+    """`fmctr info MODEL [--json] [--verify]` without building the typer app: typer
+    builds every command's parameters through pydantic first (about 0.3 s, longer than
+    the answer takes). Anything else (--help, a typo) goes the usual way."""
+    flags = {"--json": "json_out", "--verify": "verify"}
+    if args[:1] != ["info"] or len(args) < 2:
+        return None
+    given = [a for a in args[1:] if a in flags]
+    models = [a for a in args[1:] if a not in flags]
+    if len(models) != 1 or models[0].startswith("-") or len(set(given)) != len(given):
+        return None
+    try:
+        info(models[0], **{flags[a]: True for a in given})
+    except typer.Exit as e:
+        return e.exit_code
+    return 0
+
+
 def main() -> None:
     """Run the CLI; click's usage errors become one `error:` line and exit 2."""
     from typer._click import exceptions as click_errors  # (typer vendors click)
 
+    fast = _fast_info(sys.argv[1:])
+    if fast is not None:
+        sys.exit(fast)
     try:
         code = app(standalone_mode=False)
     except click_errors.NoArgsIsHelpError as e:

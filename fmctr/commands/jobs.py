@@ -512,12 +512,21 @@ PREDICTIONS = Kind("a predictions CSV (its header ends in 'probability')", _look
 
 def predict(path: str, model: Model, output: Target, *, keep: Sequence[str] = (), log: Log = _silent,
             device: str = "auto", allow_missing: bool = False, precision: int | None = None,
-            format: str | None = None) -> int:
+            format: str | None = None, explain: int | None = None) -> int:
     """Write one CSV line per input row, in input order: the --keep columns, then the
-    click probability. `output` "-" is stdout; a file appears only when complete."""
+    click probability. `output` "-" is stdout; a file appears only when complete.
+    `explain` N adds each row's N largest logit terms (fmctr.commands.explain)."""
     if PROBABILITY in keep:
         raise BadOptions(f"--keep {PROBABILITY}: that name is the output column")
     output = check_output(output, PREDICTIONS, inputs=[path])
+    if explain is not None:
+        from fmctr.commands.explain import write_explained
+
+        if precision is not None and not 1 <= precision <= 17:
+            raise BadOptions(f"--precision must be from 1 to 17 decimal places, got {precision}")
+        with writing(output) as out:
+            return write_explained(path, model, out, n=explain, keep=keep, log=log, allow_missing=allow_missing,
+                                   precision=precision, format=format)
     data = open_input(path, schema=model.schema, hashing=model.hashing, require_label=False, keep=keep, log=log,
                       rare=model.rare, allow_missing=allow_missing, format=format)
     if precision is not None and not 1 <= precision <= 17:

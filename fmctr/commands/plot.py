@@ -71,3 +71,21 @@ def write_plot(path: Target, labels: np.ndarray, probs: np.ndarray, metrics: dic
     fig.savefig(out, format=plot_format(path.name if isinstance(path, Output) else path))
     plt.close(fig)
     write_bytes(path, out.getvalue())
+
+
+def write_heatmap(path: Target, fields: list[str], matrix: list[list[float]], title: str) -> None:
+    """`fmctr inspect --plot`: the field x field interaction strengths as a heatmap."""
+    plt = pyplot(path)
+    n = len(fields)
+    side = min(4 + 0.3 * n, 20)
+    fig, ax = plt.subplots(figsize=(side + 1.5, side), dpi=100)
+    image = ax.imshow(np.asarray(matrix), cmap="viridis")
+    ax.set_xticks(range(n), fields, rotation=90, fontsize=8)
+    ax.set_yticks(range(n), fields, fontsize=8)
+    fig.colorbar(image, ax=ax, label="mean |pair terms| between the fields, per row")
+    ax.set_title(title)
+    fig.tight_layout()
+    out = io.BytesIO()
+    fig.savefig(out, format=plot_format(path.name if isinstance(path, Output) else path))
+    plt.close(fig)
+    write_bytes(path, out.getvalue())

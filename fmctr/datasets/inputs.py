@@ -20,7 +20,7 @@ from fmctr.errors import BadInput, BadOptions, BadSchema
 from fmctr.hashing.rare import RareMap
 from fmctr.hashing.stream import Hasher
 from fmctr.hashing.tokens import HashSpec, Rows
-from fmctr.reading.read import display_name, open_source, prefetch
+from fmctr.reading.read import LINE_COLUMN, display_name, open_source, prefetch
 from fmctr.reading.schema import SPARSE_FORMATS, Schema, SchemaSpec
 
 Log = Callable[[str], None]
@@ -48,14 +48,19 @@ class Input:
 
 def open_input(path: str, *, spec: SchemaSpec | None = None, schema: Schema | None = None,
                hashing: HashSpec | None = None, require_label: bool, keep: Sequence[str] = (), log: Log = silent,
-               rare: RareMap | None = None, allow_missing: bool = False, format: str | None = None) -> Input:
+               rare: RareMap | None = None, allow_missing: bool = False, format: str | None = None,
+               tokens: bool = False) -> Input:
     """Open raw data (hashed on the fly) or a hashed dataset. Give `spec` to resolve
     a schema against the data's columns, or `schema` (from a model) to apply it;
     `rare` (a model's --min-count map) maps rare values to their field's rare token.
     Data lacking more than half of the schema's feature columns is refused unless
     `allow_missing` (those columns then count as missing in every row). `format`
-    overrides the schema's format."""
+    overrides the schema's format. `tokens` also passes through, after the `keep`
+    columns, the text every feature is hashed from (the feature columns, or the line
+    of libsvm/libffm data), so that indices can be named (raw data only)."""
     if dataset.is_hashed(path):
+        if tokens:
+            raise BadOptions(f"{display_name(path)}: a hashed dataset keeps no tokens, only indices; give the raw data")
         return _open_hashed(path, schema=schema, hashing=hashing, keep=keep, rare=rare)
     name = display_name(path)
     hashing = hashing or HashSpec(bits=DEFAULT_BITS)
@@ -71,9 +76,16 @@ def open_input(path: str, *, spec: SchemaSpec | None = None, schema: Schema | No
     missing = _check_columns(name, source.format, source.columns, schema, require_label, keep)
     if missing:
         _missing_features(name, missing, schema, source.columns, allow_missing, log)
+    if tokens:
+        keep = [*keep, *[c for c in token_columns(schema) if c not in keep]]
     hasher = Hasher(source, schema, hashing, name=name, require_label=require_label, keep=keep, missing=missing,
                     rare=rare)
     return Input(name, schema, hashing, prefetch(hasher.parts()))
+
+
+def token_columns(schema: Schema) -> list[str]:
+    """The columns whose text a row's features are hashed from."""
+    return [LINE_COLUMN] if schema.format in SPARSE_FORMATS else schema.feature_names
 
 
 def _check_columns(name: str, fmt: str, columns: list[str], schema: Schema, require_label: bool,

@@ -30,14 +30,11 @@ from fmctr.atomic import Kind, Target, write_bytes
 from fmctr.errors import BadModel, FmctrError
 from fmctr.hashing.tokens import HashSpec
 from fmctr.hashing.rare import RareMap
-from fmctr.reading.schema import BUCKETS_CHANGED_AFTER, Schema, old_buckets
+from fmctr.reading.schema import Schema
+from fmctr.models.header import FORMAT, FORMAT_VERSION, METADATA_KEY, parse_header
 from fmctr.models.kinds import kind_of
 from fmctr.models.weights import FMWeights
 
-FORMAT = "fmctr-model"
-FORMAT_VERSION = 3  # 3: the checksum covers the header, dtypes and shapes too
-TENSORS_ONLY_CHECKSUM = 2  # versions up to 2 (2: numeric buckets keep values up to 2 apart, fmctr.schema.old_buckets)
-METADATA_KEY = "fmctr"
 
 
 @dataclass
@@ -164,28 +161,7 @@ MODEL_FILE = Kind("an fmctr model file", _is_model_file)
 
 
 def _header(data: bytes, name: str) -> dict:
-    if len(data) < 8:
-        raise BadModel(f"{name}: not an fmctr model file (too short)")
-    (n,) = struct.unpack("<Q", data[:8])
-    if n > len(data) - 8 or n > 100_000_000:
-        raise BadModel(f"{name}: not an fmctr model file, or truncated (bad header length)")
-    try:
-        header = json.loads(data[8 : 8 + n])
-        meta = json.loads(header["__metadata__"][METADATA_KEY])
-    except (ValueError, KeyError, TypeError, RecursionError):
-        raise BadModel(f"{name}: not an fmctr model file (no fmctr header)") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise BadModel(f"{name}: not an fmctr model file")
-    version = meta.get("format_version")
-    if old_buckets(version, meta.get("schema")):
-        raise BadModel(f"{name}: made by an older fmctr, which bucketed numeric fields differently "
-                       f"(values up to 2 shared tokens with larger ones); train the model again")
-    if version not in (FORMAT_VERSION, TENSORS_ONLY_CHECKSUM, BUCKETS_CHANGED_AFTER):
-        raise BadModel(
-            f"{name}: model format version {version} is not one this fmctr {__version__} reads "
-            f"(it reads versions 1 to {FORMAT_VERSION})"
-        )
-    return meta
+    return parse_header(data, name)
 
 
 def _full(values: np.ndarray, rows: np.ndarray, n: int, dim: int | None = None) -> np.ndarray:

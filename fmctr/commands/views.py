@@ -1,0 +1,214 @@
+"""Tables for people (rich, on stderr) of what `fmctr info` and `fmctr inspect` found.
+
+Light on purpose: rich only, so that `fmctr info` starts fast.
+"""
+
+from __future__ import annotations
+
+import math
+
+from rich.table import Table
+
+
+def _num(value, digits: int = 4) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.{digits}g}" if abs(value) < 1e-3 and value else f"{value:.{digits}f}"
+    return str(value)
+
+
+def _sig(value) -> str:
+    """Four significant digits: contributions and pair terms span many decades."""
+    return "" if value is None else f"{value:.4g}"
+
+
+def _bytes(n) -> str:
+    if not isinstance(n, int):
+        return ""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:,} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1024
+    return ""
+
+
+def _pairs(title: str, rows: list[tuple[str, str]]) -> Table:
+    table = Table(title=title, title_justify="left", show_header=False)
+    table.add_column("what")
+    table.add_column("value", overflow="fold")
+    for key, value in rows:
+        table.add_row(key, value)
+    return table
+
+
+def _model_rows(info: dict) -> list[tuple[str, str]]:
+    h, sizes = info["hashing"] or {}, info["sizes"]
+    opt = info.get("optimizer")
+    verified = {None: "(not verified: --verify reads the tensors and checks it)", True: "(verified)"}[info["verified"]]
+    rows = [
+        ("file", f"{info['file']} ({_bytes(sizes['file'])})"),
+        ("format", f"version {info['format_version']}, written by {info['written_by']}"),
+        ("model", f"{info['model']}, dim {info['dim']}" + (" (logistic regression)" if info["dim"] == 0 else "")),
+        ("hashing", f"{h.get('function')}, --bits {h.get('bits')} ({_num(info['num_features'])} indices), "
+                    f"--hash-seed {h.get('seed')}"),
+        ("indices stored", f"{_num(info['indices_stored'])} (trained; every other index is zero)"),
+        ("min-count", _num(info["min_count"]) if info["min_count"] else "off"),
+        ("optimizer state", f"{opt.get('kind')}, step {_num(opt.get('step'))}" if isinstance(opt, dict) else "none"),
+        ("sizes", ", ".join(f"{k} {_bytes(v)}" for k, v in sizes.items() if k != "file" and v)),
+        ("sha256", f"{info['sha256']} {verified}"),
+    ]
+    if info["checkpoint"]:
+        rows.append(("checkpoint", "yes: an interrupted run; fmctr train --resume continues it"))
+    return rows
+
+
+def _schema_table(schema: dict) -> Table:
+    """Runs of fields of one kind on one row each (Criteo's 39 fields on 2 rows)."""
+    title = f"schema (label {schema.get('label')!r}, format {schema.get('format') or 'recognised from the data'})"
+    table = Table(title=title, title_justify="left")
+    for name, overflow in (("fields", "fold"), ("kind", "ellipsis"), ("how", "ellipsis")):
+        table.add_column(name, overflow=overflow)
+    runs: list[tuple[list[str], str, str]] = []
+    for f in schema.get("fields", []):
+        how = {"numeric": f"--numeric-mode {f.get('numeric')}", "multi": f"split on {f.get('sep')!r}"}.get(f.get("kind"), "")
+        if runs and runs[-1][1:] == (str(f.get("kind")), how):
+            runs[-1][0].append(str(f.get("name")))
+        else:
+            runs.append(([str(f.get("name"))], str(f.get("kind")), how))
+    for names, kind, how in runs:
+        table.add_row(", ".join(names), kind, how)
+    return table
+
+
+def _training_rows(info: dict) -> list[tuple[str, str]]:
+    t = info["training"]
+    rows = [(k.replace("_", " "), _metrics(v) if isinstance(v, dict) else _num(v)) for k, v in t.items()
+            if v not in (None, {}, "")]
+    for group, options in (info.get("config") or {}).items():
+        if isinstance(options, dict):
+            shown = {k: v for k, v in options.items() if k != "lr_by_epoch"}
+            rows.append((f"config: {group}", ", ".join(f"{k}={v}" for k, v in shown.items())))
+    if info.get("tune"):
+        rows.append(("tuned", str(info["tune"].get("summary") or info["tune"].get("options"))))
+    return rows
+
+
+def _metrics(m: dict) -> str:
+    return ", ".join(f"{k} {_num(v)}" for k, v in m.items())
+
+
+def history_table(history: list[dict], title: str, best: int | None) -> Table:
+    table = Table(title=title, title_justify="left")
+    for name in ("epoch", "train logloss", "valid AUC", "valid logloss", "lr", "rows/s"):
+        table.add_column(name, justify="right")
+    for e in history:
+        valid = e.get("valid") or {}
+        mark = " *" if e.get("epoch") == best else ""
+        table.add_row(f"{e.get('epoch')}{mark}", _num(e.get("train_logloss")), _num(valid.get("auc")),
+                      _num(valid.get("logloss")), _num(e.get("lr"), 3), _num(round(e.get("rows_per_s") or 0)))
+    return table
+
+
+def info_tables(info: dict) -> list:
+    out = [_pairs("model", _model_rows(info))]
+    if isinstance(info.get("schema"), dict):
+        out.append(_schema_table(info["schema"]))
+    if info["training"] or info.get("config"):
+        out.append(_pairs("training", _training_rows(info)))
+    if info["selection"]:
+        s = info["selection"]
+        out.append(history_table(s["history"], f"epochs chosen on {_num(s.get('holdout_rows'))} held-out rows: "
+                                               f"{s.get('epochs')}", s.get("best_epoch")))
+    if info["history"]:
+        best = info["training"].get("best_epoch") if info["training"].get("valid_rows") else None
+        out.append(history_table(info["history"], "epochs" + (" (the refit on every row)" if info["selection"] else ""),
+                                 best))
+    return out
+
+
+def _name(field, token, tokens: int = 1) -> str:
+    if field is None:
+        return "(not in the data)"
+    shown = f"{field}={token if token != '' else '(missing)'}"
+    return shown + (f" (+{tokens - 1} more: collision)" if tokens > 1 else "")
+
+
+def features_table(features: list[dict], title: str) -> Table:
+    table = Table(title=title, title_justify="left")
+    for name, justify in (("feature", "left"), ("index", "right"), ("count", "right"), ("weight", "right"),
+                          ("|v|", "right"), ("mean |contribution|", "right")):
+        table.add_column(name, justify=justify)
+    for f in features:
+        table.add_row(_name(f["field"], f["token"], f["tokens"]), str(f["index"]), _num(f["count"]),
+                      f"{f['weight']:+.4g}", f"{f['factor_norm']:.4g}",
+                      _sig(f.get("mean_abs_contribution")))
+    return table
+
+
+def pairs_table(pairs: dict) -> Table:
+    note = "" if pairs["exact"] else f" (among the {pairs['candidates']:,} most promising features; not proven exact)"
+    table = Table(title="top interactions by mean |pair term| over the data" + note, title_justify="left")
+    for name, justify in (("feature a", "left"), ("feature b", "left"), ("together", "right"),
+                          ("<v_a, v_b>", "right"), ("mean |term|", "right")):
+        table.add_column(name, justify=justify)
+    for p in pairs["pairs"]:
+        a, b = p["a"], p["b"]
+        table.add_row(_name(a["field"], a["token"], a["tokens"]), _name(b["field"], b["token"], b["tokens"]),
+                      _num(p["count"]), f"{p['effect']:+.4g}", _sig(p["mean_abs"]))
+    return table
+
+
+def fields_table(fields: dict) -> Table:
+    names = fields["fields"]
+    if len(names) > 10:
+        table = Table(title="strongest field pairs (mean |pair terms| between them, per row)", title_justify="left")
+        for name, justify in (("field a", "left"), ("field b", "left"), ("mean |terms|", "right")):
+            table.add_column(name, justify=justify)
+        for p in fields["top"]:
+            table.add_row(p["a"], p["b"] if p["b"] != p["a"] else f"{p['b']} (within)", _sig(p["mean_abs"]))
+        return table
+    table = Table(title="field x field interaction strength (mean |pair terms| per row)", title_justify="left")
+    table.add_column("")
+    for name in names:
+        table.add_column(name, justify="right")
+    for name, row in zip(names, fields["matrix"]):
+        table.add_row(name, *[_sig(v) for v in row])
+    return table
+
+
+def health_table(h: dict) -> Table:
+    title = (f"hash space: {h['tokens']:,} tokens on {h['indices_used']:,} of 2^{h['bits']} indices; "
+             f"{h['share_of_occurrences_shared']:.2%} of occurrences on a shared index; --bits: {h['advice']}")
+    table = Table(title=title, title_justify="left")
+    for name, justify in (("field", "left"), ("distinct tokens", "right"), ("indices", "right"),
+                          ("tokens sharing an index", "right"), ("occurrences on shared", "right")):
+        table.add_column(name, justify=justify)
+    fields = h["fields"]
+    if len(fields) > 12:  # the fields where collisions can happen: those with the most tokens
+        fields = sorted(fields, key=lambda f: -f["tokens"])[:12]
+        table.caption = f"the 12 of {len(h['fields'])} fields with the most tokens (--json lists all)"
+    for f in fields:
+        table.add_row(f["field"], _num(f["tokens"]), _num(f["indices"]), _num(f["tokens_sharing"]),
+                      f"{f['share_of_occurrences_shared']:.2%}")
+    return table
+
+
+def inspect_tables(found: dict) -> list:
+    out = [f"bias {found['bias']:+.4f}, dim {found['dim']}, {found['indices_stored']:,} indices stored"
+           + (f"; data {found['data']}: {found['rows']:,} rows reach {found['indices_reached']:,} indices"
+              if "data" in found else "; --data FILE names the indices")]
+    out.append(features_table(found["features_by_weight"], "top features by |weight|"))
+    if "data" not in found:
+        return out
+    out.append(features_table(found["features_by_contribution"], "top features by mean |contribution| to the logit"))
+    if found["pairs"]["pairs"]:
+        out.append(pairs_table(found["pairs"]))
+    if found["fields"]:
+        out.append(fields_table(found["fields"]))
+    out.append(health_table(found["health"]))
+    return out
