@@ -23,8 +23,7 @@ import polars as pl
 from fmctr.commands.names import Tagged, field_name, tagged_parts
 from fmctr.datasets.inputs import Log, silent
 from fmctr.errors import BadOptions
-from fmctr.models import terms
-from fmctr.models.kinds import kind_of
+from fmctr.models import scores, terms
 from fmctr.models.modelfile import Model
 
 PROBABILITY = "probability"
@@ -43,7 +42,7 @@ def explained(part: Tagged, model: Model, n: int) -> pl.DataFrame:
     value, rest = np.zeros((count, n), np.float64), np.zeros(count, np.float64)
     terms.top_terms(rows.indices, rows.values, rows.offsets, w.bias, w.linear, w.factors, n, kinds, first, second,
                     value, rest)
-    logit = kind_of(model.kind).logits(w, rows)
+    logit = scores.logits(w.bias, w.linear, w.factors, rows.indices, rows.values, rows.offsets)  # as predict's
     fields = pl.Series([field_name(model.schema, j) for j in range(max(len(model.schema.fields), 1))])
     names = pl.DataFrame({"f": fields.gather(part.field), "t": part.token}).select(
         pl.format("{}={}", "f", "t")).to_series()
