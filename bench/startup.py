@@ -2,14 +2,14 @@
 
     python bench/startup.py [--repeat 9] [--json]
 
-Times `fmctr --version`, `fmctr --help`, and `fmctr predict` / `fmctr eval` on 10 rows
+Times `fmctr --version`, `fmctr --help`, `fmctr info`, and `fmctr predict` / `fmctr eval` on 10 rows
 of each sample file (Criteo TSV, movies CSV), each in a fresh process, interleaved
 so that the machine's load falls on all alike; beside them, in the same run, two
 baselines: a bare `python -c pass` and the imports no fmctr command can avoid
 (numpy, polars, pyarrow's CSV reader, typer). Reports the median and the minimum of
 the wall time and of the CPU time (user + system, which other load on a shared
 machine disturbs less), and the median as a multiple of the import floor.
-Targets (issue 13): --help/--version <= 0.3 s, a 10-row predict <= 0.6 s.
+Targets: --help/--version <= 0.3 s, a 10-row predict <= 0.6 s (issue 13); info < 0.5 s (issue 14).
 """
 
 from __future__ import annotations
@@ -61,6 +61,7 @@ def prepare(tmp: Path) -> dict[str, list[str]]:
         "predict 10 rows, Criteo TSV": [*fm, "predict", str(ten_tsv), "-m", str(criteo)],
         "predict 10 rows, movies CSV": [*fm, "predict", str(ten_csv), "-m", str(movies)],
         "eval 10 rows, movies CSV": [*fm, "eval", str(ten_csv), "-m", str(movies), "--json"],
+        "info --json (Criteo model)": [*fm, "info", str(criteo), "--json"],
     }
 
 
