@@ -174,6 +174,8 @@ Ignore = Annotated[Optional[list[str]], typer.Option(metavar="COLS", help="Colum
 Sep = Annotated[Optional[str], typer.Option("--sep", help="Separator inside multi-valued columns.  [default: |]", rich_help_panel=SCHEMA)]
 NumericMode = Annotated[Optional[str], typer.Option(help="How numeric columns become features: fine (as bucket for whole numbers; a fractional value gets a bucket of its own scale, a quarter octave of |x| with its sign), bucket (the Criteo winners' rule: token floor(ln(x)^2) for x>2, a token of its own for each floor(x) up to 2, so all of [0, 1) is one token), log1p (value sign(x)*ln(1+|x|) on one index) or raw.  [default: fine; bucket with --preset criteo]", rich_help_panel=SCHEMA)]
 Format = Annotated[Optional[str], typer.Option("--format", help="Input format: csv, tsv, criteo, parquet, libsvm, libffm.  [default: detected from the data]", rich_help_panel=SCHEMA)]
+UserCols = Annotated[Optional[list[str]], typer.Option("--user", metavar="COLS", help="For recall: the feature columns that describe the user (comma-separated, repeatable); with --item. Other features are context and go with the user.", rich_help_panel=SCHEMA)]
+ItemCols = Annotated[Optional[list[str]], typer.Option("--item", metavar="COLS", help="For recall (`fmctr recall`): the feature columns that describe the item; the first is the item id unless recall is told otherwise.", rich_help_panel=SCHEMA)]
 Bits = Annotated[Optional[int], typer.Option(help="Hash space is 2^bits features.  [default: 22]", rich_help_panel=HASH)]
 HashSeed = Annotated[int, typer.Option(help="Seed of the feature hash.", rich_help_panel=HASH)]
 Device = Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto (CUDA when available; scoring on a GPU uses the torch model).")]
@@ -184,7 +186,7 @@ Json = Annotated[bool, typer.Option("--json", help="Print metrics as one JSON ob
 Force = Annotated[bool, typer.Option("--force", help="Replace an existing output that fmctr did not write (a directory that is not a hashed dataset, a file of another kind). Inputs are never written over.")]
 
 
-def _spec(preset, schema_file, label, categorical, numeric, multi, ignore, sep, numeric_mode, fmt):
+def _spec(preset, schema_file, label, categorical, numeric, multi, ignore, sep, numeric_mode, fmt, user=None, item=None):
     from fmctr.reading.schema import build_spec
 
     return build_spec(
@@ -198,6 +200,8 @@ def _spec(preset, schema_file, label, categorical, numeric, multi, ignore, sep, 
         numeric_mode=numeric_mode,
         sep=sep,
         format=fmt,
+        user=_names(user),
+        item=_names(item),
     )
 
 
@@ -304,6 +308,8 @@ def train_cmd(
     sep: Sep = None,
     numeric_mode: NumericMode = None,
     format: Format = None,
+    user: UserCols = None,
+    item: ItemCols = None,
     bits: Bits = None,
     hash_seed: HashSeed = 0,
     dim: Annotated[int, typer.Option(help="Factor dimension k; 0 trains logistic regression.", rich_help_panel=TRAIN)] = 8,
@@ -346,7 +352,7 @@ def train_cmd(
     from fmctr.training.config import TrainConfig
     from fmctr.training.loop import NullProgress
 
-    schema_flags = (preset, schema, label, categorical, numeric, multi, ignore, sep, numeric_mode, format)
+    schema_flags = (preset, schema, label, categorical, numeric, multi, ignore, sep, numeric_mode, format, user, item)
     if resume is not None:
         if start is not None:
             raise BadOptions("--resume and --model both give a starting point: give one of them")
