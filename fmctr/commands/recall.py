@@ -22,8 +22,9 @@ from fmctr.hashing.rare import RareMap
 from fmctr.hashing.stream import Hasher
 from fmctr.hashing.tokens import Rows
 from fmctr.models.modelfile import Model
-from fmctr.models.retrieval import Exclusions, top_k
+from fmctr.models.retrieval import ITEM_BLOCK, Exclusions, top_k
 from fmctr.models.towers import UserSide, item_vectors, user_side
+from fmctr.ranking import auc_from_counts, mean_ranking_metrics
 from fmctr.reading.read import display_name, open_source, prefetch
 
 RANK, SCORE = "rank", "score"
@@ -52,9 +53,11 @@ def _short(names: Sequence[str], most: int = 10) -> str:
     return ", ".join(names[:most]) + (", ..." if len(names) > most else "")
 
 
-def open_side(path: str, model: Model, *, item: bool, keep: Sequence[str] = ()) -> Iterator[tuple[Rows, pl.DataFrame]]:
-    """Hashed rows of one side (users or items) with their `keep` columns, chunk by
-    chunk; every feature column of the side must be there."""
+def open_side(path: str, model: Model, *, item: bool, keep: Sequence[str] = (),
+              optional: Sequence[str] = ()) -> Iterator[tuple[Rows, pl.DataFrame]]:
+    """Hashed rows of one side (users or items) with their `keep` columns (and those
+    of `optional` that the data has), chunk by chunk; every feature column of the
+    side must be there."""
     schema = model.schema.side(item)
     name = display_name(path)
     source = open_source(path)
@@ -65,6 +68,7 @@ def open_side(path: str, model: Model, *, item: bool, keep: Sequence[str] = ()) 
     absent = [k for k in keep if k not in source.columns]
     if absent:
         raise BadInput(f"{name}: column(s) {', '.join(absent)} not found (columns: {_short(source.columns)})")
+    keep = [*keep, *(c for c in optional if c in source.columns)]
     hasher = Hasher(source, schema, model.hashing, name=name, require_label=False, keep=list(dict.fromkeys(keep)),
                     rare=_side_rare(model, item))
     return prefetch(hasher.parts())
@@ -206,7 +210,8 @@ def candidates_frame(users: UserSide, kept: pl.DataFrame | None, catalogue: Cata
         user_cols = list(plan.keep)
         if plan.with_features:
             user_cols += [c for c in model.schema.side(item=False).feature_names if c not in user_cols]
-        parts.append(kept.select(user_cols)[user_row])
+        if user_cols:
+            parts.append(kept.select(user_cols)[user_row])
     taken = set(parts[0].columns) if parts else set()
     item_cols = [c for c in catalogue.columns.columns if c not in taken]
     parts.append(catalogue.columns.select(item_cols)[item_at])
@@ -245,3 +250,160 @@ def vectors_frame(ids: pl.DataFrame, vectors: np.ndarray, constants: np.ndarray 
     columns[last] = vectors[:, dim]
     frame = pl.concat([ids, pl.DataFrame(columns)], how="horizontal")
     return frame.with_columns(pl.Series("constant", constants)) if constants is not None else frame
+
+
+def _looks_like_vectors(path) -> bool:
+    try:
+        columns = pl.read_parquet_schema(path).keys() if str(path).endswith(".parquet") else \
+            pl.read_csv(path, n_rows=0).columns
+    except Exception:  # (not a table: not ours to replace)
+        return False
+    return "v0" in columns or "item_term" in columns or "one" in columns
+
+
+VECTORS = Kind("a vectors table (Parquet or CSV with columns v0, v1, ...)", _looks_like_vectors)
+
+
+def write_table(frame: pl.DataFrame, output: Target) -> None:
+    """Parquet when the name ends in .parquet, else CSV; atomically."""
+    import io
+
+    from fmctr.atomic import write_bytes
+
+    name = str(output.name if hasattr(output, "name") else output)
+    buffer = io.BytesIO()
+    if name.endswith(".parquet"):
+        frame.write_parquet(buffer)
+    else:
+        frame.write_csv(buffer)
+    write_bytes(output, buffer.getvalue())
+
+
+def user_vectors_frame(users_path: str, model: Model, *, id_columns: Sequence[str]) -> pl.DataFrame:
+    """Every user's id columns, vector and constant."""
+    towers_of(model)
+    frames = []
+    for rows, kept in open_side(users_path, model, item=False, keep=id_columns):
+        side = user_side(model.weights, rows)
+        frames.append(vectors_frame(kept, side.vectors, side.constants))
+    return pl.concat(frames)
+
+
+def item_vectors_frame(catalogue: Catalogue, item_id: str) -> pl.DataFrame:
+    return vectors_frame(catalogue.columns.select(item_id), catalogue.vectors)
+
+
+# --- ranking evaluation over the full catalogue ---------------------------------------
+
+EVAL_USER_BLOCK = 64
+
+
+@dataclass
+class HeldOut:
+    """The test users (one row each, in order of first appearance) and, per user, the
+    catalogue positions of their held-out items."""
+
+    ids: pl.Series
+    rows: Rows
+    relevant: list[np.ndarray]
+
+
+def held_out(test_path: str, model: Model, catalogue: Catalogue, *, user_id: str, item_id: str) -> HeldOut:
+    """Read interactions (user columns and the item id; a label column, where there is
+    one, keeps only the rows labelled 1): each user's features (from their first row)
+    and held-out items. An item missing from the catalogue is an error."""
+    label = model.schema.label
+    rows, frames = [], []
+    for part, kept in open_side(test_path, model, item=False, keep=[user_id, item_id], optional=[label] if label else []):
+        rows.append(part)
+        frames.append(kept)
+    frame = pl.concat(frames).with_columns(pl.int_range(pl.len(), dtype=pl.Int64).alias("_row"))
+    at = catalogue.positions(frame.get_column(item_id))
+    if (at < 0).any():
+        first = int(np.argmax(at < 0))
+        raise BadInput(f"{display_name(test_path)}: item id {frame.get_column(item_id)[first]!r} (row {first + 1}) is "
+                       f"not in the catalogue {catalogue.name}")
+    frame = frame.with_columns(pl.Series("_at", at), pl.col(user_id).cast(pl.String).alias("_user"))
+    users = frame.group_by("_user", maintain_order=True).agg(pl.col("_row").first())
+    positive = frame
+    if label in frame.columns:
+        positive = frame.filter(pl.col(label).str.strip_chars().is_in(["1", "+1", "1.0"]))
+    lists = users.select("_user").join(positive.group_by("_user").agg(pl.col("_at").unique().sort()), on="_user",
+                                       how="left", maintain_order="left").get_column("_at").to_list()
+    relevant = [np.asarray(x or [], np.int64) for x in lists]
+    return HeldOut(users.get_column("_user"), Rows.concat(rows).take(users.get_column("_row").to_numpy()), relevant)
+
+
+def _rank_counts(vectors: np.ndarray, items: np.ndarray, relevant: list[np.ndarray], exclude: Exclusions,
+                 item_block: int = ITEM_BLOCK) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For every (user, relevant item) pair of these users: its score, and how many
+    candidates (items not excluded) score above it and level with it (itself
+    included), over every item block. Levels are within a relative 1e-5 (BLAS and
+    the pair's own product round differently)."""
+    pair_user = np.repeat(np.arange(len(relevant)), [len(r) for r in relevant])
+    pair_item = np.concatenate(relevant) if relevant else np.zeros(0, np.int64)
+    score = np.einsum("pd,pd->p", vectors[pair_user].astype(np.float64), items[pair_item].astype(np.float64))
+    tol = 1e-5 * (1.0 + np.abs(score))
+    above = np.zeros(len(score), np.int64)
+    level = np.zeros(len(score), np.int64)
+    rows, excluded = exclude.block(0, len(relevant))
+    for start in range(0, len(items), item_block):
+        stop = min(start + item_block, len(items))
+        block = vectors @ items[start:stop].T
+        inside = (excluded >= start) & (excluded < stop)
+        block[rows[inside], excluded[inside] - start] = -np.inf
+        diff = block[pair_user] - score[:, None]
+        above += (diff > tol[:, None]).sum(axis=1)
+        level += (np.abs(diff) <= tol[:, None]).sum(axis=1)
+    return score, above, level
+
+
+def _full_ranking(relevants: list[np.ndarray], score, above, level, candidates: np.ndarray) -> tuple[list, list]:
+    """Per user: the rank of the best-ranked held-out item among the candidates, and
+    the AUC (relevant items are not counted as negatives)."""
+    first_ranks, aucs, at = [], [], 0
+    for u, relevant in enumerate(relevants):
+        p = len(relevant)
+        if p == 0:
+            first_ranks.append(0)
+            aucs.append(float("nan"))
+            continue
+        s, tol = score[at : at + p], 1e-5 * (1.0 + np.abs(score[at : at + p]))
+        diff = s[None, :] - s[:, None]  # [j, q]: q's score minus j's
+        rel_above = (diff > tol[:, None]).sum(axis=1)
+        rel_level = (np.abs(diff) <= tol[:, None]).sum(axis=1)  # (j itself included)
+        neg_above, neg_level = above[at : at + p] - rel_above, level[at : at + p] - rel_level
+        first_ranks.append(int(1 + above[at : at + p].min()))
+        aucs.append(auc_from_counts(neg_above, neg_level, int(candidates[u]) - p))
+        at += p
+    return first_ranks, aucs
+
+
+def evaluate_ranking(test_path: str, catalogue: Catalogue, model: Model, *, k: int, user_id: str, item_id: str,
+                     seen: pl.DataFrame | None = None) -> dict:
+    """fmctr.ranking's metrics of the model's top K over the whole catalogue, for the
+    users of `test_path` and their held-out items; `seen` (seen_positions: e.g. the
+    training interactions) leaves items out of the ranking, and out of the held-out
+    items where both hold them."""
+    if k < 1:
+        raise BadOptions(f"-k must be at least 1, got {k}")
+    held = held_out(test_path, model, catalogue, user_id=user_id, item_id=item_id)
+    side = user_side(model.weights, held.rows)
+    exclude = exclusions_for(held.ids, seen)
+    relevant = [np.setdiff1d(r, exclude.items[exclude.offsets[u] : exclude.offsets[u + 1]])
+                for u, r in enumerate(held.relevant)]
+    positions, _ = top_k(side.vectors, catalogue.vectors, k, exclude=exclude)
+    candidates = len(catalogue.ids) - np.diff(exclude.offsets)
+    first_ranks, aucs = [], []
+    for lo in range(0, len(relevant), EVAL_USER_BLOCK):
+        hi = min(lo + EVAL_USER_BLOCK, len(relevant))
+        part = Exclusions(exclude.offsets[lo : hi + 1] - exclude.offsets[lo],
+                          exclude.items[exclude.offsets[lo] : exclude.offsets[hi]])
+        counts = _rank_counts(side.vectors[lo:hi], catalogue.vectors, relevant[lo:hi], part)
+        ranks, user_aucs = _full_ranking(relevant[lo:hi], *counts, candidates[lo:hi])
+        first_ranks += ranks
+        aucs += user_aucs
+    tops = [row[row >= 0].tolist() for row in positions]
+    metrics = mean_ranking_metrics(tops, [set(r.tolist()) for r in relevant], k, first_ranks, aucs)
+    return {**metrics, "catalogue": len(catalogue.ids), "test_users": len(relevant),
+            "excluded": int(exclude.offsets[-1])}
