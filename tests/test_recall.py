@@ -3,6 +3,9 @@ the vectors it exports and ranking evaluation."""
 
 from __future__ import annotations
 
+import functools
+import json
+
 import pytest
 
 from conftest import MOVIES_FLAGS, MOVIES_TRAIN, invoke
@@ -151,3 +154,153 @@ def test_excluded_items_are_left_out(tmp_path, scan):
     assert_same_top_k(positions, scores, reference, 10)
     for u, s in enumerate(seen):
         assert not set(positions[u][positions[u] >= 0]) & set(s)
+
+
+# --- ranking evaluation against brute force ---------------------------------------------
+
+from fmctr.commands.recall import evaluate_ranking, seen_positions  # noqa: E402
+from fmctr.ranking import mean_ranking_metrics  # noqa: E402
+
+
+def brute_force_metrics(reference: np.ndarray, relevant: list[set], seen: list[set], k: int) -> dict:
+    """Every user's whole ranking by the FM's own pair scores, seen items removed."""
+    tops, first_ranks, aucs = [], [], []
+    for u, scores in enumerate(reference):
+        candidates = [i for i in range(len(scores)) if i not in seen[u]]
+        ranked = sorted(candidates, key=lambda i: (-scores[i], i))
+        tops.append(ranked[:k])
+        rel = relevant[u] - seen[u]
+        if not rel:
+            first_ranks.append(0)
+            aucs.append(float("nan"))
+            continue
+        best = max(scores[i] for i in rel)
+        first_ranks.append(1 + sum(scores[i] > best for i in candidates))
+        neg = [i for i in candidates if i not in rel]
+        pairs = [(scores[p] > scores[q]) + 0.5 * (scores[p] == scores[q]) for p in rel for q in neg]
+        aucs.append(float(np.mean(pairs)) if pairs else float("nan"))
+    return mean_ranking_metrics(tops, [relevant[u] - seen[u] for u in range(len(reference))], k, first_ranks, aucs)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_eval_ranking_is_the_brute_force_one(tmp_path, seed):
+    model, users, items = random_world(tmp_path, seed, users=25, items=40)
+    reference = pair_scores(tmp_path, model, users, items)
+    rng = np.random.default_rng(seed)
+    test_pairs = [(u, i) for u in range(25) for i in rng.choice(40, size=rng.integers(0, 6), replace=False)]
+    labels = rng.integers(0, 2, len(test_pairs))
+    seen = [set(rng.choice(40, size=rng.integers(0, 10), replace=False).tolist()) for _ in range(25)]
+    test = pl.concat([users[[u]].with_columns(pl.lit(f"i{i}").alias("item")) for u, i in test_pairs])
+    test.with_columns(pl.Series("label", labels.astype(str))).write_csv(tmp_path / "test.csv")
+    seen_frame = pl.DataFrame({"user": [f"u{u}" for u in range(25) for _ in seen[u]],
+                               "item": [f"i{i}" for u in range(25) for i in sorted(seen[u])]})
+    catalogue = load_catalogue(str(tmp_path / "items.csv"), model)
+    got = evaluate_ranking(str(tmp_path / "test.csv"), catalogue, model, k=5, user_id="user", item_id="item",
+                           seen=seen_positions(seen_frame, catalogue))
+    relevant = [set() for _ in range(25)]
+    for (u, i), label in zip(test_pairs, labels):
+        if label:
+            relevant[u].add(int(i))
+    expected = brute_force_metrics(reference, relevant, seen, 5)
+    for name in ("precision", "recall", "ndcg", "map", "hit_rate", "mrr", "auc", "users"):
+        assert got[name] == pytest.approx(expected[name], abs=1e-9), name
+
+
+# --- the command line -------------------------------------------------------------------
+
+from conftest import SAMPLE  # noqa: E402
+
+WORLD = ["--multi", "genres", "--numeric", "age,year", "--item", "movie_id,genres,year", "--user", "user_id,age,occupation"]
+USERS, ITEMS = SAMPLE / "users.csv", SAMPLE / "items.csv"
+CLICKS_TRAIN, CLICKS_TEST = SAMPLE / "clicks_train.csv", SAMPLE / "clicks_test.csv"
+
+
+@pytest.fixture(scope="module")
+def world_model(tmp_path_factory):
+    path = tmp_path_factory.mktemp("world") / "recall.fm"
+    result = invoke("train", CLICKS_TRAIN, *WORLD, "--epochs", "2", "-o", path, "-q")
+    assert result.exit_code == 0, result.stderr
+    return path
+
+
+def test_recall_writes_k_ranked_candidates_per_user(world_model):
+    result = invoke("recall", USERS, "--items", ITEMS, "-m", world_model, "-k", "3", "--keep", "user_id")
+    assert result.exit_code == 0, result.stderr
+    frame = pl.read_csv(result.stdout.encode())
+    assert frame.columns == ["user_id", "movie_id", "rank", "score"]
+    assert frame.height == 200 * 3 and frame.get_column("rank").to_list()[:3] == [1, 2, 3]
+    assert (frame.group_by("user_id", maintain_order=True).agg(pl.col("score").diff().max())
+            .get_column("score").max() <= 0)
+
+
+def test_recall_from_stdin_leaves_seen_items_out(world_model):
+    result = invoke("recall", "--items", ITEMS, "-m", world_model, "-k", "150", "--keep", "user_id",
+                    "--exclude", CLICKS_TRAIN, input=USERS.read_text())
+    assert result.exit_code == 0, result.stderr
+    got = pl.read_csv(result.stdout.encode()).select("user_id", "movie_id")
+    seen = pl.read_csv(CLICKS_TRAIN).select("user_id", "movie_id").unique()
+    assert got.join(seen, on=["user_id", "movie_id"]).height == 0
+    assert got.height == 200 * 150 - seen.height  # every other item, for every user
+
+
+def test_with_features_feeds_predict(tmp_path, world_model):
+    result = invoke("recall", USERS, "--items", ITEMS, "-m", world_model, "-k", "4", "--with-features")
+    assert result.exit_code == 0, result.stderr
+    candidates = pl.read_csv(result.stdout.encode())
+    assert candidates.columns == ["user_id", "age", "occupation", "movie_id", "genres", "year", "rank", "score"]
+    scored = invoke("predict", "-m", world_model, input=result.stdout)
+    assert scored.exit_code == 0, scored.stderr
+    probability = pl.read_csv(scored.stdout.encode()).get_column("probability").to_numpy()
+    np.testing.assert_allclose(probability, 1 / (1 + np.exp(-candidates.get_column("score").to_numpy())), rtol=1e-5)
+
+
+def test_exported_vectors_give_the_scores(tmp_path, world_model):
+    items, users = tmp_path / "items.parquet", tmp_path / "users.csv"
+    result = invoke("recall", USERS, "--items", ITEMS, "-m", world_model, "--export-items", items,
+                    "--export-users", users)
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == ""
+    i, u = pl.read_parquet(items), pl.read_csv(users)
+    dims = [c for c in i.columns if c.startswith("v")]
+    assert i.columns == ["movie_id", *dims, "item_term"] and u.columns == ["user_id", *dims, "one", "constant"]
+    scores = u.select(*dims, "one").to_numpy() @ i.select(*dims, "item_term").to_numpy().T + u.get_column(
+        "constant").to_numpy()[:, None]
+    top = pl.read_csv(invoke("recall", USERS, "--items", ITEMS, "-m", world_model, "-k", "1").stdout.encode())
+    np.testing.assert_allclose(top.get_column("score").to_numpy(), scores.max(axis=1), rtol=1e-4)
+
+
+def test_eval_ranking_json(world_model):
+    result = invoke("eval", CLICKS_TEST, "-m", world_model, "--ranking", "--items", ITEMS, "--exclude", CLICKS_TRAIN,
+                    "-k", "10", "--json")
+    assert result.exit_code == 0, result.stderr
+    metrics = json.loads(result.stdout)
+    assert set(metrics) >= {"precision", "recall", "ndcg", "map", "mrr", "hit_rate", "auc", "users", "k"}
+    assert 0 <= metrics["precision"] <= 1 and 0.5 < metrics["auc"] <= 1 and metrics["k"] == 10
+
+
+def _one_error_line(result, text: str) -> None:
+    assert result.exit_code == 1, result.stdout
+    assert result.stderr.count("\n") == 1 and text in result.stderr, result.stderr
+
+
+def test_bad_recall_input_gets_one_line(tmp_path, world_model, movies_model):
+    empty, dup, no_id = tmp_path / "empty.csv", tmp_path / "dup.csv", tmp_path / "noid.csv"
+    empty.write_text("movie_id,genres,year\n")
+    dup.write_text("movie_id,genres,year\nm1,Drama,1990\nm1,Comedy,1991\n")
+    no_id.write_text("movie_id,genres,year\nm1,Drama,1990\n,Comedy,1991\n")
+    users_wo = tmp_path / "users.csv"
+    users_wo.write_text("user_id,age\nu1,30\n")
+    bad_test = tmp_path / "test.csv"
+    bad_test.write_text("label,user_id,age,occupation,movie_id\n1,u1,30,artist,nope\n")
+    run = functools.partial(invoke, "recall", USERS, "-m", world_model)
+    _one_error_line(run("--items", empty), "error: ")
+    _one_error_line(run("--items", empty), "the catalogue has no items")
+    _one_error_line(run("--items", dup), "item id 'm1' appears more than once; ids must be unique")
+    _one_error_line(run("--items", no_id), "item 2 has no id (column 'movie_id')")
+    _one_error_line(run("--items", ITEMS, "--item-id", "sku"), "column(s) sku not found")
+    _one_error_line(invoke("recall", users_wo, "--items", ITEMS, "-m", world_model),
+                    "users.csv: user column(s) occupation not found (columns: user_id, age)")
+    _one_error_line(invoke("recall", USERS, "--items", ITEMS, "-m", movies_model), "train it with --item COLS")
+    _one_error_line(invoke("eval", bad_test, "-m", world_model, "--ranking", "--items", ITEMS),
+                    "test.csv: item id 'nope' (row 1) is not in the catalogue")
+    _one_error_line(run("--items", ITEMS, "-k", "0"), "-k must be at least 1, got 0")
