@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -65,7 +68,7 @@ import polars as pl  # noqa: E402
 from fmctr.datasets.inputs import open_input  # noqa: E402
 from fmctr.hashing.tokens import HashSpec  # noqa: E402
 from fmctr.models import fm  # noqa: E402
-from fmctr.models.modelfile import Model, save  # noqa: E402
+from fmctr.models.modelfile import Model  # noqa: E402
 from fmctr.models.retrieval import Exclusions, top_k  # noqa: E402
 from fmctr.commands.recall import load_catalogue, open_side  # noqa: E402
 from fmctr.models.towers import user_side  # noqa: E402
@@ -304,3 +307,29 @@ def test_bad_recall_input_gets_one_line(tmp_path, world_model, movies_model):
     _one_error_line(invoke("eval", bad_test, "-m", world_model, "--ranking", "--items", ITEMS),
                     "test.csv: item id 'nope' (row 1) is not in the catalogue")
     _one_error_line(run("--items", ITEMS, "-k", "0"), "-k must be at least 1, got 0")
+
+
+def readme_commands() -> list[str]:
+    readme = (SAMPLE.parent / "README.md").read_text()
+    section = readme.split("## Two stages: recall, then rank\n", 1)[1].split("\n## ", 1)[0]
+    return [line.strip() for line in section.splitlines() if line.startswith("    fmctr ")]
+
+
+def test_the_readme_two_stage_commands_run_end_to_end(tmp_path):
+    commands = readme_commands()
+    assert len(commands) == 5 and any("| fmctr predict" in c for c in commands)
+    (tmp_path / "sample_data").symlink_to(SAMPLE)
+    script = "set -eo pipefail\nfmctr() { \"$PYTHON\" -m fmctr \"$@\"; }\n" + "\n".join(commands) + "\n"
+    env = {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": str(SAMPLE.parent)}
+    proc = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    scored = pl.read_csv(tmp_path / "scored.csv")
+    assert scored.columns == ["user_id", "movie_id", "probability"] and scored.height == 200 * 50
+    assert "precision@10" in proc.stderr and "AUC" in proc.stderr
+    assert pl.read_parquet(tmp_path / "items.parquet").height == 150
+
+
+def test_recall_has_help_and_is_in_the_readme():
+    result = invoke("recall", "--help")
+    assert result.exit_code == 0 and "--with-features" in result.stdout
+    assert "fmctr recall" in (SAMPLE.parent / "README.md").read_text()

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from fmctr.atomic import Kind, Target, check_output, writing
+from fmctr.atomic import Kind, Target, writing
 from fmctr.datasets.inputs import Log, silent
 from fmctr.errors import BadInput, BadModel, BadOptions
 from fmctr.hashing.rare import RareMap
