@@ -333,3 +333,18 @@ def test_recall_has_help_and_is_in_the_readme():
     result = invoke("recall", "--help")
     assert result.exit_code == 0 and "--with-features" in result.stdout
     assert "fmctr recall" in (SAMPLE.parent / "README.md").read_text()
+
+
+def test_rare_values_map_on_each_side_as_in_predict(tmp_path):
+    """With --min-count, each side's rare values map to their field's rare token: the
+    candidates' scores are still what predict gives the joined rows."""
+    model = tmp_path / "rare.fm"
+    flags = ["--ignore", "genres", "--numeric", "age,year", "--item", "movie_id,year", "--user", "user_id,age,occupation"]
+    result = invoke("train", CLICKS_TRAIN, *flags, "--min-count", "30", "--epochs", "1", "-o", model, "-q")
+    assert result.exit_code == 0, result.stderr
+    result = invoke("recall", USERS, "--items", ITEMS, "-m", model, "-k", "3", "--with-features")
+    assert result.exit_code == 0, result.stderr
+    candidates = pl.read_csv(result.stdout.encode())
+    scored = invoke("predict", "-m", model, input=result.stdout)
+    probability = pl.read_csv(scored.stdout.encode()).get_column("probability").to_numpy()
+    np.testing.assert_allclose(probability, 1 / (1 + np.exp(-candidates.get_column("score").to_numpy())), rtol=1e-5)

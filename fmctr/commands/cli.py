@@ -691,7 +691,7 @@ def recall_cmd(
             raise BadOptions("--exclude needs the users' id column: give --user-id")
         seen = core.seen_positions(core.read_seen(exclude, user_id, item_id), catalogue)
     plan = core.RecallPlan(k, tuple(_names(keep)), user_id, seen, with_features, precision)
-    core.recall(users, catalogue, m, out, plan, item_id=item_id, log=_err)
+    core.recall(users, catalogue, m, out, plan, item_id=item_id)
 
 
 def _version(value: bool) -> None:

@@ -16,7 +16,6 @@ import numpy as np
 import polars as pl
 
 from fmctr.atomic import Kind, Target, writing
-from fmctr.datasets.inputs import Log, silent
 from fmctr.errors import BadInput, BadModel, BadOptions
 from fmctr.hashing.rare import RareMap
 from fmctr.hashing.stream import Hasher
@@ -220,7 +219,7 @@ def candidates_frame(users: UserSide, kept: pl.DataFrame | None, catalogue: Cata
 
 
 def recall(users_path: str, catalogue: Catalogue, model: Model, output: Target, plan: RecallPlan, *,
-           item_id: str | None = None, log: Log = silent) -> int:
+           item_id: str | None = None) -> int:
     """Write each user's top-K candidates as CSV (users streamed chunk by chunk, in
     input order); returns the number of users."""
     item_id = item_id or model.schema.item[0]
