@@ -348,3 +348,11 @@ def test_rare_values_map_on_each_side_as_in_predict(tmp_path):
     scored = invoke("predict", "-m", model, input=result.stdout)
     probability = pl.read_csv(scored.stdout.encode()).get_column("probability").to_numpy()
     np.testing.assert_allclose(probability, 1 / (1 + np.exp(-candidates.get_column("score").to_numpy())), rtol=1e-5)
+
+
+def test_preprocess_keeps_the_sides_for_training(tmp_path):
+    hashed, model = tmp_path / "train.hashed", tmp_path / "m.fm"
+    assert invoke("preprocess", CLICKS_TRAIN, *WORLD, "-o", hashed).exit_code == 0
+    result = invoke("train", hashed, "--epochs", "1", "-o", model, "-q")
+    assert result.exit_code == 0, result.stderr
+    assert load(model).schema.item == ("movie_id", "genres", "year")
