@@ -307,6 +307,7 @@ def test_bad_recall_input_gets_one_line(tmp_path, world_model, movies_model):
     _one_error_line(invoke("eval", bad_test, "-m", world_model, "--ranking", "--items", ITEMS),
                     "test.csv: item id 'nope' (row 1) is not in the catalogue")
     _one_error_line(run("--items", ITEMS, "-k", "0"), "-k must be at least 1, got 0")
+    _one_error_line(run("--items", ITEMS, "--keep", "user_id,score"), "--keep score: the output has a column of that name")
 
 
 def readme_commands() -> list[str]:

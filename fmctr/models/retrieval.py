@@ -58,7 +58,8 @@ def top_k(users: np.ndarray, items: np.ndarray, k: int, *, exclude: Exclusions |
     """The K items of largest <user, item> for every user: (positions (n, K) int64,
     scores (n, K) float32), best first. K is at most the number of items; a user with
     fewer candidates (exclusions) has -1 positions and -inf scores at the end.
-    `scan` forces the numba scan (True) or argpartition (False); None chooses by size."""
+    `scan` forces the numba kernel (True) or BLAS blocks and argpartition (False);
+    None chooses by the catalogue's size (SCAN_FROM)."""
     n, m = len(users), len(items)
     k = min(k, m)
     positions = np.full((n, k), -1, np.int64)
