@@ -11,7 +11,12 @@
    shapes) in the same run - target >= 0.7x its throughput - with the peak memory
    of each, measured in a process of its own.
 
-    python bench/recall_speed.py [--users 10000 --items 1000000 --k 100 --dim 16] [--skip-small]
+3. `--faiss` (needs `pip install faiss-cpu`): exact search against FAISS's exact
+   IndexFlatIP, and FAISS's approximate HNSW index (build time, query time, and the
+   share of the exact top K it finds), over catalogues of 10^4 to 10^6 items: where an
+   ANN index starts to pay off.
+
+    python bench/recall_speed.py [--users 10000 --items 1000000 --k 100 --dim 16] [--skip-small] [--faiss]
 """
 
 from __future__ import annotations
@@ -131,6 +136,44 @@ def scale_matmul(users: int, items: int, dim: int) -> dict:
     return best
 
 
+def faiss_table(users: int = 1000, k: int = 100, dim: int = 16, sizes=(10_000, 100_000, 1_000_000)) -> list[dict]:
+    """Per catalogue size: seconds for `users` queries by fmctr's exact search, FAISS's
+    exact IndexFlatIP, and FAISS's HNSW (M 32, efSearch 128; its build time apart),
+    with HNSW's recall of the exact top K."""
+    import faiss
+
+    from fmctr.models.retrieval import top_k
+
+    u, _ = _vectors(users, 0, dim)
+    top_k(u[:4], _vectors(1, 70_000, dim)[1], k, scan=True)  # load the kernel before the clock
+    table = []
+    for size in sizes:
+        items = _vectors(1, size, dim, seed=1)[1]
+        row = {"items": size}
+        t = time.perf_counter()
+        exact, _ = top_k(u, items, k)
+        row["fmctr_s"] = time.perf_counter() - t
+        flat = faiss.IndexFlatIP(dim + 1)
+        flat.add(items)
+        t = time.perf_counter()
+        flat.search(u, k)
+        row["faiss_flat_s"] = time.perf_counter() - t
+        hnsw = faiss.IndexHNSWFlat(dim + 1, 32, faiss.METRIC_INNER_PRODUCT)
+        t = time.perf_counter()
+        hnsw.add(items)
+        row["hnsw_build_s"] = time.perf_counter() - t
+        hnsw.hnsw.efSearch = 128
+        t = time.perf_counter()
+        _, found = hnsw.search(u, k)
+        row["hnsw_s"] = time.perf_counter() - t
+        row["hnsw_recall"] = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(exact.tolist(), found.tolist())]))
+        table.append(row)
+        print(f"  {size:>9,} items: fmctr exact {row['fmctr_s']:.2f} s, faiss IndexFlatIP {row['faiss_flat_s']:.2f} s, "
+              f"HNSW {row['hnsw_s']:.2f} s (build {row['hnsw_build_s']:.1f} s, finds {row['hnsw_recall']:.1%} of the "
+              f"exact top {k})", flush=True)
+    return table
+
+
 def in_child(part: str, args) -> dict:
     command = [sys.executable, __file__, "--part", part, "--users", str(args.users), "--items", str(args.items),
                "--dim", str(args.dim), "--k", str(args.k)]
@@ -145,6 +188,8 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=16)
     parser.add_argument("--k", type=int, default=100)
     parser.add_argument("--skip-small", action="store_true")
+    parser.add_argument("--skip-scale", action="store_true")
+    parser.add_argument("--faiss", action="store_true")
     parser.add_argument("--part", choices=["topk", "matmul"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.part == "topk":
@@ -159,6 +204,11 @@ def main() -> None:
         print(f"top-10, 943 users x 1,682 items, whole process: best {s['best_s']:.2f} s of "
               f"{', '.join(f'{x:.2f}' for x in s['seconds'])} (python and the imports alone: "
               f"{s['python_and_imports_s']:.2f} s); {s['candidates']:,} lines", flush=True)
+    if args.faiss:
+        print(f"top-{args.k} for 1,000 users, dim {args.dim}, against FAISS:", flush=True)
+        faiss_table(k=args.k, dim=args.dim)
+    if args.skip_scale:
+        return
     top = in_child("topk", args)
     bare = in_child("matmul", args)
     print(f"top-{args.k}, {args.users:,} users x {args.items:,} items, dim {args.dim}: {top['seconds']:.2f} s "
