@@ -357,3 +357,14 @@ def test_preprocess_keeps_the_sides_for_training(tmp_path):
     result = invoke("train", hashed, "--epochs", "1", "-o", model, "-q")
     assert result.exit_code == 0, result.stderr
     assert load(model).schema.item == ("movie_id", "genres", "year")
+
+
+def test_without_a_label_every_test_row_is_held_out(tmp_path, world_model):
+    positives = pl.read_csv(CLICKS_TEST, schema_overrides={"label": pl.String}).filter(pl.col("label") == "1")
+    positives.drop("label").write_csv(tmp_path / "positives.csv")
+    with_label = invoke("eval", CLICKS_TEST, "-m", world_model, "--ranking", "--items", ITEMS, "--json")
+    without = invoke("eval", tmp_path / "positives.csv", "-m", world_model, "--ranking", "--items", ITEMS, "--json")
+    assert without.exit_code == 0, without.stderr
+    a, b = json.loads(with_label.stdout), json.loads(without.stdout)
+    for name in ("precision", "recall", "ndcg", "map", "mrr", "auc", "users"):
+        assert a[name] == pytest.approx(b[name]), name
