@@ -16,8 +16,23 @@ from fmctr.training.loop import TrainResult, train
 from fmctr.training.ranked import K, RankingCheck
 
 LOSSES = ("logistic", "bpr")
+# Training from positives starts from other defaults than CTR training (bench/recall.py,
+# chosen on carves of the training positives, README "Recall"): with one id per side,
+# a pair's gradient is the other side's factors, so factors that start at 0.01 under
+# Adagrad's initial accumulator of 1 and CTR's L2 shrink to nothing and the model ranks
+# by popularity alone (P@10 0.116 against 0.22 on LightFM's protocol).
+POSITIVES_DEFAULTS = {"dim": 32, "lr": 0.05, "init_std": 0.1, "adagrad_init": 0.01,
+                      "l2_linear": 0.0, "l2_factors": 0.0, "l2_all_factors": 0.0}
 STOP_METRIC = f"ndcg@{K}"
 MAX_CHECK_USERS = 2000  # held-out users scored per check (a random subset beyond this)
+
+
+def for_positives(cfg: TrainConfig) -> TrainConfig:
+    """`cfg` with POSITIVES_DEFAULTS for the options left at their ordinary default."""
+    ordinary = TrainConfig().options()
+    given = cfg.options()
+    return cfg.with_options(**{name: value for name, value in POSITIVES_DEFAULTS.items()
+                               if given[name] == ordinary[name]})
 
 
 def user_keys(context) -> np.ndarray:
@@ -61,10 +76,12 @@ def _items_by_user(keys: np.ndarray, items: np.ndarray, users: np.ndarray) -> li
 
 def train_positives(positives: Positives, cfg: TrainConfig, *, bits: int, negatives: int, sampling: str = "uniform",
                     loss: str = "logistic", progress=None) -> tuple[TrainResult, TrainResult | None]:
-    """Train on positives with sampled negatives: (the model's run, the held-out run
-    that chose its epochs, or None when the epochs were given or nothing was held out)."""
+    """Train on positives with sampled negatives, from POSITIVES_DEFAULTS where `cfg`
+    leaves an option at its ordinary default: (the model's run, the held-out run that
+    chose its epochs, or None when the epochs were given or nothing was held out)."""
     if loss not in LOSSES:
         raise BadOptions(f"unknown loss {loss!r} (choose from {', '.join(LOSSES)})")
+    cfg = for_positives(cfg)
     if loss == "bpr" and cfg.engine == "torch":
         raise BadOptions("--loss bpr runs on the cpu engine; the torch engine trains --loss logistic")
 
