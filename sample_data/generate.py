@@ -12,6 +12,12 @@ Two kinds of data:
   probabilities.
 * A CSV with a header (user, item, genres="A|B", price, request_id), the truth an FM
   over user, item, each genre and the price bucket.
+* A user/item world for recall (`world`): users.csv (user_id, age, occupation),
+  items.csv (movie_id, genres, year) and the impressions shown to the users with
+  their clicks, joined with both sides' columns (clicks_train.csv, clicks_test.csv:
+  each user's impressions split 80/20). The truth is an FM over the user's id,
+  age group and occupation and the item's id, genres and decade. It has an RNG of its
+  own, so the other files do not change with it.
 
 The benchmarks (bench/) call `criteo_like` for bigger sizes. Everything is a pure
 function of the seed.
@@ -178,6 +184,44 @@ def movies(rows: int, *, seed: int = 1, n_users: int = 60, n_items: int = 40) ->
     return Generated(out.getvalue().encode(), labels, p)
 
 
+OCCUPATIONS = ["student", "engineer", "artist", "doctor", "writer", "retired", "other"]
+
+
+def world(*, seed: int = 2, n_users: int = 200, n_items: int = 150, shown: int = 30) -> dict[str, bytes]:
+    """users.csv, items.csv, clicks_train.csv, clicks_test.csv (see the docstring)."""
+    rng = np.random.default_rng(seed)
+    age = rng.integers(16, 70, n_users)
+    occupation = rng.integers(0, len(OCCUPATIONS), n_users)
+    genres = [sorted(rng.choice(len(GENRES), size=rng.integers(1, 4), replace=False)) for _ in range(n_items)]
+    year = rng.integers(1960, 2024, n_items)
+    dim = TRUE_DIM
+    v = {name: rng.normal(0, 0.6, (size, dim)) for name, size in
+         (("user", n_users), ("age", 6), ("occ", len(OCCUPATIONS)), ("item", n_items), ("genre", len(GENRES)),
+          ("decade", 7))}
+    w_item = rng.normal(0, 0.5, n_items)
+    user_v = v["user"] + v["age"][np.minimum((age - 16) // 10, 5)] + v["occ"][occupation]
+    item_v = v["item"] + np.array([v["genre"][g].sum(0) for g in genres]) + v["decade"][np.minimum((year - 1960) // 10, 6)]
+    popular = _zipf_ids(rng, n_items, n_users * shown, 0.7).reshape(n_users, shown)
+    logits = w_item[popular] + np.einsum("uf,usf->us", user_v, item_v[popular]) * 1.5
+    logits += _bias_for_rate(logits.ravel(), 0.2)
+    labels = (rng.random(logits.shape) < 1 / (1 + np.exp(-logits))).astype(np.int64)
+    test = rng.random(logits.shape) < 0.2
+    users = [f"u{u},{age[u]},{OCCUPATIONS[occupation[u]]}" for u in range(n_users)]
+    items = [f"m{i},{'|'.join(GENRES[g] for g in genres[i])},{year[i]}" for i in range(n_items)]
+    clicks = {False: io.StringIO(), True: io.StringIO()}
+    for out in clicks.values():
+        out.write("label,user_id,age,occupation,movie_id,genres,year\n")
+    for u in range(n_users):
+        for s in range(shown):
+            clicks[bool(test[u, s])].write(f"{labels[u, s]},{users[u]},{items[popular[u, s]]}\n")
+    return {
+        "users.csv": ("user_id,age,occupation\n" + "".join(f"{line}\n" for line in users)).encode(),
+        "items.csv": ("movie_id,genres,year\n" + "".join(f"{line}\n" for line in items)).encode(),
+        "clicks_train.csv": clicks[False].getvalue().encode(),
+        "clicks_test.csv": clicks[True].getvalue().encode(),
+    }
+
+
 def oracle_auc(g: Generated) -> float:
     from fmctr.metrics import auc
 
@@ -207,6 +251,7 @@ def sample_files() -> dict[str, bytes]:
         "movies_train.csv": movies_train,
         "movies_test.csv": movies_test,
         "truth.json": (json.dumps(truth, indent=2) + "\n").encode(),
+        **world(),
     }
 
 

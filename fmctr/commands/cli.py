@@ -174,6 +174,8 @@ Ignore = Annotated[Optional[list[str]], typer.Option(metavar="COLS", help="Colum
 Sep = Annotated[Optional[str], typer.Option("--sep", help="Separator inside multi-valued columns.  [default: |]", rich_help_panel=SCHEMA)]
 NumericMode = Annotated[Optional[str], typer.Option(help="How numeric columns become features: fine (as bucket for whole numbers; a fractional value gets a bucket of its own scale, a quarter octave of |x| with its sign), bucket (the Criteo winners' rule: token floor(ln(x)^2) for x>2, a token of its own for each floor(x) up to 2, so all of [0, 1) is one token), log1p (value sign(x)*ln(1+|x|) on one index) or raw.  [default: fine; bucket with --preset criteo]", rich_help_panel=SCHEMA)]
 Format = Annotated[Optional[str], typer.Option("--format", help="Input format: csv, tsv, criteo, parquet, libsvm, libffm.  [default: detected from the data]", rich_help_panel=SCHEMA)]
+UserCols = Annotated[Optional[list[str]], typer.Option("--user", metavar="COLS", help="For recall: the feature columns that describe the user (comma-separated, repeatable); with --item. Other features are context and go with the user.", rich_help_panel=SCHEMA)]
+ItemCols = Annotated[Optional[list[str]], typer.Option("--item", metavar="COLS", help="For recall (`fmctr recall`): the feature columns that describe the item; the first is the item id unless recall is told otherwise.", rich_help_panel=SCHEMA)]
 Bits = Annotated[Optional[int], typer.Option(help="Hash space is 2^bits features.  [default: 22]", rich_help_panel=HASH)]
 HashSeed = Annotated[int, typer.Option(help="Seed of the feature hash.", rich_help_panel=HASH)]
 Device = Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto (CUDA when available; scoring on a GPU uses the torch model).")]
@@ -184,7 +186,7 @@ Json = Annotated[bool, typer.Option("--json", help="Print metrics as one JSON ob
 Force = Annotated[bool, typer.Option("--force", help="Replace an existing output that fmctr did not write (a directory that is not a hashed dataset, a file of another kind). Inputs are never written over.")]
 
 
-def _spec(preset, schema_file, label, categorical, numeric, multi, ignore, sep, numeric_mode, fmt):
+def _spec(preset, schema_file, label, categorical, numeric, multi, ignore, sep, numeric_mode, fmt, user=None, item=None):
     from fmctr.reading.schema import build_spec
 
     return build_spec(
@@ -198,6 +200,8 @@ def _spec(preset, schema_file, label, categorical, numeric, multi, ignore, sep, 
         numeric_mode=numeric_mode,
         sep=sep,
         format=fmt,
+        user=_names(user),
+        item=_names(item),
     )
 
 
@@ -304,6 +308,8 @@ def train_cmd(
     sep: Sep = None,
     numeric_mode: NumericMode = None,
     format: Format = None,
+    user: UserCols = None,
+    item: ItemCols = None,
     bits: Bits = None,
     hash_seed: HashSeed = 0,
     dim: Annotated[int, typer.Option(help="Factor dimension k; 0 trains logistic regression.", rich_help_panel=TRAIN)] = 8,
@@ -346,7 +352,7 @@ def train_cmd(
     from fmctr.training.config import TrainConfig
     from fmctr.training.loop import NullProgress
 
-    schema_flags = (preset, schema, label, categorical, numeric, multi, ignore, sep, numeric_mode, format)
+    schema_flags = (preset, schema, label, categorical, numeric, multi, ignore, sep, numeric_mode, format, user, item)
     if resume is not None:
         if start is not None:
             raise BadOptions("--resume and --model both give a starting point: give one of them")
@@ -546,12 +552,21 @@ def eval_cmd(
     allow_missing: AllowMissing = False,
     format: Annotated[Optional[str], typer.Option("--format", help="Input format, if not the model's or recognisable from the data: csv, tsv, criteo, parquet, libsvm, libffm.")] = None,
     force: Force = False,
+    ranking: Annotated[bool, typer.Option("--ranking", help="Recall metrics instead: each test user's top K over the whole --items catalogue against their held-out items (rows labelled 1, or every row without a label): precision, recall, NDCG, MAP and hit rate at K, MRR and AUC (definitions in the README).", rich_help_panel="Ranking")] = False,
+    items: Annotated[Optional[str], typer.Option("--items", help="With --ranking: the catalogue.", rich_help_panel="Ranking")] = None,
+    exclude: Annotated[Optional[str], typer.Option(metavar="SEEN", help="With --ranking: (user id, item id) pairs left out of the ranking, e.g. the training data.", rich_help_panel="Ranking")] = None,
+    k: Annotated[int, typer.Option("-k", help="With --ranking: the K of the metrics.", rich_help_panel="Ranking")] = 10,
+    item_id: Annotated[Optional[str], typer.Option(metavar="COL", help="With --ranking: the item id column.  [default: the model's first --item column]", rich_help_panel="Ranking")] = None,
+    user_id: Annotated[Optional[str], typer.Option(metavar="COL", help="With --ranking: the user id column.  [default: the model's first --user column]", rich_help_panel="Ranking")] = None,
 ) -> None:
     """Report AUC, logloss, normalized entropy and calibration on labelled data.
 
     The calibration table cuts the rows, sorted by predicted probability, into bins
-    of equal size and compares each bin's mean prediction with its observed rate."""
+    of equal size and compares each bin's mean prediction with its observed rate.
+    With --ranking: recall metrics over a catalogue instead."""
     _use_threads(threads)
+    if ranking or items is not None:
+        return _eval_ranking(input, model, items, exclude, k, item_id, user_id, json_out)
     from fmctr.atomic import check_output
     from fmctr.models.modelfile import load
     from fmctr.commands.jobs import evaluate_model
@@ -569,6 +584,32 @@ def eval_cmd(
         stderr.print(reliability_table(metrics["reliability"]))
     if plot is not None and not json_out:
         stderr.print(f"wrote {plot}", highlight=False)
+
+
+def _eval_ranking(input, model, items, exclude, k, item_id, user_id, json_out) -> None:
+    from fmctr.commands import recall as core
+    from fmctr.commands.progress import stderr
+    from fmctr.models.modelfile import load
+
+    if items is None:
+        raise BadOptions("--ranking needs the catalogue: give --items")
+    m = load(model, training_state=False)
+    catalogue = core.load_catalogue(items, m, item_id=item_id)
+    item_id = item_id or m.schema.item[0]
+    user_id = user_id or (m.schema.user[0] if m.schema.user else None)
+    if user_id is None:
+        raise BadOptions("--ranking needs the users' id column: give --user-id")
+    seen = core.seen_positions(core.read_seen(exclude, user_id, item_id), catalogue) if exclude else None
+    metrics = core.evaluate_ranking(input, catalogue, m, k=k, user_id=user_id, item_id=item_id, seen=seen)
+    if json_out:
+        _print_data(json.dumps(_json_safe(metrics)))
+        return
+    names = {"precision": f"precision@{k}", "recall": f"recall@{k}", "ndcg": f"NDCG@{k}", "map": f"MAP@{k}",
+             "hit_rate": f"hit rate@{k}", "mrr": "MRR", "auc": "AUC"}
+    for key, name in names.items():
+        stderr.print(f"{name:>14}  {metrics[key]:.4f}", highlight=False)
+    stderr.print(f"{metrics['users']:,} users with held-out items, {metrics['catalogue']:,} items, "
+                 f"{metrics['excluded']:,} pairs excluded", highlight=False)
 
 
 @app.command()
@@ -595,6 +636,62 @@ def predict(
     m = load(model, training_state=False)
     run(input, m, out, keep=_names(keep), log=_err, device=device, allow_missing=allow_missing, precision=precision,
         format=format)
+
+
+@app.command("recall")
+@errors_to_exit
+def recall_cmd(
+    users: Annotated[str, typer.Argument(metavar="USERS", help="Users (their user and context columns), or - for stdin.")] = "-",
+    items: Annotated[Optional[str], typer.Option("--items", help="The catalogue: one row per item with the model's item columns.")] = None,
+    model: ModelOpt = ...,
+    k: Annotated[int, typer.Option("-k", help="Candidates per user.")] = 10,
+    keep: Annotated[Optional[list[str]], typer.Option(metavar="COLS", help="User columns to copy into each candidate line (comma-separated, repeatable).")] = None,
+    exclude: Annotated[Optional[str], typer.Option(metavar="SEEN", help="File of (user id, item id) pairs to leave out, e.g. the training interactions.")] = None,
+    with_features: Annotated[bool, typer.Option("--with-features", help="Write each candidate's user and item feature columns, so that `fmctr predict -m RANK_MODEL` scores the output directly.")] = False,
+    item_id: Annotated[Optional[str], typer.Option(metavar="COL", help="The catalogue's id column.  [default: the model's first --item column]")] = None,
+    user_id: Annotated[Optional[str], typer.Option(metavar="COL", help="The users' id column, which --exclude's pairs name.  [default: the model's first --user column]")] = None,
+    export_items: Annotated[Optional[Path], typer.Option(metavar="FILE", help="Instead of candidates: write the item vectors with their ids (.parquet, else CSV).")] = None,
+    export_users: Annotated[Optional[Path], typer.Option(metavar="FILE", help="Instead of candidates: write the users' vectors and constants with their ids (or --keep columns).")] = None,
+    output: Annotated[str, typer.Option("--output", "-o", help="CSV file to write, or - for stdout.")] = "-",
+    precision: Annotated[Optional[int], typer.Option(metavar="N", help="Write scores with N decimal places.")] = None,
+    threads: Threads = None,
+    force: Force = False,
+) -> None:
+    """Each user's top-K items of the catalogue, exactly, as CSV: the --keep columns,
+    the item id, rank and score (the FM's logit of the pair; sigmoid(score) is what
+    predict gives). The model needs --item (and --user) from training."""
+    _use_threads(threads)
+    from fmctr.atomic import check_output
+    from fmctr.commands import recall as core
+    from fmctr.models.modelfile import load
+
+    m = load(model, training_state=False)
+    core.towers_of(m)
+    item_id = item_id or m.schema.item[0]
+    user_id = user_id or (m.schema.user[0] if m.schema.user else None)
+    inputs = [users, items, model, exclude]
+    if export_items is not None or export_users is not None:
+        targets = [check_output(p, core.VECTORS, inputs=inputs, force=force) if p is not None else None
+                   for p in (export_items, export_users)]
+        if export_items is not None:
+            if items is None:
+                raise BadOptions("--export-items needs the catalogue: give --items")
+            core.write_table(core.item_vectors_frame(core.load_catalogue(items, m, item_id=item_id), item_id), targets[0])
+        if export_users is not None:
+            ids = _names(keep) or ([user_id] if user_id else [])
+            core.write_table(core.user_vectors_frame(users, m, id_columns=ids), targets[1])
+        return
+    if items is None:
+        raise BadOptions("give the catalogue with --items")
+    out = check_output(output, core.CANDIDATES, inputs=inputs, force=force)
+    catalogue = core.load_catalogue(items, m, item_id=item_id, features=with_features)
+    seen = None
+    if exclude is not None:
+        if user_id is None:
+            raise BadOptions("--exclude needs the users' id column: give --user-id")
+        seen = core.seen_positions(core.read_seen(exclude, user_id, item_id), catalogue)
+    plan = core.RecallPlan(k, tuple(_names(keep)), user_id, seen, with_features, precision)
+    core.recall(users, catalogue, m, out, plan, item_id=item_id, log=_err)
 
 
 def _version(value: bool) -> None:

@@ -68,14 +68,23 @@ class Schema:
     fields: tuple[Field, ...]
     format: str | None = None
     column_names: tuple[str, ...] | None = None  # for formats without a header
+    # Recall (fmctr.models.towers): the fields that describe the item; every other
+    # field describes the user or the context and goes with the user. `user` keeps
+    # what was asked for (--user), for the record and as the default user id.
+    item: tuple[str, ...] | None = None
+    user: tuple[str, ...] | None = None
 
     def to_dict(self) -> dict:
-        return {
+        d = {
             "label": self.label,
             "fields": [asdict(f) for f in self.fields],
             "format": self.format,
             "column_names": list(self.column_names) if self.column_names else None,
         }
+        if self.item is not None:  # (a model without towers keeps the header it had)
+            d["item"] = list(self.item)
+            d["user"] = list(self.user or ())
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> Schema:
@@ -86,6 +95,8 @@ class Schema:
                 fields=tuple(Field(**f) for f in d["fields"]),
                 format=d.get("format"),
                 column_names=tuple(d["column_names"]) if d.get("column_names") else None,
+                item=tuple(d["item"]) if d.get("item") is not None else None,
+                user=tuple(d["user"]) if d.get("user") is not None else None,
             )
         except (KeyError, TypeError) as e:
             raise BadSchema(f"malformed schema: {e}") from None
@@ -98,6 +109,17 @@ class Schema:
     def feature_names(self) -> list[str]:
         return [f.name for f in self.fields]
 
+    @property
+    def has_towers(self) -> bool:
+        return self.item is not None
+
+    def side(self, item: bool) -> Schema:
+        """The schema of one side of recall: the item fields, or every other field
+        (user and context). No label: a catalogue or a user list has none."""
+        chosen = set(self.item or ())
+        return Schema(label=None, fields=tuple(f for f in self.fields if (f.name in chosen) == item),
+                      format=self.format, column_names=None)
+
 
 def _stored_schema_problem(schema: Schema) -> str | None:
     """What is wrong with a stored schema's types and names, if anything."""
@@ -107,6 +129,10 @@ def _stored_schema_problem(schema: Schema) -> str | None:
         return f"unknown format {schema.format!r}"
     if schema.column_names is not None and not all(isinstance(c, str) for c in schema.column_names):
         return "column_names must be names"
+    for names in (schema.item, schema.user):
+        if names is not None and (not all(isinstance(n, str) for n in names)
+                                  or not set(names) <= set(schema.feature_names)):
+            return "user and item must name feature columns"
     for f in schema.fields:
         if not isinstance(f.name, str) or f.kind not in KINDS or f.numeric not in NUMERIC_MODES \
                 or not isinstance(f.sep, str) or not f.sep:
@@ -128,6 +154,8 @@ class SchemaSpec:
     sep: str = "|"
     format: str | None = None
     column_names: tuple[str, ...] | None = None
+    user: tuple[str, ...] = ()  # recall: the columns that describe the user (others are context)
+    item: tuple[str, ...] = ()  # recall: the columns that describe the item
 
     def check(self) -> SchemaSpec:
         if self.numeric_mode not in NUMERIC_MODES:
@@ -151,6 +179,11 @@ class SchemaSpec:
                 if name in named and named[name] != group:
                     raise BadSchema(f"column {name!r} is both {named[name]} and {group}")
                 named[name] = group
+        both = [c for c in self.user if c in self.item]
+        if both:
+            raise BadSchema(f"column {both[0]!r} is in both --user and --item: a column describes one side")
+        if self.user and not self.item:
+            raise BadSchema("--user needs --item: say which columns describe the item (the others go with the user)")
         return self
 
     def resolve(self, columns: list[str]) -> Schema:
@@ -179,12 +212,26 @@ class SchemaSpec:
         )
         if not fields:
             raise BadSchema(f"no feature columns: the data has only {_short(columns)}")
+        self._check_sides(columns, [f.name for f in fields])
         return Schema(
             label=self.label,
             fields=fields,
             format=self.format,
             column_names=self.column_names,
+            item=tuple(self.item) if self.item else None,
+            user=tuple(self.user) if self.item else None,
         )
+
+    def _check_sides(self, columns: list[str], features: list[str]) -> None:
+        """Every --user and --item column is a feature of the data."""
+        for group in ("user", "item"):
+            for name in getattr(self, group):
+                if name not in columns:
+                    raise BadSchema(f"--{group} column {name!r} is not in the data (columns: {_short(columns)})")
+                if name not in features:
+                    raise BadSchema(f"--{group} column {name!r} is not a feature (it is the label or ignored)")
+        if self.item and set(self.item) >= set(features):
+            raise BadSchema("every feature is an --item column: the user side needs at least one")
 
 
 def _short(names: list[str], most: int = 8) -> str:
@@ -225,13 +272,14 @@ def load_schema_file(path: Path) -> SchemaSpec:
         raise BadSchema(f"{path}: not valid {kind}: {'nested too deeply' if isinstance(e, RecursionError) else e}") from None
     if not isinstance(raw, dict):
         raise BadSchema(f"{path}: a schema file holds a table of keys (label, numeric, ...), not a {type(raw).__name__}")
-    allowed = {"label", "categorical", "numeric", "multi", "ignore", "numeric_mode", "sep", "format", "column_names"}
+    allowed = {"label", "categorical", "numeric", "multi", "ignore", "numeric_mode", "sep", "format", "column_names",
+               "user", "item"}
     unknown = set(raw) - allowed
     if unknown:
         raise BadSchema(f"{path}: unknown key(s) {', '.join(sorted(unknown))} (allowed: {', '.join(sorted(allowed))})")
     spec = SchemaSpec()
     for key, value in raw.items():
-        if key in ("categorical", "numeric", "multi", "ignore", "column_names"):
+        if key in ("categorical", "numeric", "multi", "ignore", "column_names", "user", "item"):
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise BadSchema(f"{path}: {key} must be a list of column names")
             value = tuple(value)
@@ -253,6 +301,8 @@ def build_spec(
     numeric_mode: str | None = None,
     sep: str | None = None,
     format: str | None = None,
+    user: list[str] | None = None,
+    item: list[str] | None = None,
 ) -> SchemaSpec:
     """Combine a preset or schema file with flags; flags override or extend."""
     if preset is not None and schema_file is not None:
@@ -270,6 +320,9 @@ def build_spec(
         changes["label"] = label
     if categorical:
         changes["categorical"] = (*(spec.categorical or ()), *categorical)
+    for key, value in (("user", user), ("item", item)):
+        if value:
+            changes[key] = tuple(value)  # (flags replace a schema file's sides)
     for key, value in (("numeric", numeric), ("multi", multi), ("ignore", ignore)):
         if value:
             # A column moved to another kind leaves the preset's categorical list.

@@ -1,0 +1,112 @@
+"""Exact top-K by maximum inner product, blocked: users block x items block.
+
+Scores of one block (user_block x item_block float32, by BLAS on every core) are all
+that is ever in memory, never a users x items matrix; each user keeps a running top K.
+Two ways to keep it, with the same results up to ties:
+
+- small catalogues: numpy's argpartition per block, merged with the running top K;
+- large ones (`scan`, a numba kernel, fmctr.models.topk_kernel): one pass over the
+  block that looks at a score only when the maximum of its run of 64 beats the user's
+  K-th best so far, and keeps the K best in a heap. After the first blocks almost no
+  run does, so the pass costs little next to the matrix product.
+
+Ties go to the lower item position (the scan; argpartition leaves them to chance).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+SCAN_FROM = 1 << 16  # items: from this many the numba scan beats argpartition (and its load time pays)
+USER_BLOCK = 512
+ITEM_BLOCK = 8192
+
+
+@dataclass
+class Exclusions:
+    """Per user (in the order of the users' vectors), item positions to leave out: CSR,
+    `items[offsets[u]:offsets[u+1]]`."""
+
+    offsets: np.ndarray  # int64, n + 1
+    items: np.ndarray  # int64
+
+    @classmethod
+    def none(cls, users: int) -> Exclusions:
+        return cls(np.zeros(users + 1, np.int64), np.zeros(0, np.int64))
+
+    @classmethod
+    def from_lists(cls, lists: list) -> Exclusions:
+        offsets = np.zeros(len(lists) + 1, np.int64)
+        np.cumsum([len(x) for x in lists], out=offsets[1:])
+        items = np.concatenate([np.asarray(x, np.int64) for x in lists]) if lists else np.zeros(0, np.int64)
+        return cls(offsets, items)
+
+    def block(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+        """(user row within the block, item position) of users lo..hi-1's exclusions."""
+        start, stop = self.offsets[lo], self.offsets[hi]
+        counts = np.diff(self.offsets[lo : hi + 1])
+        return np.repeat(np.arange(hi - lo), counts), self.items[start:stop]
+
+
+def top_k(users: np.ndarray, items: np.ndarray, k: int, *, exclude: Exclusions | None = None,
+          user_block: int = USER_BLOCK, item_block: int = ITEM_BLOCK, scan: bool | None = None
+          ) -> tuple[np.ndarray, np.ndarray]:
+    """The K items of largest <user, item> for every user: (positions (n, K) int64,
+    scores (n, K) float32), best first. K is at most the number of items; a user with
+    fewer candidates (exclusions) has -1 positions and -inf scores at the end.
+    `scan` forces the numba scan (True) or argpartition (False); None chooses by size."""
+    n, m = len(users), len(items)
+    k = min(k, m)
+    positions = np.full((n, k), -1, np.int64)
+    scores = np.full((n, k), -np.inf, np.float32)
+    if k == 0 or n == 0:
+        return positions, scores
+    users = np.ascontiguousarray(users, np.float32)
+    items = np.ascontiguousarray(items, np.float32)
+    exclude = exclude or Exclusions.none(n)
+    use_scan = m >= SCAN_FROM if scan is None else scan
+    buffer = np.empty(min(user_block, n) * min(item_block, m), np.float32)
+    for lo in range(0, n, user_block):
+        hi = min(lo + user_block, n)
+        rows, excluded = exclude.block(lo, hi)
+        best_s, best_i = scores[lo:hi], positions[lo:hi]
+        for start in range(0, m, item_block):
+            stop = min(start + item_block, m)
+            block = buffer[: (hi - lo) * (stop - start)].reshape(hi - lo, stop - start)
+            np.matmul(users[lo:hi], items[start:stop].T, out=block)
+            inside = (excluded >= start) & (excluded < stop)
+            block[rows[inside], excluded[inside] - start] = -np.inf
+            if use_scan:
+                from fmctr.models.topk_kernel import scan_block
+
+                scan_block(block, start, best_s, best_i)
+            else:
+                _merge(block, start, best_s, best_i)
+        _sort(best_s, best_i)
+    return positions, scores
+
+
+def _merge(block: np.ndarray, start: int, best_s: np.ndarray, best_i: np.ndarray) -> None:
+    """Fold one block's scores into the running top K (in place), by argpartition."""
+    k = best_s.shape[1]
+    if block.shape[1] > k:
+        part = np.argpartition(block, block.shape[1] - k, axis=1)[:, -k:]
+    else:
+        part = np.broadcast_to(np.arange(block.shape[1]), block.shape)
+    cand_s = np.concatenate([best_s, np.take_along_axis(block, part, axis=1)], axis=1)
+    cand_i = np.concatenate([best_i, part + start], axis=1)
+    cand_s[cand_i < 0] = -np.inf
+    keep = np.argpartition(cand_s, cand_s.shape[1] - k, axis=1)[:, -k:]
+    best_s[:] = np.take_along_axis(cand_s, keep, axis=1)
+    best_i[:] = np.take_along_axis(cand_i, keep, axis=1)
+    best_i[np.isneginf(best_s)] = -1  # excluded items never count as found
+
+
+def _sort(best_s: np.ndarray, best_i: np.ndarray) -> None:
+    """Each row best first; ties by item position; the empty (-1) places last."""
+    empty = best_i < 0
+    order = np.lexsort((np.where(empty, np.iinfo(np.int64).max, best_i), -best_s.astype(np.float64)), axis=1)
+    best_s[:] = np.take_along_axis(best_s, order, axis=1)
+    best_i[:] = np.take_along_axis(best_i, order, axis=1)
