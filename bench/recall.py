@@ -39,7 +39,9 @@ from fmctr.reading.read import Chunk
 from fmctr.reading.schema import Field, Schema
 from fmctr.training.config import TrainConfig
 from fmctr.training.positives import train_positives
-from fmctr.training.ranked import item_terms, ranking_at_k, side_sums, top_k
+from fmctr.models.towers import item_vectors, user_side
+from fmctr.ranking import mean_ranking_metrics
+from fmctr.training.ranked import top_k
 
 CACHE = Path.home() / ".cache" / "fmctr-suite"
 K = 10
@@ -72,18 +74,14 @@ def matrix(frame: pl.DataFrame, shape) -> sp.csr_matrix:
 
 
 def ranking_metrics(scores: np.ndarray, train: sp.csr_matrix, test: sp.csr_matrix, exclude: bool = True) -> dict:
-    """The one metric function every model goes through: top-K of each user with a test
-    positive, training items excluded (or not), P/R/NDCG@K and MAP@K."""
+    """The one metric function every model goes through: each test user's top K over the
+    catalogue, training items excluded (or not), measured by fmctr.ranking (MAP divided
+    by every relevant item, as Microsoft recommenders' table)."""
     users = np.flatnonzero(np.diff(test.indptr))
     seen = [train.indices[train.indptr[u]:train.indptr[u + 1]] if exclude else np.zeros(0, np.int64) for u in users]
-    relevant = [test.indices[test.indptr[u]:test.indptr[u + 1]] for u in users]
-    top = top_k(scores[users], seen, K)
-    out = ranking_at_k(top, relevant, K)
-    hits = np.array([np.isin(row, rel) for row, rel in zip(top, relevant)])
-    precisions = np.cumsum(hits, 1) / np.arange(1, K + 1)
-    out[f"map@{K}"] = float(np.mean([(p * h).sum() / min(K, len(rel))
-                                     for p, h, rel in zip(precisions, hits, relevant)]))
-    return out
+    relevant = [set(test.indices[test.indptr[u]:test.indptr[u + 1]].tolist()) for u in users]
+    metrics = mean_ranking_metrics(top_k(scores[users], seen, K).tolist(), relevant, K)
+    return {f"{name}@{K}": metrics[name] for name in ("precision", "recall", "ndcg", "map", "hit_rate")}
 
 
 # ---- fmctr -------------------------------------------------------------------------
@@ -104,7 +102,7 @@ def fmctr_scores(train: pl.DataFrame, shape, setting: dict, seed: int) -> np.nda
     result, chose = train_positives(positives, cfg, bits=BITS, negatives=setting["negatives"],
                                     sampling=setting["sampling"], loss=setting["loss"])
     w = result.weights
-    return side_sums(w.factors, _hash(users, ["u"])) @ side_sums(w.factors, catalogue).T + item_terms(w, catalogue)
+    return user_side(w, _hash(users, ["u"])).vectors @ item_vectors(w, catalogue).T
 
 
 # ---- peers ---------------------------------------------------------------------------

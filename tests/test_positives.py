@@ -13,7 +13,9 @@ from fmctr.models.fm_engines import CpuEngine
 from fmctr.models.weights import FMWeights
 from fmctr.training.config import TrainConfig
 from fmctr.training.positives import hold_out, train_positives
-from fmctr.training.ranked import item_terms, ranking_at_k, side_sums, top_k
+from fmctr.models.towers import item_vectors, user_side
+from fmctr.ranking import ndcg_at_k
+from fmctr.training.ranked import ranking_at_k, top_k
 
 
 def one_hot(ids: np.ndarray, offset: int) -> Rows:
@@ -135,12 +137,20 @@ def test_trained_from_positives_it_ranks_far_better_than_chance(loss):
     result, chose = train_positives(positives, cfg, bits=11, negatives=4, loss=loss)
     assert chose is None and result.config.l2_factors == 0.0  # the epochs were given; positives' defaults
     w = result.weights
-    scores = side_sums(w.factors, users) @ side_sums(w.factors, positives.catalogue).T + item_terms(w, positives.catalogue)
+    scores = user_side(w, users).vectors @ item_vectors(w, positives.catalogue).T
     seen = [positives.items[u * 14:(u + 1) * 14] for u in range(150)]
     ndcg = ranking_at_k(top_k(scores, seen, 10), test)["ndcg@10"]
     rng = np.random.default_rng(1)
     chance = np.mean([ranking_at_k(top_k(rng.random(scores.shape), seen, 10), test)["ndcg@10"] for _ in range(5)])
     assert chance < 0.06 and ndcg > 3 * chance
+
+
+def test_the_checks_vectorised_ndcg_is_fmctr_rankings():
+    rng = np.random.default_rng(0)
+    top = np.array([rng.permutation(20)[:10] for _ in range(30)])
+    relevant = [rng.choice(20, rng.integers(1, 6), replace=False) for _ in range(30)]
+    expected = np.mean([ndcg_at_k(list(t), set(r.tolist()), 10) for t, r in zip(top, relevant)])
+    assert ranking_at_k(top, relevant)["ndcg@10"] == pytest.approx(expected)
 
 
 def test_held_out_positives_choose_the_epochs_by_ndcg():

@@ -8,8 +8,8 @@ distribution (and BPR's scores are not probabilities at all), while what the mod
 is for is the order it puts the whole catalogue in for a user. NDCG@10 over the full
 catalogue is that order, measured where it is used (the top), with no sampling noise.
 
-Scores use the FM's split: score(u, i) = user terms + item terms(i) + <s_u, s_i>,
-with s the summed factors (x v) of a side; the user terms do not change a user's order.
+Scores use the FM's split into towers (fmctr.models.towers); a user's constant does
+not change that user's order, so it is left out.
 """
 
 from __future__ import annotations
@@ -19,31 +19,10 @@ import math
 import numpy as np
 
 from fmctr.hashing.tokens import Rows
+from fmctr.models.towers import item_vectors, user_side
 
 K = 10
 USER_BLOCK = 256  # users scored at once: memory is USER_BLOCK x catalogue scores
-
-
-def side_sums(factors: np.ndarray, rows: Rows) -> np.ndarray:
-    """Each row's sum_i v_i x_i: (rows, k)."""
-    n, k = len(rows), factors.shape[1]
-    weighted = factors[rows.indices].astype(np.float64) * rows.values[:, None]
-    out = np.zeros((n, k), np.float64)
-    lengths = np.diff(rows.offsets)
-    np.add.at(out, np.repeat(np.arange(n), lengths), weighted)
-    return out
-
-
-def item_terms(weights, rows: Rows) -> np.ndarray:
-    """Each catalogue row's own part of the score: its linear terms and the pairs among
-    its features."""
-    n = len(rows)
-    owner = np.repeat(np.arange(n), np.diff(rows.offsets))
-    linear = np.bincount(owner, weights=weights.linear[rows.indices] * rows.values, minlength=n)
-    s = side_sums(weights.factors, rows)
-    squares = (weights.factors[rows.indices].astype(np.float64) * rows.values[:, None]) ** 2
-    square_then_sum = np.bincount(owner, weights=squares.sum(1), minlength=n)
-    return linear + 0.5 * ((s * s).sum(1) - square_then_sum)
 
 
 def top_k(scores: np.ndarray, exclude: list[np.ndarray], k: int) -> np.ndarray:
@@ -58,8 +37,8 @@ def top_k(scores: np.ndarray, exclude: list[np.ndarray], k: int) -> np.ndarray:
 
 
 def ranking_at_k(top: np.ndarray, relevant: list[np.ndarray], k: int = K) -> dict:
-    """Precision, recall and NDCG at k (binary relevance, ideal DCG over min(k, |relevant|)),
-    averaged over the users with something relevant."""
+    """Precision, recall and NDCG at k as fmctr.ranking defines them, averaged over the
+    users with something relevant; vectorised over users, for a check every epoch."""
     discount = 1.0 / np.log2(np.arange(2, k + 2))
     p = r = n = 0.0
     users = 0
@@ -84,12 +63,11 @@ class RankingCheck:
         self.rows = len(context)
 
     def measure(self, weights) -> dict:
-        users = side_sums(weights.factors, self.context)
-        items = side_sums(weights.factors, self.catalogue)
-        own = item_terms(weights, self.catalogue)
+        users = user_side(weights, self.context).vectors
+        items = item_vectors(weights, self.catalogue)
         tops = []
         for lo in range(0, self.rows, USER_BLOCK):
             hi = min(lo + USER_BLOCK, self.rows)
-            tops.append(top_k(users[lo:hi] @ items.T + own, self.seen[lo:hi], K))
+            tops.append(top_k(users[lo:hi] @ items.T, self.seen[lo:hi], K))
         metrics = ranking_at_k(np.concatenate(tops) if tops else np.zeros((0, K), np.int64), self.relevant)
         return {name: (value if math.isfinite(value) else 0.0) for name, value in metrics.items()}
