@@ -121,7 +121,7 @@ class SampledRows(RowSource):
         """This pass's rows: positives and fresh negatives (labels 1 and 0)."""
         p, n = self.positives, self.negatives
         count = len(p.items)
-        drawn = draw(rng, count, n, len(p.catalogue), self.weights)
+        drawn = self.draw(rng)
         if self.pairs:  # pos, neg, pos, neg, ...
             context = np.repeat(np.arange(count), 2 * n)
             items = np.stack([np.repeat(p.items, n), drawn.ravel()], axis=1).ravel()
@@ -131,6 +131,10 @@ class SampledRows(RowSource):
             items = np.concatenate([p.items[:, None], drawn], axis=1).ravel()
             labels = np.tile(np.r_[1.0, np.zeros(n)], count)
         return join(p, context, items, labels)
+
+    def draw(self, rng: np.random.Generator) -> np.ndarray:
+        """This pass's negatives: (positives, negatives) catalogue rows."""
+        return draw(rng, len(self.positives.items), self.negatives, len(self.positives.catalogue), self.weights)
 
     def shuffled(self, rng: np.random.Generator):
         rows = self.epoch(rng)

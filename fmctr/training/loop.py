@@ -169,6 +169,8 @@ def _epoch(run: Run, epoch: int, *, resumed: bool) -> None:
         engine.set_lr(run.cfg.lr_by_epoch[epoch - 1])
     started = time.perf_counter()
     skip = state.block if resumed else 0
+    if hasattr(run.source, "before_epoch"):  # (negatives mined with this epoch's weights)
+        run.source.before_epoch(engine.weights())
     for number, piece in epoch_pieces(run.source, run.rng, piece_rows=run.piece_rows, skip=skip, sync=run.sync):
         run.checkpoints.before_block(state, engine, epoch, number, epoch_rng, loss, rows_done, run.source.rows)
         if run.sync is not None:

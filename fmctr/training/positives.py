@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from fmctr.datasets.negatives import Positives, SampledRows
+from fmctr.datasets.negatives import Positives, SampledRows, draw
 from fmctr.errors import BadOptions
 from fmctr.training import selection
 from fmctr.training.config import TrainConfig
 from fmctr.training.loop import TrainResult, train
+from fmctr.models.towers import item_vectors, user_side
 from fmctr.training.ranked import K, RankingCheck
 
 LOSSES = ("logistic", "bpr")
@@ -33,6 +34,45 @@ def for_positives(cfg: TrainConfig) -> TrainConfig:
     given = cfg.options()
     return cfg.with_options(**{name: value for name, value in POSITIVES_DEFAULTS.items()
                                if given[name] == ordinary[name]})
+
+
+class MinedRows(SampledRows):
+    """Hard negatives: each of a positive's N negatives is the best-scored of `pool`
+    candidates drawn for it, by the weights at the start of the epoch, leaving out the
+    user's own training positives (the best-scored candidates would be those). As
+    LightFM's WARP looks for a negative that outscores the positive, this spends the
+    updates where the ranking is wrong, instead of on items already far below."""
+
+    CHUNK = 8192  # positives scored at once: CHUNK x N x pool candidate scores
+
+    def __init__(self, positives: Positives, negatives: int, *, pool: int, **options):
+        super().__init__(positives, negatives, **options)
+        self.pool, self.now = pool, None
+        keys = user_keys(positives.context)
+        size = len(positives.catalogue)
+        self.codes = keys.astype(np.int64) * size
+        self.own = np.unique(self.codes + positives.items)
+
+    def before_epoch(self, weights) -> None:
+        self.now = weights
+
+    def draw(self, rng: np.random.Generator) -> np.ndarray:
+        p, n = self.positives, self.negatives
+        count, size = len(p.items), len(p.catalogue)
+        drawn = draw(rng, count, n * self.pool, size, self.weights).reshape(count, n, self.pool)
+        if self.now is None or self.pool == 1:
+            return drawn[:, :, 0]
+        items = item_vectors(self.now, p.catalogue)
+        out = np.empty((count, n), np.int64)
+        for lo in range(0, count, self.CHUNK):
+            hi = min(lo + self.CHUNK, count)
+            users = user_side(self.now, p.context.slice(lo, hi)).vectors
+            candidates = drawn[lo:hi]
+            scores = np.einsum("ud,unpd->unp", users, items[candidates])
+            mine = np.isin(self.codes[lo:hi, None, None] + candidates, self.own)
+            scores[mine] = -np.inf
+            out[lo:hi] = np.take_along_axis(candidates, scores.argmax(2)[:, :, None], 2)[:, :, 0]
+        return out
 
 
 def user_keys(context) -> np.ndarray:
@@ -75,7 +115,7 @@ def _items_by_user(keys: np.ndarray, items: np.ndarray, users: np.ndarray) -> li
 
 
 def train_positives(positives: Positives, cfg: TrainConfig, *, bits: int, negatives: int, sampling: str = "uniform",
-                    loss: str = "logistic", progress=None) -> tuple[TrainResult, TrainResult | None]:
+                    loss: str = "logistic", pool: int = 1, progress=None) -> tuple[TrainResult, TrainResult | None]:
     """Train on positives with sampled negatives, from POSITIVES_DEFAULTS where `cfg`
     leaves an option at its ordinary default: (the model's run, the held-out run that
     chose its epochs, or None when the epochs were given or nothing was held out)."""
@@ -86,7 +126,10 @@ def train_positives(positives: Positives, cfg: TrainConfig, *, bits: int, negati
         raise BadOptions("--loss bpr runs on the cpu engine; the torch engine trains --loss logistic")
 
     def source(p: Positives) -> SampledRows:
-        return SampledRows(p, negatives, sampling=sampling, pairs=loss == "bpr", seed=cfg.seed)
+        options = {"sampling": sampling, "pairs": loss == "bpr", "seed": cfg.seed}
+        if pool > 1:
+            return MinedRows(p, negatives, pool=pool, **options)
+        return SampledRows(p, negatives, **options)
 
     parts = None
     if selection.chooses_epochs(cfg, validation=False):
