@@ -3,6 +3,8 @@ trained from positives that ranks a planted world far better than chance."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -16,6 +18,8 @@ from fmctr.training.positives import hold_out, train_positives
 from fmctr.models.towers import item_vectors, user_side
 from fmctr.ranking import ndcg_at_k
 from fmctr.training.ranked import ranking_at_k, top_k
+
+SAMPLE = Path(__file__).resolve().parent.parent / "sample_data"
 
 
 def one_hot(ids: np.ndarray, offset: int) -> Rows:
@@ -162,3 +166,44 @@ def test_held_out_positives_choose_the_epochs_by_ndcg():
     result, chose = train_positives(positives, cfg, bits=11, negatives=4)
     assert chose.config.stop_metric == "ndcg@10" and result.config.epochs == chose.best_epoch
     assert chose.history[chose.best_epoch - 1].valid["ndcg@10"] == max(e.valid["ndcg@10"] for e in chose.history)
+
+
+def test_mined_negatives_are_the_best_scored_draws_and_never_the_users_own_positives():
+    from fmctr.training.positives import MinedRows
+
+    # 2 users (features 0, 1); 6 items (features 10..15); item j scores j for every user
+    catalogue = one_hot(np.arange(6), 10)
+    positives = Positives(one_hot(np.array([0, 0, 1]), 0), np.array([5, 4, 0]), catalogue)
+    w = FMWeights.zeros(16, 2)
+    w.linear[10:16] = np.arange(6)
+    source = MinedRows(positives, 3, pool=4)
+    source.before_epoch(w)
+    drawn = source.draw(np.random.default_rng(0))
+    assert not np.isin(drawn[:2], [4, 5]).any()  # user 0's positives are items 4 and 5
+    plain = draw(np.random.default_rng(0), 3, 12, 6, None).reshape(3, 3, 4)
+    best_allowed = [max(set(c) - {4, 5}) if u < 2 else max(c) for u, row in enumerate(plain) for c in row]
+    assert drawn.ravel().tolist() == best_allowed
+
+
+def test_train_from_positives_on_the_command_line(tmp_path):
+    import polars as pl
+    from typer.testing import CliRunner
+
+    from fmctr.commands.cli import app
+    from fmctr.models.modelfile import load
+
+    clicks = pl.read_csv(SAMPLE / "clicks_train.csv")
+    clicks.filter(pl.col("label") == 1).drop("label").write_csv(tmp_path / "positives.csv")
+    out = tmp_path / "recall.fm"
+    args = ["train", str(tmp_path / "positives.csv"), "--items", str(SAMPLE / "items.csv"), "--multi", "genres", "--numeric", "age,year", "-o", str(out), "--bits", "14", "--negatives", "4", "--pool", "2",
+            "--epochs", "2", "-q", "--json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    model = load(out)
+    assert model.schema.item == ("movie_id", "genres", "year")  # the catalogue's columns
+    assert model.training["negatives"] == 4 and model.training["epochs_run"] == 2
+    pl.DataFrame({"user_id": ["u0"], "age": [61], "occupation": ["retired"], "movie_id": ["nope"]}).write_csv(
+        tmp_path / "bad.csv")
+    bad = CliRunner().invoke(app, [args[0], str(tmp_path / "bad.csv"), *args[2:], "--force"])
+    assert bad.exit_code == 1
+    assert bad.output == f"error: {tmp_path / 'bad.csv'}: row 1: item 'nope' is not in the catalogue {SAMPLE / 'items.csv'}\n"

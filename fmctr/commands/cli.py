@@ -340,6 +340,7 @@ def train_cmd(
     items: Annotated[Optional[str], typer.Option("--items", metavar="CATALOGUE", help="Train from positives only: INPUT is a log of positives (user columns and the item id), CATALOGUE the items (id and item features); each positive meets --negatives catalogue items drawn as negatives, drawn again every epoch.", rich_help_panel="Positives only")] = None,
     negatives: Annotated[int, typer.Option(metavar="N", help="With --items: negatives drawn per positive.", rich_help_panel="Positives only")] = 8,
     sampling: Annotated[str, typer.Option(help="With --items: uniform over the catalogue, or popularity (count^0.75).", rich_help_panel="Positives only")] = "uniform",
+    pool: Annotated[int, typer.Option(metavar="M", help="With --items: each negative is the best-scored of M draws by the epoch's starting weights, the user's own positives left out (hard negatives; 1: plain draws).", rich_help_panel="Positives only")] = 4,
     loss: Annotated[str, typer.Option(help="With --items: logistic (the positive 1, its negatives 0) or bpr (pairwise: the positive above each negative; cpu engine).", rich_help_panel="Positives only")] = "logistic",
     force: Force = False,
 ) -> None:
@@ -397,7 +398,7 @@ def train_cmd(
         raise BadOptions(f"--checkpoint-every: -o {output} is not a file, so there is no default checkpoint; give --checkpoint FILE")
     if items is not None:
         return _train_from_positives(input, items, out, spec=spec, bits=bits, hash_seed=hash_seed, cfg=cfg, quiet=quiet,
-                                     json_out=json_out, negatives=negatives, sampling=sampling, loss=loss,
+                                     json_out=json_out, negatives=negatives, sampling=sampling, loss=loss, pool=pool,
                                      others=(start, resume, valid, valid_fraction, min_count, distributed.launched()))
     warm = load(start) if start is not None else None
     replicas = sync = None
@@ -444,7 +445,7 @@ def train_cmd(
 
 
 def _train_from_positives(input, items, out, *, spec, bits, hash_seed, cfg, quiet, json_out, negatives, sampling, loss,
-                          others) -> None:
+                          pool, others) -> None:
     from fmctr.commands.positives import train_from_positives
     from fmctr.commands.progress import TrainProgress, stderr
     from fmctr.models.modelfile import save
@@ -456,7 +457,7 @@ def _train_from_positives(input, items, out, *, spec, bits, hash_seed, cfg, quie
     progress = NullProgress() if quiet else TrainProgress()
     with progress:
         model, result = train_from_positives(input, items, spec=spec, hashing=_hashing(bits, hash_seed), cfg=cfg,
-                                             negatives=negatives, sampling=sampling, loss=loss, progress=progress,
+                                             negatives=negatives, sampling=sampling, loss=loss, pool=pool, progress=progress,
                                              log=_err)
     save(model, out)
     if not quiet:

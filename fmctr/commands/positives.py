@@ -74,7 +74,7 @@ def read_positives(path: str, items: str, schema: Schema, hashing: HashSpec) -> 
 
 
 def train_from_positives(path: str, items: str, *, spec: SchemaSpec, hashing: HashSpec | None, cfg: TrainConfig,
-                         negatives: int, sampling: str, loss: str, progress=None,
+                         negatives: int, sampling: str, loss: str, pool: int = 1, progress=None,
                          log: Log = silent) -> tuple[Model, TrainResult]:
     """Read the positives and the catalogue, train (fmctr.training.positives) and
     return the model with its run."""
@@ -83,10 +83,10 @@ def train_from_positives(path: str, items: str, *, spec: SchemaSpec, hashing: Ha
     schema = positives_schema(path, items, spec)
     positives = read_positives(path, items, schema, hashing)
     result, chose = train_positives(positives, cfg, bits=hashing.bits, negatives=negatives, sampling=sampling,
-                                    loss=loss, progress=progress)
+                                    loss=loss, pool=pool, progress=progress)
     training = {
         "input": display_name(path), "items": display_name(items), "rows": len(positives.items),
-        "catalogue_items": len(positives.catalogue), "negatives": negatives, "sampling": sampling, "loss": loss,
+        "catalogue_items": len(positives.catalogue), "negatives": negatives, "sampling": sampling, "loss": loss, "pool": pool,
         "epochs_run": len(result.history), "best_epoch": result.best_epoch,
         "history": [asdict(e) for e in result.history], "config": asdict(result.config), "engine": result.engine,
         "device": result.device, "seconds": round(time.time() - started, 3), "fmctr_version": __version__,
