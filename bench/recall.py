@@ -3,7 +3,8 @@
     bash ../shared/data/suite/fetch.sh           # once: ~/.cache/fmctr-suite/ml100k_*.parquet
     python bench/recall.py                       # both protocols, seed 0, peers cached
     python bench/recall.py --seeds 3 --json out.json
-    python bench/recall.py --fmctr "dim=32,negatives=8,loss=bpr"   # one fmctr setting
+    python bench/recall.py --fmctr loss=bpr,dim=64  # fmctr with options over its defaults
+    python bench/recall.py --choose --peers none    # changes of fmctr's defaults, scored on the carves only
 
 Protocols (every rating is a positive; the split's seed is the run's seed):
 - lightfm: 10 ratings per user held out at random (LightFM's movielens example holds out
@@ -12,10 +13,12 @@ Protocols (every rating is a positive; the split's seed is the run's seed):
 - msr: Microsoft recommenders' python_stratified_split: per user, 75% of the ratings
   (rounded) train at random, the rest test; top-10, training items excluded.
 
-Every model is chosen the same way: its small sweep is fitted on a carve of the training
-positives made by the same protocol (10 per user, or 75/25 per user), scored on the
-carve's held-out part by NDCG@10, and the best setting is refitted on all the training
-positives. Every model's (users x items) scores go through the one metric function,
+Peers: each one's small sweep is fitted on a carve of the training positives made by
+the same protocol (10 per user, or 75/25 per user), scored on the carve's held-out part
+by NDCG@10, and the best setting is refitted on all the training positives. fmctr runs
+with its defaults for training from positives, the same on both protocols (its epochs
+chosen by its own held-out check); those defaults were chosen with `--choose`, which
+scores changes of them on the same carves, never on the test positives. Every model's (users x items) scores go through the one metric function,
 `ranking_metrics`. Peers' results are cached in ~/.cache/fmctr-suite/recall-peers.json
 (`--refresh-peers` recomputes them).
 """
@@ -38,7 +41,7 @@ from fmctr.hashing.tokens import HashSpec, hash_chunk
 from fmctr.reading.read import Chunk
 from fmctr.reading.schema import Field, Schema
 from fmctr.training.config import TrainConfig
-from fmctr.training.positives import train_positives
+from fmctr.training.positives import NEGATIVES, POOL, train_positives
 from fmctr.models.towers import item_vectors, user_side
 from fmctr.ranking import mean_ranking_metrics
 from fmctr.training.ranked import top_k
@@ -46,10 +49,10 @@ from fmctr.training.ranked import top_k
 CACHE = Path.home() / ".cache" / "fmctr-suite"
 K = 10
 BITS = 18
-# fmctr's defaults for training from positives, chosen on the carves (README, "Recall").
-FMCTR_DEFAULT = {"dim": 32, "negatives": 8, "loss": "logistic", "sampling": "uniform", "lr": 0.05}
-FMCTR_SWEEP = [dict(FMCTR_DEFAULT, **change) for change in (
-    {}, {"loss": "bpr"}, {"dim": 64}, {"negatives": 4}, {"sampling": "popularity"})]
+# fmctr runs with its defaults for training from positives (fmctr.training.positives);
+# --choose sweeps these changes of them on the carves only, to choose those defaults.
+CHOICES = [{}, {"loss": "bpr"}, {"pool": 1}, {"pool": 8}, {"negatives": 16}, {"dim": 64}, {"l2_factors": 0.0},
+           {"l2_factors": 0.01}, {"features": True}]
 
 
 def load() -> pl.DataFrame:
@@ -86,23 +89,43 @@ def ranking_metrics(scores: np.ndarray, train: sp.csr_matrix, test: sp.csr_matri
 
 # ---- fmctr -------------------------------------------------------------------------
 
-def _hash(frame: pl.DataFrame, columns: list[str]):
-    schema = Schema(label=None, fields=tuple(Field(c) for c in columns))
+def _hash(frame: pl.DataFrame, columns: list[str], multi: tuple[str, ...] = ()):
+    schema = Schema(label=None, fields=tuple(Field(c, "multi" if c in multi else "categorical") for c in columns))
     strings = frame.select(pl.col(c).cast(pl.Utf8) for c in columns)
     return hash_chunk(Chunk(strings, None), schema, HashSpec(bits=BITS), name="bench", columns=columns,
                       require_label=False)
 
 
+def sides(features: bool, shape) -> tuple:
+    """(user rows, item rows) in index order: the ids alone, or with the side features
+    (age in decades, gender, occupation, zip prefix; genres as a bag, release year)."""
+    if not features:
+        return _hash(pl.DataFrame({"u": np.arange(shape[0])}), ["u"]), _hash(pl.DataFrame({"i": np.arange(shape[1])}), ["i"])
+    users = pl.read_parquet(CACHE / "ml100k_users.parquet").sort("user_id").with_columns(
+        u=pl.int_range(pl.len()), decade=pl.col("age") // 10, zip=pl.col("zip_code").str.slice(0, 2))
+    items = pl.read_parquet(CACHE / "ml100k_items.parquet").sort("movie_id")
+    genres = items.columns[items.columns.index("unknown"):]
+    items = items.with_columns(
+        i=pl.int_range(pl.len()), year=pl.col("release_date").str.slice(-4),
+        genres=pl.concat_str([pl.when(pl.col(g) == 1).then(pl.lit(g)) for g in genres], separator="|",
+                             ignore_nulls=True))
+    return (_hash(users, ["u", "decade", "gender", "occupation", "zip"]),
+            _hash(items, ["i", "genres", "year"], multi=("genres",)))
+
+
 def fmctr_scores(train: pl.DataFrame, shape, setting: dict, seed: int) -> np.ndarray:
-    users = pl.DataFrame({"u": np.arange(shape[0])})
-    catalogue = _hash(pl.DataFrame({"i": np.arange(shape[1])}), ["i"])
-    positives = Positives(_hash(train, ["u"]), train.get_column("i").to_numpy().astype(np.int64), catalogue)
-    cfg = TrainConfig.from_options(dim=setting["dim"], lr=setting["lr"], seed=seed, engine="cpu", threads=2,
-                                   epochs=setting.get("epochs"))
-    result, chose = train_positives(positives, cfg, bits=BITS, negatives=setting["negatives"],
-                                    sampling=setting["sampling"], loss=setting["loss"])
+    """fmctr trained from the positives with the setting's options over its defaults
+    for this mode (fmctr.training.positives), epochs chosen by its own held-out check."""
+    options = {k: v for k, v in setting.items() if k not in ("negatives", "loss", "sampling", "pool", "features")}
+    users, catalogue = sides(setting.get("features", False), shape)
+    positives = Positives(users.take(train.get_column("u").to_numpy()), train.get_column("i").to_numpy().astype(np.int64),
+                          catalogue)
+    cfg = TrainConfig.from_options(seed=seed, engine="cpu", threads=2, **options)
+    result, _ = train_positives(positives, cfg, bits=BITS, negatives=setting.get("negatives", NEGATIVES),
+                                sampling=setting.get("sampling", "uniform"), loss=setting.get("loss", "logistic"),
+                                pool=setting.get("pool", POOL))
     w = result.weights
-    return user_side(w, _hash(users, ["u"])).vectors @ item_vectors(w, catalogue).T
+    return user_side(w, users).vectors @ item_vectors(w, catalogue).T
 
 
 # ---- peers ---------------------------------------------------------------------------
@@ -144,26 +167,47 @@ PEERS = {
 }
 
 
-def choose_and_test(fit, settings, frame, protocol, seed, shape) -> dict:
-    """Sweep on a carve of the training positives, refit the best on all of them, test."""
+def carves(frame, protocol, seed):
+    """(train, test) and the carve of train into (fit, valid), by the same protocol."""
     train, test = split(frame, protocol, seed)
-    carve_fit, carve_valid = split(train, protocol, seed + 1000)
-    tried = []
-    for setting in settings:
-        scores = fit(carve_fit, setting, seed)
-        tried.append((ranking_metrics(scores, matrix(carve_fit, shape), matrix(carve_valid, shape))[f"ndcg@{K}"],
-                      setting))
-    best = max(tried, key=lambda t: t[0])[1]
+    return (train, test), split(train, protocol, seed + 1000)
+
+
+def carve_ndcg(fit, setting, frame, protocol, seed, shape) -> float:
+    _, (carve_fit, carve_valid) = carves(frame, protocol, seed)
+    scores = fit(carve_fit, setting, seed)
+    return ranking_metrics(scores, matrix(carve_fit, shape), matrix(carve_valid, shape))[f"ndcg@{K}"]
+
+
+def choose_and_test(fit, settings, frame, protocol, seed, shape) -> dict:
+    """Sweep on a carve of the training positives (unless there is one setting), refit
+    the best on all of them, test."""
+    (train, test), _ = carves(frame, protocol, seed)
+    tried = [(carve_ndcg(fit, s, frame, protocol, seed, shape) if len(settings) > 1 else None, s) for s in settings]
+    best = max(tried, key=lambda t: t[0] or 0)[1]
     started = time.perf_counter()
     scores = fit(train, best, seed)
     seconds = time.perf_counter() - started
     train_m, test_m = matrix(train, shape), matrix(test, shape)
-    out = {"setting": best, "seconds": round(seconds, 2), "sweep": [[round(v, 4), s] for v, s in tried],
-           "excluded": ranking_metrics(scores, train_m, test_m),
-           "train_items": sum(len(set(r)) for r in train.group_by("u").agg("i").get_column("i"))}
+    out = {"setting": best, "seconds": round(seconds, 2), "sweep": [[v and round(v, 4), s] for v, s in tried],
+           "excluded": ranking_metrics(scores, train_m, test_m), "train_pairs": train.height}
     if protocol == "lightfm":
         out["kept"] = ranking_metrics(scores, train_m, test_m, exclude=False)
     return out
+
+
+def choose_defaults(protocols, seeds) -> str:
+    """fmctr's defaults for this mode: each change of them scored on the carves alone
+    (never the test positives), over both protocols and every seed."""
+    frame = load()
+    shape = (frame.get_column("u").max() + 1, frame.get_column("i").max() + 1)
+    lines = [f"carve NDCG@{K} (mean over {', '.join(protocols)} x {len(seeds)} seed(s)), each change of the defaults"]
+    for change in CHOICES:
+        values = [carve_ndcg(lambda f, s, sd: fmctr_scores(f, shape, s, sd), change, frame, p, seed, shape)
+                  for p in protocols for seed in seeds]
+        lines.append(f"{json.dumps(change):<28}{np.mean(values):.4f}  " + " ".join(f"{v:.4f}" for v in values))
+        print(lines[-1], file=sys.stderr, flush=True)
+    return "\n".join(lines)
 
 
 def peer_fit(name):
@@ -212,23 +256,33 @@ def table(results: dict, protocols, seeds) -> str:
     return "\n".join(lines)
 
 
+def _value(text: str):
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--protocols", default="lightfm,msr")
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--peers", default=",".join(PEERS), help="comma-separated, or 'none'")
-    parser.add_argument("--fmctr", default=None, help="one fmctr setting instead of the sweep: k=v,...; none: peers only")
+    parser.add_argument("--fmctr", default="", help="options over fmctr's defaults, k=v,... (e.g. loss=bpr,dim=64); "
+                                                   "none: peers only")
+    parser.add_argument("--choose", action="store_true", help="score changes of fmctr's defaults on the carves only")
     parser.add_argument("--refresh-peers", action="store_true")
     parser.add_argument("--json", default=None, help="also write every number here")
     args = parser.parse_args()
     protocols, seeds = args.protocols.split(","), list(range(args.seeds))
+    if args.choose:
+        print(choose_defaults(protocols, seeds))
+        return
     peers = [] if args.peers == "none" else args.peers.split(",")
-    settings = [] if args.fmctr == "none" else FMCTR_SWEEP
-    if args.fmctr and args.fmctr != "none":
-        given = dict(kv.split("=") for kv in args.fmctr.split(","))
-        settings = [{k: type(FMCTR_DEFAULT.get(k, 0))(v) if k in FMCTR_DEFAULT else int(v)
-                     for k, v in {**FMCTR_DEFAULT, **given}.items()}]
-    results = run(protocols, seeds, peers, settings, args.refresh_peers)
+    given = {k: _value(v) for k, v in (kv.split("=") for kv in args.fmctr.split(",") if "=" in kv)}
+    results = run(protocols, seeds, peers, [] if args.fmctr == "none" else [given], args.refresh_peers)
     print(table(results, protocols, seeds))
     if args.json:
         Path(args.json).write_text(json.dumps({"/".join(map(str, k)): v for k, v in results.items()}, indent=1))

@@ -23,7 +23,9 @@ LOSSES = ("logistic", "bpr")
 # Adagrad's initial accumulator of 1 and CTR's L2 shrink to nothing and the model ranks
 # by popularity alone (P@10 0.116 against 0.22 on LightFM's protocol).
 POSITIVES_DEFAULTS = {"dim": 32, "lr": 0.05, "init_std": 0.1, "adagrad_init": 0.01,
-                      "l2_linear": 0.0, "l2_factors": 0.0, "l2_all_factors": 0.0}
+                      "l2_linear": 0.0, "l2_factors": 1e-3, "l2_all_factors": 0.0}
+NEGATIVES = 8  # drawn per positive
+POOL = 4  # draws per negative, the best-scored kept (MinedRows)
 STOP_METRIC = f"ndcg@{K}"
 MAX_CHECK_USERS = 2000  # held-out users scored per check (a random subset beyond this)
 
@@ -115,7 +117,7 @@ def _items_by_user(keys: np.ndarray, items: np.ndarray, users: np.ndarray) -> li
 
 
 def train_positives(positives: Positives, cfg: TrainConfig, *, bits: int, negatives: int, sampling: str = "uniform",
-                    loss: str = "logistic", pool: int = 1, progress=None) -> tuple[TrainResult, TrainResult | None]:
+                    loss: str = "logistic", pool: int = POOL, progress=None) -> tuple[TrainResult, TrainResult | None]:
     """Train on positives with sampled negatives, from POSITIVES_DEFAULTS where `cfg`
     leaves an option at its ordinary default: (the model's run, the held-out run that
     chose its epochs, or None when the epochs were given or nothing was held out)."""
