@@ -47,6 +47,7 @@ from fmctr.ranking import mean_ranking_metrics
 from fmctr.training.ranked import top_k
 
 CACHE = Path.home() / ".cache" / "fmctr-suite"
+METRICS_VERSION = "ranking-v2"  # in the peers' cache keys: results from another metric function are not reused
 K = 10
 BITS = 18
 # fmctr runs with its defaults for training from positives (fmctr.training.positives);
@@ -223,7 +224,7 @@ def run(protocols, seeds, peers, fmctr_settings, refresh: bool) -> dict:
     results = {}
     for protocol, seed in itertools.product(protocols, seeds):
         for name in peers:
-            key = f"{protocol}/{seed}/{name}/{json.dumps(PEERS[name][1])}"
+            key = f"{METRICS_VERSION}/{protocol}/{seed}/{name}/{json.dumps(PEERS[name][1])}"
             if key not in cache:
                 fit = peer_fit(name)
                 cache[key] = choose_and_test(lambda f, s, sd: fit(f, s, sd, shape), PEERS[name][1], frame,
