@@ -307,6 +307,7 @@ def test_bad_recall_input_gets_one_line(tmp_path, world_model, movies_model):
     _one_error_line(invoke("eval", bad_test, "-m", world_model, "--ranking", "--items", ITEMS),
                     "test.csv: item id 'nope' (row 1) is not in the catalogue")
     _one_error_line(run("--items", ITEMS, "-k", "0"), "-k must be at least 1, got 0")
+    _one_error_line(run("--items", ITEMS, "--keep", "user_id,score"), "--keep score: the output has a column of that name")
 
 
 def readme_commands() -> list[str]:
@@ -333,3 +334,37 @@ def test_recall_has_help_and_is_in_the_readme():
     result = invoke("recall", "--help")
     assert result.exit_code == 0 and "--with-features" in result.stdout
     assert "fmctr recall" in (SAMPLE.parent / "README.md").read_text()
+
+
+def test_rare_values_map_on_each_side_as_in_predict(tmp_path):
+    """With --min-count, each side's rare values map to their field's rare token: the
+    candidates' scores are still what predict gives the joined rows."""
+    model = tmp_path / "rare.fm"
+    flags = ["--ignore", "genres", "--numeric", "age,year", "--item", "movie_id,year", "--user", "user_id,age,occupation"]
+    result = invoke("train", CLICKS_TRAIN, *flags, "--min-count", "30", "--epochs", "1", "-o", model, "-q")
+    assert result.exit_code == 0, result.stderr
+    result = invoke("recall", USERS, "--items", ITEMS, "-m", model, "-k", "3", "--with-features")
+    assert result.exit_code == 0, result.stderr
+    candidates = pl.read_csv(result.stdout.encode())
+    scored = invoke("predict", "-m", model, input=result.stdout)
+    probability = pl.read_csv(scored.stdout.encode()).get_column("probability").to_numpy()
+    np.testing.assert_allclose(probability, 1 / (1 + np.exp(-candidates.get_column("score").to_numpy())), rtol=1e-5)
+
+
+def test_preprocess_keeps_the_sides_for_training(tmp_path):
+    hashed, model = tmp_path / "train.hashed", tmp_path / "m.fm"
+    assert invoke("preprocess", CLICKS_TRAIN, *WORLD, "-o", hashed).exit_code == 0
+    result = invoke("train", hashed, "--epochs", "1", "-o", model, "-q")
+    assert result.exit_code == 0, result.stderr
+    assert load(model).schema.item == ("movie_id", "genres", "year")
+
+
+def test_without_a_label_every_test_row_is_held_out(tmp_path, world_model):
+    positives = pl.read_csv(CLICKS_TEST, schema_overrides={"label": pl.String}).filter(pl.col("label") == "1")
+    positives.drop("label").write_csv(tmp_path / "positives.csv")
+    with_label = invoke("eval", CLICKS_TEST, "-m", world_model, "--ranking", "--items", ITEMS, "--json")
+    without = invoke("eval", tmp_path / "positives.csv", "-m", world_model, "--ranking", "--items", ITEMS, "--json")
+    assert without.exit_code == 0, without.stderr
+    a, b = json.loads(with_label.stdout), json.loads(without.stdout)
+    for name in ("precision", "recall", "ndcg", "map", "mrr", "auc", "users"):
+        assert a[name] == pytest.approx(b[name]), name

@@ -264,6 +264,8 @@ def preprocess(
     sep: Sep = None,
     numeric_mode: NumericMode = None,
     format: Format = None,
+    user: UserCols = None,
+    item: ItemCols = None,
     bits: Bits = None,
     hash_seed: HashSeed = 0,
     min_count: Annotated[Optional[int], typer.Option(metavar="N", help="Count values over every input first; values seen fewer than N times become their field's rare token. The frequent set is kept with the data, and a model trained on it keeps it.", rich_help_panel=SCHEMA)] = None,
@@ -276,7 +278,7 @@ def preprocess(
     from fmctr.commands.jobs import preprocess as run
     from fmctr.datasets.inputs import DEFAULT_BITS
 
-    spec = _spec(preset, schema, label, categorical, numeric, multi, ignore, sep, numeric_mode, format)
+    spec = _spec(preset, schema, label, categorical, numeric, multi, ignore, sep, numeric_mode, format, user, item)
     hashing = HashSpec(bits=DEFAULT_BITS if bits is None else bits, seed=hash_seed).check()
     shards = run(inputs or ["-"], output, spec=spec, hashing=hashing, min_count=min_count, force=force)
     rows = sum(ds.rows for ds in shards)
@@ -722,7 +724,7 @@ def recall_cmd(
             raise BadOptions("--exclude needs the users' id column: give --user-id")
         seen = core.seen_positions(core.read_seen(exclude, user_id, item_id), catalogue)
     plan = core.RecallPlan(k, tuple(_names(keep)), user_id, seen, with_features, precision)
-    core.recall(users, catalogue, m, out, plan, item_id=item_id, log=_err)
+    core.recall(users, catalogue, m, out, plan, item_id=item_id)
 
 
 def _version(value: bool) -> None:

@@ -16,7 +16,6 @@ import numpy as np
 import polars as pl
 
 from fmctr.atomic import Kind, Target, writing
-from fmctr.datasets.inputs import Log, silent
 from fmctr.errors import BadInput, BadModel, BadOptions
 from fmctr.hashing.rare import RareMap
 from fmctr.hashing.stream import Hasher
@@ -190,9 +189,10 @@ def _check_plan(plan: RecallPlan, catalogue: Catalogue, item_id: str) -> None:
         raise BadOptions(f"-k must be at least 1, got {plan.k}")
     if plan.precision is not None and not 1 <= plan.precision <= 17:
         raise BadOptions(f"--precision must be from 1 to 17 decimal places, got {plan.precision}")
-    clash = [c for c in plan.keep if c in (item_id, RANK, SCORE)]
+    clash = [c for c in plan.keep if c in (item_id, RANK, SCORE, *catalogue.columns.columns)]
     if clash:
-        raise BadOptions(f"--keep {clash[0]}: that name is an output column (the item id, rank or score)")
+        raise BadOptions(f"--keep {clash[0]}: the output has a column of that name already (the item's columns, "
+                         f"{RANK}, {SCORE})")
     if plan.seen is not None and plan.user_id is None:
         raise BadOptions("--exclude needs the users' id column: give --user-id (the model names no --user column)")
 
@@ -220,7 +220,7 @@ def candidates_frame(users: UserSide, kept: pl.DataFrame | None, catalogue: Cata
 
 
 def recall(users_path: str, catalogue: Catalogue, model: Model, output: Target, plan: RecallPlan, *,
-           item_id: str | None = None, log: Log = silent) -> int:
+           item_id: str | None = None) -> int:
     """Write each user's top-K candidates as CSV (users streamed chunk by chunk, in
     input order); returns the number of users."""
     item_id = item_id or model.schema.item[0]
@@ -379,6 +379,36 @@ def _full_ranking(relevants: list[np.ndarray], score, above, level, candidates: 
     return first_ranks, aucs
 
 
+def vector_ranking_metrics(users: np.ndarray, items: np.ndarray, relevant: list[np.ndarray], k: int,
+                           exclude: Exclusions | None = None) -> dict:
+    """fmctr.ranking's metrics when user u's score of item i is <users[u], items[i]>
+    (a per-user constant changes no ranking): each user's top K and whole ranking over
+    the items not excluded, against `relevant` (item positions per user; excluded
+    ones are dropped). Any model with user and item vectors can be measured by this
+    same code: fmctr's towers, or a peer's (LightFM's representations, implicit's
+    factors)."""
+    if k < 1:
+        raise BadOptions(f"-k must be at least 1, got {k}")
+    exclude = exclude or Exclusions.none(len(users))
+    relevant = [np.setdiff1d(r, exclude.items[exclude.offsets[u] : exclude.offsets[u + 1]])
+                for u, r in enumerate(relevant)]
+    users, items = np.ascontiguousarray(users, np.float32), np.ascontiguousarray(items, np.float32)
+    positions, _ = top_k(users, items, k, exclude=exclude)
+    candidates = len(items) - np.diff(exclude.offsets)
+    first_ranks, aucs = [], []
+    for lo in range(0, len(relevant), EVAL_USER_BLOCK):
+        hi = min(lo + EVAL_USER_BLOCK, len(relevant))
+        part = Exclusions(exclude.offsets[lo : hi + 1] - exclude.offsets[lo],
+                          exclude.items[exclude.offsets[lo] : exclude.offsets[hi]])
+        counts = _rank_counts(users[lo:hi], items, relevant[lo:hi], part)
+        ranks, user_aucs = _full_ranking(relevant[lo:hi], *counts, candidates[lo:hi])
+        first_ranks += ranks
+        aucs += user_aucs
+    tops = [row[row >= 0].tolist() for row in positions]
+    metrics = mean_ranking_metrics(tops, [set(r.tolist()) for r in relevant], k, first_ranks, aucs)
+    return {**metrics, "catalogue": len(items), "test_users": len(relevant), "excluded": int(exclude.offsets[-1])}
+
+
 def evaluate_ranking(test_path: str, catalogue: Catalogue, model: Model, *, k: int, user_id: str, item_id: str,
                      seen: pl.DataFrame | None = None) -> dict:
     """fmctr.ranking's metrics of the model's top K over the whole catalogue, for the
@@ -389,21 +419,4 @@ def evaluate_ranking(test_path: str, catalogue: Catalogue, model: Model, *, k: i
         raise BadOptions(f"-k must be at least 1, got {k}")
     held = held_out(test_path, model, catalogue, user_id=user_id, item_id=item_id)
     side = user_side(model.weights, held.rows)
-    exclude = exclusions_for(held.ids, seen)
-    relevant = [np.setdiff1d(r, exclude.items[exclude.offsets[u] : exclude.offsets[u + 1]])
-                for u, r in enumerate(held.relevant)]
-    positions, _ = top_k(side.vectors, catalogue.vectors, k, exclude=exclude)
-    candidates = len(catalogue.ids) - np.diff(exclude.offsets)
-    first_ranks, aucs = [], []
-    for lo in range(0, len(relevant), EVAL_USER_BLOCK):
-        hi = min(lo + EVAL_USER_BLOCK, len(relevant))
-        part = Exclusions(exclude.offsets[lo : hi + 1] - exclude.offsets[lo],
-                          exclude.items[exclude.offsets[lo] : exclude.offsets[hi]])
-        counts = _rank_counts(side.vectors[lo:hi], catalogue.vectors, relevant[lo:hi], part)
-        ranks, user_aucs = _full_ranking(relevant[lo:hi], *counts, candidates[lo:hi])
-        first_ranks += ranks
-        aucs += user_aucs
-    tops = [row[row >= 0].tolist() for row in positions]
-    metrics = mean_ranking_metrics(tops, [set(r.tolist()) for r in relevant], k, first_ranks, aucs)
-    return {**metrics, "catalogue": len(catalogue.ids), "test_users": len(relevant),
-            "excluded": int(exclude.offsets[-1])}
+    return vector_ranking_metrics(side.vectors, catalogue.vectors, held.relevant, k, exclusions_for(held.ids, seen))

@@ -1,14 +1,15 @@
-"""Exact top-K by maximum inner product, blocked: users block x items block.
+"""Exact top-K by maximum inner product, blocked: users block x items block; never a
+users x items matrix in memory. Each user keeps a running top K. Two ways, with the
+same results up to ties:
 
-Scores of one block (user_block x item_block float32, by BLAS on every core) are all
-that is ever in memory, never a users x items matrix; each user keeps a running top K.
-Two ways to keep it, with the same results up to ties:
-
-- small catalogues: numpy's argpartition per block, merged with the running top K;
-- large ones (`scan`, a numba kernel, fmctr.models.topk_kernel): one pass over the
-  block that looks at a score only when the maximum of its run of 64 beats the user's
-  K-th best so far, and keeps the K best in a heap. After the first blocks almost no
-  run does, so the pass costs little next to the matrix product.
+- small catalogues (numpy only, so nothing waits for numba to load): a block's scores
+  by one float32 BLAS product (user_block x item_block), folded into the running top
+  K with argpartition;
+- large ones (`scan`: fmctr.models.topk_kernel, numba, every core): each thread
+  streams the items in blocks that stay in cache and scores its users against them a
+  tile at a time in registers, folding each tile into the user's heap - only when
+  the tile's best beats the user's K-th best so far, which after the first blocks
+  it almost never does. Memory: the heaps and a transposed copy of the item vectors.
 
 Ties go to the lower item position (the scan; argpartition leaves them to chance).
 """
@@ -19,9 +20,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-SCAN_FROM = 1 << 16  # items: from this many the numba scan beats argpartition (and its load time pays)
+SCAN_FROM = 1 << 16  # items: from this many the numba kernel beats argpartition (and its load time pays)
 USER_BLOCK = 512
 ITEM_BLOCK = 8192
+SCAN_ITEM_BLOCK = 16384  # the kernel's items per block (dim 16: 1.1 MB, in a core's L2 cache)
 
 
 @dataclass
@@ -56,7 +58,8 @@ def top_k(users: np.ndarray, items: np.ndarray, k: int, *, exclude: Exclusions |
     """The K items of largest <user, item> for every user: (positions (n, K) int64,
     scores (n, K) float32), best first. K is at most the number of items; a user with
     fewer candidates (exclusions) has -1 positions and -inf scores at the end.
-    `scan` forces the numba scan (True) or argpartition (False); None chooses by size."""
+    `scan` forces the numba kernel (True) or BLAS blocks and argpartition (False);
+    None chooses by the catalogue's size (SCAN_FROM)."""
     n, m = len(users), len(items)
     k = min(k, m)
     positions = np.full((n, k), -1, np.int64)
@@ -66,26 +69,40 @@ def top_k(users: np.ndarray, items: np.ndarray, k: int, *, exclude: Exclusions |
     users = np.ascontiguousarray(users, np.float32)
     items = np.ascontiguousarray(items, np.float32)
     exclude = exclude or Exclusions.none(n)
-    use_scan = m >= SCAN_FROM if scan is None else scan
+    if (m >= SCAN_FROM if scan is None else scan):
+        _scan(users, items, exclude, scores, positions)
+    else:
+        _blocks(users, items, exclude, scores, positions, user_block, item_block)
+    for lo in range(0, n, user_block):
+        _sort(scores[lo : lo + user_block], positions[lo : lo + user_block])
+    return positions, scores
+
+
+def _blocks(users, items, exclude: Exclusions, scores, positions, user_block: int, item_block: int) -> None:
+    n, m = len(users), len(items)
     buffer = np.empty(min(user_block, n) * min(item_block, m), np.float32)
     for lo in range(0, n, user_block):
         hi = min(lo + user_block, n)
         rows, excluded = exclude.block(lo, hi)
-        best_s, best_i = scores[lo:hi], positions[lo:hi]
         for start in range(0, m, item_block):
             stop = min(start + item_block, m)
             block = buffer[: (hi - lo) * (stop - start)].reshape(hi - lo, stop - start)
             np.matmul(users[lo:hi], items[start:stop].T, out=block)
             inside = (excluded >= start) & (excluded < stop)
             block[rows[inside], excluded[inside] - start] = -np.inf
-            if use_scan:
-                from fmctr.models.topk_kernel import scan_block
+            _merge(block, start, scores[lo:hi], positions[lo:hi])
 
-                scan_block(block, start, best_s, best_i)
-            else:
-                _merge(block, start, best_s, best_i)
-        _sort(best_s, best_i)
-    return positions, scores
+
+def _scan(users, items, exclude: Exclusions, scores, positions) -> None:
+    import numba
+
+    from fmctr.models.topk_kernel import fused_top_k
+
+    owner = np.repeat(np.arange(len(users)), np.diff(exclude.offsets))
+    order = np.lexsort((exclude.items, owner))  # the kernel searches each user's exclusions
+    chunks = max(1, min(len(users), 4 * numba.get_num_threads()))
+    fused_top_k(users, np.ascontiguousarray(items.T), SCAN_ITEM_BLOCK, scores, positions, exclude.offsets,
+                np.ascontiguousarray(exclude.items[order]), chunks)
 
 
 def _merge(block: np.ndarray, start: int, best_s: np.ndarray, best_i: np.ndarray) -> None:
