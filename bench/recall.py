@@ -18,8 +18,8 @@ the same protocol (10 per user, or 75/25 per user), scored on the carve's held-o
 by NDCG@10, and the best setting is refitted on all the training positives. fmctr runs
 with its defaults for training from positives, the same on both protocols (its epochs
 chosen by its own held-out check); those defaults were chosen with `--choose`, which
-scores changes of them on the same carves, never on the test positives. Every model's (users x items) scores go through the one metric function,
-`ranking_metrics`. Peers' results are cached in ~/.cache/fmctr-suite/recall-peers.json
+scores changes of them on the same carves, never on the test positives. Every model's user and item vectors go through the one metric function,
+`ranking_metrics` (fmctr's `eval --ranking` code). Peers' results are cached in ~/.cache/fmctr-suite/recall-peers.json
 (`--refresh-peers` recomputes them).
 """
 
@@ -43,11 +43,11 @@ from fmctr.reading.schema import Field, Schema
 from fmctr.training.config import TrainConfig
 from fmctr.training.positives import NEGATIVES, POOL, train_positives
 from fmctr.models.towers import item_vectors, user_side
-from fmctr.ranking import mean_ranking_metrics
-from fmctr.training.ranked import top_k
+from fmctr.commands.recall import vector_ranking_metrics
+from fmctr.models.retrieval import Exclusions
 
 CACHE = Path.home() / ".cache" / "fmctr-suite"
-METRICS_VERSION = "ranking-v2"  # in the peers' cache keys: results from another metric function are not reused
+METRICS_VERSION = "ranking-v3"  # in the peers' cache keys: results from another metric function are not reused
 K = 10
 BITS = 18
 # fmctr runs with its defaults for training from positives (fmctr.training.positives);
@@ -77,15 +77,19 @@ def matrix(frame: pl.DataFrame, shape) -> sp.csr_matrix:
     return sp.csr_matrix((np.ones(len(u), np.float32), (u, i)), shape=shape)
 
 
-def ranking_metrics(scores: np.ndarray, train: sp.csr_matrix, test: sp.csr_matrix, exclude: bool = True) -> dict:
-    """The one metric function every model goes through: each test user's top K over the
-    catalogue, training items excluded (or not), measured by fmctr.ranking (MAP divided
-    by every relevant item, as Microsoft recommenders' table)."""
-    users = np.flatnonzero(np.diff(test.indptr))
-    seen = [train.indices[train.indptr[u]:train.indptr[u + 1]] if exclude else np.zeros(0, np.int64) for u in users]
-    relevant = [set(test.indices[test.indptr[u]:test.indptr[u + 1]].tolist()) for u in users]
-    metrics = mean_ranking_metrics(top_k(scores[users], seen, K).tolist(), relevant, K)
-    return {f"{name}@{K}": metrics[name] for name in ("precision", "recall", "ndcg", "map", "hit_rate")}
+def ranking_metrics(vectors: tuple, train: sp.csr_matrix, test: sp.csr_matrix, exclude: bool = True) -> dict:
+    """The one metric function every model goes through: fmctr's own ranking evaluation
+    (fmctr.commands.recall.vector_ranking_metrics, what `eval --ranking` runs) on the
+    model's user and item vectors, for each user with a test positive, the user's
+    training items excluded (or not)."""
+    users, items = vectors
+    tested = np.flatnonzero(np.diff(test.indptr))
+    relevant = [test.indices[test.indptr[u]:test.indptr[u + 1]].astype(np.int64) for u in tested]
+    seen = Exclusions.from_lists([train.indices[train.indptr[u]:train.indptr[u + 1]] for u in tested]) if exclude \
+        else None
+    metrics = vector_ranking_metrics(users[tested], items, relevant, K, exclude=seen)
+    return {**{f"{name}@{K}": metrics[name] for name in ("precision", "recall", "ndcg", "map", "hit_rate")},
+            "mrr": metrics["mrr"], "auc": metrics["auc"]}
 
 
 # ---- fmctr -------------------------------------------------------------------------
@@ -115,7 +119,7 @@ def sides(features: bool, shape) -> tuple:
             _hash(items, ["i", "genres", "year"], multi=("genres",)))
 
 
-def fmctr_scores(train: pl.DataFrame, shape, setting: dict, seed: int) -> np.ndarray:
+def fmctr_vectors(train: pl.DataFrame, shape, setting: dict, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """fmctr trained from the positives with the setting's options over its defaults
     for this mode (fmctr.training.positives), epochs chosen by its own held-out check."""
     options = {k: v for k, v in setting.items() if k not in ("negatives", "loss", "sampling", "pool", "features")}
@@ -127,21 +131,21 @@ def fmctr_scores(train: pl.DataFrame, shape, setting: dict, seed: int) -> np.nda
                                 sampling=setting.get("sampling", "uniform"), loss=setting.get("loss", "logistic"),
                                 pool=setting.get("pool", POOL))
     w = result.weights
-    return user_side(w, users).vectors @ item_vectors(w, catalogue).T
+    return user_side(w, users).vectors, item_vectors(w, catalogue)
 
 
 # ---- peers ---------------------------------------------------------------------------
 
-def lightfm_scores(train: sp.csr_matrix, setting: dict, seed: int) -> np.ndarray:
+def lightfm_vectors(train: sp.csr_matrix, setting: dict, seed: int) -> tuple[np.ndarray, np.ndarray]:
     from lightfm import LightFM
 
     model = LightFM(no_components=setting["dim"], loss=setting["loss"], learning_rate=0.05, random_state=seed)
     model.fit(train.tocoo(), epochs=setting["epochs"], num_threads=2)
-    users, items = model.get_user_representations(), model.get_item_representations()
-    return users[1] @ items[1].T + items[0][None, :]
+    (_, users), (item_bias, items) = model.get_user_representations(), model.get_item_representations()
+    return np.c_[users, np.ones(len(users))], np.c_[items, item_bias]
 
 
-def implicit_scores(train: sp.csr_matrix, setting: dict, seed: int) -> np.ndarray:
+def implicit_vectors(train: sp.csr_matrix, setting: dict, seed: int) -> tuple[np.ndarray, np.ndarray]:
     from implicit.cpu.als import AlternatingLeastSquares
     from implicit.cpu.bpr import BayesianPersonalizedRanking
 
@@ -153,7 +157,7 @@ def implicit_scores(train: sp.csr_matrix, setting: dict, seed: int) -> np.ndarra
                                             regularization=setting["reg"], iterations=setting["epochs"],
                                             random_state=seed, num_threads=2)
     model.fit(train, show_progress=False)
-    return np.asarray(model.user_factors) @ np.asarray(model.item_factors).T
+    return np.asarray(model.user_factors), np.asarray(model.item_factors)
 
 
 def _grid(**axes) -> list[dict]:
@@ -161,11 +165,11 @@ def _grid(**axes) -> list[dict]:
 
 
 PEERS = {
-    "lightfm-warp": (lightfm_scores, _grid(loss=["warp"], dim=[32, 64], epochs=[10, 30, 60])),
-    "lightfm-bpr": (lightfm_scores, _grid(loss=["bpr"], dim=[32, 64], epochs=[10, 30, 60])),
-    "implicit-bpr": (implicit_scores, _grid(model=["bpr"], dim=[32, 64], lr=[0.01, 0.05], reg=[0.01],
+    "lightfm-warp": (lightfm_vectors, _grid(loss=["warp"], dim=[32, 64], epochs=[10, 30, 60])),
+    "lightfm-bpr": (lightfm_vectors, _grid(loss=["bpr"], dim=[32, 64], epochs=[10, 30, 60])),
+    "implicit-bpr": (implicit_vectors, _grid(model=["bpr"], dim=[32, 64], lr=[0.01, 0.05], reg=[0.01],
                                             epochs=[100, 300])),
-    "implicit-als": (implicit_scores, _grid(model=["als"], dim=[32, 64], reg=[0.1, 10.0], alpha=[1.0, 10.0])),
+    "implicit-als": (implicit_vectors, _grid(model=["als"], dim=[32, 64], reg=[0.1, 10.0], alpha=[1.0, 10.0])),
 }
 
 
@@ -177,8 +181,8 @@ def carves(frame, protocol, seed):
 
 def carve_ndcg(fit, setting, frame, protocol, seed, shape) -> float:
     _, (carve_fit, carve_valid) = carves(frame, protocol, seed)
-    scores = fit(carve_fit, setting, seed)
-    return ranking_metrics(scores, matrix(carve_fit, shape), matrix(carve_valid, shape))[f"ndcg@{K}"]
+    vectors = fit(carve_fit, setting, seed)
+    return ranking_metrics(vectors, matrix(carve_fit, shape), matrix(carve_valid, shape))[f"ndcg@{K}"]
 
 
 def choose_and_test(fit, settings, frame, protocol, seed, shape) -> dict:
@@ -188,13 +192,13 @@ def choose_and_test(fit, settings, frame, protocol, seed, shape) -> dict:
     tried = [(carve_ndcg(fit, s, frame, protocol, seed, shape) if len(settings) > 1 else None, s) for s in settings]
     best = max(tried, key=lambda t: t[0] or 0)[1]
     started = time.perf_counter()
-    scores = fit(train, best, seed)
+    vectors = fit(train, best, seed)
     seconds = time.perf_counter() - started
     train_m, test_m = matrix(train, shape), matrix(test, shape)
     out = {"setting": best, "seconds": round(seconds, 2), "sweep": [[v and round(v, 4), s] for v, s in tried],
-           "excluded": ranking_metrics(scores, train_m, test_m), "train_pairs": train.height}
+           "excluded": ranking_metrics(vectors, train_m, test_m), "train_pairs": train.height}
     if protocol == "lightfm":
-        out["kept"] = ranking_metrics(scores, train_m, test_m, exclude=False)
+        out["kept"] = ranking_metrics(vectors, train_m, test_m, exclude=False)
     return out
 
 
@@ -205,7 +209,7 @@ def choose_defaults(protocols, seeds, changes) -> str:
     shape = (frame.get_column("u").max() + 1, frame.get_column("i").max() + 1)
     lines = [f"carve NDCG@{K} (mean over {', '.join(protocols)} x {len(seeds)} seed(s)), each change of the defaults"]
     for change in changes:
-        values = [carve_ndcg(lambda f, s, sd: fmctr_scores(f, shape, s, sd), change, frame, p, seed, shape)
+        values = [carve_ndcg(lambda f, s, sd: fmctr_vectors(f, shape, s, sd), change, frame, p, seed, shape)
                   for p in protocols for seed in seeds]
         lines.append(f"{json.dumps(change):<28}{np.mean(values):.4f}  " + " ".join(f"{v:.4f}" for v in values))
         print(lines[-1], file=sys.stderr, flush=True)
@@ -235,7 +239,7 @@ def run(protocols, seeds, peers, fmctr_settings, refresh: bool) -> dict:
         if not fmctr_settings:
             continue
         results[(protocol, seed, "fmctr")] = choose_and_test(
-            lambda f, s, sd: fmctr_scores(f, shape, s, sd), fmctr_settings, frame, protocol, seed, shape)
+            lambda f, s, sd: fmctr_vectors(f, shape, s, sd), fmctr_settings, frame, protocol, seed, shape)
         print(f"{protocol} seed {seed}: fmctr {results[(protocol, seed, 'fmctr')]['setting']}", file=sys.stderr)
     return results
 
@@ -246,14 +250,14 @@ def table(results: dict, protocols, seeds) -> str:
     for protocol in protocols:
         lines.append(f"\n{protocol} protocol, {len(seeds)} seed(s), mean; training items excluded"
                      + (" (P@10 kept: training items left in the ranking)" if protocol == "lightfm" else ""))
-        lines.append(f"{'model':<14}{'P@10':>8}{'R@10':>8}{'NDCG@10':>9}{'MAP@10':>8}"
+        lines.append(f"{'model':<14}{'P@10':>8}{'R@10':>8}{'NDCG@10':>9}{'MAP@10':>8}{'AUC':>8}"
                      + (f"{'P@10 kept':>11}" if protocol == "lightfm" else "") + "  fit s  chosen")
         for name in names:
             runs = [results[(protocol, s, name)] for s in seeds]
             mean = {m: np.mean([r["excluded"][m] for r in runs]) for m in runs[0]["excluded"]}
             kept = f"{np.mean([r['kept'][f'precision@{K}'] for r in runs]):>11.4f}" if protocol == "lightfm" else ""
             lines.append(f"{name:<14}{mean['precision@10']:>8.4f}{mean['recall@10']:>8.4f}{mean['ndcg@10']:>9.4f}"
-                         f"{mean['map@10']:>8.4f}{kept}{np.mean([r['seconds'] for r in runs]):>7.1f}  "
+                         f"{mean['map@10']:>8.4f}{mean['auc']:>8.4f}{kept}{np.mean([r['seconds'] for r in runs]):>7.1f}  "
                          f"{runs[0]['setting']}")
     return "\n".join(lines)
 
