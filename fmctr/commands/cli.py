@@ -340,7 +340,7 @@ def train_cmd(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or tables.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the training summary (the model file's training metadata) as JSON on stdout.")] = False,
     items: Annotated[Optional[str], typer.Option("--items", metavar="CATALOGUE", help="Train from positives only: INPUT is a log of positives (user columns and the item id), CATALOGUE the items (id and item features); each positive meets --negatives catalogue items drawn as negatives, drawn again every epoch. Starts from its own defaults where the options are left at theirs: dim 32, lr 0.05, init-std 0.1, no L2 but 1e-3 on the factors (README, \"Recall\").", rich_help_panel="Positives only")] = None,
-    negatives: Annotated[int, typer.Option(metavar="N", help="With --items: negatives drawn per positive.", rich_help_panel="Positives only")] = 8,
+    negatives: Annotated[int, typer.Option(metavar="N", help="With --items: negatives drawn per positive.", rich_help_panel="Positives only")] = 32,
     sampling: Annotated[str, typer.Option(help="With --items: uniform over the catalogue, or popularity (count^0.75).", rich_help_panel="Positives only")] = "uniform",
     pool: Annotated[int, typer.Option(metavar="M", help="With --items: each negative is the best-scored of M draws by the epoch's starting weights, the user's own positives left out (hard negatives; 1: plain draws).", rich_help_panel="Positives only")] = 4,
     loss: Annotated[str, typer.Option(help="With --items: logistic (the positive 1, its negatives 0) or bpr (pairwise: the positive above each negative; cpu engine).", rich_help_panel="Positives only")] = "logistic",

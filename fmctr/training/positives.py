@@ -24,7 +24,7 @@ LOSSES = ("logistic", "bpr")
 # by popularity alone (P@10 0.116 against 0.22 on LightFM's protocol).
 POSITIVES_DEFAULTS = {"dim": 32, "lr": 0.05, "init_std": 0.1, "adagrad_init": 0.01,
                       "l2_linear": 0.0, "l2_factors": 1e-3, "l2_all_factors": 0.0}
-NEGATIVES = 8  # drawn per positive
+NEGATIVES = 32  # drawn per positive
 POOL = 4  # draws per negative, the best-scored kept (MinedRows)
 STOP_METRIC = f"ndcg@{K}"
 MAX_CHECK_USERS = 2000  # held-out users scored per check (a random subset beyond this)
