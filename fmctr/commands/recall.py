@@ -21,7 +21,7 @@ from fmctr.hashing.rare import RareMap
 from fmctr.hashing.stream import Hasher
 from fmctr.hashing.tokens import Rows
 from fmctr.models.modelfile import Model
-from fmctr.models.retrieval import ITEM_BLOCK, Exclusions, top_k
+from fmctr.models.retrieval import Exclusions, top_k
 from fmctr.models.towers import UserSide, item_vectors, user_side
 from fmctr.ranking import auc_from_counts, mean_ranking_metrics
 from fmctr.reading.read import display_name, open_source, prefetch
@@ -334,8 +334,11 @@ def held_out(test_path: str, model: Model, catalogue: Catalogue, *, user_id: str
     return HeldOut(users.get_column("_user"), Rows.concat(rows).take(users.get_column("_row").to_numpy()), relevant)
 
 
+EVAL_ITEM_BLOCK = 2048  # each (user, held-out item) pair compares its score with a block of this many
+
+
 def _rank_counts(vectors: np.ndarray, items: np.ndarray, relevant: list[np.ndarray], exclude: Exclusions,
-                 item_block: int = ITEM_BLOCK) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                 item_block: int = EVAL_ITEM_BLOCK) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """For every (user, relevant item) pair of these users: its score, and how many
     candidates (items not excluded) score above it and level with it (itself
     included), over every item block. Levels are within a relative 1e-5 (BLAS and

@@ -20,7 +20,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-SCAN_FROM = 1 << 16  # items: from this many the numba kernel beats argpartition (and its load time pays)
+# From this many items, or scores in all, the numba kernel (about 7x argpartition's
+# throughput here) pays for its load time (0.3 s to a few seconds on a busy machine).
+SCAN_FROM = 1 << 16
+SCAN_FROM_SCORES = 1 << 26
 USER_BLOCK = 512
 ITEM_BLOCK = 8192
 SCAN_ITEM_BLOCK = 16384  # the kernel's items per block (dim 16: 1.1 MB, in a core's L2 cache)
@@ -59,7 +62,7 @@ def top_k(users: np.ndarray, items: np.ndarray, k: int, *, exclude: Exclusions |
     scores (n, K) float32), best first. K is at most the number of items; a user with
     fewer candidates (exclusions) has -1 positions and -inf scores at the end.
     `scan` forces the numba kernel (True) or BLAS blocks and argpartition (False);
-    None chooses by the catalogue's size (SCAN_FROM)."""
+    None chooses by size (SCAN_FROM, SCAN_FROM_SCORES)."""
     n, m = len(users), len(items)
     k = min(k, m)
     positions = np.full((n, k), -1, np.int64)
@@ -69,7 +72,7 @@ def top_k(users: np.ndarray, items: np.ndarray, k: int, *, exclude: Exclusions |
     users = np.ascontiguousarray(users, np.float32)
     items = np.ascontiguousarray(items, np.float32)
     exclude = exclude or Exclusions.none(n)
-    if (m >= SCAN_FROM if scan is None else scan):
+    if (m >= SCAN_FROM or n * m >= SCAN_FROM_SCORES) if scan is None else scan:
         _scan(users, items, exclude, scores, positions)
     else:
         _blocks(users, items, exclude, scores, positions, user_block, item_block)
