@@ -341,6 +341,11 @@ def train_cmd(
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto (CUDA when available).", rich_help_panel=TRAIN)] = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or tables.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the training summary (the model file's training metadata) as JSON on stdout.")] = False,
+    items: Annotated[Optional[str], typer.Option("--items", metavar="CATALOGUE", help="Train from positives only: INPUT is a log of positives (user columns and the item id), CATALOGUE the items (id and item features); each positive meets --negatives catalogue items drawn as negatives, drawn again every epoch. Starts from its own defaults where the options are left at theirs: dim 32, lr 0.05, init-std 0.1, no L2 but 1e-3 on the factors (README, \"Recall\").", rich_help_panel="Positives only")] = None,
+    negatives: Annotated[int, typer.Option(metavar="N", help="With --items: negatives drawn per positive.", rich_help_panel="Positives only")] = 32,
+    sampling: Annotated[str, typer.Option(help="With --items: uniform over the catalogue, or popularity (count^0.75).", rich_help_panel="Positives only")] = "uniform",
+    pool: Annotated[int, typer.Option(metavar="M", help="With --items: each negative is the best-scored of M draws by the epoch's starting weights, the user's own positives left out (hard negatives; 1: plain draws).", rich_help_panel="Positives only")] = 4,
+    loss: Annotated[str, typer.Option(help="With --items: logistic (the positive 1, its negatives 0) or bpr (pairwise: the positive above each negative; cpu engine).", rich_help_panel="Positives only")] = "logistic",
     force: Force = False,
 ) -> None:
     """Train an FM on raw or hashed data and write a self-contained model file.
@@ -395,6 +400,10 @@ def train_cmd(
         raise BadOptions("-o - and --json both write to stdout: give one of them")
     if checkpoint_every is not None and ckpt is None:
         raise BadOptions(f"--checkpoint-every: -o {output} is not a file, so there is no default checkpoint; give --checkpoint FILE")
+    if items is not None:
+        return _train_from_positives(input, items, out, spec=spec, bits=bits, hash_seed=hash_seed, cfg=cfg, quiet=quiet,
+                                     json_out=json_out, negatives=negatives, sampling=sampling, loss=loss, pool=pool,
+                                     others=(start, resume, valid, valid_fraction, min_count, distributed.launched()))
     warm = load(start) if start is not None else None
     replicas = sync = None
     if distributed.launched():
@@ -435,6 +444,28 @@ def train_cmd(
             stderr.print(history_table(result.history, result.best_epoch))
         best = f", best epoch {result.best_epoch}" if valid or valid_fraction else ""
         stderr.print(f"wrote {output} ({result.rows:,} rows, {len(result.history)} epoch(s){best})", highlight=False)
+    if json_out:
+        _print_data(json.dumps(_json_safe(model.training)))
+
+
+def _train_from_positives(input, items, out, *, spec, bits, hash_seed, cfg, quiet, json_out, negatives, sampling, loss,
+                          pool, others) -> None:
+    from fmctr.commands.positives import train_from_positives
+    from fmctr.commands.progress import TrainProgress, stderr
+    from fmctr.models.modelfile import save
+    from fmctr.training.loop import NullProgress
+
+    if any(o not in (None, False) for o in others):
+        raise BadOptions("--items (training from positives) takes no --model, --resume, --valid, --valid-fraction or "
+                         "--min-count, and does not run under torchrun")
+    progress = NullProgress() if quiet else TrainProgress()
+    with progress:
+        model, result = train_from_positives(input, items, spec=spec, hashing=_hashing(bits, hash_seed), cfg=cfg,
+                                             negatives=negatives, sampling=sampling, loss=loss, pool=pool, progress=progress,
+                                             log=_err)
+    save(model, out)
+    if not quiet:
+        stderr.print(f"wrote {out.name} ({result.rows:,} rows a pass, {len(result.history)} epoch(s))", highlight=False)
     if json_out:
         _print_data(json.dumps(_json_safe(model.training)))
 

@@ -75,17 +75,24 @@ class TrainProgress(NullProgress):
     def validated(self, metrics: dict, within_epoch: bool) -> None:
         if within_epoch:  # (an epoch's own check is on its end_epoch line)
             self.console.print(
-                f"epoch {metrics['epoch']} at {metrics['rows']:,} rows: valid AUC {metrics['auc']:.4f}, "
-                f"logloss {metrics['logloss']:.4f}{' (best)' if metrics['best'] else ''}; lr {metrics['lr']:.3g}",
+                f"epoch {metrics['epoch']} at {metrics['rows']:,} rows: valid {_metrics(metrics)}"
+                f"{' (best)' if metrics['best'] else ''}; lr {metrics['lr']:.3g}",
                 highlight=False)
 
     def end_epoch(self, record: Epoch) -> None:
         line = f"epoch {record.epoch}: train logloss {record.train_logloss:.4f}, {record.rows_per_s:,.0f} rows/s"
         if record.valid:
-            line += f"; valid AUC {record.valid['auc']:.4f}, logloss {record.valid['logloss']:.4f}"
+            line += "; valid " + _metrics(record.valid)
         if record.lr is not None:
             line += f"; lr {record.lr:.3g}"
         self.console.print(line, highlight=False)
+
+
+def _metrics(valid: dict) -> str:
+    """A check's metrics: AUC and logloss, or the ranking check's (training from positives)."""
+    if "auc" not in valid:
+        return ", ".join(f"{name} {valid[name]:.4f}" for name in valid if "@" in name)
+    return f"AUC {valid['auc']:.4f}, logloss {valid['logloss']:.4f}"
 
 
 def _fmt(value) -> str:

@@ -108,6 +108,20 @@ class CpuEngine:
             cfg.seed, cfg.init_std, cfg.adagrad_init, self.ftrl, self.inv_counts, self.priors,
         )
 
+    def train_pairs(self, rows: Rows, order: np.ndarray) -> float:
+        """BPR on pairs of rows (2j the positive, 2j + 1 a negative; `order` indexes
+        pairs): kernel.train_pairs, batch_size pairs an update."""
+        cfg = self.cfg
+        both = np.stack([2 * order, 2 * order + 1], axis=1).ravel()
+        rows, _ = self._gather(rows, both)
+        max_row = int(np.diff(rows.offsets).max(initial=0))
+        return kernel.train_pairs(
+            *map(_read_only, (rows.indices, rows.values, rows.offsets)), cfg.batch_size, self.threads,
+            self.w.bias, self.w.linear, self.table, self.w.dim, self.linear_state1, self.linear_state2,
+            self.factor_state2, self.seen, max_row, self.code, self.lr, cfg.l2_linear, cfg.l2_factors, cfg.eps,
+            self.counters, cfg.seed, cfg.init_std, cfg.adagrad_init, self.ftrl, self.inv_counts, self.priors,
+        )
+
     def _gather(self, rows: Rows, order: np.ndarray) -> tuple[Rows, np.ndarray]:
         """The rows `order`, copied in that order (kernel.gather_rows), and the identity
         order over them: the same rows in the same order, so the same updates, but read

@@ -455,3 +455,87 @@ def gather_rows(indices, values, offsets, labels, order, out_indices, out_values
         if copy_values:
             for p in range(offsets[r + 1] - lo):
                 out_values[d + p] = values[lo + p]
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=FAST)
+def _pair_logits(indices, values, offsets, r, bias, linear, table, k, seen, init_seed, init_std, s_pos, s_neg):
+    """score(row r) and score(row r + 1), meeting their new features first; leaves
+    each row's sum_i v_i x_i in s_pos and s_neg."""
+    for p in range(offsets[r], offsets[r + 2]):
+        i = indices[p]
+        if not seen[i]:
+            seen[i] = True
+            _init_row_k(table, i, k, init_seed, init_std)
+    z_pos = _row_logit_k(indices, values, offsets[r], offsets[r + 1], bias, linear, table, k, s_pos)
+    z_neg = _row_logit_k(indices, values, offsets[r + 1], offsets[r + 2], bias, linear, table, k, s_neg)
+    return z_pos, z_neg
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=FAST)
+def _train_pair_batch(indices, values, offsets, b0, b1, bias, linear, table, k, linear_state1, linear_state2,
+                      factor_state2, slots, s_pos, s_neg, seen, optimizer, lr, l2_linear, l2_factors, eps, step,
+                      init_seed, init_std, acc0, ftrl, inv_counts, priors):
+    """One mini-batch of BPR pairs (rows 2j, 2j + 1 for j in [b0, b1)): the gradient of
+    the mean of -log sigmoid(score(pos) - score(neg)) and one optimizer step, as
+    _train_batch does for logloss. The pair's rows are two ordinary rows whose
+    dloss/dlogit are g and -g, so shared features (the user's) get the difference;
+    the bias cancels. Returns the batch's summed loss."""
+    table_keys, table_slots, slot_pos, slot_rows, slot_linear, slot_factors = slots
+    mask = len(table_keys) - 1
+    inv_batch = 1.0 / (b1 - b0)
+    lr32, eps32, acc0_32 = np.float32(lr), np.float32(eps), np.float32(acc0)
+    prior = len(inv_counts) > 0
+    ftrl_linear = optimizer == FTRL
+    touch_lin32 = np.float32(0) if ftrl_linear else np.float32(l2_linear)
+    prior_lin32 = np.float32(0) if ftrl_linear else np.float32(priors[0])
+    prior_fac32 = np.float32(priors[1])
+    n_slots = 0
+    total_loss = 0.0
+    for j in range(b0, b1):
+        r = 2 * j
+        z_pos, z_neg = _pair_logits(indices, values, offsets, r, bias[0], linear, table, k, seen, init_seed,
+                                    init_std, s_pos, s_neg)
+        d = z_pos - z_neg
+        total_loss += max(-d, 0.0) + math.log1p(math.exp(-abs(d)))
+        g = np.float32(-inv_batch / (1.0 + math.exp(d)))  # d/dd of -log sigmoid(d), over the batch
+        for row, gr, s in ((r, g, s_pos), (r + 1, -g, s_neg)):
+            n_slots = _accumulate(indices, values, offsets[row], offsets[row + 1], gr, s, linear, table, k,
+                                  inv_counts, inv_batch, prior, prior_lin32, prior_fac32, table_keys, table_slots,
+                                  slot_pos, slot_rows, slot_linear, slot_factors, n_slots, mask)
+    c1 = np.float32(1.0 - 0.9**step)
+    c2 = np.float32(1.0 - 0.999**step)
+    _update_rows(n_slots, slot_rows, slot_linear, slot_factors, linear, linear_state1, linear_state2, table, k,
+                 factor_state2, optimizer, b1 - b0, ftrl, touch_lin32, np.float32(l2_factors), lr32, eps32, acc0_32,
+                 np.float32(0.9), np.float32(0.999), c1, c2)
+    for slot in range(n_slots):
+        table_keys[slot_pos[slot]] = -1
+    return total_loss
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy", parallel=True)
+def train_pairs(indices, values, offsets, batch_size, threads, bias, linear, table, k, linear_state1, linear_state2,
+                factor_state2, seen, max_row, optimizer, lr, l2_linear, l2_factors, eps, counters, init_seed, init_std,
+                acc0, ftrl, inv_counts, priors):
+    """Train on BPR pairs: rows 2j (the positive) and 2j + 1 (a negative), in order,
+    batch_size pairs a batch; threads share batches Hogwild-style as in train_rows.
+    Returns the summed pairwise loss."""
+    n = (len(offsets) - 1) // 2
+    n_batches = (n + batch_size - 1) // batch_size
+    losses = np.zeros(threads, np.float64)
+    slots = 2 * batch_size * max_row + 1
+    table_size = 1
+    while table_size < 2 * slots:
+        table_size *= 2
+    for t in numba.prange(threads):
+        scratch = (np.full(table_size, -1, np.int64), np.empty(table_size, np.int64), np.empty(slots, np.int64),
+                   np.empty(slots, np.int64), np.empty(slots, np.float32), np.empty((slots, k), np.float32))
+        s_pos = np.empty(k, np.float32)
+        s_neg = np.empty(k, np.float32)
+        for b in range(t, n_batches, threads):
+            b0 = b * batch_size
+            losses[t] += _train_pair_batch(
+                indices, values, offsets, b0, min(b0 + batch_size, n), bias, linear, table, k, linear_state1,
+                linear_state2, factor_state2, scratch, s_pos, s_neg, seen, optimizer, lr, l2_linear, l2_factors,
+                eps, counters[0] + b + 1, init_seed, init_std, acc0, ftrl, inv_counts, priors)
+    counters[0] += n_batches
+    return losses.sum()

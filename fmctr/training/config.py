@@ -18,7 +18,7 @@ from fmctr.errors import BadOptions
 from fmctr.models.runtime import ENGINES, known_device
 
 OPTIMIZERS = ("adagrad", "adam", "ftrl")
-STOP_METRICS = ("logloss", "auc")
+STOP_METRICS = ("logloss", "auc", "ndcg@10")  # ndcg@10: training from positives (fmctr.training.ranked)
 # Defaults chosen by measurement (README, "Accuracy"). With validation data, early
 # stopping decides the epochs, up to DEFAULT_MAX_EPOCHS. Without it (and without
 # --epochs), training holds out the last rows (fmctr.training.selection), lets early

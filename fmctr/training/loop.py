@@ -112,6 +112,7 @@ def train(rows: Rows | RowSource, cfg: TrainConfig, *, bits: int, valid: Rows | 
 
 
 def _as_source(rows: Rows | RowSource | None) -> RowSource | None:
+    """Rows as a source; a source, or a ranking check (fmctr.training.ranked), as it is."""
     return MemoryRows(rows) if isinstance(rows, Rows) else rows
 
 
@@ -168,12 +169,14 @@ def _epoch(run: Run, epoch: int, *, resumed: bool) -> None:
         engine.set_lr(run.cfg.lr_by_epoch[epoch - 1])
     started = time.perf_counter()
     skip = state.block if resumed else 0
+    if hasattr(run.source, "before_epoch"):  # (negatives mined with this epoch's weights)
+        run.source.before_epoch(engine.weights())
     for number, piece in epoch_pieces(run.source, run.rng, piece_rows=run.piece_rows, skip=skip, sync=run.sync):
         run.checkpoints.before_block(state, engine, epoch, number, epoch_rng, loss, rows_done, run.source.rows)
         if run.sync is not None:
             run.sync.before_piece(engine, piece)
         if piece is not None:
-            piece_loss = engine.train(*piece)
+            piece_loss = (engine.train_pairs if getattr(run.source, "pairs", False) else engine.train)(*piece)
             if run.sync is None:  # (a data-parallel run checks at the end of the epoch, on every rank)
                 check_loss(piece_loss, run.cfg, run.source, epoch, rows_done + len(piece[1]))
             loss += piece_loss

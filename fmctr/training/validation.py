@@ -21,9 +21,11 @@ def better(metric: str, new: float, old: float | None) -> bool:
 
 class Validation:
     def __init__(self, source, score, cfg, progress):
-        """`score(weights, source)` gives the probabilities of every row of `source`."""
+        """`score(weights, source)` gives the probabilities of every row of `source`; a
+        source with a `measure(weights)` (fmctr.training.ranked) measures itself."""
         self.source = source
-        self.labels = source.labels()
+        self.measure = getattr(source, "measure", None)
+        self.labels = None if self.measure else source.labels()
         self.score = score
         self.cfg = cfg
         self.progress = progress
@@ -33,7 +35,7 @@ class Validation:
         where the check fell, the rate after it, and whether it was the best so far)."""
         cfg = self.cfg
         current = engine.weights()
-        metrics = evaluate(self.labels, self.score(current, self.source))
+        metrics = self.measure(current) if self.measure else evaluate(self.labels, self.score(current, self.source))
         score = metrics[cfg.stop_metric]
         if better(cfg.stop_metric, score, state.best_score):
             state.best_score, state.best_epoch, state.since_best = score, epoch, 0

@@ -1,0 +1,150 @@
+"""Training from positives only (fmctr.datasets.negatives draws the negatives), with
+the epochs chosen the way ordinary training chooses them (fmctr.training.selection):
+the last positives held out, early stopping on them, then a refit on every positive -
+but judged by NDCG@10 over the whole catalogue (fmctr.training.ranked), not logloss.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fmctr.datasets.negatives import Positives, SampledRows, draw
+from fmctr.errors import BadOptions
+from fmctr.training import selection
+from fmctr.training.config import TrainConfig
+from fmctr.training.loop import TrainResult, train
+from fmctr.models.towers import item_vectors, user_side
+from fmctr.training.ranked import K, RankingCheck
+
+LOSSES = ("logistic", "bpr")
+# Training from positives starts from other defaults than CTR training (README, "Training
+# from positives only"; negatives, pool, loss and dim compared by `bench/recall.py
+# --choose` on carves of the training positives; the rate, initial scale and L2 in
+# earlier exploratory runs on MovieLens-100k): with one id per side,
+# a pair's gradient is the other side's factors, so factors that start at 0.01 under
+# Adagrad's initial accumulator of 1 and CTR's L2 shrink to nothing and the model ranks
+# by popularity alone (P@10 0.116 against 0.22 on LightFM's protocol).
+POSITIVES_DEFAULTS = {"dim": 32, "lr": 0.05, "init_std": 0.1, "adagrad_init": 0.01,
+                      "l2_linear": 0.0, "l2_factors": 1e-3, "l2_all_factors": 0.0}
+NEGATIVES = 32  # drawn per positive
+POOL = 4  # draws per negative, the best-scored kept (MinedRows)
+STOP_METRIC = f"ndcg@{K}"
+MAX_CHECK_USERS = 2000  # held-out users scored per check (a random subset beyond this)
+
+
+def for_positives(cfg: TrainConfig) -> TrainConfig:
+    """`cfg` with POSITIVES_DEFAULTS for the options left at their ordinary default."""
+    ordinary = TrainConfig().options()
+    given = cfg.options()
+    return cfg.with_options(**{name: value for name, value in POSITIVES_DEFAULTS.items()
+                               if given[name] == ordinary[name]})
+
+
+class MinedRows(SampledRows):
+    """Hard negatives: each of a positive's N negatives is the best-scored of `pool`
+    candidates drawn for it, by the weights at the start of the epoch, leaving out the
+    user's own training positives (the best-scored candidates would be those). As
+    LightFM's WARP looks for a negative that outscores the positive, this spends the
+    updates where the ranking is wrong, instead of on items already far below."""
+
+    CHUNK = 8192  # positives scored at once: CHUNK x N x pool candidate scores
+
+    def __init__(self, positives: Positives, negatives: int, *, pool: int, **options):
+        super().__init__(positives, negatives, **options)
+        self.pool, self.now = pool, None
+        keys = user_keys(positives.context)
+        size = len(positives.catalogue)
+        self.codes = keys.astype(np.int64) * size
+        self.own = np.unique(self.codes + positives.items)
+
+    def before_epoch(self, weights) -> None:
+        self.now = weights
+
+    def draw(self, rng: np.random.Generator) -> np.ndarray:
+        p, n = self.positives, self.negatives
+        count, size = len(p.items), len(p.catalogue)
+        drawn = draw(rng, count, n * self.pool, size, self.weights).reshape(count, n, self.pool)
+        if self.now is None or self.pool == 1:
+            return drawn[:, :, 0]
+        items = item_vectors(self.now, p.catalogue)
+        out = np.empty((count, n), np.int64)
+        for lo in range(0, count, self.CHUNK):
+            hi = min(lo + self.CHUNK, count)
+            users = user_side(self.now, p.context.slice(lo, hi)).vectors
+            candidates = drawn[lo:hi]
+            scores = np.einsum("ud,unpd->unp", users, items[candidates])
+            mine = np.isin(self.codes[lo:hi, None, None] + candidates, self.own)
+            scores[mine] = -np.inf
+            out[lo:hi] = np.take_along_axis(candidates, scores.argmax(2)[:, :, None], 2)[:, :, 0]
+        return out
+
+
+def user_keys(context) -> np.ndarray:
+    """A small integer per distinct context row (a user, or a user in a context)."""
+    lengths = np.diff(context.offsets)
+    if len(lengths) and (lengths == lengths[0]).all():
+        table = context.indices.reshape(len(lengths), -1)
+        if not (context.values == 1).all():
+            table = np.concatenate([table, context.values.view(np.int32).reshape(len(lengths), -1)], axis=1)
+        return np.unique(table, axis=0, return_inverse=True)[1].ravel()
+    keys = [context.indices[a:b].tobytes() + context.values[a:b].tobytes()
+            for a, b in zip(context.offsets[:-1], context.offsets[1:])]
+    return np.unique(np.array(keys, dtype=object), return_inverse=True)[1].ravel()
+
+
+def hold_out(positives: Positives, fraction: float, seed: int = 0) -> tuple[Positives, RankingCheck] | None:
+    """(the positives to train on, a check on the last `fraction` of them), or None
+    when nothing would be left on either side."""
+    n = len(positives.items)
+    cut = n - int(round(n * fraction))
+    if cut <= 0 or cut >= n:
+        return None
+    keys = user_keys(positives.context)
+    fit, held = np.arange(cut), np.arange(cut, n)
+    users, first = np.unique(keys[held], return_index=True)
+    if len(users) > MAX_CHECK_USERS:
+        pick = np.sort(np.random.default_rng(seed).choice(len(users), MAX_CHECK_USERS, replace=False))
+        users, first = users[pick], first[pick]
+    relevant = _items_by_user(keys[held], positives.items[held], users)
+    seen = _items_by_user(keys[fit], positives.items[fit], users)
+    check = RankingCheck(positives.context.take(held[first]), relevant, seen, positives.catalogue)
+    return positives.take(fit), check
+
+
+def _items_by_user(keys: np.ndarray, items: np.ndarray, users: np.ndarray) -> list[np.ndarray]:
+    order = np.argsort(keys, kind="stable")
+    keys, items = keys[order], items[order]
+    lo, hi = np.searchsorted(keys, users, "left"), np.searchsorted(keys, users, "right")
+    return [np.unique(items[a:b]) for a, b in zip(lo, hi)]
+
+
+def train_positives(positives: Positives, cfg: TrainConfig, *, bits: int, negatives: int, sampling: str = "uniform",
+                    loss: str = "logistic", pool: int = POOL, progress=None) -> tuple[TrainResult, TrainResult | None]:
+    """Train on positives with sampled negatives, from POSITIVES_DEFAULTS where `cfg`
+    leaves an option at its ordinary default: (the model's run, the held-out run that
+    chose its epochs, or None when the epochs were given or nothing was held out)."""
+    if loss not in LOSSES:
+        raise BadOptions(f"unknown loss {loss!r} (choose from {', '.join(LOSSES)})")
+    cfg = for_positives(cfg)
+    if loss == "bpr" and cfg.engine == "torch":
+        raise BadOptions("--loss bpr runs on the cpu engine; the torch engine trains --loss logistic")
+
+    def source(p: Positives) -> SampledRows:
+        options = {"sampling": sampling, "pairs": loss == "bpr", "seed": cfg.seed}
+        if pool > 1:
+            return MinedRows(p, negatives, pool=pool, **options)
+        return SampledRows(p, negatives, **options)
+
+    parts = None
+    if selection.chooses_epochs(cfg, validation=False):
+        fraction = selection.holdout_fraction(cfg, len(positives.items))
+        parts = hold_out(positives, fraction, cfg.seed)
+    if parts is None:
+        fixed = cfg if cfg.epochs is not None else selection.fixed(cfg)
+        return train(source(positives), fixed, bits=bits, progress=progress), None
+    fit, check = parts
+    chose = train(source(fit), cfg.with_options(stop_metric=STOP_METRIC), bits=bits, valid=check, progress=progress)
+    if not cfg.refit:
+        return chose, chose
+    refit = selection.refit_config(cfg, chose)
+    return train(source(positives), refit, bits=bits, progress=progress), chose
