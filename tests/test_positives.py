@@ -203,6 +203,10 @@ def test_train_from_positives_on_the_command_line(tmp_path):
     model = load(out)
     assert model.schema.item == ("movie_id", "genres", "year")  # the catalogue's columns
     assert model.training["negatives"] == 4 and model.training["epochs_run"] == 2
+    assert model.weights.factors.shape[1] == 32  # this mode's default dim
+    dim8 = CliRunner().invoke(app, [*args, "--dim", "8", "--force"])  # given, though equal to CTR's default
+    assert dim8.exit_code == 0, dim8.output
+    assert load(out).weights.factors.shape[1] == 8
     pl.DataFrame({"user_id": ["u0"], "age": [61], "occupation": ["retired"], "movie_id": ["nope"]}).write_csv(
         tmp_path / "bad.csv")
     bad = CliRunner().invoke(app, [args[0], str(tmp_path / "bad.csv"), *args[2:], "--force"])

@@ -292,6 +292,7 @@ def preprocess(
 @app.command("train")
 @errors_to_exit
 def train_cmd(
+    ctx: typer.Context,
     input: Annotated[Optional[str], typer.Argument(metavar="INPUT", help="Training data file, or - for stdin (gzip is detected).  [default: -, or the checkpoint's input with --resume]")] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Model file to write.  [required, except with --resume]")] = None,
     start: Annotated[Optional[Path], typer.Option("--model", "-m", help="Continue from this model (warm start): its schema, hashing, weights and optimizer state; new data, same columns.")] = None,
@@ -341,7 +342,7 @@ def train_cmd(
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto (CUDA when available).", rich_help_panel=TRAIN)] = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or tables.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the training summary (the model file's training metadata) as JSON on stdout.")] = False,
-    items: Annotated[Optional[str], typer.Option("--items", metavar="CATALOGUE", help="Train from positives only: INPUT is a log of positives (user columns and the item id), CATALOGUE the items (id and item features); each positive meets --negatives catalogue items drawn as negatives, drawn again every epoch. Starts from its own defaults where the options are left at theirs: dim 32, lr 0.05, init-std 0.1, no L2 but 1e-3 on the factors (README, \"Recall\").", rich_help_panel="Positives only")] = None,
+    items: Annotated[Optional[str], typer.Option("--items", metavar="CATALOGUE", help="Train from positives only: INPUT is a log of positives (user columns and the item id), CATALOGUE the items (id and item features); each positive meets --negatives catalogue items drawn as negatives, drawn again every epoch. Options not given start from this mode's own defaults: dim 32, lr 0.05, init-std 0.1, no L2 but 1e-3 on the factors (README, \"Recall\").", rich_help_panel="Positives only")] = None,
     negatives: Annotated[int, typer.Option(metavar="N", help="With --items: negatives drawn per positive.", rich_help_panel="Positives only")] = 32,
     sampling: Annotated[str, typer.Option(help="With --items: uniform over the catalogue, or popularity (count^0.75).", rich_help_panel="Positives only")] = "uniform",
     pool: Annotated[int, typer.Option(metavar="M", help="With --items: each negative is the best-scored of M draws by the epoch's starting weights, the user's own positives left out (hard negatives; 1: plain draws).", rich_help_panel="Positives only")] = 4,
@@ -401,7 +402,7 @@ def train_cmd(
     if checkpoint_every is not None and ckpt is None:
         raise BadOptions(f"--checkpoint-every: -o {output} is not a file, so there is no default checkpoint; give --checkpoint FILE")
     if items is not None:
-        return _train_from_positives(input, items, out, spec=spec, bits=bits, hash_seed=hash_seed, cfg=cfg, quiet=quiet,
+        return _train_from_positives(input, items, out, given=_given(ctx, POSITIVES_OPTIONS), spec=spec, bits=bits, hash_seed=hash_seed, cfg=cfg, quiet=quiet,
                                      json_out=json_out, negatives=negatives, sampling=sampling, loss=loss, pool=pool,
                                      others=(start, resume, valid, valid_fraction, min_count, distributed.launched()))
     warm = load(start) if start is not None else None
@@ -448,7 +449,18 @@ def train_cmd(
         _print_data(json.dumps(_json_safe(model.training)))
 
 
-def _train_from_positives(input, items, out, *, spec, bits, hash_seed, cfg, quiet, json_out, negatives, sampling, loss,
+# train's options that training from positives gives defaults of its own: CLI name -> config name
+POSITIVES_OPTIONS = {"dim": "dim", "lr": "lr", "init_std": "init_std", "l2": "l2_linear", "l2_factors": "l2_factors",
+                     "l2_all_factors": "l2_all_factors"}
+
+
+def _given(ctx: typer.Context, names: dict[str, str]) -> frozenset[str]:
+    """The config names of the options set on the command line (even to their default)."""
+    return frozenset(config for option, config in names.items()
+                     if ctx.get_parameter_source(option).name not in ("DEFAULT", "DEFAULT_MAP"))
+
+
+def _train_from_positives(input, items, out, *, given, spec, bits, hash_seed, cfg, quiet, json_out, negatives, sampling, loss,
                           pool, others) -> None:
     from fmctr.commands.positives import train_from_positives
     from fmctr.commands.progress import TrainProgress, stderr
@@ -462,7 +474,7 @@ def _train_from_positives(input, items, out, *, spec, bits, hash_seed, cfg, quie
     with progress:
         model, result = train_from_positives(input, items, spec=spec, hashing=_hashing(bits, hash_seed), cfg=cfg,
                                              negatives=negatives, sampling=sampling, loss=loss, pool=pool, progress=progress,
-                                             log=_err)
+                                             log=_err, given=given)
     save(model, out)
     if not quiet:
         stderr.print(f"wrote {out.name} ({result.rows:,} rows a pass, {len(result.history)} epoch(s))", highlight=False)

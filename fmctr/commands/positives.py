@@ -75,15 +75,16 @@ def read_positives(path: str, items: str, schema: Schema, hashing: HashSpec) -> 
 
 def train_from_positives(path: str, items: str, *, spec: SchemaSpec, hashing: HashSpec | None, cfg: TrainConfig,
                          negatives: int, sampling: str, loss: str, pool: int = 1, progress=None,
-                         log: Log = silent) -> tuple[Model, TrainResult]:
+                         log: Log = silent, given: frozenset[str] | None = None) -> tuple[Model, TrainResult]:
     """Read the positives and the catalogue, train (fmctr.training.positives) and
-    return the model with its run."""
+    return the model with its run. `given`: the training options the user set (the
+    others start from this mode's defaults)."""
     started = time.time()
     hashing = hashing or HashSpec(bits=DEFAULT_BITS)
     schema = positives_schema(path, items, spec)
     positives = read_positives(path, items, schema, hashing)
     result, chose = train_positives(positives, cfg, bits=hashing.bits, negatives=negatives, sampling=sampling,
-                                    loss=loss, pool=pool, progress=progress)
+                                    loss=loss, pool=pool, progress=progress, given=given)
     training = {
         "input": display_name(path), "items": display_name(items), "rows": len(positives.items),
         "catalogue_items": len(positives.catalogue), "negatives": negatives, "sampling": sampling, "loss": loss, "pool": pool,

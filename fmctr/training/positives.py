@@ -32,12 +32,14 @@ STOP_METRIC = f"ndcg@{K}"
 MAX_CHECK_USERS = 2000  # held-out users scored per check (a random subset beyond this)
 
 
-def for_positives(cfg: TrainConfig) -> TrainConfig:
-    """`cfg` with POSITIVES_DEFAULTS for the options left at their ordinary default."""
-    ordinary = TrainConfig().options()
-    given = cfg.options()
-    return cfg.with_options(**{name: value for name, value in POSITIVES_DEFAULTS.items()
-                               if given[name] == ordinary[name]})
+def for_positives(cfg: TrainConfig, given: frozenset[str] | None = None) -> TrainConfig:
+    """`cfg` with POSITIVES_DEFAULTS for the options not `given` (the command line says
+    which it set; a value equal to the ordinary default, e.g. --dim 8, is kept). Without
+    `given`, an option at its ordinary default counts as not given."""
+    if given is None:
+        ordinary, options = TrainConfig().options(), cfg.options()
+        given = frozenset(name for name in POSITIVES_DEFAULTS if options[name] != ordinary[name])
+    return cfg.with_options(**{name: value for name, value in POSITIVES_DEFAULTS.items() if name not in given})
 
 
 class MinedRows(SampledRows):
@@ -119,13 +121,14 @@ def _items_by_user(keys: np.ndarray, items: np.ndarray, users: np.ndarray) -> li
 
 
 def train_positives(positives: Positives, cfg: TrainConfig, *, bits: int, negatives: int, sampling: str = "uniform",
-                    loss: str = "logistic", pool: int = POOL, progress=None) -> tuple[TrainResult, TrainResult | None]:
+                    loss: str = "logistic", pool: int = POOL, progress=None,
+                    given: frozenset[str] | None = None) -> tuple[TrainResult, TrainResult | None]:
     """Train on positives with sampled negatives, from POSITIVES_DEFAULTS where `cfg`
-    leaves an option at its ordinary default: (the model's run, the held-out run that
+    does not set (`given`, see for_positives): (the model's run, the held-out run that
     chose its epochs, or None when the epochs were given or nothing was held out)."""
     if loss not in LOSSES:
         raise BadOptions(f"unknown loss {loss!r} (choose from {', '.join(LOSSES)})")
-    cfg = for_positives(cfg)
+    cfg = for_positives(cfg, given)
     if loss == "bpr" and cfg.engine == "torch":
         raise BadOptions("--loss bpr runs on the cpu engine; the torch engine trains --loss logistic")
 
