@@ -114,3 +114,16 @@ def test_fine_buckets_tell_small_fractions_apart_where_bucket_merges_them():
     # the same bucket for values within a quarter octave, on either side of 0 apart
     assert bucket_values(np.array([0.101]), True)[0] == bucket_values(np.array([0.102]), True)[0]
     assert bucket_values(np.array([0.1]), True)[0] != bucket_values(np.array([-0.1]), True)[0]
+
+
+def test_a_null_hashes_as_the_empty_string():
+    """Readers give "" for a missing value; a null handed to hash_chunk directly (a
+    library caller's frame) must hash the same, not to an index outside the space."""
+    schema = Schema("label", (Field("a"), Field("n", "numeric", numeric="fine"), Field("m", "multi")))
+    spec = HashSpec(bits=12)
+    with_null = pl.DataFrame({"label": ["1", "0"], "a": ["x", None], "n": ["1.5", None], "m": ["p|q", None]})
+    empty = with_null.fill_null("")
+    got, want = (hash_chunk(Chunk(f, None), schema, spec, name="t", columns=f.columns, require_label=True)
+                 for f in (with_null, empty))
+    np.testing.assert_array_equal(got.indices, want.indices)
+    assert got.indices.min() >= 0 and got.indices.max() < spec.size

@@ -281,8 +281,11 @@ def hash_chunk(
     columns: list[str],
     require_label: bool,
 ) -> Rows:
-    """Hash one chunk of string columns into CSR rows."""
+    """Hash one chunk of string columns into CSR rows (a null counts as "", as the
+    readers give a missing value)."""
     frame = chunk.frame
+    if frame.height and any(frame.null_count().row(0)):
+        frame = frame.fill_null("")
     if schema.format in SPARSE_FORMATS:
         return _hash_sparse_lines(chunk, spec, name=name, require_label=require_label)
     position = {c: i + 1 for i, c in enumerate(columns)} if chunk.first_line is not None else {}
