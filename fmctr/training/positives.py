@@ -19,8 +19,8 @@ from fmctr.training.ranked import K, RankingCheck
 LOSSES = ("logistic", "bpr")
 # Training from positives starts from other defaults than CTR training (README, "Training
 # from positives only"; negatives, pool, loss and dim compared by `bench/recall.py
-# --choose` on carves of the training positives; the rate, initial scale and L2 in
-# earlier exploratory runs on MovieLens-100k): with one id per side,
+# --choose` on carves of the training positives; the rate, initial scale and L2 first
+# set in exploratory runs on MovieLens-100k, then rechecked on the carves): with one id per side,
 # a pair's gradient is the other side's factors, so factors that start at 0.01 under
 # Adagrad's initial accumulator of 1 and CTR's L2 shrink to nothing and the model ranks
 # by popularity alone (P@10 0.116 against 0.22 on LightFM's protocol).
