@@ -18,7 +18,7 @@ import numpy as np
 import polars as pl
 
 from fmctr import __version__
-from fmctr.commands.recall import open_side
+from fmctr.commands.recall import check_item_ids, open_side
 from fmctr.datasets.inputs import DEFAULT_BITS, Log, silent
 from fmctr.datasets.negatives import Positives
 from fmctr.errors import BadInput, BadOptions
@@ -60,9 +60,7 @@ def read_positives(path: str, items: str, schema: Schema, hashing: HashSpec) -> 
     schema_only = Model(FMWeights.zeros(1, 0), schema, hashing, {})
     item_id = schema.item[0]
     catalogue, ids = _side(items, schema_only, item=True, item_id=item_id)
-    if ids.is_duplicated().any():
-        raise BadInput(f"{display_name(items)}: item id {ids[int(ids.is_duplicated().arg_max())]!r} appears more "
-                       "than once; ids must be unique")
+    check_item_ids(ids, display_name(items), item_id)
     context, chosen = _side(path, schema_only, item=False, item_id=item_id)
     lookup = pl.DataFrame({"id": ids, "at": np.arange(len(ids), dtype=np.int64)})
     at = pl.DataFrame({"id": chosen}).join(lookup, on="id", how="left", maintain_order="left").get_column("at")

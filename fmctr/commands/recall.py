@@ -108,13 +108,18 @@ def load_catalogue(path: str, model: Model, *, item_id: str | None = None, featu
         raise
     columns = pl.concat(kept).select(list(dict.fromkeys(keep)))
     ids = columns.get_column(item_id)
+    check_item_ids(ids, name, item_id)
+    return Catalogue(name, ids, np.concatenate(vectors), columns)
+
+
+def check_item_ids(ids: pl.Series, name: str, item_id: str) -> None:
+    """A catalogue's ids: every item has one, and no two items share one."""
     empty = ids.is_null() | (ids.str.strip_chars() == "")
     if empty.any():
         raise BadInput(f"{name}: item {int(empty.arg_max()) + 1} has no id (column {item_id!r})")
     duplicated = ids.is_duplicated()
     if duplicated.any():
         raise BadInput(f"{name}: item id {ids[int(duplicated.arg_max())]!r} appears more than once; ids must be unique")
-    return Catalogue(name, ids, np.concatenate(vectors), columns)
 
 
 def read_seen(path: str, user_id: str, item_id: str) -> pl.DataFrame:
