@@ -830,31 +830,45 @@ def main_options(
     pass
 
 
-def _fast_info(args: list[str]) -> int | None:
-    """`fmctr info MODEL [--json] [--verify]` without building the typer app: typer
-    builds every command's parameters through pydantic first (about 0.3 s, longer than
-    the answer takes). Anything else (--help, a typo) goes the usual way."""
-    flags = {"--json": "json_out", "--verify": "verify"}
-    if args[:1] != ["info"] or len(args) < 2:
+def _plain_plan(args: list[str]):
+    """The command `args` name and its keyword arguments, when fmctr.commands.plain_args
+    reads them plainly: then the typer app need not be built (typer checks the command's
+    parameters through pydantic, about 0.1 s, longer than a short predict's work)."""
+    from fmctr.commands import plain_args
+
+    name = args[0] if args else None
+    for command in app.registered_commands:
+        if (command.name or command.callback.__name__.lower().replace("_", "-")) == name:
+            found = plain_args.plan(command.callback, typer.models.ArgumentInfo, typer.models.OptionInfo)
+            kwargs = plain_args.parse(found, args[1:]) if found is not None else None
+            return (command.callback, kwargs) if kwargs is not None else None
+    return None
+
+
+def _run_plain(args: list[str]) -> int | None:
+    """Run a plainly given command directly, with the exit code typer would give;
+    None for anything else (--help, a typo, an odd value, shell completion asking),
+    which goes the usual way."""
+    if any(k.startswith("_") and k.endswith("_COMPLETE") for k in os.environ):
         return None
-    given = [a for a in args[1:] if a in flags]
-    models = [a for a in args[1:] if a not in flags]
-    if len(models) != 1 or models[0].startswith("-") or len(set(given)) != len(given):
+    plain = _plain_plan(args)
+    if plain is None:
         return None
+    command, kwargs = plain
     try:
-        info(models[0], **{flags[a]: True for a in given})
+        code = command(**kwargs)
     except typer.Exit as e:
         return e.exit_code
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 def main() -> None:
     """Run the CLI; click's usage errors become one `error:` line and exit 2."""
     from typer._click import exceptions as click_errors  # (typer vendors click)
 
-    fast = _fast_info(sys.argv[1:])
-    if fast is not None:
-        sys.exit(fast)
+    plain = _run_plain(sys.argv[1:])
+    if plain is not None:
+        sys.exit(plain)
     try:
         code = app(standalone_mode=False)
     except click_errors.NoArgsIsHelpError as e:
