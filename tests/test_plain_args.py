@@ -4,10 +4,13 @@ command line read that way means what it means to typer, or is left to typer."""
 from __future__ import annotations
 
 import functools
+import subprocess
+import sys
 
 import pytest
 import typer
 
+from conftest import CRITEO_TEST, CRITEO_TRAIN, invoke
 from fmctr.commands import cli, plain_args
 
 PLAIN = {"eval": cli.eval_cmd, "predict": cli.predict, "info": cli.info, "inspect": cli.inspect_cmd,
@@ -86,3 +89,22 @@ def test_a_plain_line_means_what_it_means_to_typer(name, args):
 def test_anything_else_is_left_to_typer(args):
     plan = plain_args.plan(cli.predict, typer.models.ArgumentInfo, typer.models.OptionInfo)
     assert plain_args.parse(plan, args) is None
+
+
+def test_a_short_predict_imports_no_training_and_no_pydantic(tmp_path):
+    """A 10-row predict, as a whole process, loads only what scoring needs (what else it
+    loaded was about a third of its start-up): no pydantic (typer's parameter checks),
+    no training modules, no numba, no rich, no torch."""
+    model, ten, out = tmp_path / "c.fm", tmp_path / "ten.tsv", tmp_path / "p.csv"
+    assert invoke("train", CRITEO_TRAIN, "--preset", "criteo", "--epochs", "1", "-o", model, "-q").exit_code == 0
+    ten.write_text("".join(CRITEO_TEST.read_text().splitlines(keepends=True)[:10]))
+    code = ("import sys; from fmctr.commands.cli import main; sys.argv = ['fmctr', *sys.argv[1:]]\n"
+            "try: main()\nexcept SystemExit as e: assert not e.code, e.code\n"
+            "print(' '.join(sorted(sys.modules)))")
+    done = subprocess.run([sys.executable, "-c", code, "predict", str(ten), "-m", str(model), "-o", str(out)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    loaded = done.stdout.split()
+    heavy = [m for m in loaded if m in {"pydantic", "numba", "rich", "torch"} or m.startswith("fmctr.training")]
+    assert heavy == []
+    assert len(out.read_text().splitlines()) == 11

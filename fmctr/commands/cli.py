@@ -616,7 +616,7 @@ def eval_cmd(
         return _eval_ranking(input, model, items, exclude, k, item_id, user_id, json_out)
     from fmctr.atomic import check_output
     from fmctr.models.modelfile import load
-    from fmctr.commands.jobs import evaluate_model
+    from fmctr.commands.scoring import evaluate_model
     from fmctr.commands.plot import PLOT
     from fmctr.commands.progress import metrics_table, reliability_table, stderr
 
@@ -678,7 +678,7 @@ def predict(
     _use_threads(threads)
     from fmctr.atomic import check_output
     from fmctr.models.modelfile import load
-    from fmctr.commands.jobs import PREDICTIONS, predict as run
+    from fmctr.commands.scoring import PREDICTIONS, predict as run
 
     out = check_output(output, PREDICTIONS, inputs=[input, model], force=force)
     m = load(model, training_state=False)
