@@ -214,3 +214,15 @@ def test_eval_plot_must_be_png_pdf_or_svg(tmp_path, criteo_model):
     assert result.exit_code == 1
     assert result.stderr.endswith("give a file name ending in .png, .pdf or .svg\n")
     assert not any(tmp_path.iterdir())
+
+
+def test_a_few_probabilities_are_written_as_many_are():
+    """Up to SMALL_ROWS probabilities reach polars as a list (which spares a short predict
+    numpy.ma's import); the CSV text is that of the numpy array, bit for bit."""
+    from fmctr.commands.scoring import PROBABILITY, _probability_column
+
+    probs = np.array([0.0, 1.0, 0.5, 1e-20, 5e-324, 0.30000000000000004, 1 - 1e-16, np.nan, 1e-5, -0.0,
+                      0.12345678901234568])
+    few, many = _probability_column(probs).to_frame(), pl.DataFrame({PROBABILITY: probs})
+    for precision in (None, 1, 3, 17):
+        assert few.write_csv(float_precision=precision) == many.write_csv(float_precision=precision)

@@ -91,20 +91,23 @@ def test_anything_else_is_left_to_typer(args):
     assert plain_args.parse(plan, args) is None
 
 
-def test_a_short_predict_imports_no_training_and_no_pydantic(tmp_path):
-    """A 10-row predict, as a whole process, loads only what scoring needs (what else it
-    loaded was about a third of its start-up): no pydantic (typer's parameter checks),
-    no training modules, no numba, no rich, no torch."""
+def test_a_short_predict_or_eval_imports_no_training_and_no_pydantic(tmp_path):
+    """A 10-row predict or `eval --json`, as a whole process, loads only what scoring
+    needs (what else they loaded was about a third of their start-up): no pydantic
+    (typer's parameter checks), no training modules, no numba, no rich, no torch, and
+    predict no numpy.ma (polars reads numpy arrays through it)."""
     model, ten, out = tmp_path / "c.fm", tmp_path / "ten.tsv", tmp_path / "p.csv"
     assert invoke("train", CRITEO_TRAIN, "--preset", "criteo", "--epochs", "1", "-o", model, "-q").exit_code == 0
     ten.write_text("".join(CRITEO_TEST.read_text().splitlines(keepends=True)[:10]))
     code = ("import sys; from fmctr.commands.cli import main; sys.argv = ['fmctr', *sys.argv[1:]]\n"
             "try: main()\nexcept SystemExit as e: assert not e.code, e.code\n"
-            "print(' '.join(sorted(sys.modules)))")
-    done = subprocess.run([sys.executable, "-c", code, "predict", str(ten), "-m", str(model), "-o", str(out)],
-                          capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    loaded = done.stdout.split()
-    heavy = [m for m in loaded if m in {"pydantic", "numba", "rich", "torch"} or m.startswith("fmctr.training")]
-    assert heavy == []
+            "sys.stderr.write(' '.join(sorted(sys.modules)))")
+    for command, more in (("predict", ["-o", str(out)]), ("eval", ["--json"])):
+        done = subprocess.run([sys.executable, "-c", code, command, str(ten), "-m", str(model), *more],
+                              capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        loaded = done.stderr.split()
+        heavy = [m for m in loaded if m in {"pydantic", "numba", "rich", "torch"} or m.startswith("fmctr.training")
+                 or command == "predict" and m == "numpy.ma"]
+        assert heavy == [], command
     assert len(out.read_text().splitlines()) == 11

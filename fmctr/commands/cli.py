@@ -617,19 +617,23 @@ def eval_cmd(
     from fmctr.atomic import check_output
     from fmctr.models.modelfile import load
     from fmctr.commands.scoring import evaluate_model
-    from fmctr.commands.plot import PLOT
-    from fmctr.commands.progress import metrics_table, reliability_table, stderr
 
-    target = check_output(plot, PLOT, inputs=[input, model], force=force) if plot is not None else None
+    target = None
+    if plot is not None:
+        from fmctr.commands.plot import PLOT
+
+        target = check_output(plot, PLOT, inputs=[input, model], force=force)
     m = load(model, training_state=False)
     metrics = evaluate_model(input, m, log=_err, device=device, bins=bins, plot=target, allow_missing=allow_missing,
                              format=format)
     if json_out:
         _print_data(json.dumps(_json_safe(metrics)))
-    else:
-        stderr.print(metrics_table(metrics))
-        stderr.print(reliability_table(metrics["reliability"]))
-    if plot is not None and not json_out:
+        return
+    from fmctr.commands.progress import metrics_table, reliability_table, stderr  # (rich: only for the tables)
+
+    stderr.print(metrics_table(metrics))
+    stderr.print(reliability_table(metrics["reliability"]))
+    if plot is not None:
         stderr.print(f"wrote {plot}", highlight=False)
 
 
