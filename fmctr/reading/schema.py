@@ -9,10 +9,6 @@ fixed order. The resolved `Schema` is what the model file stores.
 from __future__ import annotations
 
 import json
-try:
-    import tomllib
-except ImportError:  # Python 3.10
-    import tomli as tomllib
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -257,6 +253,15 @@ PRESETS: dict[str, SchemaSpec] = {
 }
 
 
+def _toml():
+    """The TOML reader, imported only for a schema file (a few ms every command would pay)."""
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib
+    return tomllib
+
+
 def load_schema_file(path: Path) -> SchemaSpec:
     """Read a schema file (TOML or JSON, chosen by extension)."""
     try:
@@ -267,7 +272,7 @@ def load_schema_file(path: Path) -> SchemaSpec:
         raise BadSchema(f"{path}: not valid UTF-8 text") from None
     kind = "JSON" if path.suffix.lower() == ".json" else "TOML"
     try:
-        raw = json.loads(text) if kind == "JSON" else tomllib.loads(text)
+        raw = json.loads(text) if kind == "JSON" else _toml().loads(text)
     except (ValueError, RecursionError) as e:  # (the decoders' errors are ValueErrors)
         raise BadSchema(f"{path}: not valid {kind}: {'nested too deeply' if isinstance(e, RecursionError) else e}") from None
     if not isinstance(raw, dict):
