@@ -615,15 +615,14 @@ def eval_cmd(
     if ranking or items is not None:
         return _eval_ranking(input, model, items, exclude, k, item_id, user_id, json_out)
     from fmctr.atomic import check_output
-    from fmctr.models.modelfile import load
-    from fmctr.commands.scoring import evaluate_model
+    from fmctr.commands.scoring import evaluate_model, load_for_scoring
 
     target = None
     if plot is not None:
         from fmctr.commands.plot import PLOT
 
         target = check_output(plot, PLOT, inputs=[input, model], force=force)
-    m = load(model, training_state=False)
+    m = load_for_scoring(model, input)
     metrics = evaluate_model(input, m, log=_err, device=device, bins=bins, plot=target, allow_missing=allow_missing,
                              format=format)
     if json_out:
@@ -681,11 +680,10 @@ def predict(
     """Write click probabilities as CSV, one line per input row, in input order."""
     _use_threads(threads)
     from fmctr.atomic import check_output
-    from fmctr.models.modelfile import load
-    from fmctr.commands.scoring import PREDICTIONS, predict as run
+    from fmctr.commands.scoring import PREDICTIONS, load_for_scoring, predict as run
 
     out = check_output(output, PREDICTIONS, inputs=[input, model], force=force)
-    m = load(model, training_state=False)
+    m = load_for_scoring(model, input)
     run(input, m, out, keep=_names(keep), log=_err, device=device, allow_missing=allow_missing, precision=precision,
         format=format, explain=explain)
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import mmap
 import os
 import stat
 import struct
@@ -93,13 +95,15 @@ def _weight_tensors(kind: str, weights, rows: np.ndarray, prefix: str = "") -> d
             for k, v in model_kind.sections(weights).items()}
 
 
-def _weights(kind: str, tensors: dict[str, np.ndarray], rows: np.ndarray, n: int, dim: int, prefix: str = ""):
+def _weights(kind: str, tensors: dict[str, np.ndarray], rows: np.ndarray, n: int, dim: int, prefix: str = "",
+             small_pages: bool = False):
     """The inverse of _weight_tensors: per-index tensors spread over all n indices."""
     model_kind = kind_of(kind)
     sections = {}
     for key in model_kind.sections_names:
         values = tensors[prefix + key]
-        sections[key] = _full(values, rows, n, dim if values.ndim == 2 else None) if key in model_kind.per_index \
+        sections[key] = _full(values, rows, n, dim if values.ndim == 2 else None, small_pages) \
+            if key in model_kind.per_index \
             else values.copy()
     return model_kind.from_sections(sections)
 
@@ -164,11 +168,24 @@ def _header(data: bytes, name: str) -> dict:
     return parse_header(data, name)
 
 
-def _full(values: np.ndarray, rows: np.ndarray, n: int, dim: int | None = None) -> np.ndarray:
+def _full(values: np.ndarray, rows: np.ndarray, n: int, dim: int | None = None, small_pages: bool = False) -> np.ndarray:
     """Per-row values of the stored rows, spread over all n rows (zeros elsewhere)."""
-    full = np.zeros(n if dim is None else (n, dim), np.float32)
+    full = _zeros((n,) if dim is None else (n, dim), small_pages)
     full[rows] = values if dim is None else values.reshape(len(rows), dim)
     return full
+
+
+def _zeros(shape: tuple[int, ...], small_pages: bool) -> np.ndarray:
+    """float32 zeros; pages no row is written to are never touched. numpy asks for huge
+    pages for big arrays, which a long job wants (fewer TLB misses over millions of
+    rows), but then the few stored rows of a small model, spread over the hashed table,
+    touch every 2 MiB page and each is zeroed whole: 20-150 ms for a 2^22 x 8 table
+    here, most of a short predict's loading. `small_pages` maps the table anonymously
+    instead, without asking for huge pages: 4 KiB pages, zeroed where a row lands."""
+    count = math.prod(shape)
+    if not small_pages or count == 0:
+        return np.zeros(shape, np.float32)
+    return np.frombuffer(mmap.mmap(-1, count * 4), np.float32).reshape(shape)
 
 
 def _is_int(value) -> bool:
@@ -259,9 +276,10 @@ def _check_finite(tensors: dict[str, np.ndarray], name: str) -> None:
                            f"train it again")
 
 
-def from_bytes(data: bytes, name: str = "model", *, training_state: bool = True) -> Model:
+def from_bytes(data: bytes, name: str = "model", *, training_state: bool = True, small_pages: bool = False) -> Model:
     """Parse a model file. Scoring needs no optimizer state or best weights:
-    `training_state=False` leaves them out (they can double the memory)."""
+    `training_state=False` leaves them out (they can double the memory).
+    `small_pages`: the weight tables in small pages, for a short job (_zeros)."""
     meta = _header(data, name)
     try:
         tensors = st_load(data)
@@ -276,7 +294,7 @@ def from_bytes(data: bytes, name: str = "model", *, training_state: bool = True)
     if hashing.size != n:
         raise BadModel(f"{name}: inconsistent model file (2^bits != number of features)")
     rows = tensors["rows"]
-    weights = _weights(kind, tensors, rows, n, dim)
+    weights = _weights(kind, tensors, rows, n, dim, small_pages=small_pages)
     optimizer = _optimizer(meta, tensors, rows, n, dim) if "optimizer" in meta and training_state else None
     best = _weights(kind, tensors, rows, n, dim, "best.") if "best.bias" in tensors and training_state else None
     rare = None
@@ -288,8 +306,8 @@ def from_bytes(data: bytes, name: str = "model", *, training_state: bool = True)
     return Model(weights, schema, hashing, training, optimizer, checkpoint, best, rare, kind)
 
 
-def load(path: Path | str, *, training_state: bool = True) -> Model:
-    return from_bytes(_read(Path(path), str(path)), str(path), training_state=training_state)
+def load(path: Path | str, *, training_state: bool = True, small_pages: bool = False) -> Model:
+    return from_bytes(_read(Path(path), str(path)), str(path), training_state=training_state, small_pages=small_pages)
 
 
 def _read(p: Path, name: str) -> bytes:
