@@ -127,3 +127,20 @@ def test_a_null_hashes_as_the_empty_string():
                  for f in (with_null, empty))
     np.testing.assert_array_equal(got.indices, want.indices)
     assert got.indices.min() >= 0 and got.indices.max() < spec.size
+
+
+@pytest.mark.parametrize("fine", [False, True])
+def test_a_few_numbers_hash_as_the_bucket_tables_give(fine):
+    """Up to DIRECT_BUCKETS values are hashed as their buckets' text, more are looked up
+    in the field's tables: the same indices either way."""
+    from fmctr.hashing.tokens import DIRECT_BUCKETS, HashSpec, _bucket_indices
+
+    rng = np.random.default_rng(0)
+    x = np.concatenate([[np.nan, 0, 1, 2, 2.5, 3, -1, -7.25, 1e-9, 1e9, -1e12, 1e300, 0.05, 0.16],
+                        rng.lognormal(0, 3, 2 * DIRECT_BUCKETS) * rng.choice([-1, 1], 2 * DIRECT_BUCKETS)])
+    spec = HashSpec(bits=22, seed=3)
+    looked_up = _bucket_indices(x, "I1", spec, fine=fine)
+    hashed = np.concatenate([_bucket_indices(x[i:i + DIRECT_BUCKETS], "I1", spec, fine=fine)
+                             for i in range(0, len(x), DIRECT_BUCKETS)])
+    assert len(x) > DIRECT_BUCKETS and looked_up.dtype == hashed.dtype == np.int32
+    assert np.array_equal(looked_up, hashed)
