@@ -92,6 +92,16 @@ def test_save_load_identical_predictions(movies_model, tmp_path):
     np.testing.assert_array_equal(probabilities(model.weights, rows), probabilities(load(copy).weights, rows))
 
 
+def test_a_model_in_small_pages_holds_the_same_weights(movies_model):
+    """Loading to score a short file (small pages: fmctr.models.modelfile._zeros) changes
+    where the weight tables live, not what they hold."""
+    usual, small = load(movies_model, training_state=False), load(movies_model, training_state=False, small_pages=True)
+    for name in ("bias", "linear", "factors"):
+        a, b = getattr(usual.weights, name), getattr(small.weights, name)
+        assert a.dtype == b.dtype and b.flags.writeable and b.flags.c_contiguous
+        np.testing.assert_array_equal(a, b)
+
+
 def test_model_file_is_self_contained(criteo_model):
     model = load(criteo_model)
     assert model.schema.format == "criteo"
