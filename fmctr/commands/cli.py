@@ -13,11 +13,13 @@ import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
-from fmctr.commands import lazy_markdown
+from fmctr.commands import importing, lazy_markdown
+from fmctr.commands.importing import collector_paused
 
 lazy_markdown.install()  # before typer, whose help imports rich.markdown
 
-import typer  # noqa: E402
+with collector_paused():
+    import typer
 
 from fmctr import __version__
 from fmctr.errors import BadOptions, FmctrError, Interrupted
@@ -615,7 +617,9 @@ def eval_cmd(
     if ranking or items is not None:
         return _eval_ranking(input, model, items, exclude, k, item_id, user_id, json_out)
     from fmctr.atomic import check_output
-    from fmctr.commands.scoring import evaluate_model, load_for_scoring
+
+    with collector_paused():
+        from fmctr.commands.scoring import evaluate_model, load_for_scoring
 
     target = None
     if plot is not None:
@@ -680,7 +684,9 @@ def predict(
     """Write click probabilities as CSV, one line per input row, in input order."""
     _use_threads(threads)
     from fmctr.atomic import check_output
-    from fmctr.commands.scoring import PREDICTIONS, load_for_scoring, predict as run
+
+    with collector_paused():
+        from fmctr.commands.scoring import PREDICTIONS, load_for_scoring, predict as run
 
     out = check_output(output, PREDICTIONS, inputs=[input, model], force=force)
     m = load_for_scoring(model, input)
@@ -836,11 +842,11 @@ def _plain_plan(args: list[str]):
     """The command `args` name and its keyword arguments, when fmctr.commands.plain_args
     reads them plainly: then the typer app need not be built (typer checks the command's
     parameters through pydantic, about 0.1 s, longer than a short predict's work)."""
-    from fmctr.commands import plain_args
-
     name = args[0] if args else None
     for command in app.registered_commands:
         if (command.name or command.callback.__name__.lower().replace("_", "-")) == name:
+            from fmctr.commands import plain_args
+
             found = plain_args.plan(command.callback, typer.models.ArgumentInfo, typer.models.OptionInfo)
             kwargs = plain_args.parse(found, args[1:]) if found is not None else None
             return (command.callback, kwargs) if kwargs is not None else None
@@ -868,6 +874,7 @@ def main() -> None:
     """Run the CLI; click's usage errors become one `error:` line and exit 2."""
     from typer._click import exceptions as click_errors  # (typer vendors click)
 
+    importing.whole_process()
     plain = _run_plain(sys.argv[1:])
     if plain is not None:
         sys.exit(plain)

@@ -1,5 +1,7 @@
-"""Short commands start without building the typer app (fmctr.commands.plain_args): a
-command line read that way means what it means to typer, or is left to typer."""
+"""A short command starts fast: it runs without building the typer app
+(fmctr.commands.plain_args; a command line read that way means what it means to typer,
+or is left to typer), imports only what it uses, and imports without the garbage
+collector (fmctr.commands.importing). Held by what is imported, not by timing."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import pytest
 import typer
 
 from conftest import CRITEO_TEST, CRITEO_TRAIN, invoke
-from fmctr.commands import cli, plain_args
+from fmctr.commands import cli, importing, plain_args
 
 PLAIN = {"eval": cli.eval_cmd, "predict": cli.predict, "info": cli.info, "inspect": cli.inspect_cmd,
          "recall": cli.recall_cmd}
@@ -111,3 +113,19 @@ def test_a_short_predict_or_eval_imports_no_training_and_no_pydantic(tmp_path):
                  or command == "predict" and m == "numpy.ma"]
         assert heavy == [], command
     assert len(out.read_text().splitlines()) == 11
+
+
+def test_imports_pause_the_collector_and_only_a_whole_process_freezes(monkeypatch):
+    import gc
+
+    monkeypatch.setattr(importing, "_whole_process", False)
+    frozen = gc.get_freeze_count()
+    with importing.collector_paused():
+        assert not gc.isenabled()
+    assert gc.isenabled() and gc.get_freeze_count() == frozen
+    code = ("import gc; from fmctr.commands import importing; importing.whole_process()\n"
+            "with importing.collector_paused(): import json\n"
+            "assert gc.isenabled() and gc.get_freeze_count() > 0 and gc.get_count()[0] < 100")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
