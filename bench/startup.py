@@ -9,6 +9,10 @@ baselines: a bare `python -c pass` and the imports no fmctr command can avoid
 (numpy, polars, pyarrow's CSV reader, typer). Reports the median and the minimum of
 the wall time and of the CPU time (user + system, which other load on a shared
 machine disturbs less), and the median as a multiple of the import floor.
+The children run with Python's bytecode cache, as an installed fmctr has it (pip
+compiles the modules at install): PYTHONDONTWRITEBYTECODE is dropped for them, so the
+untimed first run writes `__pycache__`; `--no-bytecode-cache` keeps it (then every run
+compiles fmctr's modules from source, about 0.1 s more per command here).
 Targets: --help/--version <= 0.3 s, a 10-row predict <= 0.6 s (issue 13); info < 0.5 s (issue 14).
 """
 
@@ -30,11 +34,14 @@ DATA = ROOT / "sample_data"
 FLOOR = "import numpy, polars, pyarrow.csv, typer"
 
 
+ENV = dict(os.environ)
+
+
 def timed(argv: list[str]) -> tuple[float, float]:
     """(wall, cpu) seconds of one child process."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
-    done = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    done = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV)
     wall = time.perf_counter() - t
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
@@ -49,7 +56,7 @@ def prepare(tmp: Path) -> dict[str, list[str]]:
     for model, data, flags in ((criteo, DATA / "criteo_like_train.tsv.gz", ["--preset", "criteo"]),
                                (movies, DATA / "movies_train.csv", ["--multi", "genres", "--numeric", "price",
                                                                     "--ignore", "request_id"])):
-        subprocess.run([*fm, "train", str(data), *flags, "--epochs", "1", "-o", str(model), "-q"], check=True)
+        subprocess.run([*fm, "train", str(data), *flags, "--epochs", "1", "-o", str(model), "-q"], check=True, env=ENV)
     ten_tsv, ten_csv = tmp / "ten.tsv", tmp / "ten.csv"
     ten_tsv.write_text("".join((DATA / "criteo_like_test.tsv").read_text().splitlines(keepends=True)[:10]))
     ten_csv.write_text("".join((DATA / "movies_test.csv").read_text().splitlines(keepends=True)[:11]))
@@ -69,7 +76,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=9)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--no-bytecode-cache", action="store_true",
+                        help="keep PYTHONDONTWRITEBYTECODE for the children, as the environment has it")
     args = parser.parse_args()
+    if not args.no_bytecode_cache:
+        ENV.pop("PYTHONDONTWRITEBYTECODE", None)
+    cached = "PYTHONDONTWRITEBYTECODE" not in ENV
     with tempfile.TemporaryDirectory() as tmp:
         commands = prepare(Path(tmp))
         for argv in commands.values():  # once untimed: file caches warm, numba's cache present
@@ -83,9 +95,11 @@ def main() -> None:
                     "cpu_median": statistics.median(c for _, c in r), "cpu_min": min(c for _, c in r),
                     "x_floor": statistics.median(w for w, _ in r) / floor} for name, r in runs.items()}
     if args.json:
-        print(json.dumps({"repeat": args.repeat, "load": os.getloadavg(), "commands": table}, indent=1))
+        print(json.dumps({"repeat": args.repeat, "load": os.getloadavg(), "bytecode_cache": cached, "commands": table},
+                         indent=1))
         return
-    print(f"{args.repeat} runs each, interleaved; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    print(f"{args.repeat} runs each, interleaved; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; "
+          f"bytecode cache {'on' if cached else 'off (PYTHONDONTWRITEBYTECODE)'}")
     print(f"{'command':<62} {'wall med':>8} {'min':>6} {'cpu med':>8} {'min':>6} {'x floor':>8}")
     for name, t in table.items():
         print(f"{name:<62} {t['wall_median']:8.2f} {t['wall_min']:6.2f} {t['cpu_median']:8.2f} {t['cpu_min']:6.2f} "
