@@ -875,7 +875,11 @@ def main() -> None:
     from typer._click import exceptions as click_errors  # (typer vendors click)
 
     importing.whole_process()
-    plain = _run_plain(sys.argv[1:])
+    try:
+        plain = _run_plain(sys.argv[1:])
+    except KeyboardInterrupt:  # before the command's own handling starts, as click's Abort below
+        _err("error: interrupted")
+        sys.exit(130)
     if plain is not None:
         sys.exit(plain)
     try:
