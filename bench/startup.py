@@ -12,7 +12,7 @@ machine disturbs less), and the median as a multiple of the import floor.
 The children run with Python's bytecode cache, as an installed fmctr has it (pip
 compiles the modules at install): PYTHONDONTWRITEBYTECODE is dropped for them, so the
 untimed first run writes `__pycache__`; `--no-bytecode-cache` keeps it (then every run
-compiles fmctr's modules from source, about 0.1 s more per command here).
+compiles fmctr's modules from source, 0.05-0.1 s more per command here).
 Targets: --help/--version <= 0.3 s, a 10-row predict <= 0.6 s (issue 13); info < 0.5 s (issue 14).
 """
 
