@@ -96,6 +96,7 @@ def test_a_model_in_small_pages_holds_the_same_weights(movies_model):
     """Loading to score a short file (small pages: fmctr.models.modelfile._zeros) changes
     where the weight tables live, not what they hold."""
     usual, small = load(movies_model, training_state=False), load(movies_model, training_state=False, small_pages=True)
+    assert usual.weights.factors.base is None and small.weights.factors.base is not None  # (a mapping's view)
     for name in ("bias", "linear", "factors"):
         a, b = getattr(usual.weights, name), getattr(small.weights, name)
         assert a.dtype == b.dtype and b.flags.writeable and b.flags.c_contiguous

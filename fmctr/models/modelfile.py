@@ -170,18 +170,27 @@ def _header(data: bytes, name: str) -> dict:
 
 def _full(values: np.ndarray, rows: np.ndarray, n: int, dim: int | None = None, small_pages: bool = False) -> np.ndarray:
     """Per-row values of the stored rows, spread over all n rows (zeros elsewhere)."""
-    full = _zeros((n,) if dim is None else (n, dim), small_pages)
+    shape = (n,) if dim is None else (n, dim)
+    full = _zeros(shape, small_pages and len(rows) < _pages(shape) / 8)
     full[rows] = values if dim is None else values.reshape(len(rows), dim)
     return full
+
+
+def _pages(shape: tuple[int, ...]) -> int:
+    """4 KiB pages of a float32 table."""
+    return math.prod(shape) * 4 // 4096
 
 
 def _zeros(shape: tuple[int, ...], small_pages: bool) -> np.ndarray:
     """float32 zeros; pages no row is written to are never touched. numpy asks for huge
     pages for big arrays, which a long job wants (fewer TLB misses over millions of
     rows), but then the few stored rows of a small model, spread over the hashed table,
-    touch every 2 MiB page and each is zeroed whole: 20-150 ms for a 2^22 x 8 table
+    touch every 2 MiB page and each is zeroed whole: 20-190 ms for a 2^22 x 8 table
     here, most of a short predict's loading. `small_pages` maps the table anonymously
-    instead, without asking for huge pages: 4 KiB pages, zeroed where a row lands."""
+    instead, without asking for huge pages: 4 KiB pages, zeroed where a row lands
+    (about 4 us each here, against 0.3-2.6 ms to zero a huge page, which moves with the
+    machine's load: _full asks for small pages only when the stored rows are fewer than
+    an eighth of the table's 4 KiB pages, where they win by that whole range)."""
     count = math.prod(shape)
     if not small_pages or count == 0:
         return np.zeros(shape, np.float32)
