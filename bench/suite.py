@@ -38,6 +38,10 @@ Cases (group "choose": cases to choose fmctr's defaults on; "check": held back t
   the distinct lowercase words ([a-z']+) of Review Text and of Title, multi-valued;
   clothing_id, division, department, class categorical; age and
   positive_feedback numeric. Rating (almost the label: leakage) and the row index dropped.
+- diabetes, digits [choose]: sklearn's bundled load_diabetes (442 rows, 10 standardised
+  measurements; label: progression above its median) and load_digits (1,797 rows, 64
+  whole pixel values; label: digit >= 5), all `--numeric`; stratified 70/30 split,
+  train_test_split(random_state=0). Added to choose the numeric `auto` mode on dense data.
 - breast_cancer [check]: sklearn's load_breast_cancer, 30 numeric columns, label
   1 = malignant; stratified 70/30 split, train_test_split(random_state=0).
 
@@ -102,7 +106,7 @@ SUITE = Path.home() / ".cache" / "fmctr-suite"
 PREPARED_VERSION = 1  # bump when a case's preparation changes
 PEER_VERSION = 1  # bump when the peers' features or sweeps change
 
-CHOOSE = ["criteo", "avazu", "adult", "ml100k", "planted10k", "planted100k"]
+CHOOSE = ["criteo", "avazu", "adult", "ml100k", "planted10k", "planted100k", "diabetes", "digits"]
 CHECK = ["bio_kdd04", "clothing", "breast_cancer", "planted1m", "planted_rare"]
 CRITEO_COLUMNS = ["label"] + [f"I{i}" for i in range(1, 14)] + [f"C{i}" for i in range(1, 27)]
 PLANTED = {  # name -> (train rows, test rows, target rate)
@@ -248,6 +252,24 @@ def _breast_cancer(out: Path) -> Case:
                 note="label 1 = malignant")
 
 
+def _sklearn_dense(name: str, out: Path) -> Case:
+    """sklearn's bundled diabetes (442 rows, 10 standardised measurements; label: the
+    disease progression above its median) or digits (1,797 rows, 64 whole pixel values
+    0-16; label: the digit is 5 or more), stratified 70/30 split, random_state=0."""
+    from sklearn import datasets
+    from sklearn.model_selection import train_test_split
+
+    data = datasets.load_diabetes() if name == "diabetes" else datasets.load_digits()
+    target = (data.target > np.median(data.target)) if name == "diabetes" else (data.target >= 5)
+    names = [f"x{j}" for j in range(data.data.shape[1])]
+    d = pl.DataFrame(data.data, schema=names).with_columns(label=pl.Series(target.astype(np.int8)))
+    d = d.select("label", *names)
+    train_rows, test_rows = train_test_split(np.arange(d.height), test_size=0.3, random_state=0, stratify=target)
+    train, test = _write_pair(out, d[np.sort(train_rows)], d[np.sort(test_rows)])
+    return Case(name, "choose", train, test, ["--numeric", ",".join(names)], numeric=names,
+                note="diabetes: label progression > median" if name == "diabetes" else "digits: label digit >= 5")
+
+
 def _planted(name: str, out: Path) -> Case:
     import generate
 
@@ -267,6 +289,7 @@ def _planted(name: str, out: Path) -> Case:
 
 BUILDERS = {"criteo": _criteo, "avazu": _avazu, "adult": _adult, "ml100k": _ml100k, "bio_kdd04": _bio,
             "clothing": _clothing, "breast_cancer": _breast_cancer,
+            "diabetes": lambda out: _sklearn_dense("diabetes", out), "digits": lambda out: _sklearn_dense("digits", out),
             **{name: (lambda out, name=name: _planted(name, out)) for name in PLANTED}}
 
 

@@ -71,7 +71,8 @@ def test_info_refuses_what_is_not_a_model(tmp_path):
 
 # A random model over every kind of field: categorical, multi-valued, numeric buckets,
 # a numeric value on one index; a small hash space so that tokens collide.
-FIELDS = (Field("user"), Field("genres", "multi"), Field("price", "numeric", "fine"), Field("age", "numeric", "log1p"))
+FIELDS = (Field("user"), Field("genres", "multi"), Field("price", "numeric", "fine"), Field("age", "numeric", "log1p"),
+          Field("weight", "numeric", "auto", standard=(1.0, 0.5)))
 
 
 def random_world(tmp_path: Path, seed: int, dim: int, bits: int = 7, rows: int = 60) -> tuple[Path, Path]:
@@ -85,6 +86,7 @@ def random_world(tmp_path: Path, seed: int, dim: int, bits: int = 7, rows: int =
     price = np.where(rng.random(rows) < 0.2, "", np.round(rng.lognormal(1, 1, rows), 2).astype(str))
     data = pl.DataFrame({"label": rng.integers(0, 2, rows).astype(str), "user": [f"u{u}" for u in rng.integers(0, 30, rows)],
                          "genres": genres, "price": price, "age": rng.integers(18, 80, rows).astype(str),
+                         "weight": np.where(rng.random(rows) < 0.2, "", np.round(rng.normal(1.5, 1, rows), 3).astype(str)),
                          "id": [f"r{r}" for r in range(rows)]})
     path = tmp_path / f"data{seed}.csv"
     data.write_csv(path)
@@ -125,7 +127,7 @@ def test_explain_terms_sum_to_the_logit(tmp_path, seed, dim):
         assert np.allclose([row[f"value_{j}"] for j in (1, 2, 3)], largest, atol=1e-5)
     first = frame.row(0, named=True)
     names = [first[f"term_{j}"] for j in (1, 2, 3)]
-    assert all(n == "bias" or n.startswith(("user=", "genres=", "price=", "age=")) for n in names)
+    assert all(n == "bias" or n.startswith(("user=", "genres=", "price=", "age=", "weight=")) for n in names)
 
 
 def test_inspect_shows_collisions_and_the_hash_space_health(tmp_path):
@@ -138,8 +140,8 @@ def test_inspect_shows_collisions_and_the_hash_space_health(tmp_path):
     assert shared and all(len(f["names"]) > 1 for f in shared)
     health = found["health"]
     assert health["indices_shared"] > 0 and health["advice"].startswith("grow") and health["suggested_bits"] > 5
-    assert {f["field"] for f in health["fields"]} == {"user", "genres", "price", "age"}
-    assert len(found["fields"]["matrix"]) == 4
+    assert {f["field"] for f in health["fields"]} == {"user", "genres", "price", "age", "weight"}
+    assert len(found["fields"]["matrix"]) == 5
     table = invoke("inspect", model, "--data", data)
     assert table.exit_code == 0 and table.stdout == "" and "collision" in table.stderr
     pytest.importorskip("matplotlib")

@@ -46,7 +46,9 @@ def preprocess(paths: str | Sequence[str], output: Target, *, spec: SchemaSpec, 
     """Hash raw data once into a dataset directory that train/eval read directly.
     Several inputs give one shard per input, `output/shard-NNNNN.hashed`: shards
     hashed anywhere (other processes, other machines) can be used together, since
-    hashing is stateless. With `min_count`, a counting pass over every input finds
+    hashing is stateless (but for `auto` numeric columns' standardised values, fitted
+    on the first input: the other inputs of one command take its schema; shards made
+    by separate commands must agree, or use --numeric-mode fine). With `min_count`, a counting pass over every input finds
     the frequent values and rare ones are mapped to their field's rare token; the
     frequent set is stored with the data, and a model trained on it keeps it. An
     existing `output` is replaced only if it is a hashed dataset (or `force`)."""
@@ -58,11 +60,19 @@ def preprocess(paths: str | Sequence[str], output: Target, *, spec: SchemaSpec, 
             raise BadOptions(f"{path}: is already a hashed dataset")
     if min_count is not None and min_count < 1:
         raise BadOptions(f"--min-count must be at least 1, got {min_count}")
+    schemas = []  # the first input's: every other input is hashed with it
+
+    def opened(number: int) -> Input:
+        data = open_input(paths[number], spec=spec if not schemas else None, schema=schemas[0] if schemas else None,
+                          hashing=hashing, require_label=True)
+        schemas[:] = [data.schema]
+        return data
+
     with scratch_dir() as work:
         if min_count:
             from fmctr.hashing.rare import check_schema
 
-            inputs = (open_input(p, spec=spec, hashing=hashing, require_label=True) for p in paths)
+            inputs = (opened(n) for n in range(len(paths)))
             first = next(inputs)
             check_schema(first.schema)  # before any hashing
             hashed = [_as_dataset(first, Path(work) / "0")]
@@ -74,7 +84,7 @@ def preprocess(paths: str | Sequence[str], output: Target, *, spec: SchemaSpec, 
         else:
 
             def shard(number: int, target: Path) -> dataset.HashedDataset:
-                return _as_dataset(open_input(paths[number], spec=spec, hashing=hashing, require_label=True), target)
+                return _as_dataset(opened(number), target)
 
         if len(paths) == 1:
             return [shard(0, output)]

@@ -39,9 +39,11 @@ class Tagged:
 
 def position_order(schema: Schema) -> list[int]:
     """Which schema field each of a row's segments is: the single-valued fields, in
-    order, then each multi-valued field's bag (as fmctr.hashing.tokens lays rows out)."""
+    order, the standardised values' (fmctr.hashing.standard), then each multi-valued
+    field's bag (as fmctr.hashing.tokens lays rows out)."""
     fields = list(enumerate(schema.fields))
-    return [j for j, f in fields if f.kind != "multi"] + [j for j, f in fields if f.kind == "multi"]
+    return [j for j, f in fields if f.kind != "multi"] + [j for j, f in fields if f.standard is not None] \
+        + [j for j, f in fields if f.kind == "multi"]
 
 
 def _tokens(frame: pl.DataFrame, schema: Schema) -> tuple[pl.Series, np.ndarray]:

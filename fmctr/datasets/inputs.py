@@ -17,6 +17,7 @@ import polars as pl
 
 from fmctr.datasets import hashed as dataset
 from fmctr.errors import BadInput, BadOptions, BadSchema
+from fmctr.hashing import standard
 from fmctr.hashing.rare import RareMap
 from fmctr.hashing.stream import Hasher
 from fmctr.hashing.tokens import HashSpec, Rows
@@ -51,7 +52,8 @@ def open_input(path: str, *, spec: SchemaSpec | None = None, schema: Schema | No
                rare: RareMap | None = None, allow_missing: bool = False, format: str | None = None,
                tokens: bool = False) -> Input:
     """Open raw data (hashed on the fly) or a hashed dataset. Give `spec` to resolve
-    a schema against the data's columns, or `schema` (from a model) to apply it;
+    a schema against the data's columns (and fit its standardised values on the
+    first chunk: fmctr.hashing.standard), or `schema` (from a model) to apply it;
     `rare` (a model's --min-count map) maps rare values to their field's rare token.
     Data lacking more than half of the schema's feature columns is refused unless
     `allow_missing` (those columns then count as missing in every row). `format`
@@ -73,6 +75,7 @@ def open_input(path: str, *, spec: SchemaSpec | None = None, schema: Schema | No
             schema = spec.resolve(source.columns)
         except BadSchema as e:
             raise BadSchema(f"{name}: {e}") from None
+        schema, source = standard.fit(schema, source)
     missing = _check_columns(name, source.format, source.columns, schema, require_label, keep)
     if missing:
         _missing_features(name, missing, schema, source.columns, allow_missing, log)

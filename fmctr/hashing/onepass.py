@@ -241,7 +241,8 @@ class Plan:
     def applies(schema: Schema) -> bool:
         # (`fine` differs from `bucket` only for fractional values, which this parser
         # leaves to the columnar way: they are not whole numbers)
-        return all(f.kind == "categorical" or (f.kind == "numeric" and f.numeric in BUCKETED)
+        # (nor a standardised value: fmctr.hashing.standard)
+        return all(f.kind == "categorical" or (f.kind == "numeric" and f.numeric in BUCKETED and f.standard is None)
                    for f in schema.fields)
 
 

@@ -36,8 +36,11 @@ def check_schema(schema: Schema) -> None:
 
 
 def field_names(schema: Schema) -> list[str]:
-    """The field of each position in a row."""
-    return [SPARSE_FIELD] if schema.format in SPARSE_FORMATS else [f.name for f in schema.fields]
+    """The field of each position in a row (a standardised value's position after
+    every field's own: fmctr.hashing.standard)."""
+    if schema.format in SPARSE_FORMATS:
+        return [SPARSE_FIELD]
+    return [f.name for f in schema.fields] + [f.name for f in schema.fields if f.standard is not None]
 
 
 @dataclass

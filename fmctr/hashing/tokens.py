@@ -26,7 +26,8 @@ import xxhash
 
 from fmctr.errors import BadInput, BadSchema
 from fmctr.reading.read import LINE_COLUMN, Chunk
-from fmctr.reading.schema import BUCKETED, SPARSE_FORMATS, Field, Schema
+from fmctr.hashing.standard import z_values
+from fmctr.reading.schema import BUCKETED, FINE, SPARSE_FORMATS, Field, Schema
 
 HASH_FUNCTION = "xxhash64"
 MISSING = ""
@@ -307,7 +308,7 @@ def hash_chunk(
     multi = [f for f in schema.fields if f.kind == "multi"]
     single_idx, single_val = _single_fields(frame, singles, spec, name, chunk, position)
     if not multi:
-        offsets = np.arange(frame.height + 1, dtype=np.int64) * len(singles)
+        offsets = np.arange(frame.height + 1, dtype=np.int64) * single_idx.shape[1]
         return Rows(single_idx.ravel(), single_val.ravel(), offsets, labels)
     return _with_bags(frame, multi, spec, single_idx, single_val, labels)
 
@@ -342,13 +343,19 @@ def _single_fields(frame: pl.DataFrame, singles: list[Field], spec: HashSpec, na
         if f.kind == "categorical":
             single_idx[:, j] = column.to_numpy()
         elif f.numeric in BUCKETED:
-            single_idx[:, j] = _bucket_indices(column.to_numpy(), f.name, spec, fine=f.numeric == "fine")
+            single_idx[:, j] = _bucket_indices(column.to_numpy(), f.name, spec, fine=f.numeric in FINE)
         else:
             x = column.to_numpy()
             missing = np.isnan(x)
             single_idx[:, j] = np.where(missing, token_index(f.name, MISSING, spec), token_index(f.name, VALUE_TOKEN, spec))
             value = x if f.numeric == "raw" else np.sign(x) * np.log1p(np.abs(x))
             single_val[:, j] = np.where(missing, 1.0, value)
+    standardised = [f for f in numeric if f.standard is not None]
+    if standardised:  # (fmctr.hashing.standard) after every single-valued field's own position
+        z_idx = np.array([token_index(f.name, VALUE_TOKEN, spec) for f in standardised], np.int32)
+        z_val = np.column_stack([z_values(computed.get_column(f.name).to_numpy(), f.standard) for f in standardised])
+        single_idx = np.hstack([single_idx, np.broadcast_to(z_idx, (n, len(z_idx)))])
+        single_val = np.hstack([single_val, z_val])
     return single_idx, single_val
 
 

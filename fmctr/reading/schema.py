@@ -9,14 +9,16 @@ fixed order. The resolved `Schema` is what the model file stores.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from fmctr.errors import BadSchema
 
 KINDS = ("categorical", "numeric", "multi")
-NUMERIC_MODES = ("fine", "bucket", "log1p", "raw")
-BUCKETED = ("fine", "bucket")  # the modes that hash a numeric value's bucket token (fmctr.hashing.bucket_values)
+NUMERIC_MODES = ("auto", "fine", "bucket", "log1p", "raw")
+BUCKETED = ("auto", "fine", "bucket")  # the modes that hash a numeric value's bucket token (fmctr.hashing.bucket_values)
+FINE = ("auto", "fine")  # the modes whose fractional values get buckets of their own scale
 FORMATS = ("csv", "tsv", "criteo", "parquet", "libsvm", "libffm")
 SPARSE_FORMATS = ("libsvm", "libffm")
 
@@ -32,13 +34,37 @@ class Field:
     whole numbers and gives a fractional value a bucket of its own scale (a quarter
     octave of |x|, with its sign), where `bucket` puts every value in [0, 1) on one
     token; `log1p` and
-    `raw` put the value sign(x)*ln(1+|x|) or x on the field's one index.
-    `sep` splits a multi-valued column into a bag of tokens."""
+    `raw` put the value sign(x)*ln(1+|x|) or x on the field's one index. `auto`
+    is `fine`, and a column whose training values are fractional also gets its
+    value standardised, (sign(x)*ln(1+|x|) - center) / scale clipped to +-5, as a
+    second feature: `standard` holds (center, scale), fitted on the training rows
+    (fmctr.hashing.standard). `sep` splits a multi-valued column into a bag of tokens."""
 
     name: str
     kind: str = "categorical"
     numeric: str = "bucket"
     sep: str = "|"
+    standard: tuple[float, float] | None = None
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        if self.standard is None:
+            del d["standard"]  # (files without it read as before)
+        else:
+            d["standard"] = list(self.standard)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Field:
+        if not isinstance(d, dict):
+            raise TypeError(f"a field must be a mapping, not {type(d).__name__}")
+        standard = d.get("standard")
+        if standard is not None:
+            if not isinstance(standard, list) or len(standard) != 2 or not all(
+                    isinstance(v, (int, float)) and math.isfinite(v) for v in standard) or not standard[1] > 0:
+                raise BadSchema(f"malformed schema: field {d.get('name')!r}: standard must be [center, scale > 0]")
+            d = {**d, "standard": (float(standard[0]), float(standard[1]))}
+        return cls(**d)
 
 
 # Format version 1 of model files and hashed datasets gave a numeric field's values
@@ -73,7 +99,7 @@ class Schema:
     def to_dict(self) -> dict:
         d = {
             "label": self.label,
-            "fields": [asdict(f) for f in self.fields],
+            "fields": [f.as_dict() for f in self.fields],
             "format": self.format,
             "column_names": list(self.column_names) if self.column_names else None,
         }
@@ -88,7 +114,7 @@ class Schema:
         try:
             schema = cls(
                 label=d["label"],
-                fields=tuple(Field(**f) for f in d["fields"]),
+                fields=tuple(Field.from_dict(f) for f in d["fields"]),
                 format=d.get("format"),
                 column_names=tuple(d["column_names"]) if d.get("column_names") else None,
                 item=tuple(d["item"]) if d.get("item") is not None else None,
@@ -133,6 +159,8 @@ def _stored_schema_problem(schema: Schema) -> str | None:
         if not isinstance(f.name, str) or f.kind not in KINDS or f.numeric not in NUMERIC_MODES \
                 or not isinstance(f.sep, str) or not f.sep:
             return f"field {f.name!r}: a name, a kind ({', '.join(KINDS)}), a numeric mode and a separator"
+        if f.standard is not None and f.kind != "numeric":
+            return f"field {f.name!r}: only a numeric field has a standardised value"
     return None
 
 
@@ -146,7 +174,7 @@ class SchemaSpec:
     numeric: tuple[str, ...] = ()
     multi: tuple[str, ...] = ()
     ignore: tuple[str, ...] = ()
-    numeric_mode: str = "fine"
+    numeric_mode: str = "auto"
     sep: str = "|"
     format: str | None = None
     column_names: tuple[str, ...] | None = None

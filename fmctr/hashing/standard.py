@@ -1,0 +1,77 @@
+"""Standardised values beside the buckets, for numeric columns that are measurements.
+
+A bucket token per value range (fmctr.hashing.tokens.bucket_values) suits counts -
+Criteo's integer columns, ages, clicks - where each range may behave on its own. A
+measurement (a radius, a ratio, a concentration) is fractional and often acts on the
+label smoothly; buckets split its few hundred training rows into noisy tokens, where
+a linear model on standardised values wins (breast cancer, KDD04 protein, sklearn's
+diabetes). So a numeric field in the `auto` mode (the default) whose training values
+include a fractional one gets, beside its bucket, a second feature: the value
+
+    z = clip((sign(x) * ln(1 + |x|) - center) / scale, -5, 5)
+
+on the field's one value index (a missing value: z = 0). center and scale are the
+mean and standard deviation of sign(x) * ln(1 + |x|) over the first chunk of the
+training data (the log keeps a heavy tail from setting the scale), stored in the
+schema, so eval and predict compute the same z. Whole-number columns keep their
+buckets only: on the Criteo sample a z beside each count lost 0.005 AUC.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import replace
+
+import numpy as np
+import polars as pl
+
+from fmctr.reading.read import Chunk, RawChunk, Source
+from fmctr.reading.schema import Schema
+
+CLIP = 5.0
+
+
+def signed_log(x: np.ndarray) -> np.ndarray:
+    return np.sign(x) * np.log1p(np.abs(x))
+
+
+def z_values(x: np.ndarray, standard: tuple[float, float]) -> np.ndarray:
+    """The standardised feature value of each x (float64, NaN where missing) as float32; 0 where missing."""
+    center, scale = standard
+    z = np.clip((signed_log(x) - center) / scale, -CLIP, CLIP)
+    return np.where(np.isnan(x), 0.0, z).astype(np.float32)
+
+
+def fit(schema: Schema, source: Source) -> tuple[Schema, Source]:
+    """The schema with `standard` set on each `auto` numeric field whose values in the
+    source's first chunk include a fractional number, and the source with that chunk
+    still to come. Every other `auto` field hashes as `fine`."""
+    auto = [f.name for f in schema.fields if f.kind == "numeric" and f.numeric == "auto"]
+    if not auto:
+        return schema, source
+    first = next(source.chunks, None)
+    if first is None:
+        return schema, source
+    source = replace(source, chunks=itertools.chain([first], source.chunks))
+    frame = _frame(first, source, auto)
+    standards = {name: fitted(frame.get_column(name)) for name in auto}
+    fields = tuple(replace(f, standard=standards[f.name]) if f.name in standards else f for f in schema.fields)
+    return replace(schema, fields=fields), source
+
+
+def fitted(column: pl.Series) -> tuple[float, float] | None:
+    """(center, scale) for a column of numeric text when it holds a fractional value, else None."""
+    x = column.str.strip_chars().cast(pl.Float64, strict=False).to_numpy()
+    x = x[np.isfinite(x)]
+    if len(x) < 2 or np.all(x == np.round(x)):
+        return None
+    t = signed_log(x)
+    scale = float(t.std())
+    return (float(t.mean()), scale) if scale > 0 else None
+
+
+def _frame(chunk: Chunk | RawChunk, source: Source, names: list[str]) -> pl.DataFrame:
+    if isinstance(chunk, Chunk):
+        return chunk.frame.select(names)
+    parsed = chunk.parse(source.name, source.columns, source.separator, source.quoted)
+    return pl.concat([c.frame.select(names) for c in parsed])
