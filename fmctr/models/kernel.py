@@ -125,14 +125,28 @@ def _step(theta, g, acc1, acc2, optimizer, lr, eps, beta1, beta2, correction1, c
     return theta - lr * (m / correction1) / (math.sqrt(v / correction2) + eps), m, v
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=FAST)
-def _adagrad_row(theta, acc, grad, l2, lr, eps, acc0):
-    """One row of factors (float32 throughout, so the loop vectorizes)."""
-    for f in range(theta.shape[0]):
-        g = grad[f] + l2 * theta[f]
-        a = acc[f] + g * g
-        acc[f] = a
-        theta[f] -= lr * g / (np.sqrt(a + acc0) + eps)
+# The updates index the tables instead of slicing them: a slice is a new array whose
+# reference count is changed atomically, and with several threads that count's cache
+# line moved between the cores at every update.
+@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=FAST, inline="always")
+def _adagrad_one(theta, acc, i, grad, l2, lr, eps, acc0):
+    """One Adagrad step of theta[i] (a linear weight; float32 throughout)."""
+    g = grad + l2 * theta[i]
+    a = acc[i] + g * g
+    acc[i] = a
+    theta[i] -= lr * g / (np.sqrt(a + acc0) + eps)
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=FAST, inline="always")
+def _adagrad_factors(table, i, k, grad, slot, l2, lr, eps, acc0):
+    """One Adagrad step of row i's factors (table[i, :k]; their accumulator in
+    table[i, k:]) by gradient row `slot` of grad (float32 throughout, so the loop
+    vectorizes)."""
+    for f in range(k):
+        g = grad[slot, f] + l2 * table[i, f]
+        a = table[i, k + f] + g * g
+        table[i, k + f] = a
+        table[i, f] -= lr * g / (np.sqrt(a + acc0) + eps)
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=FAST)
@@ -153,16 +167,29 @@ def _ftrl_one(w, z, n, i, g, alpha, beta, l1, l2):
         w[i] = -(zi - np.sign(zi) * l1) / ((beta + np.sqrt(n_new)) / alpha + l2)
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=FAST)
-def _adam_row(theta, m_state, v_state, grad, l2, lr, eps, beta1, beta2, c1, c2):
+@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=FAST, inline="always")
+def _adam_one(theta, m_state, v_state, i, grad, l2, lr, eps, beta1, beta2, c1, c2):
+    """One Adam step of theta[i] (a linear weight)."""
     one = np.float32(1)
-    for f in range(theta.shape[0]):
-        g = grad[f] + l2 * theta[f]
-        m = beta1 * m_state[f] + (one - beta1) * g
-        v = beta2 * v_state[f] + (one - beta2) * g * g
-        m_state[f] = m
-        v_state[f] = v
-        theta[f] -= lr * (m / c1) / (np.sqrt(v / c2) + eps)
+    g = grad + l2 * theta[i]
+    m = beta1 * m_state[i] + (one - beta1) * g
+    v = beta2 * v_state[i] + (one - beta2) * g * g
+    m_state[i] = m
+    v_state[i] = v
+    theta[i] -= lr * (m / c1) / (np.sqrt(v / c2) + eps)
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=FAST)
+def _adam_factors(table, v_state, i, k, grad, slot, l2, lr, eps, beta1, beta2, c1, c2):
+    """One Adam step of row i's factors (table[i, :k]; m in table[i, k:], v in v_state[i])."""
+    one = np.float32(1)
+    for f in range(k):
+        g = grad[slot, f] + l2 * table[i, f]
+        m = beta1 * table[i, k + f] + (one - beta1) * g
+        v = beta2 * v_state[i, f] + (one - beta2) * g * g
+        table[i, k + f] = m
+        v_state[i, f] = v
+        table[i, f] -= lr * (m / c1) / (np.sqrt(v / c2) + eps)
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
@@ -305,19 +332,19 @@ def _update_rows(n_slots, slot_rows, slot_linear, slot_factors, linear, linear_s
             i = slot_rows[slot]
             _ftrl_one(linear, linear_state1, linear_state2, i, slot_linear[slot] * batch,
                       np.float32(ftrl[0]), np.float32(ftrl[1]), np.float32(ftrl[2]), np.float32(ftrl[3]))
-            _adagrad_row(table[i][:k], table[i][k:], slot_factors[slot], touch_fac32, lr32, eps32, acc0_32)
+            _adagrad_factors(table, i, k, slot_factors, slot, touch_fac32, lr32, eps32, acc0_32)
     elif optimizer == ADAGRAD:
         for slot in range(n_slots):
             i = slot_rows[slot]
-            _adagrad_row(linear[i : i + 1], linear_state1[i : i + 1], slot_linear[slot : slot + 1], touch_lin32, lr32, eps32, acc0_32)
-            _adagrad_row(table[i][:k], table[i][k:], slot_factors[slot], touch_fac32, lr32, eps32, acc0_32)
+            _adagrad_one(linear, linear_state1, i, slot_linear[slot], touch_lin32, lr32, eps32, acc0_32)
+            _adagrad_factors(table, i, k, slot_factors, slot, touch_fac32, lr32, eps32, acc0_32)
     else:
         for slot in range(n_slots):
             i = slot_rows[slot]
-            _adam_row(linear[i : i + 1], linear_state1[i : i + 1], linear_state2[i : i + 1], slot_linear[slot : slot + 1],
-                      touch_lin32, lr32, eps32, beta1_32, beta2_32, c1, c2)
-            _adam_row(table[i][:k], table[i][k:], factor_state2[i], slot_factors[slot],
-                      touch_fac32, lr32, eps32, beta1_32, beta2_32, c1, c2)
+            _adam_one(linear, linear_state1, linear_state2, i, slot_linear[slot], touch_lin32, lr32, eps32, beta1_32,
+                      beta2_32, c1, c2)
+            _adam_factors(table, factor_state2, i, k, slot_factors, slot, touch_fac32, lr32, eps32, beta1_32,
+                          beta2_32, c1, c2)
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=FAST)
