@@ -19,6 +19,7 @@ import numpy as np
 from llvmlite import ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
+from numba.np.arrayobj import populate_array
 
 def cached(name: str) -> bool:
     """Whether numba's cache holds a compiled `name` of this module (any signature)."""
@@ -58,6 +59,27 @@ def _prefetch(typingctx, array, row, column):
         return context.get_dummy_value()
 
     return types.void(array, row, column), codegen
+
+
+@intrinsic
+def _unowned(typingctx, array):
+    """The same array (data, shape, strides) with no owner: numba counts references to
+    an owned array with atomic increments and decrements each time one is passed to a
+    function, and on x86 each of those is a full memory fence - dozens per row - and,
+    for the arrays the threads share, a cache line that moves between the cores. An
+    unowned view's count is null, so passing it costs a null check. The kernels take
+    views of their arguments, which their caller keeps alive."""
+    if not isinstance(array, types.Array):
+        return None
+
+    def codegen(context, builder, signature, args):
+        source = context.make_array(array)(context, builder, args[0])
+        view = context.make_array(array)(context, builder)
+        populate_array(view, data=source.data, shape=source.shape, strides=source.strides,
+                       itemsize=source.itemsize, meminfo=None)
+        return view._getvalue()
+
+    return array(array), codegen
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
@@ -410,6 +432,45 @@ def _train_batch(
     return total_loss
 
 
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _thread_rows(
+    t, indices, values, offsets, labels, order, batch_size, threads, n_batches, max_row, table_size,
+    bias, linear, table, k,
+    bias_state, linear_state1, linear_state2, factor_state2, seen,
+    optimizer, lr, l2_linear, l2_factors, eps, beta1, beta2, step0, init_seed, init_std, acc0, ftrl, inv_counts, priors,
+):
+    """Thread t's share of train_rows: batches t, t + threads, ...; returns their summed
+    logloss. It works on unowned views of the arrays (see _unowned)."""
+    n = len(order)
+    indices, values, offsets, labels, order = (_unowned(indices), _unowned(values), _unowned(offsets),
+                                               _unowned(labels), _unowned(order))
+    bias, linear, table, bias_state, seen = _unowned(bias), _unowned(linear), _unowned(table), _unowned(bias_state), _unowned(seen)
+    linear_state1, linear_state2 = _unowned(linear_state1), _unowned(linear_state2)
+    factor_state2, ftrl, inv_counts, priors = _unowned(factor_state2), _unowned(ftrl), _unowned(inv_counts), _unowned(priors)
+    slots = batch_size * max_row + 1
+    # (owned, and used in the loop, so alive until it ends; each batch gets views)
+    table_keys, table_slots = np.full(table_size, -1, np.int64), np.empty(table_size, np.int64)
+    slot_pos, slot_rows = np.empty(slots, np.int64), np.empty(slots, np.int64)
+    slot_linear, slot_factors = np.empty(slots, np.float32), np.empty((slots, k), np.float32)
+    s = np.empty(k, np.float32)
+    loss = 0.0
+    for b in range(t, n_batches, threads):
+        b0 = b * batch_size
+        next_b0 = b0 + threads * batch_size
+        if next_b0 >= n:
+            next_b0 = -1
+        loss += _train_batch(
+            indices, values, offsets, labels, order, b0, min(b0 + batch_size, n),
+            bias, linear, table, k,
+            bias_state, linear_state1, linear_state2, factor_state2,
+            _unowned(table_keys), _unowned(table_slots), _unowned(slot_pos), _unowned(slot_rows),
+            _unowned(slot_linear), _unowned(slot_factors), _unowned(s), seen,
+            optimizer, lr, l2_linear, l2_factors, eps, beta1, beta2, step0 + b + 1,
+            init_seed, init_std, acc0, ftrl, inv_counts, priors, next_b0, threads * batch_size, batch_size,
+        )
+    return loss
+
+
 @numba.njit(cache=True, nogil=True, error_model="numpy", parallel=True)
 def train_rows(
     indices, values, offsets, labels, order, batch_size, threads,
@@ -430,31 +491,17 @@ def train_rows(
     n = len(order)
     n_batches = (n + batch_size - 1) // batch_size
     losses = np.zeros(threads, np.float64)
-    slots = batch_size * max_row + 1
     table_size = 1
-    while table_size < 2 * slots:
+    while table_size < 2 * (batch_size * max_row + 1):
         table_size *= 2
     for t in numba.prange(threads):
-        table_keys = np.full(table_size, -1, np.int64)
-        table_slots = np.empty(table_size, np.int64)
-        slot_pos = np.empty(slots, np.int64)
-        slot_rows = np.empty(batch_size * max_row + 1, np.int64)
-        slot_linear = np.empty(batch_size * max_row + 1, np.float32)
-        slot_factors = np.empty((batch_size * max_row + 1, k), np.float32)
-        s = np.empty(k, np.float32)
-        for b in range(t, n_batches, threads):
-            b0 = b * batch_size
-            next_b0 = b0 + threads * batch_size
-            if next_b0 >= n:
-                next_b0 = -1
-            losses[t] += _train_batch(
-                indices, values, offsets, labels, order, b0, min(b0 + batch_size, n),
-                bias, linear, table, k,
-                bias_state, linear_state1, linear_state2, factor_state2,
-                table_keys, table_slots, slot_pos, slot_rows, slot_linear, slot_factors, s, seen,
-                optimizer, lr, l2_linear, l2_factors, eps, beta1, beta2, counters[0] + b + 1,
-                init_seed, init_std, acc0, ftrl, inv_counts, priors, next_b0, threads * batch_size, batch_size,
-            )
+        losses[t] = _thread_rows(
+            t, indices, values, offsets, labels, order, batch_size, threads, n_batches, max_row, table_size,
+            bias, linear, table, k,
+            bias_state, linear_state1, linear_state2, factor_state2, seen,
+            optimizer, lr, l2_linear, l2_factors, eps, beta1, beta2, counters[0], init_seed, init_std, acc0, ftrl,
+            inv_counts, priors,
+        )
     counters[0] += n_batches
     return losses.sum()
 
