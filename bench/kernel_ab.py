@@ -5,9 +5,10 @@ separate processes minutes apart moved by 2x).
     git show HEAD~2:fmctr/models/kernel.py > /tmp/old_kernel.py
     python bench/kernel_ab.py HASHED --threads 2 --rounds 4 old=/tmp/old_kernel.py new=fmctr/models/kernel.py probe
 
-Each arm is NAME=PATH to a kernel.py (loaded as a module of its own; its numba cache goes
-to a scratch folder, not beside the source) or `probe` (../shared/tools/fm_probe_hashed.py,
-run in this process: it times nothing here, its epoch function is called). Every kernel
+Each arm is NAME=PATH to a kernel.py (loaded as a module of its own, compiled into a
+fresh numba cache folder, not beside the source) or `probe`
+(../shared/tools/fm_probe_hashed.py, run in this process: it times nothing here, its
+epoch function is called). Every kernel
 arm gets its own engine (the default options, dim 16) and the same rows: all of HASHED,
 in one shuffled order, gathered once (so the engine's streaming and gathering are not
 timed - the kernel alone is; each is compiled first). Pass 1 warms (the tables fault in; the probe's are already
@@ -91,7 +92,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=4)
     args = parser.parse_args()
-    os.environ["NUMBA_CACHE_DIR"] = os.environ.get("NUMBA_CACHE_DIR") or tempfile.mkdtemp(prefix="kernel-ab-")
+    # A cache of its own: numba's cache names the module that compiled a file, and the
+    # arms load kernel files under names of their own.
+    os.environ["NUMBA_CACHE_DIR"] = tempfile.mkdtemp(prefix="kernel-ab-")
     import numpy as np
 
     from fmctr.datasets.hashed import open_hashed
