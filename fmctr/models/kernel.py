@@ -19,6 +19,7 @@ import numpy as np
 from llvmlite import ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
+from numba.np.arrayobj import populate_array
 
 def cached(name: str) -> bool:
     """Whether numba's cache holds a compiled `name` of this module (any signature)."""
@@ -58,6 +59,27 @@ def _prefetch(typingctx, array, row, column):
         return context.get_dummy_value()
 
     return types.void(array, row, column), codegen
+
+
+@intrinsic
+def _unowned(typingctx, array):
+    """The same array (data, shape, strides) with no owner: numba counts references to
+    an owned array with atomic increments and decrements each time one is passed to a
+    function, and on x86 each of those is a full memory fence - dozens per row - and,
+    for the arrays the threads share, a cache line that moves between the cores. An
+    unowned view's count is null, so passing it costs a null check. The kernels take
+    views of their arguments, which their caller keeps alive."""
+    if not isinstance(array, types.Array):
+        return None
+
+    def codegen(context, builder, signature, args):
+        source = context.make_array(array)(context, builder, args[0])
+        view = context.make_array(array)(context, builder)
+        populate_array(view, data=source.data, shape=source.shape, strides=source.strides,
+                       itemsize=source.itemsize, meminfo=None)
+        return view._getvalue()
+
+    return array(array), codegen
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
@@ -125,14 +147,28 @@ def _step(theta, g, acc1, acc2, optimizer, lr, eps, beta1, beta2, correction1, c
     return theta - lr * (m / correction1) / (math.sqrt(v / correction2) + eps), m, v
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=FAST)
-def _adagrad_row(theta, acc, grad, l2, lr, eps, acc0):
-    """One row of factors (float32 throughout, so the loop vectorizes)."""
-    for f in range(theta.shape[0]):
-        g = grad[f] + l2 * theta[f]
-        a = acc[f] + g * g
-        acc[f] = a
-        theta[f] -= lr * g / (np.sqrt(a + acc0) + eps)
+# The updates index the tables instead of slicing them: a slice is a new array whose
+# reference count is changed atomically, and with several threads that count's cache
+# line moved between the cores at every update.
+@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=FAST, inline="always")
+def _adagrad_one(theta, acc, i, grad, l2, lr, eps, acc0):
+    """One Adagrad step of theta[i] (a linear weight; float32 throughout)."""
+    g = grad + l2 * theta[i]
+    a = acc[i] + g * g
+    acc[i] = a
+    theta[i] -= lr * g / (np.sqrt(a + acc0) + eps)
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=FAST, inline="always")
+def _adagrad_factors(table, i, k, grad, slot, l2, lr, eps, acc0):
+    """One Adagrad step of row i's factors (table[i, :k]; their accumulator in
+    table[i, k:]) by gradient row `slot` of grad (float32 throughout, so the loop
+    vectorizes)."""
+    for f in range(k):
+        g = grad[slot, f] + l2 * table[i, f]
+        a = table[i, k + f] + g * g
+        table[i, k + f] = a
+        table[i, f] -= lr * g / (np.sqrt(a + acc0) + eps)
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=FAST)
@@ -153,16 +189,29 @@ def _ftrl_one(w, z, n, i, g, alpha, beta, l1, l2):
         w[i] = -(zi - np.sign(zi) * l1) / ((beta + np.sqrt(n_new)) / alpha + l2)
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=FAST)
-def _adam_row(theta, m_state, v_state, grad, l2, lr, eps, beta1, beta2, c1, c2):
+@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=FAST, inline="always")
+def _adam_one(theta, m_state, v_state, i, grad, l2, lr, eps, beta1, beta2, c1, c2):
+    """One Adam step of theta[i] (a linear weight)."""
     one = np.float32(1)
-    for f in range(theta.shape[0]):
-        g = grad[f] + l2 * theta[f]
-        m = beta1 * m_state[f] + (one - beta1) * g
-        v = beta2 * v_state[f] + (one - beta2) * g * g
-        m_state[f] = m
-        v_state[f] = v
-        theta[f] -= lr * (m / c1) / (np.sqrt(v / c2) + eps)
+    g = grad + l2 * theta[i]
+    m = beta1 * m_state[i] + (one - beta1) * g
+    v = beta2 * v_state[i] + (one - beta2) * g * g
+    m_state[i] = m
+    v_state[i] = v
+    theta[i] -= lr * (m / c1) / (np.sqrt(v / c2) + eps)
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=FAST)
+def _adam_factors(table, v_state, i, k, grad, slot, l2, lr, eps, beta1, beta2, c1, c2):
+    """One Adam step of row i's factors (table[i, :k]; m in table[i, k:], v in v_state[i])."""
+    one = np.float32(1)
+    for f in range(k):
+        g = grad[slot, f] + l2 * table[i, f]
+        m = beta1 * table[i, k + f] + (one - beta1) * g
+        v = beta2 * v_state[i, f] + (one - beta2) * g * g
+        table[i, k + f] = m
+        v_state[i, f] = v
+        table[i, f] -= lr * (m / c1) / (np.sqrt(v / c2) + eps)
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
@@ -305,19 +354,19 @@ def _update_rows(n_slots, slot_rows, slot_linear, slot_factors, linear, linear_s
             i = slot_rows[slot]
             _ftrl_one(linear, linear_state1, linear_state2, i, slot_linear[slot] * batch,
                       np.float32(ftrl[0]), np.float32(ftrl[1]), np.float32(ftrl[2]), np.float32(ftrl[3]))
-            _adagrad_row(table[i][:k], table[i][k:], slot_factors[slot], touch_fac32, lr32, eps32, acc0_32)
+            _adagrad_factors(table, i, k, slot_factors, slot, touch_fac32, lr32, eps32, acc0_32)
     elif optimizer == ADAGRAD:
         for slot in range(n_slots):
             i = slot_rows[slot]
-            _adagrad_row(linear[i : i + 1], linear_state1[i : i + 1], slot_linear[slot : slot + 1], touch_lin32, lr32, eps32, acc0_32)
-            _adagrad_row(table[i][:k], table[i][k:], slot_factors[slot], touch_fac32, lr32, eps32, acc0_32)
+            _adagrad_one(linear, linear_state1, i, slot_linear[slot], touch_lin32, lr32, eps32, acc0_32)
+            _adagrad_factors(table, i, k, slot_factors, slot, touch_fac32, lr32, eps32, acc0_32)
     else:
         for slot in range(n_slots):
             i = slot_rows[slot]
-            _adam_row(linear[i : i + 1], linear_state1[i : i + 1], linear_state2[i : i + 1], slot_linear[slot : slot + 1],
-                      touch_lin32, lr32, eps32, beta1_32, beta2_32, c1, c2)
-            _adam_row(table[i][:k], table[i][k:], factor_state2[i], slot_factors[slot],
-                      touch_fac32, lr32, eps32, beta1_32, beta2_32, c1, c2)
+            _adam_one(linear, linear_state1, linear_state2, i, slot_linear[slot], touch_lin32, lr32, eps32, beta1_32,
+                      beta2_32, c1, c2)
+            _adam_factors(table, factor_state2, i, k, slot_factors, slot, touch_fac32, lr32, eps32, beta1_32,
+                          beta2_32, c1, c2)
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=FAST)
@@ -383,6 +432,45 @@ def _train_batch(
     return total_loss
 
 
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _thread_rows(
+    t, indices, values, offsets, labels, order, batch_size, threads, n_batches, max_row, table_size,
+    bias, linear, table, k,
+    bias_state, linear_state1, linear_state2, factor_state2, seen,
+    optimizer, lr, l2_linear, l2_factors, eps, beta1, beta2, step0, init_seed, init_std, acc0, ftrl, inv_counts, priors,
+):
+    """Thread t's share of train_rows: batches t, t + threads, ...; returns their summed
+    logloss. It works on unowned views of the arrays (see _unowned)."""
+    n = len(order)
+    indices, values, offsets, labels, order = (_unowned(indices), _unowned(values), _unowned(offsets),
+                                               _unowned(labels), _unowned(order))
+    bias, linear, table, bias_state, seen = _unowned(bias), _unowned(linear), _unowned(table), _unowned(bias_state), _unowned(seen)
+    linear_state1, linear_state2 = _unowned(linear_state1), _unowned(linear_state2)
+    factor_state2, ftrl, inv_counts, priors = _unowned(factor_state2), _unowned(ftrl), _unowned(inv_counts), _unowned(priors)
+    slots = batch_size * max_row + 1
+    # (owned, and used in the loop, so alive until it ends; each batch gets views)
+    table_keys, table_slots = np.full(table_size, -1, np.int64), np.empty(table_size, np.int64)
+    slot_pos, slot_rows = np.empty(slots, np.int64), np.empty(slots, np.int64)
+    slot_linear, slot_factors = np.empty(slots, np.float32), np.empty((slots, k), np.float32)
+    s = np.empty(k, np.float32)
+    loss = 0.0
+    for b in range(t, n_batches, threads):
+        b0 = b * batch_size
+        next_b0 = b0 + threads * batch_size
+        if next_b0 >= n:
+            next_b0 = -1
+        loss += _train_batch(
+            indices, values, offsets, labels, order, b0, min(b0 + batch_size, n),
+            bias, linear, table, k,
+            bias_state, linear_state1, linear_state2, factor_state2,
+            _unowned(table_keys), _unowned(table_slots), _unowned(slot_pos), _unowned(slot_rows),
+            _unowned(slot_linear), _unowned(slot_factors), _unowned(s), seen,
+            optimizer, lr, l2_linear, l2_factors, eps, beta1, beta2, step0 + b + 1,
+            init_seed, init_std, acc0, ftrl, inv_counts, priors, next_b0, threads * batch_size, batch_size,
+        )
+    return loss
+
+
 @numba.njit(cache=True, nogil=True, error_model="numpy", parallel=True)
 def train_rows(
     indices, values, offsets, labels, order, batch_size, threads,
@@ -403,31 +491,17 @@ def train_rows(
     n = len(order)
     n_batches = (n + batch_size - 1) // batch_size
     losses = np.zeros(threads, np.float64)
-    slots = batch_size * max_row + 1
     table_size = 1
-    while table_size < 2 * slots:
+    while table_size < 2 * (batch_size * max_row + 1):
         table_size *= 2
     for t in numba.prange(threads):
-        table_keys = np.full(table_size, -1, np.int64)
-        table_slots = np.empty(table_size, np.int64)
-        slot_pos = np.empty(slots, np.int64)
-        slot_rows = np.empty(batch_size * max_row + 1, np.int64)
-        slot_linear = np.empty(batch_size * max_row + 1, np.float32)
-        slot_factors = np.empty((batch_size * max_row + 1, k), np.float32)
-        s = np.empty(k, np.float32)
-        for b in range(t, n_batches, threads):
-            b0 = b * batch_size
-            next_b0 = b0 + threads * batch_size
-            if next_b0 >= n:
-                next_b0 = -1
-            losses[t] += _train_batch(
-                indices, values, offsets, labels, order, b0, min(b0 + batch_size, n),
-                bias, linear, table, k,
-                bias_state, linear_state1, linear_state2, factor_state2,
-                table_keys, table_slots, slot_pos, slot_rows, slot_linear, slot_factors, s, seen,
-                optimizer, lr, l2_linear, l2_factors, eps, beta1, beta2, counters[0] + b + 1,
-                init_seed, init_std, acc0, ftrl, inv_counts, priors, next_b0, threads * batch_size, batch_size,
-            )
+        losses[t] = _thread_rows(
+            t, indices, values, offsets, labels, order, batch_size, threads, n_batches, max_row, table_size,
+            bias, linear, table, k,
+            bias_state, linear_state1, linear_state2, factor_state2, seen,
+            optimizer, lr, l2_linear, l2_factors, eps, beta1, beta2, counters[0], init_seed, init_std, acc0, ftrl,
+            inv_counts, priors,
+        )
     counters[0] += n_batches
     return losses.sum()
 
