@@ -870,6 +870,21 @@ def _run_plain(args: list[str]) -> int | None:
     return code if isinstance(code, int) else 0
 
 
+def _exit(code: int):
+    """End the process with `code`. After a signal (128 + N) the command has already
+    cleaned up; Python's own shutdown is skipped, since it unwinds a daemon reading
+    thread that may sit inside C++ (pyarrow reading stdin), which can abort the process
+    ("FATAL: exception not rethrown") instead of exiting with the signal's code."""
+    if code >= 128:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError, AttributeError):  # closed, gone, or None
+                pass
+        os._exit(code)
+    sys.exit(code)
+
+
 def main() -> None:
     """Run the CLI; click's usage errors become one `error:` line and exit 2."""
     from typer._click import exceptions as click_errors  # (typer vendors click)
@@ -879,9 +894,9 @@ def main() -> None:
         plain = _run_plain(sys.argv[1:])
     except KeyboardInterrupt:  # before the command's own handling starts, as click's Abort below
         _err("error: interrupted")
-        sys.exit(130)
+        _exit(130)
     if plain is not None:
-        sys.exit(plain)
+        _exit(plain)
     try:
         code = app(standalone_mode=False)
     except click_errors.NoArgsIsHelpError as e:
@@ -896,5 +911,5 @@ def main() -> None:
         sys.exit(1)
     except typer.Abort:
         _err("error: interrupted")
-        sys.exit(130)
-    sys.exit(code if isinstance(code, int) else 0)
+        _exit(130)
+    _exit(code if isinstance(code, int) else 0)
