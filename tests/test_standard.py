@@ -136,3 +136,14 @@ def test_the_inputs_of_one_preprocess_share_the_first_ones_fit(tmp_path):
     shards = open_many(tmp_path / "shards")
     assert shards[0].schema == shards[1].schema and shards[0].schema.fields[0].standard is not None
     assert invoke("train", tmp_path / "shards", "-o", tmp_path / "m.fm", "--epochs", "1", "-q").exit_code == 0
+
+
+def test_the_fit_reads_past_a_small_first_chunk(tmp_path):
+    """Text's first chunk is 64 KiB: a few hundred wide rows. The fit reads ahead to
+    65,536 rows (here: all 3,000), and every row is still hashed once."""
+    data = measurements(3000, 9).with_columns(note=pl.lit("x" * 300))
+    data.write_csv(tmp_path / "wide.csv")
+    inp = open_input(str(tmp_path / "wide.csv"), spec=SchemaSpec(numeric=("m0",), ignore=("note",)), require_label=True)
+    t = signed_log(data["m0"].to_numpy())
+    assert inp.schema.fields[0].standard == pytest.approx((t.mean(), t.std()))
+    assert len(inp.all_rows()) == 3000

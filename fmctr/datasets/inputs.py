@@ -53,7 +53,7 @@ def open_input(path: str, *, spec: SchemaSpec | None = None, schema: Schema | No
                tokens: bool = False) -> Input:
     """Open raw data (hashed on the fly) or a hashed dataset. Give `spec` to resolve
     a schema against the data's columns (and fit its standardised values on the
-    first chunk: fmctr.hashing.standard), or `schema` (from a model) to apply it;
+    first 65,536 rows: fmctr.hashing.standard), or `schema` (from a model) to apply it;
     `rare` (a model's --min-count map) maps rare values to their field's rare token.
     Data lacking more than half of the schema's feature columns is refused unless
     `allow_missing` (those columns then count as missing in every row). `format`

@@ -11,8 +11,8 @@ include a fractional one gets, beside its bucket, a second feature: the value
     z = clip((sign(x) * ln(1 + |x|) - center) / scale, -5, 5)
 
 on the field's one value index (a missing value: z = 0). center and scale are the
-mean and standard deviation of sign(x) * ln(1 + |x|) over the first chunk of the
-training data (the log keeps a heavy tail from setting the scale), stored in the
+mean and standard deviation of sign(x) * ln(1 + |x|) over the first FIT_ROWS rows of
+the training data (the log keeps a heavy tail from setting the scale), stored in the
 schema, so eval and predict compute the same z. Whole-number columns keep their
 buckets only: on the Criteo sample a z beside each count lost 0.005 AUC.
 """
@@ -29,6 +29,7 @@ from fmctr.reading.read import Chunk, RawChunk, Source
 from fmctr.reading.schema import Schema
 
 CLIP = 5.0
+FIT_ROWS = 65_536  # the rows read ahead to fit on (the first chunk of text may hold only ~100 wide rows)
 
 
 def signed_log(x: np.ndarray) -> np.ndarray:
@@ -44,16 +45,22 @@ def z_values(x: np.ndarray, standard: tuple[float, float]) -> np.ndarray:
 
 def fit(schema: Schema, source: Source) -> tuple[Schema, Source]:
     """The schema with `standard` set on each `auto` numeric field whose values in the
-    source's first chunk include a fractional number, and the source with that chunk
-    still to come. Every other `auto` field hashes as `fine`."""
+    source's first FIT_ROWS rows include a fractional number, and the source with those
+    rows still to come. Every other `auto` field hashes as `fine`."""
     auto = [f.name for f in schema.fields if f.kind == "numeric" and f.numeric == "auto"]
     if not auto:
         return schema, source
-    first = next(source.chunks, None)
-    if first is None:
+    ahead, frames, rows = [], [], 0
+    for chunk in source.chunks:
+        ahead.append(chunk)
+        frames.append(_frame(chunk, source, auto))
+        rows += frames[-1].height
+        if rows >= FIT_ROWS:
+            break
+    source = replace(source, chunks=itertools.chain(ahead, source.chunks))
+    if not frames:
         return schema, source
-    source = replace(source, chunks=itertools.chain([first], source.chunks))
-    frame = _frame(first, source, auto)
+    frame = pl.concat(frames)
     standards = {name: fitted(frame.get_column(name)) for name in auto}
     fields = tuple(replace(f, standard=standards[f.name]) if f.name in standards else f for f in schema.fields)
     return replace(schema, fields=fields), source
