@@ -147,3 +147,16 @@ def test_the_fit_reads_past_a_small_first_chunk(tmp_path):
     t = signed_log(data["m0"].to_numpy())
     assert inp.schema.fields[0].standard == pytest.approx((t.mean(), t.std()))
     assert len(inp.all_rows()) == 3000
+
+
+def test_explain_names_a_standardised_value_apart_from_its_bucket(tmp_path):
+    measurements(300, 10).write_csv(tmp_path / "train.csv")
+    model = tmp_path / "m.fm"
+    assert invoke("train", tmp_path / "train.csv", *NUMERIC, "-o", model, "--epochs", "2", "-q").exit_code == 0
+    result = invoke("predict", tmp_path / "train.csv", "-m", model, "--explain", "40")
+    assert result.exit_code == 0, result.stderr
+    frame = pl.read_csv(result.stdout.encode(), infer_schema_length=0)
+    names = [n for j in range(1, 41) for n in frame[f"term_{j}"].drop_nulls().to_list() if "*" not in n]
+    values = [n for n in names if n.endswith(" (value)")]
+    assert values and all(n.split("=")[0] in {f"m{j}" for j in range(5)} for n in values)
+    assert any(n.startswith("m0=") and not n.endswith(" (value)") for n in names)  # its bucket, named apart

@@ -9,7 +9,8 @@ sum of every other term: value_1 + ... + value_N + rest = logit.
 Columns, after the --keep ones: logit, term_1, value_1, ..., term_N, value_N, rest,
 probability. A term is named `bias`, `field=token` (a linear term; `field=` is a
 missing value, `field=__rare__` a value --min-count mapped to its field's rare
-token) or `field=token*field=token` (a pair term). A row with fewer than N terms
+token, `field=token (value)` a numeric field's standardised value) or
+`field=token*field=token` (a pair term). A row with fewer than N terms
 leaves the last term columns empty.
 """
 
@@ -44,8 +45,8 @@ def explained(part: Tagged, model: Model, n: int) -> pl.DataFrame:
                     value, rest)
     logit = scores.logits(w.bias, w.linear, w.factors, rows.indices, rows.values, rows.offsets)  # as predict's
     fields = pl.Series([field_name(model.schema, j) for j in range(max(len(model.schema.fields), 1))])
-    names = pl.DataFrame({"f": fields.gather(part.field), "t": part.token}).select(
-        pl.format("{}={}", "f", "t")).to_series()
+    names = pl.DataFrame({"f": fields.gather(part.field), "t": part.token, "v": _standardised(rows, model)}).select(
+        pl.format("{}={}", "f", "t") + pl.when("v").then(pl.lit(" (value)")).otherwise(pl.lit(""))).to_series()
     start, last = rows.offsets[:-1], max(len(names) - 1, 0)
     out = {"logit": logit}
     for j in range(n):
@@ -60,6 +61,16 @@ def explained(part: Tagged, model: Model, n: int) -> pl.DataFrame:
     with np.errstate(over="ignore"):
         out[PROBABILITY] = 1.0 / (1.0 + np.exp(-logit))
     return pl.DataFrame(out).select(columns(n))
+
+
+def _standardised(rows, model: Model) -> np.ndarray:
+    """Whether each position is a standardised value (fmctr.hashing.standard): those
+    follow the row's single-valued fields, one per standardised field."""
+    fields = model.schema.fields
+    singles = sum(f.kind != "multi" for f in fields)
+    values = sum(f.standard is not None for f in fields)
+    at = np.arange(len(rows.indices)) - np.repeat(rows.offsets[:-1], np.diff(rows.offsets))
+    return (at >= singles) & (at < singles + values)
 
 
 def write_explained(path: str, model: Model, out, *, n: int, keep: Sequence[str] = (), log: Log = silent,
