@@ -64,13 +64,12 @@ def explained(part: Tagged, model: Model, n: int) -> pl.DataFrame:
 
 
 def _standardised(rows, model: Model) -> np.ndarray:
-    """Whether each position is a standardised value (fmctr.hashing.standard): those
-    follow the row's single-valued fields, one per standardised field."""
-    fields = model.schema.fields
-    singles = sum(f.kind != "multi" for f in fields)
-    values = sum(f.standard is not None for f in fields)
+    """Whether each position is a standardised value (Schema.segments: those come
+    before the bags, so a row's first positions are its first segments)."""
+    value = [v for _, v in model.schema.segments()]
     at = np.arange(len(rows.indices)) - np.repeat(rows.offsets[:-1], np.diff(rows.offsets))
-    return (at >= singles) & (at < singles + values)
+    flags = np.array(value + [False], bool)
+    return flags[np.minimum(at, len(value))]
 
 
 def write_explained(path: str, model: Model, out, *, n: int, keep: Sequence[str] = (), log: Log = silent,

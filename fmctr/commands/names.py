@@ -38,12 +38,8 @@ class Tagged:
 
 
 def position_order(schema: Schema) -> list[int]:
-    """Which schema field each of a row's segments is: the single-valued fields, in
-    order, the standardised values' (fmctr.hashing.standard), then each multi-valued
-    field's bag (as fmctr.hashing.tokens lays rows out)."""
-    fields = list(enumerate(schema.fields))
-    return [j for j, f in fields if f.kind != "multi"] + [j for j, f in fields if f.standard is not None] \
-        + [j for j, f in fields if f.kind == "multi"]
+    """Which schema field each of a row's segments is (Schema.segments)."""
+    return [j for j, _ in schema.segments()]
 
 
 def _tokens(frame: pl.DataFrame, schema: Schema) -> tuple[pl.Series, np.ndarray]:

@@ -36,11 +36,10 @@ def check_schema(schema: Schema) -> None:
 
 
 def field_names(schema: Schema) -> list[str]:
-    """The field of each position in a row (a standardised value's position after
-    every field's own: fmctr.hashing.standard)."""
+    """The field of each position in a row (Schema.segments: no bags here)."""
     if schema.format in SPARSE_FORMATS:
         return [SPARSE_FIELD]
-    return [f.name for f in schema.fields] + [f.name for f in schema.fields if f.standard is not None]
+    return [schema.fields[j].name for j, _ in schema.segments()]
 
 
 @dataclass

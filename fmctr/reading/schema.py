@@ -135,6 +135,16 @@ class Schema:
     def has_towers(self) -> bool:
         return self.item is not None
 
+    def segments(self) -> list[tuple[int, bool]]:
+        """A row's layout, as fmctr.hashing.tokens writes it: (field index, whether it
+        is a standardised value) per segment - each single-valued field's own position
+        in order, then one standardised value per field that has one
+        (fmctr.hashing.standard), then each multi-valued field's bag."""
+        fields = list(enumerate(self.fields))
+        return [(j, False) for j, f in fields if f.kind != "multi"] + \
+            [(j, True) for j, f in fields if f.standard is not None] + \
+            [(j, False) for j, f in fields if f.kind == "multi"]
+
     def side(self, item: bool) -> Schema:
         """The schema of one side of recall: the item fields, or every other field
         (user and context). No label: a catalogue or a user list has none."""
