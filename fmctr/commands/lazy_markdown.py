@@ -23,6 +23,8 @@ def _real() -> types.ModuleType:
 
 
 def _getattr(name: str):
+    if name.startswith("__"):  # the import system asks for __path__ on `from rich.markdown import ...`
+        raise AttributeError(name)
     return getattr(_real(), name)
 
 
