@@ -35,30 +35,38 @@ FTRL = 2  # FTRL-Proximal for the linear weights, Adagrad for the bias and the f
 FAST = {"contract", "reassoc", "arcp", "nsz"}
 
 
-@intrinsic
-def _prefetch(typingctx, array, row, column):
-    """Ask the CPU to start loading the cache line that holds array[row, column]
-    (array[row] for a 1-D array); LLVM's prefetch, with no effect on results.
-    Training reads its tables at random, so the next row's lines are requested while
-    this row computes, instead of stalling when it reaches them."""
-    if not isinstance(array, types.Array) or array.ndim > 2:
-        return None
+def _prefetch_intrinsic(write: int):
+    def typer(typingctx, array, row, column):
+        if not isinstance(array, types.Array) or array.ndim > 2:
+            return None
 
-    def codegen(context, builder, signature, args):
-        array_type, row_type, column_type = signature.args
-        view = context.make_array(array_type)(context, builder, args[0])
-        where = [context.cast(builder, args[1], row_type, types.intp)]
-        if array_type.ndim == 2:
-            where.append(context.cast(builder, args[2], column_type, types.intp))
-        pointer = cgutils.get_item_pointer(context, builder, array_type, view, where, wraparound=False)
-        i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
-                                            "llvm.prefetch.p0i8")
-        # write access, high temporal locality, data cache
-        builder.call(fn, [builder.bitcast(pointer, i8p), i32(1), i32(3), i32(1)])
-        return context.get_dummy_value()
+        def codegen(context, builder, signature, args):
+            array_type, row_type, column_type = signature.args
+            view = context.make_array(array_type)(context, builder, args[0])
+            where = [context.cast(builder, args[1], row_type, types.intp)]
+            if array_type.ndim == 2:
+                where.append(context.cast(builder, args[2], column_type, types.intp))
+            pointer = cgutils.get_item_pointer(context, builder, array_type, view, where, wraparound=False)
+            i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
+                                                "llvm.prefetch.p0i8")
+            # read or write access, high temporal locality, data cache
+            builder.call(fn, [builder.bitcast(pointer, i8p), i32(write), i32(3), i32(1)])
+            return context.get_dummy_value()
 
-    return types.void(array, row, column), codegen
+        return types.void(array, row, column), codegen
+
+    typer.__name__ = typer.__qualname__ = "prefetch_write" if write else "prefetch_read"
+    return typer
+
+
+# Ask the CPU to start loading the cache line that holds array[row, column] (array[row]
+# for a 1-D array); LLVM's prefetch, with no effect on results. The kernels read their
+# tables at random, so the next row's lines are requested while this row computes,
+# instead of stalling when it reaches them. Training asks for the lines it will write;
+# scoring only reads (a write prefetch would take the line from the other cores).
+_prefetch = intrinsic(_prefetch_intrinsic(1))
+_prefetch_read = intrinsic(_prefetch_intrinsic(0))
 
 
 @intrinsic
@@ -96,14 +104,28 @@ def _row_logit(indices, values, lo, hi, bias, linear, factors, s):
     return _row_logit_k(indices, values, lo, hi, bias, linear, factors, factors.shape[1], s)
 
 
+@numba.njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _prefetch_row(indices, offsets, r, linear, factors):
+    """Start loading row r's lines of the tables, for scoring (read only)."""
+    for p in range(offsets[r], offsets[r + 1]):
+        i = indices[p]
+        _prefetch_read(linear, i, 0)
+        for f in range(0, factors.shape[1], 16):
+            _prefetch_read(factors, i, f)
+
+
 @numba.njit(cache=True, parallel=True, nogil=True, error_model="numpy")
 def fm_logits(indices, values, offsets, bias, linear, factors, out):
     """(nnz,), (nnz,), (n+1,) CSR rows -> out (n,) logits."""
     n = len(offsets) - 1
     k = factors.shape[1]
-    for r in numba.prange(n):
+    for b in numba.prange((n + 1023) // 1024):
         s = np.empty(k, np.float64)
-        out[r] = _row_logit(indices, values, offsets[r], offsets[r + 1], bias[0], linear, factors, s)
+        end = min(n, b * 1024 + 1024)
+        for r in range(b * 1024, end):
+            if r + 1 < end:
+                _prefetch_row(indices, offsets, r + 1, linear, factors)
+            out[r] = _row_logit(indices, values, offsets[r], offsets[r + 1], bias[0], linear, factors, s)
 
 
 @numba.njit(cache=True, parallel=True, nogil=True, error_model="numpy")
@@ -115,7 +137,10 @@ def fm_scores(indices, values, offsets, bias, linear, factors, out):
     for b in numba.prange((n + 1023) // 1024):
         s = np.empty(k, np.float64)
         q = np.empty(k, np.float64)
-        for r in range(b * 1024, min(n, b * 1024 + 1024)):
+        end = min(n, b * 1024 + 1024)
+        for r in range(b * 1024, end):
+            if r + 1 < end:
+                _prefetch_row(indices, offsets, r + 1, linear, factors)
             s[:] = 0.0
             q[:] = 0.0
             lin = np.float64(bias[0])
