@@ -28,7 +28,7 @@ import numpy as np
 from fmctr.atomic import Kind, Output, Target, atomic_dir
 from fmctr.errors import BadInput, BadOptions, BadSchema
 from fmctr.hashing.tokens import HashSpec, Rows, is_ones, ones
-from fmctr.reading.schema import BUCKETS_CHANGED_AFTER, Schema, old_buckets
+from fmctr.reading.schema import BUCKETS_CHANGED_AFTER, Schema, stored_problem
 
 FORMAT = "fmctr-hashed"
 FORMAT_VERSION = 2  # 2: numeric buckets keep values up to 2 apart (fmctr.schema.old_buckets)
@@ -269,14 +269,14 @@ DATASET = Kind("an fmctr hashed dataset", _made_by_fmctr, directory=True)
 def open_hashed(path: str | Path) -> HashedDataset:
     path = Path(path)
     manifest = read_json(path / MANIFEST, BadInput, "hashed dataset manifest")
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise BadInput(f"{path}: not an fmctr hashed dataset")
-    version = manifest.get("format_version")
-    if old_buckets(version, manifest.get("schema")):
-        raise BadInput(f"{path}: hashed by an older fmctr, which bucketed numeric fields differently "
-                       f"(values up to 2 shared tokens with larger ones); run fmctr preprocess again")
-    if version not in (FORMAT_VERSION, BUCKETS_CHANGED_AFTER):
-        raise BadInput(f"{path}: hashed dataset version {version} is not one this fmctr reads ({FORMAT_VERSION})")
+    problem = stored_problem(manifest, FORMAT, (FORMAT_VERSION, BUCKETS_CHANGED_AFTER))
+    if problem is not None:
+        why = {"format": "not an fmctr hashed dataset",
+               "buckets": "hashed by an older fmctr, which bucketed numeric fields differently (values up to 2 "
+                          "shared tokens with larger ones); run fmctr preprocess again",
+               "version": f"hashed dataset version {manifest.get('format_version')} is not one this fmctr reads "
+                          f"({FORMAT_VERSION})"}
+        raise BadInput(f"{path}: {why[problem]}")
     hashing, min_count = manifest.get("hashing"), manifest.get("min_count")
     if not isinstance(hashing, dict) or not isinstance(manifest.get("schema"), dict) \
             or not (min_count is None or _is_count(min_count)):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from fmctr import __version__
 from fmctr.errors import BadModel
-from fmctr.reading.schema import BUCKETS_CHANGED_AFTER, old_buckets
+from fmctr.reading.schema import BUCKETS_CHANGED_AFTER, stored_problem
 
 FORMAT = "fmctr-model"
 FORMAT_VERSION = 3  # 3: the checksum covers the header, dtypes and shapes too
@@ -48,17 +48,15 @@ def _meta(header: dict, name: str) -> dict:
         meta = json.loads(header["__metadata__"][METADATA_KEY])
     except (ValueError, KeyError, TypeError, RecursionError):
         raise BadModel(f"{name}: not an fmctr model file (no fmctr header)") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise BadModel(f"{name}: not an fmctr model file")
-    version = meta.get("format_version")
-    if old_buckets(version, meta.get("schema")):
-        raise BadModel(f"{name}: made by an older fmctr, which bucketed numeric fields differently "
-                       f"(values up to 2 shared tokens with larger ones); train the model again")
-    if version not in (FORMAT_VERSION, TENSORS_ONLY_CHECKSUM, BUCKETS_CHANGED_AFTER):
-        raise BadModel(
-            f"{name}: model format version {version} is not one this fmctr {__version__} reads "
-            f"(it reads versions 1 to {FORMAT_VERSION})"
-        )
+    problem = stored_problem(meta, FORMAT, (FORMAT_VERSION, TENSORS_ONLY_CHECKSUM, BUCKETS_CHANGED_AFTER))
+    if problem is not None:
+        raise BadModel(f"{name}: " + {
+            "format": "not an fmctr model file",
+            "buckets": "made by an older fmctr, which bucketed numeric fields differently (values up to 2 shared "
+                       "tokens with larger ones); train the model again",
+            "version": f"model format version {meta.get('format_version')} is not one this fmctr {__version__} "
+                       f"reads (it reads versions 1 to {FORMAT_VERSION})",
+        }[problem])
     return meta
 
 

@@ -82,6 +82,19 @@ def old_buckets(version, schema: dict) -> bool:
     )
 
 
+def stored_problem(doc, fmt: str, versions: tuple) -> str | None:
+    """Why a stored file's metadata (a model's header, a hashed dataset's manifest)
+    cannot be read: "format" (not that kind of file), "buckets" (numeric fields hashed
+    by the version-1 bucket rule), "version" (a version this fmctr does not read), or
+    None when it can be."""
+    if not isinstance(doc, dict) or doc.get("format") != fmt:
+        return "format"
+    version = doc.get("format_version")
+    if old_buckets(version, doc.get("schema")):
+        return "buckets"
+    return None if version in versions else "version"
+
+
 @dataclass(frozen=True)
 class Schema:
     """A resolved schema: the label column and every feature field, in order."""
