@@ -147,6 +147,31 @@ def test_early_stopping_keeps_the_best_epoch():
     assert logloss(valid.labels, 1 / (1 + np.exp(-z))) == pytest.approx(min(scores), rel=1e-9)
 
 
+
+@pytest.mark.parametrize("warm", [False, True])
+def test_validation_scores_and_keeps_the_weights_as_they_are(warm):
+    """Validation keeps its copies (the one it scores, the best so far) up to date by
+    copying only the rows training has met since - in a hash space far larger than the
+    rows touch, as real models are (bits 12 here, 50 features). Against full copies of
+    the weights taken after each epoch: every check scored those weights, and the model
+    kept is the best epoch's - from zero, or warm-started from weights on every row,
+    most of which training never meets."""
+    from fmctr.metrics import logloss
+    from fmctr.training.loop import Start
+
+    rng = np.random.default_rng(9)
+    rows, valid = random_rows(rng, n_rows=400), random_rows(rng, n_rows=100)
+    start = Start(random_weights(rng, n_features=1 << 12, dim=4)) if warm else None
+    after = []
+    cfg = TrainConfig.from_options(dim=4, epochs=8, patience=3, lr=0.3, seed=0, threads=1)
+    result = train(rows, cfg, bits=12, valid=valid, start=start, on_epoch=lambda record, w: after.append(w.copy()))
+    for epoch, w in zip(result.history, after):
+        assert epoch.valid["logloss"] == logloss(valid.labels, 1 / (1 + np.exp(-logits(w, valid))))
+    best = after[result.best_epoch - 1]
+    assert result.best_epoch < len(after)  # later epochs were worse: the weights kept are older ones
+    for name in ("bias", "linear", "factors"):
+        np.testing.assert_array_equal(getattr(result.weights, name), getattr(best, name))
+
 @needs_torch
 def test_torch_scorer_matches_the_cpu_kernel():
     """Scoring on a GPU runs the torch model; on a CPU the kernel. Same numbers."""

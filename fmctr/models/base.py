@@ -23,7 +23,18 @@ class Engine(Protocol):
     def train(self, rows, order: np.ndarray) -> float:
         """One pass over rows[order] in mini-batches; the summed logloss."""
 
-    def weights(self): ...
+    def weights(self):
+        """The weights as they are now, in arrays of their own (the caller may keep them)."""
+
+    def scoring_weights(self):
+        """The weights as they are now, for scoring at once: valid until the engine's next
+        call (an engine may reuse the arrays)."""
+
+    def snapshot(self, previous=None):
+        """A copy of the weights to keep (the best so far); `previous`, an earlier
+        snapshot of this engine that is no longer needed, may be overwritten to make it."""
+
+    def weights_finite(self) -> bool: ...
 
     def set_lr(self, lr: float) -> None: ...
 

@@ -51,7 +51,10 @@ class CpuEngine:
         # lines. w.factors and factor_state1 are views of this table. A fresh all-zero
         # table is not written here, so its pages still fault in when first used.
         self.table = self._aligned((n, 2 * k))
+        # (from zero weights, every row not met in training stays zero: _refresh)
+        self._from_zero = optimizer is None and not w.linear.any() and not w.bias.any()
         if w.factors.any():
+            self._from_zero = False
             self.table[:, :k] = w.factors
         if self.factor_state1.any():
             self.table[:, k:] = self.factor_state1
@@ -75,6 +78,8 @@ class CpuEngine:
         self.inv_counts = np.zeros(0, np.float32)
         self.priors = np.array([cfg.l2_all_linear, cfg.l2_all_factors], np.float64)
         self._identity = np.zeros(0, np.int64)
+        self.shared = False  # the tables are averaged with other replicas' (replicated())
+        self._scoring = self._snapshot = None
 
     ALIGN = 128
 
@@ -146,6 +151,52 @@ class CpuEngine:
         as it will for the saved model."""
         return FMWeights(self.w.bias, self.w.linear, np.ascontiguousarray(self.w.factors))
 
+    # A copy of the whole table per validation check (and another of the best weights)
+    # cost more than the epochs on small data: with bits 22 the tables hold 4M rows
+    # whatever the data, and 5,000 rows train in a few ms. So the copies below are
+    # kept and brought up to date: only the rows met in training can have changed.
+
+    def _changed_rows(self) -> np.ndarray | None:
+        """The rows whose weights may differ from an earlier full copy: those met in
+        training (no other row is ever written), or None (all) when they are most of
+        the table or once the tables are shared with other replicas, whose averages
+        change rows this engine never met."""
+        if self.shared:
+            return None
+        rows = np.flatnonzero(self.seen)
+        return rows if len(rows) < len(self.seen) // 4 else None
+
+    def _refresh(self, copy: FMWeights | None) -> FMWeights:
+        """`copy` (an earlier copy of this engine's weights, or None) made equal to them."""
+        rows = self._changed_rows()
+        if copy is None and (rows is None or not self._from_zero):
+            return FMWeights(self.w.bias.copy(), self.w.linear.copy(), np.ascontiguousarray(self.w.factors))
+        if copy is None:
+            copy = FMWeights(np.zeros_like(self.w.bias), np.zeros(self.w.linear.shape, np.float32),
+                             np.zeros(self.w.factors.shape, np.float32))
+        if rows is None:
+            np.copyto(copy.factors, self.w.factors)
+            np.copyto(copy.linear, self.w.linear)
+        else:
+            copy.factors[rows] = self.w.factors[rows]
+            copy.linear[rows] = self.w.linear[rows]
+        np.copyto(copy.bias, self.w.bias)
+        return copy
+
+    def scoring_weights(self) -> FMWeights:
+        """weights(), but with the factors in a copy kept between calls."""
+        self._scoring = self._refresh(self._scoring)
+        return FMWeights(self.w.bias, self.w.linear, self._scoring.factors)
+
+    def snapshot(self, previous: FMWeights | None = None) -> FMWeights:
+        self._snapshot = self._refresh(previous if previous is self._snapshot else None)
+        return self._snapshot
+
+    def weights_finite(self) -> bool:
+        rows = self._changed_rows()
+        linear, factors = (self.w.linear, self.w.factors) if rows is None else (self.w.linear[rows], self.w.factors[rows])
+        return bool(np.isfinite(self.w.bias).all() and np.isfinite(linear).all() and np.isfinite(factors).all())
+
     def set_lr(self, lr: float) -> None:
         self.lr = lr
 
@@ -166,6 +217,7 @@ class CpuEngine:
         (each linear weight and its state; the --l2-all share, the same on every rank,
         rides along), Adam's second factor state, and the bias with its state."""
         second = [self.factor_state2] if self.cfg.optimizer == "adam" else []
+        self.shared = True
         return [self.table, self.meta] + second, [self.w.bias, self.bias_state]
 
     def optimizer_state(self) -> dict:
@@ -302,6 +354,16 @@ class TorchEngine:
 
     def weights(self) -> FMWeights:
         return self.model.to_weights()
+
+    def scoring_weights(self) -> FMWeights:
+        return self.weights()
+
+    def snapshot(self, previous: FMWeights | None = None) -> FMWeights:
+        return self.weights()  # (to_weights copies the device's tensors)
+
+    def weights_finite(self) -> bool:
+        w = self.weights()
+        return bool(np.isfinite(w.bias).all() and np.isfinite(w.linear).all() and np.isfinite(w.factors).all())
 
     def set_lr(self, lr: float) -> None:
         self.lr = lr

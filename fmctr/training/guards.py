@@ -69,10 +69,6 @@ def check_loss(loss: float, cfg, source, epoch: int, rows_done: int) -> None:
         raise diverged(cfg, source, epoch, f"the loss is {loss} after {rows_done:,} rows")
 
 
-def weights_finite(weights) -> bool:
-    return all(np.isfinite(a).all() for a in vars(weights).values() if isinstance(a, np.ndarray))
-
-
 def diverged(cfg, source, epoch: int, what: str) -> Diverged:
     return Diverged(f"training diverged in epoch {epoch}: {what}; {likely_cause(cfg, source)}")
 

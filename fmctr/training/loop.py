@@ -21,7 +21,7 @@ from fmctr.models.kinds import kind_of
 from fmctr.models.runtime import resolve_device, set_threads
 from fmctr.training.checkpoints import Checkpoints
 from fmctr.training.config import TrainConfig
-from fmctr.training.guards import check_loss, check_memory, diverged, weights_finite
+from fmctr.training.guards import check_loss, check_memory, diverged
 from fmctr.training.schedule import epoch_pieces
 from fmctr.training.state import Epoch, Resume
 from fmctr.training.validation import Validation, scores
@@ -196,7 +196,7 @@ def _epoch(run: Run, epoch: int, *, resumed: bool) -> None:
     epoch_rows, total_done = rows_done - rows_before, rows_done
     if run.sync is not None:
         loss, epoch_rows, total_done = run.sync.total([loss, epoch_rows, total_done])
-    if _any(run, not (math.isfinite(loss) and weights_finite(engine.weights()))):
+    if _any(run, not (math.isfinite(loss) and engine.weights_finite())):
         raise diverged(run.cfg, run.source, epoch, "the loss or the weights are NaN or infinite")
     record = Epoch(epoch, loss / max(total_done, 1), seconds, epoch_rows / max(seconds, 1e-9))
     if run.validation is not None and run.every is None:

@@ -34,12 +34,12 @@ class Validation:
         """One check; returns the metrics and the check's record (the metrics with
         where the check fell, the rate after it, and whether it was the best so far)."""
         cfg = self.cfg
-        current = engine.weights()
+        current = engine.scoring_weights()
         metrics = self.measure(current) if self.measure else evaluate(self.labels, self.score(current, self.source))
         score = metrics[cfg.stop_metric]
         if better(cfg.stop_metric, score, state.best_score):
             state.best_score, state.best_epoch, state.since_best = score, epoch, 0
-            state.best = current.copy()
+            state.best = engine.snapshot(state.best)
         else:
             state.since_best += 1
             state.lr_scale *= cfg.lr_decay
