@@ -93,7 +93,7 @@ def test_save_load_identical_predictions(movies_model, tmp_path):
 
 
 def test_a_model_in_small_pages_holds_the_same_weights(movies_model):
-    """Loading to score a short file (small pages: fmctr.models.modelfile._zeros) changes
+    """Loading to score a short file (small pages: fmctr.models.weights.sparse_zeros) changes
     where the weight tables live, not what they hold."""
     usual, small = load(movies_model, training_state=False), load(movies_model, training_state=False, small_pages=True)
     assert usual.weights.factors.base is None and small.weights.factors.base is not None  # (a mapping's view)

@@ -9,7 +9,7 @@ import numpy as np
 
 from fmctr.hashing.tokens import Rows, is_ones, ones
 from fmctr.models import kernel
-from fmctr.models.weights import FMWeights, initial_factors
+from fmctr.models.weights import FMWeights, initial_factors, sparse_zeros
 
 
 def _read_only(a: np.ndarray) -> np.ndarray:
@@ -172,8 +172,8 @@ class CpuEngine:
         if copy is None and (rows is None or not self._from_zero):
             return FMWeights(self.w.bias.copy(), self.w.linear.copy(), np.ascontiguousarray(self.w.factors))
         if copy is None:
-            copy = FMWeights(np.zeros_like(self.w.bias), np.zeros(self.w.linear.shape, np.float32),
-                             np.zeros(self.w.factors.shape, np.float32))
+            copy = FMWeights(np.zeros_like(self.w.bias), sparse_zeros(self.w.linear.shape, len(rows)),
+                             sparse_zeros(self.w.factors.shape, len(rows)))
         if rows is None:
             np.copyto(copy.factors, self.w.factors)
             np.copyto(copy.linear, self.w.linear)

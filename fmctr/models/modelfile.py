@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
-import mmap
 import os
 import stat
 import struct
@@ -35,7 +33,7 @@ from fmctr.hashing.rare import RareMap
 from fmctr.reading.schema import Schema
 from fmctr.models.header import FORMAT, FORMAT_VERSION, METADATA_KEY, parse_header
 from fmctr.models.kinds import kind_of
-from fmctr.models.weights import FMWeights
+from fmctr.models.weights import FMWeights, sparse_zeros
 
 
 
@@ -171,30 +169,9 @@ def _header(data: bytes, name: str) -> dict:
 def _full(values: np.ndarray, rows: np.ndarray, n: int, dim: int | None = None, small_pages: bool = False) -> np.ndarray:
     """Per-row values of the stored rows, spread over all n rows (zeros elsewhere)."""
     shape = (n,) if dim is None else (n, dim)
-    full = _zeros(shape, small_pages and len(rows) < _pages(shape) / 8)
+    full = sparse_zeros(shape, len(rows)) if small_pages else np.zeros(shape, np.float32)
     full[rows] = values if dim is None else values.reshape(len(rows), dim)
     return full
-
-
-def _pages(shape: tuple[int, ...]) -> int:
-    """4 KiB pages of a float32 table."""
-    return math.prod(shape) * 4 // 4096
-
-
-def _zeros(shape: tuple[int, ...], small_pages: bool) -> np.ndarray:
-    """float32 zeros; pages no row is written to are never touched. numpy asks for huge
-    pages for big arrays, which a long job wants (fewer TLB misses over millions of
-    rows), but then the few stored rows of a small model, spread over the hashed table,
-    touch every 2 MiB page and each is zeroed whole: 20-190 ms for a 2^22 x 8 table
-    here, most of a short predict's loading. `small_pages` maps the table anonymously
-    instead, without asking for huge pages: 4 KiB pages, zeroed where a row lands
-    (about 4 us each here, against 0.3-2.6 ms to zero a huge page, which moves with the
-    machine's load: _full asks for small pages only when the stored rows are fewer than
-    an eighth of the table's 4 KiB pages, where they win by that whole range)."""
-    count = math.prod(shape)
-    if not small_pages or count == 0:
-        return np.zeros(shape, np.float32)
-    return np.frombuffer(mmap.mmap(-1, count * 4), np.float32).reshape(shape)
 
 
 def _is_int(value) -> bool:
@@ -288,7 +265,7 @@ def _check_finite(tensors: dict[str, np.ndarray], name: str) -> None:
 def from_bytes(data: bytes, name: str = "model", *, training_state: bool = True, small_pages: bool = False) -> Model:
     """Parse a model file. Scoring needs no optimizer state or best weights:
     `training_state=False` leaves them out (they can double the memory).
-    `small_pages`: the weight tables in small pages, for a short job (_zeros)."""
+    `small_pages`: the weight tables in small pages, for a short job (fmctr.models.weights.sparse_zeros)."""
     meta = _header(data, name)
     try:
         tensors = st_load(data)
