@@ -149,25 +149,24 @@ def _by_feature(w, context: Rows, catalogue: "CatalogueIndex", loss: float, grad
 
 @dataclass
 class Grouping:
-    """Values summed by the feature each belongs to: the distinct features (sorted) and
-    each value's place among them."""
+    """Values summed by the feature each belongs to: the distinct features (sorted), the
+    order that puts each feature's values together and where each group starts."""
 
     features: np.ndarray  # int64
-    where: np.ndarray
-    distinct: bool  # no feature twice: the sum is a plain scatter
+    order: np.ndarray
+    starts: np.ndarray
 
     @classmethod
     def of(cls, indices: np.ndarray) -> Grouping:
-        features, where = np.unique(indices, return_inverse=True)
-        return cls(features.astype(np.int64), where, len(features) == len(indices))
+        order = np.argsort(indices, kind="stable")
+        ordered = indices[order]
+        starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]]) if len(ordered) else np.zeros(0, np.int64)
+        return cls(ordered[starts].astype(np.int64), order, starts)
 
     def sum(self, values: np.ndarray) -> np.ndarray:
-        out = np.zeros((len(self.features),) + values.shape[1:], values.dtype)
-        if self.distinct:
-            out[self.where] = values
-        else:
-            np.add.at(out, self.where, values)
-        return out
+        if len(self.starts) == len(self.order):  # no feature twice (a catalogue of ids alone)
+            return values[self.order]
+        return np.add.reduceat(values[self.order], self.starts, axis=0)
 
 
 @dataclass
