@@ -117,3 +117,32 @@ def test_softmax_runs_on_the_cpu_engine_with_adagrad():
                              ({"optimizer": "adam", "engine": "cpu"}, "--loss softmax trains with adagrad, not adam")):
         with pytest.raises(BadOptions, match=message):
             train_positives(positives, TrainConfig.from_options(epochs=1, **options), bits=11, negatives=4, loss="softmax")
+
+
+def test_a_softmax_model_ranks_the_sample_better_than_untrained_and_recall_reads_it(tmp_path):
+    """`train --items ... --loss softmax` on the sample's positives; `eval --ranking` and
+    `recall` read the model as any other, and it ranks the test positives above a model
+    whose weights have hardly moved from their start (--lr 1e-9)."""
+    import json
+
+    import polars as pl
+    from conftest import SAMPLE, invoke
+
+    clicks = pl.read_csv(SAMPLE / "clicks_train.csv")
+    clicks.filter(pl.col("label") == 1).drop("label").write_csv(tmp_path / "positives.csv")
+    base = ["train", tmp_path / "positives.csv", "--items", SAMPLE / "items.csv", "--multi", "genres", "--numeric",
+            "age,year", "--loss", "softmax", "--bits", "14", "-q", "--epochs", "6"]
+    ndcg = {}
+    for name, extra in (("trained", []), ("untrained", ["--lr", "1e-9"])):
+        model = tmp_path / f"{name}.fm"
+        result = invoke(*base, *extra, "-o", model, "--json")
+        assert result.exit_code == 0, result.stderr
+        assert json.loads(result.stdout)["loss"] == "softmax"
+        metrics = invoke("eval", SAMPLE / "clicks_test.csv", "-m", model, "--ranking", "--items", SAMPLE / "items.csv",
+                         "--exclude", SAMPLE / "clicks_train.csv", "--user-id", "user_id", "--json")
+        assert metrics.exit_code == 0, metrics.stderr
+        ndcg[name] = json.loads(metrics.stdout)["ndcg"]
+    assert ndcg["trained"] > ndcg["untrained"] + 0.02, ndcg
+    top = invoke("recall", SAMPLE / "users.csv", "--items", SAMPLE / "items.csv", "-m", tmp_path / "trained.fm", "-k", "3")
+    assert top.exit_code == 0, top.stderr
+    assert pl.read_csv(top.stdout.encode()).height == 3 * pl.read_csv(SAMPLE / "users.csv").height
