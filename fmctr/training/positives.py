@@ -139,6 +139,8 @@ def train_positives(positives: Positives, cfg: TrainConfig, *, bits: int, negati
     cfg = for_positives(cfg, given, loss)
     if loss != "logistic" and cfg.engine == "torch":
         raise BadOptions(f"--loss {loss} runs on the cpu engine; the torch engine trains --loss logistic")
+    if loss != "logistic" and cfg.engine == "auto":  # (auto picks torch where there is a GPU)
+        cfg = cfg.with_options(engine="cpu")
     if loss == "softmax" and cfg.optimizer != "adagrad":
         raise BadOptions(f"--loss softmax trains with adagrad, not {cfg.optimizer}")
 
