@@ -25,9 +25,8 @@ on two busy cores, against 0.5 ms on one. The scatter back into the features is 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import math
+from dataclasses import dataclass
 
 import numba
 import numpy as np
@@ -128,7 +127,7 @@ def softmax_gradients(w, context: Rows, items: np.ndarray, catalogue: Rows,
                        grad_terms.astype(np.float64), sums64)
 
 
-def _by_feature(w, context: Rows, catalogue: "CatalogueIndex", loss: float, grad_users, grad_sums, grad_terms,
+def _by_feature(w, context: Rows, catalogue: CatalogueIndex, loss: float, grad_users, grad_sums, grad_terms,
                 sums) -> Gradients:
     """The gradients by user and by item, back into the features they sum."""
     user_factors = grad_users[_row_of_each_value(context)] * context.values[:, None]
