@@ -348,7 +348,7 @@ def train_cmd(
     negatives: Annotated[int, typer.Option(metavar="N", help="With --items: negatives drawn per positive.", rich_help_panel="Positives only")] = 32,
     sampling: Annotated[str, typer.Option(help="With --items: uniform over the catalogue, or popularity (count^0.75).", rich_help_panel="Positives only")] = "uniform",
     pool: Annotated[int, typer.Option(metavar="M", help="With --items: each negative is the best-scored of M draws by the epoch's starting weights, the user's own positives left out (hard negatives; 1: plain draws).", rich_help_panel="Positives only")] = 4,
-    loss: Annotated[str, typer.Option(help="With --items: logistic (the positive 1, its negatives 0) or bpr (pairwise: the positive above each negative; cpu engine).", rich_help_panel="Positives only")] = "logistic",
+    loss: Annotated[str, typer.Option(help="With --items: logistic (the positive 1, its negatives 0), bpr (pairwise: the positive above each negative; cpu engine) or softmax (the positive against every catalogue item, no negatives drawn; cpu engine, catalogues up to 200,000 items).", rich_help_panel="Positives only")] = "logistic",
     force: Force = False,
 ) -> None:
     """Train an FM on raw or hashed data and write a self-contained model file.

@@ -33,6 +33,7 @@ class Span:
 
 class RowSource:
     rows: int
+    method = "train"  # the engine's method that trains on this source's pieces
 
     def feature_counts(self, size: int) -> np.ndarray:
         """How many times each feature index occurs in these rows (one pass)."""

@@ -105,14 +105,15 @@ def join(positives: Positives, context: np.ndarray, items: np.ndarray, labels: n
 
 class SampledRows(RowSource):
     """A row source over positives whose negatives are drawn again on each pass.
-    `pairs` says whether the rows come as (positive, negative) pairs for BPR; `rows`
-    counts what one epoch trains on: rows, or pairs."""
+    `pairs` says whether the rows come as (positive, negative) pairs for BPR (trained by
+    the engine's `method`); `rows` counts what one epoch trains on: rows, or pairs."""
 
     def __init__(self, positives: Positives, negatives: int, *, sampling: str = "uniform", pairs: bool = False,
                  seed: int = 0):
         if negatives < 1:
             raise BadOptions(f"--negatives must be at least 1, got {negatives}")
         self.positives, self.negatives, self.pairs = positives, negatives, pairs
+        self.method = "train_pairs" if pairs else "train"
         self.weights = item_weights(positives, sampling)
         self.rows = len(positives.items) * (negatives if pairs else negatives + 1)
         self.seed = seed  # blocks() gives the same draw each time
@@ -146,3 +147,30 @@ class SampledRows(RowSource):
         rows = self.epoch(np.random.default_rng(self.seed))
         for lo in range(0, len(rows), BLOCK_ROWS):
             yield rows.slice(lo, min(lo + BLOCK_ROWS, len(rows)))
+
+
+class CatalogueRows(RowSource):
+    """A source of positives for the full-catalogue softmax (fmctr.models.softmax): no
+    negatives are drawn, each positive is scored against every catalogue item. A piece
+    is (the positives, an order over them); `method` names the engine's method that
+    trains on it. `rows` counts positives."""
+
+    method = "train_softmax"
+
+    def __init__(self, positives: Positives, *, max_items: int):
+        if len(positives.catalogue) > max_items:
+            raise BadOptions(f"--loss softmax scores the whole catalogue for every batch: {len(positives.catalogue):,} "
+                             f"items is over {max_items:,}; use --loss logistic (sampled negatives)")
+        self.positives, self.rows = positives, len(positives.items)
+
+    def shuffled(self, rng: np.random.Generator):
+        order = rng.permutation(self.rows).astype(np.int64)
+        for lo in range(0, self.rows, BLOCK_ROWS):
+            yield self.positives, order[lo : lo + BLOCK_ROWS]
+
+    def blocks(self):
+        """The positives' rows (user then item features), labelled 1."""
+        p = self.positives
+        for lo in range(0, self.rows, BLOCK_ROWS):
+            at = np.arange(lo, min(lo + BLOCK_ROWS, self.rows))
+            yield join(p, at, p.items[at], np.ones(len(at)))

@@ -9,6 +9,7 @@ import numpy as np
 
 from fmctr.hashing.tokens import Rows, is_ones, ones
 from fmctr.models import kernel
+from fmctr.models.softmax import CatalogueIndex, softmax_gradients
 from fmctr.models.weights import FMWeights, initial_factors, sparse_zeros
 
 
@@ -80,6 +81,7 @@ class CpuEngine:
         self._identity = np.zeros(0, np.int64)
         self.shared = False  # the tables are averaged with other replicas' (replicated())
         self._scoring = self._snapshot = None
+        self._catalogue: CatalogueIndex | None = None  # (train_softmax's, kept between its calls)
 
     ALIGN = 128
 
@@ -126,6 +128,27 @@ class CpuEngine:
             self.factor_state2, self.seen, max_row, self.code, self.lr, cfg.l2_linear, cfg.l2_factors, cfg.eps,
             self.counters, cfg.seed, cfg.init_std, cfg.adagrad_init, self.ftrl, self.inv_counts, self.priors,
         )
+
+    def train_softmax(self, positives, order: np.ndarray) -> float:
+        """The full-catalogue softmax (fmctr.models.softmax) on positives[order] (their
+        `context`, `items` and `catalogue`), batch_size positives an update: each
+        batch's gradient, then one Adagrad step, with the touch L2, on every feature
+        it touches (every catalogue item's). Returns the summed loss."""
+        catalogue, total = positives.catalogue, 0.0
+        if self._catalogue is None or self._catalogue.rows is not catalogue:
+            self._catalogue = CatalogueIndex.of(catalogue)
+        self.first_touch(self._catalogue.grouping.features)
+        for lo in range(0, len(order), self.cfg.batch_size):
+            batch = order[lo : lo + self.cfg.batch_size]
+            context = positives.context.take(batch)
+            self.first_touch(np.unique(context.indices).astype(np.int64))
+            grads = softmax_gradients(self.w, context, positives.items[batch], catalogue, self._catalogue)
+            kernel.adagrad_rows(grads.features, grads.linear.astype(np.float32), grads.factors.astype(np.float32),
+                                self.w.linear, self.linear_state1, self.table, self.w.dim, self.cfg.l2_linear,
+                                self.cfg.l2_factors, self.lr, self.cfg.eps, self.cfg.adagrad_init)
+            self.counters[0] += 1
+            total += grads.loss
+        return total
 
     def _gather(self, rows: Rows, order: np.ndarray) -> tuple[Rows, np.ndarray]:
         """The rows `order`, copied in that order (kernel.gather_rows), and the identity

@@ -638,3 +638,17 @@ def train_pairs(indices, values, offsets, batch_size, threads, bias, linear, tab
                 eps, counters[0] + b + 1, init_seed, init_std, acc0, ftrl, inv_counts, priors)
     counters[0] += n_batches
     return losses.sum()
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=FAST)
+def adagrad_rows(features, grad_linear, grad_factors, linear, linear_state, table, k, l2_linear, l2_factors, lr, eps,
+                 acc0):
+    """One Adagrad step, with the touch L2, of each of `features` (distinct) by its row of
+    the gradients, as _update_rows does for a batch's slots (the full-catalogue softmax,
+    fmctr.models.softmax, computes its gradients outside a kernel)."""
+    lr32, eps32, acc0_32 = np.float32(lr), np.float32(eps), np.float32(acc0)
+    l2_lin32, l2_fac32 = np.float32(l2_linear), np.float32(l2_factors)
+    for slot in range(len(features)):
+        i = features[slot]
+        _adagrad_one(linear, linear_state, i, grad_linear[slot], l2_lin32, lr32, eps32, acc0_32)
+        _adagrad_factors(table, i, k, grad_factors, slot, l2_fac32, lr32, eps32, acc0_32)

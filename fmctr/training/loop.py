@@ -176,7 +176,7 @@ def _epoch(run: Run, epoch: int, *, resumed: bool) -> None:
         if run.sync is not None:
             run.sync.before_piece(engine, piece)
         if piece is not None:
-            piece_loss = (engine.train_pairs if getattr(run.source, "pairs", False) else engine.train)(*piece)
+            piece_loss = getattr(engine, getattr(run.source, "method", "train"))(*piece)
             if run.sync is None:  # (a data-parallel run checks at the end of the epoch, on every rank)
                 check_loss(piece_loss, run.cfg, run.source, epoch, rows_done + len(piece[1]))
             loss += piece_loss

@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from fmctr.datasets.negatives import Positives, SampledRows, draw
+from fmctr.datasets.negatives import CatalogueRows, Positives, SampledRows, draw
 from fmctr.errors import BadOptions
 from fmctr.training import selection
 from fmctr.training.config import TrainConfig
 from fmctr.training.loop import TrainResult, train
+from fmctr.models.softmax import MAX_ITEMS
 from fmctr.models.towers import item_vectors, user_side
 from fmctr.training.ranked import K, RankingCheck
 
-LOSSES = ("logistic", "bpr")
+LOSSES = ("logistic", "bpr", "softmax")
 # Training from positives starts from other defaults than CTR training (README, "Training
 # from positives only"; negatives, pool, loss and dim compared by `bench/recall.py
 # --choose` on carves of the training positives; the rate, initial scale and L2 first
@@ -26,20 +27,27 @@ LOSSES = ("logistic", "bpr")
 # by popularity alone (P@10 0.116 against 0.22 on LightFM's protocol).
 POSITIVES_DEFAULTS = {"dim": 32, "lr": 0.05, "init_std": 0.1, "adagrad_init": 0.01,
                       "l2_linear": 0.0, "l2_factors": 1e-3, "l2_all_factors": 0.0}
+# The full-catalogue softmax updates every item at every batch: batches of positives,
+# not of 4 rows (fmctr.models.softmax), and its gradient is a mean over 128 of them, so
+# Adagrad's initial accumulator is far smaller (at 0.01 it dwarfs the squared gradients
+# and the steps stall). Chosen on LightFM's protocol's carve (README).
+LOSS_DEFAULTS = {"softmax": {"batch_size": 128, "lr": 0.1, "adagrad_init": 1e-6, "l2_factors": 3e-4}}
 NEGATIVES = 32  # drawn per positive
 POOL = 4  # draws per negative, the best-scored kept (MinedRows)
 STOP_METRIC = f"ndcg@{K}"
 MAX_CHECK_USERS = 2000  # held-out users scored per check (a random subset beyond this)
 
 
-def for_positives(cfg: TrainConfig, given: frozenset[str] | None = None) -> TrainConfig:
-    """`cfg` with POSITIVES_DEFAULTS for the options not `given` (the command line says
-    which it set; a value equal to the ordinary default, e.g. --dim 8, is kept). Without
-    `given`, an option at its ordinary default counts as not given."""
+def for_positives(cfg: TrainConfig, given: frozenset[str] | None = None, loss: str = "logistic") -> TrainConfig:
+    """`cfg` with POSITIVES_DEFAULTS (and the loss's LOSS_DEFAULTS) for the options not
+    `given` (the command line says which it set; a value equal to the ordinary default,
+    e.g. --dim 8, is kept). Without `given`, an option at its ordinary default counts as
+    not given."""
+    defaults = {**POSITIVES_DEFAULTS, **LOSS_DEFAULTS.get(loss, {})}
     if given is None:
         ordinary, options = TrainConfig().options(), cfg.options()
-        given = frozenset(name for name in POSITIVES_DEFAULTS if options[name] != ordinary[name])
-    return cfg.with_options(**{name: value for name, value in POSITIVES_DEFAULTS.items() if name not in given})
+        given = frozenset(name for name in defaults if options[name] != ordinary[name])
+    return cfg.with_options(**{name: value for name, value in defaults.items() if name not in given})
 
 
 class MinedRows(SampledRows):
@@ -128,11 +136,17 @@ def train_positives(positives: Positives, cfg: TrainConfig, *, bits: int, negati
     chose its epochs, or None when the epochs were given or nothing was held out)."""
     if loss not in LOSSES:
         raise BadOptions(f"unknown loss {loss!r} (choose from {', '.join(LOSSES)})")
-    cfg = for_positives(cfg, given)
-    if loss == "bpr" and cfg.engine == "torch":
-        raise BadOptions("--loss bpr runs on the cpu engine; the torch engine trains --loss logistic")
+    cfg = for_positives(cfg, given, loss)
+    if loss != "logistic" and cfg.engine == "torch":
+        raise BadOptions(f"--loss {loss} runs on the cpu engine; the torch engine trains --loss logistic")
+    if loss != "logistic" and cfg.engine == "auto":  # (auto picks torch where there is a GPU)
+        cfg = cfg.with_options(engine="cpu")
+    if loss == "softmax" and cfg.optimizer != "adagrad":
+        raise BadOptions(f"--loss softmax trains with adagrad, not {cfg.optimizer}")
 
-    def source(p: Positives) -> SampledRows:
+    def source(p: Positives) -> SampledRows | CatalogueRows:
+        if loss == "softmax":
+            return CatalogueRows(p, max_items=MAX_ITEMS)
         options = {"sampling": sampling, "pairs": loss == "bpr", "seed": cfg.seed}
         if pool > 1:
             return MinedRows(p, negatives, pool=pool, **options)
