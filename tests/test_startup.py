@@ -131,14 +131,16 @@ def test_imports_pause_the_collector_and_only_a_whole_process_freezes(monkeypatc
 
 
 
-def test_help_renders_without_markdown():
-    """`fmctr --help` renders with rich markup: rich.markdown (markdown-it, about 0.1 s) stays a
-    stand-in even through typer's `from rich.markdown import Markdown`, which asks the
-    module for __path__."""
+def test_help_renders_without_markdown_or_tracebacks():
+    """`fmctr --help` renders with rich markup: rich.markdown (markdown-it, about 0.1 s) and
+    rich.traceback (rich.syntax, pygments) stay stand-ins (fmctr.commands.lazy_rich),
+    even through typer's `from rich.markdown import Markdown`, which asks the module for
+    __path__."""
     code = ("import sys; from fmctr.commands.cli import main; sys.argv = ['fmctr', '--help']\n"
             "try: main()\nexcept SystemExit as e: assert not e.code, e.code\n"
             "sys.stderr.write(' '.join(sorted(sys.modules)))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "Usage" in done.stdout and "predict" in done.stdout
-    assert "markdown_it" not in done.stderr.split()
+    loaded = done.stderr.split()
+    assert "markdown_it" not in loaded and "pygments" not in loaded and "rich.syntax" not in loaded

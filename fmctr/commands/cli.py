@@ -13,10 +13,10 @@ import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
-from fmctr.commands import importing, lazy_markdown
+from fmctr.commands import importing, lazy_rich
 from fmctr.commands.importing import collector_paused
 
-lazy_markdown.install()  # before typer, whose help imports rich.markdown
+lazy_rich.install()  # before typer, whose help imports rich.markdown and rich.traceback
 
 with collector_paused():
     import typer
