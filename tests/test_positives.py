@@ -140,7 +140,7 @@ def test_trained_from_positives_it_ranks_far_better_than_chance(loss):
     cfg = TrainConfig.from_options(dim=8, epochs=8, threads=1, engine="cpu")
     result, chose = train_positives(positives, cfg, bits=11, negatives=4, loss=loss)
     assert chose is None  # the epochs were given
-    assert result.config.l2_factors == POSITIVES_DEFAULTS["l2_factors"] and result.config.dim == 32  # (8: the ordinary default)
+    assert result.config.l2_factors == POSITIVES_DEFAULTS["l2_factors"] and result.config.dim == POSITIVES_DEFAULTS["dim"]  # (8: the ordinary default)
     w = result.weights
     scores = user_side(w, users).vectors @ item_vectors(w, positives.catalogue).T
     seen = [positives.items[u * 14:(u + 1) * 14] for u in range(150)]
@@ -203,7 +203,7 @@ def test_train_from_positives_on_the_command_line(tmp_path):
     model = load(out)
     assert model.schema.item == ("movie_id", "genres", "year")  # the catalogue's columns
     assert model.training["negatives"] == 4 and model.training["epochs_run"] == 2
-    assert model.weights.factors.shape[1] == 32  # this mode's default dim
+    assert model.weights.factors.shape[1] == POSITIVES_DEFAULTS["dim"] == 64  # this mode's default dim
     dim8 = CliRunner().invoke(app, [*args, "--dim", "8", "--force"])  # given, though equal to CTR's default
     assert dim8.exit_code == 0, dim8.output
     assert load(out).weights.factors.shape[1] == 8
