@@ -189,26 +189,27 @@ class CpuEngine:
         rows = np.flatnonzero(self.seen)
         return rows if len(rows) < len(self.seen) // 4 else None
 
-    def _refresh(self, copy: FMWeights | None) -> FMWeights:
-        """`copy` (an earlier copy of this engine's weights, or None) made equal to them."""
+    def _refresh(self, copy: FMWeights | None, linear: bool = True) -> FMWeights:
+        """`copy` (an earlier copy of this engine's weights, or None) made equal to them;
+        without `linear`, only the factors (the copy's linear weights and bias unused)."""
         rows = self._changed_rows()
         if copy is None and (rows is None or not self._from_zero):
             return FMWeights(self.w.bias.copy(), self.w.linear.copy(), np.ascontiguousarray(self.w.factors))
         if copy is None:
             copy = FMWeights(np.zeros_like(self.w.bias), sparse_zeros(self.w.linear.shape, len(rows)),
                              sparse_zeros(self.w.factors.shape, len(rows)))
-        if rows is None:
-            np.copyto(copy.factors, self.w.factors)
-            np.copyto(copy.linear, self.w.linear)
-        else:
-            copy.factors[rows] = self.w.factors[rows]
-            copy.linear[rows] = self.w.linear[rows]
-        np.copyto(copy.bias, self.w.bias)
+        parts = ("factors", "linear", "bias") if linear else ("factors",)
+        for name in parts:
+            mine, theirs = getattr(copy, name), getattr(self.w, name)
+            if rows is None or name == "bias":
+                np.copyto(mine, theirs)
+            else:
+                mine[rows] = theirs[rows]
         return copy
 
     def scoring_weights(self) -> FMWeights:
         """weights(), but with the factors in a copy kept between calls."""
-        self._scoring = self._refresh(self._scoring)
+        self._scoring = self._refresh(self._scoring, linear=False)
         return FMWeights(self.w.bias, self.w.linear, self._scoring.factors)
 
     def snapshot(self, previous: FMWeights | None = None) -> FMWeights:

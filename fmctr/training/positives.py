@@ -22,10 +22,10 @@ LOSSES = ("logistic", "bpr", "softmax")
 # from positives only"; negatives, pool, loss and dim compared by `bench/recall.py
 # --choose` on carves of the training positives - dim 64 is above 32 on both carves; the
 # rate, initial scale and L2 first set in exploratory runs on MovieLens-100k, then
-# rechecked on the carves): with one id per side,
-# a pair's gradient is the other side's factors, so factors that start at 0.01 under
-# Adagrad's initial accumulator of 1 and CTR's L2 shrink to nothing and the model ranks
-# by popularity alone (P@10 0.116 against 0.22 on LightFM's protocol).
+# rechecked on the carves): with one id per side, a pair's gradient is the other side's
+# factors, so factors that start at 0.01 under Adagrad's initial accumulator of 1 and
+# CTR's L2 shrink to nothing and the model ranks by popularity alone (P@10 0.116
+# against 0.22 on LightFM's protocol).
 POSITIVES_DEFAULTS = {"dim": 64, "lr": 0.05, "init_std": 0.1, "adagrad_init": 0.01,
                       "l2_linear": 0.0, "l2_factors": 1e-3, "l2_all_factors": 0.0}
 # The full-catalogue softmax updates every item at every batch: batches of positives,
