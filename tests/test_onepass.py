@@ -60,6 +60,26 @@ def test_agrees_on_criteo_rows_with_every_kind_of_value():
     np.testing.assert_array_equal(fast.offsets, columnar.offsets)
 
 
+@pytest.mark.parametrize("end", ["", "\n", "\r\n"])
+def test_fields_of_every_length_at_every_offset_of_a_word(end):
+    """The field search reads 8 bytes at a time: separators at each of a word's 8
+    places, fields of 0 to 19 bytes, short lines, and the buffer's last bytes (read
+    one at a time) all split as the columnar path splits them."""
+    rng = np.random.default_rng(1)
+    lines = []
+    for r in range(400):
+        widths = rng.integers(0, 20, 3) if r % 4 else rng.integers(0, 3, 3)
+        fields = ["".join(chr(97 + int(c)) for c in rng.integers(0, 26, w)) for w in widths]
+        lines.append("\t".join([str(r % 2), *fields]))
+    text = "label\ta\tb\tc\n" + "\n".join(lines) + end
+    for cut in range(len(lines) - 12, len(lines) + 1):  # shorter buffers end at other offsets
+        body = text if cut == len(lines) else "\n".join(text.split("\n")[: cut + 1]) + end
+        columnar, fast = both_paths(body, {"format": "tsv"})
+        assert fast is not None
+        np.testing.assert_array_equal(fast.indices, columnar.indices)
+        np.testing.assert_array_equal(fast.labels, columnar.labels)
+
+
 def test_buckets_agree_with_numpy_for_many_integers():
     values = np.r_[np.arange(-50, 200_000), np.geomspace(2e5, 1e17, 2000).astype(np.int64)]
     lines = [criteo_line("1", [str(v)] + [""] * 12, ["a"] * 26) for v in values]
@@ -102,7 +122,8 @@ def test_fallback_chunks_keep_file_line_numbers(tmp_path):
     assert (result.exit_code, result.stderr) == (1, f"error: {path}:150001: expected 40 columns, found 39\n")
 
 
-@pytest.mark.parametrize("text", [b"a", b"a\n", b"\n\n", b"ab\ncd", b"x\n" * 5, b"long line\n" * 1000 + b"tail"])
+@pytest.mark.parametrize("text", [b"a", b"a\n", b"\n\n", b"ab\ncd", b"x\n" * 5, b"long line\n" * 1000 + b"tail",
+                                  b"0123456\n" * 9, b"\n" * 17 + b"abcdefgh"])
 def test_line_starts_in_parallel_pieces_match_a_plain_scan(text):
     expected = [0] + [i + 1 for i, b in enumerate(text) if b == 10]
     if not text.endswith(b"\n"):
