@@ -141,3 +141,36 @@ def test_fine_buckets_agree_on_whole_numbers_and_leave_fractions_to_the_columnar
     np.testing.assert_array_equal(columnar.indices, bucket_columnar.indices)  # whole numbers: the same tokens
     _, fast = both_paths("\n".join([header, "1\t0.25\ta"]) + "\n", spec)
     assert fast is None  # a fraction: the columnar way
+
+
+def _csv_rows(path, *, one_pass: bool, spec_args: dict):
+    from fmctr.hashing.stream import Hasher
+    from fmctr.reading.read import open_source
+
+    source = open_source(str(path))
+    schema = build_spec(**spec_args).resolve(source.columns)
+    hasher = Hasher(source, schema, HashSpec(bits=20), name="t", require_label=True)
+    hasher.one_pass = one_pass
+    return Rows.concat([rows for rows, _ in hasher.parts()])
+
+
+@pytest.mark.parametrize("quote", [False, True])
+def test_csv_chunks_without_quotes_take_the_one_pass_way(tmp_path, monkeypatch, quote):
+    """A CSV chunk holding no quote is split on its separator as TSV is (one pass); a
+    chunk with one goes the columnar way. Both give the columnar path's rows."""
+    rng = np.random.default_rng(3)
+    lines = ["click,user,ad,n"] + [f"{r % 2},u{rng.integers(0, 5000)},{rng.integers(0, 1 << 32):08x},{rng.integers(-3, 999)}"
+                                   for r in range(80_000)]
+    if quote:
+        lines[40_000] = '1,"u,1",ad,7'
+    path = tmp_path / "clicks.csv"
+    path.write_text("\r\n".join(lines) + "\r\n")
+    calls = []
+    real = onepass.hash_bytes
+    monkeypatch.setattr(onepass, "hash_bytes", lambda *a: calls.append(1) or real(*a))
+    spec = {"label": "click", "numeric": ("n",)}
+    fast = _csv_rows(path, one_pass=True, spec_args=spec)
+    assert (len(calls) > 0) != quote  # the whole file is one chunk: one-pass only without the quote
+    columnar = _csv_rows(path, one_pass=False, spec_args=spec)
+    np.testing.assert_array_equal(fast.indices, columnar.indices)
+    np.testing.assert_array_equal(fast.labels, columnar.labels)

@@ -1,11 +1,11 @@
 """Chunks of raw rows in, hashed rows out: the one way every command hashes raw data.
 
-A chunk of unquoted delimited text goes through the one-pass kernels
-(fmctr.hashing.onepass) when the schema allows and the chunk is big enough to pay for
-loading them (numba's start-up is most of the time of a command on a few rows); anything
-else, or a chunk the kernels give up on, goes the columnar way (fmctr.hashing.tokens),
-which computes the same indices and also words the errors. Rare values (--min-count)
-are mapped here and nowhere else.
+A chunk of unquoted delimited text (TSV, Criteo, and CSV when the chunk holds no quote)
+goes through the one-pass kernels (fmctr.hashing.onepass) when the schema allows and the
+chunk is big enough to pay for loading them (numba's start-up is most of the time of a
+command on a few rows); anything else, or a chunk the kernels give up on, goes the
+columnar way (fmctr.hashing.tokens), which computes the same indices and also words the
+errors. Rare values (--min-count) are mapped here and nowhere else.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ class Hasher:
         self.source, self.schema, self.hashing, self.name = source, schema, hashing, name
         self.require_label, self.keep, self.missing, self.rare = require_label, list(keep), list(missing), rare
         self.plan = None  # the one-pass kernels' plan, made at the first chunk that may use it
-        self.one_pass = source.format in ("tsv", "criteo") and not keep and not missing
+        self.one_pass = source.format in ("tsv", "csv", "criteo") and not keep and not missing
 
     def __call__(self, chunk: Chunk | RawChunk) -> tuple[Rows, pl.DataFrame | None]:
         rows, kept = self._hash(chunk)
@@ -40,7 +40,8 @@ class Hasher:
     def _hash(self, chunk: Chunk | RawChunk) -> tuple[Rows, pl.DataFrame | None]:
         if isinstance(chunk, Chunk):
             return self._columnar(chunk)
-        if self.one_pass and len(chunk.data) >= ONE_PASS_MIN_BYTES:
+        # (CSV: a chunk without a quote splits as TSV does, on its own separator)
+        if self.one_pass and len(chunk.data) >= ONE_PASS_MIN_BYTES and not (self.source.quoted and b'"' in chunk.data):
             rows = self._one_pass(chunk.data)
             if rows is not None:
                 return rows, None
