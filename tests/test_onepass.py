@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import polars as pl
 import pytest
 import xxhash
 
@@ -36,7 +37,8 @@ def both_paths(text: str, spec_args: dict, require_label: bool = True) -> tuple[
     columnar = Rows.concat([hash_chunk(c, schema, hs, name="t", columns=columns, require_label=require_label) for c in parsed])
     plan = onepass.Plan(schema, hs, columns, require_label)
     assert plan.ok
-    return columnar, onepass.hash_bytes(body, plan, "\t")
+    fast = onepass.hash_bytes(body, plan, "\t")
+    return columnar, (None if fast is None else fast[0])
 
 
 def criteo_line(label: str, ints: list[str], cats: list[str]) -> str:
@@ -143,21 +145,23 @@ def test_fine_buckets_agree_on_whole_numbers_and_leave_fractions_to_the_columnar
     assert fast is None  # a fraction: the columnar way
 
 
-def _csv_rows(path, *, one_pass: bool, spec_args: dict):
+def _csv_rows(path, *, one_pass: bool, spec_args: dict, keep=()):
     from fmctr.hashing.stream import Hasher
     from fmctr.reading.read import open_source
 
     source = open_source(str(path))
     schema = build_spec(**spec_args).resolve(source.columns)
-    hasher = Hasher(source, schema, HashSpec(bits=20), name="t", require_label=True)
+    hasher = Hasher(source, schema, HashSpec(bits=20), name="t", require_label=True, keep=keep)
     hasher.one_pass = one_pass
-    return Rows.concat([rows for rows, _ in hasher.parts()])
+    parts = list(hasher.parts())
+    return Rows.concat([rows for rows, _ in parts]), (pl.concat([k for _, k in parts]) if keep else None)
 
 
 @pytest.mark.parametrize("quote", [False, True])
 def test_csv_chunks_without_quotes_take_the_one_pass_way(tmp_path, monkeypatch, quote):
     """A CSV chunk holding no quote is split on its separator as TSV is (one pass); a
-    chunk with one goes the columnar way. Both give the columnar path's rows."""
+    chunk with one goes the columnar way. Both give the columnar path's rows, and the
+    --keep columns' text (the last column of CRLF lines included)."""
     rng = np.random.default_rng(3)
     lines = ["click,user,ad,n"] + [f"{r % 2},u{rng.integers(0, 5000)},{rng.integers(0, 1 << 32):08x},{rng.integers(-3, 999)}"
                                    for r in range(80_000)]
@@ -169,8 +173,10 @@ def test_csv_chunks_without_quotes_take_the_one_pass_way(tmp_path, monkeypatch, 
     real = onepass.hash_bytes
     monkeypatch.setattr(onepass, "hash_bytes", lambda *a: calls.append(1) or real(*a))
     spec = {"label": "click", "numeric": ("n",)}
-    fast = _csv_rows(path, one_pass=True, spec_args=spec)
+    keep = ["n", "click", "user"]
+    fast, fast_kept = _csv_rows(path, one_pass=True, spec_args=spec, keep=keep)
     assert (len(calls) > 0) != quote  # the whole file is one chunk: one-pass only without the quote
-    columnar = _csv_rows(path, one_pass=False, spec_args=spec)
+    columnar, columnar_kept = _csv_rows(path, one_pass=False, spec_args=spec, keep=keep)
     np.testing.assert_array_equal(fast.indices, columnar.indices)
     np.testing.assert_array_equal(fast.labels, columnar.labels)
+    assert fast_kept.equals(columnar_kept) and fast_kept.columns == keep

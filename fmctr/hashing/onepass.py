@@ -8,8 +8,12 @@ which also words the error for bad input.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numba
 import numpy as np
+import polars as pl
+import pyarrow as pa
 from llvmlite import ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
@@ -298,8 +302,9 @@ class Plan:
                    for f in schema.fields)
 
 
-def hash_bytes(buf: bytes, plan: Plan, sep: str) -> Rows | None:
-    """Hash the complete lines in `buf`; None when the chunk must go the columnar way."""
+def hash_bytes(buf: bytes, plan: Plan, sep: str, keep: Sequence[str] = ()) -> tuple[Rows, pl.DataFrame | None] | None:
+    """Hash the complete lines in `buf`, and pass the `keep` columns' text through (as
+    the columnar path's string columns); None when the chunk must go the columnar way."""
     if not buf.isascii():  # (fast; ASCII is UTF-8)
         try:
             buf.decode("utf-8")
@@ -325,4 +330,43 @@ def hash_bytes(buf: bytes, plan: Plan, sep: str) -> Rows | None:
         bucket = int(bucket_values(np.array([float(int(text))]))[0])
         indices[r, j] = token_index(plan.feature_columns[j], str(bucket), plan.spec)
     offsets = np.arange(n + 1, dtype=np.int64) * n_features
-    return Rows(indices.ravel(), ones(n * n_features), offsets, labels if plan.need_label else None)
+    rows = Rows(indices.ravel(), ones(n * n_features), offsets, labels if plan.need_label else None)
+    return rows, (_kept(data, starts, ord(sep), plan.columns, keep) if keep else None)
+
+
+def _kept(data: np.ndarray, starts: np.ndarray, sep: int, columns: list[str], keep: Sequence[str]) -> pl.DataFrame:
+    """The `keep` columns of every line, as string columns built straight from the bytes
+    (Arrow's layout: the fields' text end to end, and where each starts)."""
+    spans = np.empty((len(starts) - 1, 2), np.int64)
+    series = []
+    for name in keep:
+        field_spans(data, starts, sep, columns.index(name), spans)
+        offsets = np.zeros(len(spans) + 1, np.int64)
+        np.cumsum(spans[:, 1] - spans[:, 0], out=offsets[1:])
+        text = np.empty(offsets[-1], np.uint8)
+        gather_spans(data, spans, offsets, text)
+        array = pa.LargeStringArray.from_buffers(len(spans), pa.py_buffer(offsets), pa.py_buffer(text))
+        series.append(pl.Series(name, array, dtype=pl.String))
+    return pl.DataFrame(series)
+
+
+@numba.njit(cache=True, nogil=True)
+def field_spans(buf, starts, sep, column, spans):
+    """spans[r] = where column `column` of line r starts and ends (a CR before the
+    newline is not part of it, as in hash_lines). Every line has the column: hash_lines
+    has counted them."""
+    for r in range(len(starts) - 1):
+        p = starts[r]
+        end = min(starts[r + 1] - 1, len(buf))
+        if end > p and buf[end - 1] == CR:
+            end -= 1
+        for _ in range(column):
+            p = _find(buf, p, end, sep) + 1
+        spans[r, 0] = p
+        spans[r, 1] = max(p, _find(buf, p, end, sep))
+
+
+@numba.njit(cache=True, nogil=True)
+def gather_spans(buf, spans, offsets, out):
+    for r in range(len(spans)):
+        out[offsets[r] : offsets[r + 1]] = buf[spans[r, 0] : spans[r, 1]]

@@ -31,7 +31,7 @@ class Hasher:
         self.source, self.schema, self.hashing, self.name = source, schema, hashing, name
         self.require_label, self.keep, self.missing, self.rare = require_label, list(keep), list(missing), rare
         self.plan = None  # the one-pass kernels' plan, made at the first chunk that may use it
-        self.one_pass = source.format in ("tsv", "csv", "criteo") and not keep and not missing
+        self.one_pass = source.format in ("tsv", "csv", "criteo") and not missing
 
     def __call__(self, chunk: Chunk | RawChunk) -> tuple[Rows, pl.DataFrame | None]:
         rows, kept = self._hash(chunk)
@@ -42,22 +42,22 @@ class Hasher:
             return self._columnar(chunk)
         # (CSV: a chunk without a quote splits as TSV does, on its own separator)
         if self.one_pass and len(chunk.data) >= ONE_PASS_MIN_BYTES and not (self.source.quoted and b'"' in chunk.data):
-            rows = self._one_pass(chunk.data)
-            if rows is not None:
-                return rows, None
+            hashed = self._one_pass(chunk.data)
+            if hashed is not None:
+                return hashed
         pieces = [self._columnar(c) for c in chunk.parse(self.name, self.source.columns, self.source.separator,
                                                           self.source.quoted)]
         kept = [k for _, k in pieces if k is not None]
         return Rows.concat([r for r, _ in pieces]), (pl.concat(kept) if kept else None)
 
-    def _one_pass(self, data: bytes) -> Rows | None:
+    def _one_pass(self, data: bytes) -> tuple[Rows, pl.DataFrame | None] | None:
         from fmctr.hashing import onepass
 
         if self.plan is None:
             applies = onepass.Plan.applies(self.schema)
             self.plan = onepass.Plan(self.schema, self.hashing, self.source.columns, self.require_label) if applies else None
             self.one_pass = applies and self.plan.ok
-        return onepass.hash_bytes(data, self.plan, self.source.separator) if self.one_pass else None
+        return onepass.hash_bytes(data, self.plan, self.source.separator, self.keep) if self.one_pass else None
 
     def _columnar(self, chunk: Chunk) -> tuple[Rows, pl.DataFrame | None]:
         if self.missing:
