@@ -10,7 +10,7 @@ import numpy as np
 from fmctr.hashing.tokens import Rows, is_ones, ones
 from fmctr.models import kernel
 from fmctr.models.softmax import CatalogueIndex, softmax_gradients
-from fmctr.models.weights import FMWeights, initial_factors, sparse_zeros
+from fmctr.models.weights import FMWeights, aligned_zeros, initial_factors, sparse_zeros
 
 
 def _read_only(a: np.ndarray) -> np.ndarray:
@@ -51,7 +51,7 @@ class CpuEngine:
         # arrays starting 16 bytes into a page (numpy's large arrays) cost up to four
         # lines. w.factors and factor_state1 are views of this table. A fresh all-zero
         # table is not written here, so its pages still fault in when first used.
-        self.table = self._aligned((n, 2 * k))
+        self.table = aligned_zeros((n, 2 * k))
         # (from zero weights, every row not met in training stays zero: _refresh)
         self._from_zero = optimizer is None and not w.linear.any() and not w.bias.any()
         if w.factors.any():
@@ -82,16 +82,6 @@ class CpuEngine:
         self.shared = False  # the tables are averaged with other replicas' (replicated())
         self._scoring = self._snapshot = None
         self._catalogue: CatalogueIndex | None = None  # (train_softmax's, kept between its calls)
-
-    ALIGN = 128
-
-    @classmethod
-    def _aligned(cls, shape: tuple[int, int]) -> np.ndarray:
-        """A C-contiguous float32 zero array starting on an ALIGN-byte boundary."""
-        size = shape[0] * shape[1] * 4
-        buffer = np.zeros(size + cls.ALIGN, np.uint8)
-        skip = -buffer.ctypes.data % cls.ALIGN
-        return buffer[skip : skip + size].view(np.float32).reshape(shape)
 
     def prepare(self, note) -> None:
         """Compile (or load from numba's cache) the training kernel now, on no rows,
@@ -172,7 +162,14 @@ class CpuEngine:
         """The weights with contiguous factors (the table interleaves them with their
         optimizer state): scoring compiled for contiguous rows sums in the same order
         as it will for the saved model."""
-        return FMWeights(self.w.bias, self.w.linear, np.ascontiguousarray(self.w.factors))
+        return FMWeights(self.w.bias, self.w.linear, self._factors_copy())
+
+    def _factors_copy(self) -> np.ndarray:
+        """The factors (columns of the training table) as a table of their own, aligned
+        for scoring (fmctr.models.weights.aligned_zeros)."""
+        factors = aligned_zeros(self.w.factors.shape)
+        np.copyto(factors, self.w.factors)
+        return factors
 
     # A copy of the whole table per validation check (and another of the best weights)
     # cost more than the epochs on small data: with bits 22 the tables hold 4M rows
@@ -194,7 +191,7 @@ class CpuEngine:
         without `linear`, only the factors (the copy's linear weights and bias unused)."""
         rows = self._changed_rows()
         if copy is None and (rows is None or not self._from_zero):
-            return FMWeights(self.w.bias.copy(), self.w.linear.copy(), np.ascontiguousarray(self.w.factors))
+            return FMWeights(self.w.bias.copy(), self.w.linear.copy(), self._factors_copy())
         if copy is None:
             copy = FMWeights(np.zeros_like(self.w.bias), sparse_zeros(self.w.linear.shape, len(rows)),
                              sparse_zeros(self.w.factors.shape, len(rows)))

