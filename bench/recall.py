@@ -37,11 +37,12 @@ import polars as pl
 import scipy.sparse as sp
 
 from fmctr.datasets.negatives import Positives
-from fmctr.hashing.tokens import HashSpec, hash_chunk
+from fmctr.hashing.tokens import HashSpec, Rows, hash_chunk, ones
 from fmctr.reading.read import Chunk
 from fmctr.reading.schema import Field, Schema
 from fmctr.training.config import TrainConfig
-from fmctr.training.positives import NEGATIVES, POOL, train_positives
+from fmctr.training.positives import MAX_CHECK_USERS, NEGATIVES, POOL, hold_out, train_positives
+from fmctr.training.ranked import RankingCheck
 from fmctr.models.towers import item_vectors, user_side
 from fmctr.commands.recall import vector_ranking_metrics
 from fmctr.models.retrieval import Exclusions
@@ -119,17 +120,84 @@ def sides(features: bool, shape) -> tuple:
             _hash(items, ["i", "genres", "year"], multi=("genres",)))
 
 
+def _bags(u: np.ndarray, i: np.ndarray, shape, norm: str, leave_one_out: bool) -> Rows:
+    """Rows of [the user's id, `seen` = the user's items among (u, i)]: one row per pair
+    with the pair's own item left out (leave_one_out), else one row per user index (all
+    of them). Bag values 1/sqrt(bag size) (norm "sqrt", SVD++'s) or 1 ("none")."""
+    ids = _hash(pl.DataFrame({"u": np.arange(shape[0])}), ["u"]).indices
+    seen = _hash(pl.DataFrame({"seen": np.arange(shape[1])}), ["seen"]).indices
+    order = np.argsort(u, kind="stable")
+    counts = np.bincount(u, minlength=shape[0])
+    starts = np.r_[0, np.cumsum(counts)]
+    rows = []
+    for user in range(shape[0]):
+        items = seen[i[order[starts[user]:starts[user + 1]]]]
+        if leave_one_out:
+            n = len(items)
+            bag = np.tile(items, n).reshape(n, n)[~np.eye(n, dtype=bool)].reshape(n, max(n - 1, 0))
+        else:
+            bag = items[None, :]
+        rows.append(np.c_[np.full(len(bag), ids[user], np.int32), bag])
+    lengths = np.concatenate([np.full(len(r), r.shape[1]) for r in rows])
+    offsets = np.r_[0, np.cumsum(lengths)].astype(np.int64)
+    indices = np.concatenate([r.ravel() for r in rows]).astype(np.int32)
+    values = ones(len(indices))
+    if norm == "sqrt":
+        scale = 1.0 / np.sqrt(np.maximum(lengths - 1, 1))
+        values = np.repeat(scale, lengths).astype(np.float32)
+        values[offsets[:-1]] = 1.0  # the id
+    built = Rows(indices, values, offsets, None)
+    if not leave_one_out:
+        return built
+    return built.take(np.argsort(order, kind="stable"))  # back to the pairs' order
+
+
+def history_positives(u: np.ndarray, i: np.ndarray, shape, norm: str, catalogue) -> tuple[Positives, Rows]:
+    """(the positives, each user row's bag its user's other training items; a user row
+    per user index with all of them, for ranking)."""
+    return (Positives(_bags(u, i, shape, norm, True), i.astype(np.int64), catalogue, u.astype(np.int64)),
+            _bags(u, i, shape, norm, False))
+
+
+def history_hold(u: np.ndarray, i: np.ndarray, shape, norm: str, catalogue):
+    """train_positives' `hold` for history rows: the last `fraction` of the positives
+    held out as fmctr.training.positives.hold_out does, but the bags rebuilt from the
+    positives kept, and each held-out user scored by a row of those alone (the row of
+    a held-out positive would hold the user's other held-out items: the answers)."""
+    def hold(positives, fraction, seed):
+        n = len(u)
+        cut = n - int(round(n * fraction))
+        if cut <= 0 or cut >= n:
+            return None
+        fit, rows = history_positives(u[:cut], i[:cut], shape, norm, catalogue)
+        users = np.unique(u[cut:])
+        if len(users) > MAX_CHECK_USERS:
+            users = np.sort(np.random.default_rng(seed).choice(users, MAX_CHECK_USERS, replace=False))
+        relevant = [np.unique(i[cut:][u[cut:] == x]) for x in users]
+        seen = [np.unique(i[:cut][u[:cut] == x]) for x in users]
+        return fit, RankingCheck(rows.take(users), relevant, seen, catalogue)
+    return hold
+
+
 def fmctr_vectors(train: pl.DataFrame, shape, setting: dict, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """fmctr trained from the positives with the setting's options over its defaults
-    for this mode (fmctr.training.positives), epochs chosen by its own held-out check."""
-    options = {k: v for k, v in setting.items() if k not in ("negatives", "loss", "sampling", "pool", "features")}
+    for this mode (fmctr.training.positives), epochs chosen by its own held-out check.
+    `history`: the user side gets the user's training items as a bag (see history_positives)."""
+    options = {k: v for k, v in setting.items() if k not in ("negatives", "loss", "sampling", "pool", "features",
+                                                             "history", "norm")}
     users, catalogue = sides(setting.get("features", False), shape)
-    positives = Positives(users.take(train.get_column("u").to_numpy()), train.get_column("i").to_numpy().astype(np.int64),
-                          catalogue)
+    u, i = train.get_column("u").to_numpy(), train.get_column("i").to_numpy().astype(np.int64)
+    hold = hold_out
+    if setting.get("history"):
+        norm = setting.get("norm", "sqrt")
+        positives, users = history_positives(u, i, shape, norm, catalogue)
+        hold = history_hold(u, i, shape, norm, catalogue)
+    else:
+        positives = Positives(users.take(u), i, catalogue)
     cfg = TrainConfig.from_options(seed=seed, engine="cpu", threads=2, **options)
     result, _ = train_positives(positives, cfg, bits=BITS, negatives=setting.get("negatives", NEGATIVES),
                                 sampling=setting.get("sampling", "uniform"), loss=setting.get("loss", "logistic"),
-                                pool=setting.get("pool", POOL))
+                                pool=setting.get("pool", POOL), hold=hold)
     w = result.weights
     return user_side(w, users).vectors, item_vectors(w, catalogue)
 
