@@ -120,46 +120,52 @@ def sides(features: bool, shape) -> tuple:
             _hash(items, ["i", "genres", "year"], multi=("genres",)))
 
 
-def _bags(u: np.ndarray, i: np.ndarray, shape, norm: str, leave_one_out: bool) -> Rows:
-    """Rows of [the user's id, `seen` = the user's items among (u, i)]: one row per pair
-    with the pair's own item left out (leave_one_out), else one row per user index (all
-    of them). Bag values 1/sqrt(bag size) (norm "sqrt", SVD++'s) or 1 ("none")."""
+def _bags(u: np.ndarray, i: np.ndarray, shape, history: dict, leave_one_out: bool) -> Rows:
+    """Rows of [the user's id (unless history["id"] is False), `seen` = the user's items
+    among (u, i)]: one row per pair with the pair's own item left out (leave_one_out) -
+    at most history["cap"] of the others, drawn at random - else one row per user index
+    with all of them. Bag values 1/sqrt(bag size) (norm "sqrt", SVD++'s), 1/bag size
+    ("mean", which a drawn part of the bag estimates without bias) or 1 ("none")."""
     ids = _hash(pl.DataFrame({"u": np.arange(shape[0])}), ["u"]).indices
     seen = _hash(pl.DataFrame({"seen": np.arange(shape[1])}), ["seen"]).indices
     order = np.argsort(u, kind="stable")
-    counts = np.bincount(u, minlength=shape[0])
-    starts = np.r_[0, np.cumsum(counts)]
+    starts = np.r_[0, np.cumsum(np.bincount(u, minlength=shape[0]))]
+    rng, cap, with_id = np.random.default_rng(len(u)), history.get("cap"), history.get("id", True)
     rows = []
     for user in range(shape[0]):
         items = seen[i[order[starts[user]:starts[user + 1]]]]
+        n = len(items)
+        bag = items[None, :]
         if leave_one_out:
-            n = len(items)
             bag = np.tile(items, n).reshape(n, n)[~np.eye(n, dtype=bool)].reshape(n, max(n - 1, 0))
-        else:
-            bag = items[None, :]
-        rows.append(np.c_[np.full(len(bag), ids[user], np.int32), bag])
+            if cap is not None and n - 1 > cap:
+                bag = np.take_along_axis(bag, rng.random(bag.shape).argsort(axis=1)[:, :cap], 1)
+        rows.append(np.c_[np.full(len(bag), ids[user], np.int32), bag] if with_id else bag)
     lengths = np.concatenate([np.full(len(r), r.shape[1]) for r in rows])
     offsets = np.r_[0, np.cumsum(lengths)].astype(np.int64)
     indices = np.concatenate([r.ravel() for r in rows]).astype(np.int32)
-    values = ones(len(indices))
-    if norm == "sqrt":
-        scale = 1.0 / np.sqrt(np.maximum(lengths - 1, 1))
-        values = np.repeat(scale, lengths).astype(np.float32)
-        values[offsets[:-1]] = 1.0  # the id
-    built = Rows(indices, values, offsets, None)
-    if not leave_one_out:
-        return built
-    return built.take(np.argsort(order, kind="stable"))  # back to the pairs' order
+    built = Rows(indices, _bag_values(lengths, offsets, history.get("norm", "sqrt"), with_id), offsets, None)
+    return built.take(np.argsort(order, kind="stable")) if leave_one_out else built  # (back to the pairs' order)
 
 
-def history_positives(u: np.ndarray, i: np.ndarray, shape, norm: str, catalogue) -> tuple[Positives, Rows]:
+def _bag_values(lengths: np.ndarray, offsets: np.ndarray, norm: str, with_id: bool) -> np.ndarray:
+    if norm == "none":
+        return ones(offsets[-1])
+    size = np.maximum(lengths - with_id, 1)
+    values = np.repeat(1.0 / (np.sqrt(size) if norm == "sqrt" else size), lengths).astype(np.float32)
+    if with_id:
+        values[offsets[:-1][lengths > 0]] = 1.0
+    return values
+
+
+def history_positives(u: np.ndarray, i: np.ndarray, shape, history: dict, catalogue) -> tuple[Positives, Rows]:
     """(the positives, each user row's bag its user's other training items; a user row
     per user index with all of them, for ranking)."""
-    return (Positives(_bags(u, i, shape, norm, True), i.astype(np.int64), catalogue, u.astype(np.int64)),
-            _bags(u, i, shape, norm, False))
+    return (Positives(_bags(u, i, shape, history, True), i.astype(np.int64), catalogue, u.astype(np.int64)),
+            _bags(u, i, shape, history, False))
 
 
-def history_hold(u: np.ndarray, i: np.ndarray, shape, norm: str, catalogue):
+def history_hold(u: np.ndarray, i: np.ndarray, shape, history: dict, catalogue):
     """train_positives' `hold` for history rows: the last `fraction` of the positives
     held out as fmctr.training.positives.hold_out does, but the bags rebuilt from the
     positives kept, and each held-out user scored by a row of those alone (the row of
@@ -169,7 +175,7 @@ def history_hold(u: np.ndarray, i: np.ndarray, shape, norm: str, catalogue):
         cut = n - int(round(n * fraction))
         if cut <= 0 or cut >= n:
             return None
-        fit, rows = history_positives(u[:cut], i[:cut], shape, norm, catalogue)
+        fit, rows = history_positives(u[:cut], i[:cut], shape, history, catalogue)
         users = np.unique(u[cut:])
         if len(users) > MAX_CHECK_USERS:
             users = np.sort(np.random.default_rng(seed).choice(users, MAX_CHECK_USERS, replace=False))
@@ -182,16 +188,17 @@ def history_hold(u: np.ndarray, i: np.ndarray, shape, norm: str, catalogue):
 def fmctr_vectors(train: pl.DataFrame, shape, setting: dict, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """fmctr trained from the positives with the setting's options over its defaults
     for this mode (fmctr.training.positives), epochs chosen by its own held-out check.
-    `history`: the user side gets the user's training items as a bag (see history_positives)."""
+    `history`: the user side gets the user's training items as a bag (see _bags; true,
+    or a dict of norm, cap, id)."""
     options = {k: v for k, v in setting.items() if k not in ("negatives", "loss", "sampling", "pool", "features",
-                                                             "history", "norm")}
+                                                             "history")}
     users, catalogue = sides(setting.get("features", False), shape)
     u, i = train.get_column("u").to_numpy(), train.get_column("i").to_numpy().astype(np.int64)
     hold = hold_out
     if setting.get("history"):
-        norm = setting.get("norm", "sqrt")
-        positives, users = history_positives(u, i, shape, norm, catalogue)
-        hold = history_hold(u, i, shape, norm, catalogue)
+        history = setting["history"] if isinstance(setting["history"], dict) else {}
+        positives, users = history_positives(u, i, shape, history, catalogue)
+        hold = history_hold(u, i, shape, history, catalogue)
     else:
         positives = Positives(users.take(u), i, catalogue)
     cfg = TrainConfig.from_options(seed=seed, engine="cpu", threads=2, **options)
