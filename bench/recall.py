@@ -5,6 +5,7 @@
     python bench/recall.py --seeds 3 --json out.json
     python bench/recall.py --fmctr loss=bpr,dim=64  # fmctr with options over its defaults
     python bench/recall.py --choose --peers none    # changes of fmctr's defaults, scored on the carves only
+    python bench/recall.py --choose --changes '[{"loss": "softmax", "history": true}]'  # history: below
 
 Protocols (every rating is a positive; the split's seed is the run's seed):
 - lightfm: 10 ratings per user held out at random (LightFM's movielens example holds out
@@ -21,6 +22,18 @@ chosen by its own held-out check); those defaults were chosen with `--choose`, w
 scores changes of them on the same carves, never on the test positives. Every model's user and item vectors go through the one metric function,
 `ranking_metrics` (fmctr's `eval --ranking` code). Peers' results are cached in ~/.cache/fmctr-suite/recall-peers.json
 (`--refresh-peers` recomputes them).
+
+`history` (a setting, off by default): the user side also gets a multi-valued field
+`seen`, the items the user has among the training positives (FISM / SVD++'s implicit
+feedback), values 1/sqrt(bag size) by default. Each training positive's bag leaves out
+its own item (else the model learns that the target is in the bag); its negatives share
+its row; the user vectors that rank hold all of the user's training items. It uses the
+training interactions alone - what ALS and the other peers are given - never a test
+one, so the comparison stays fair. The epochs' held-out check then gets its own split
+(history_hold): bags rebuilt from the positives kept, so a held-out user's row never
+holds the held-out items it is scored on. With --loss logistic a bag is in each of a
+positive's 33 rows (a one-epoch fit on LightFM's carve took 135 s, against 34 s): {"cap": 8, "norm":
+"mean"} keeps 8 of the items at random per positive. It did not beat the defaults on the carves (README, "Training from positives only").
 """
 
 from __future__ import annotations
@@ -37,11 +50,12 @@ import polars as pl
 import scipy.sparse as sp
 
 from fmctr.datasets.negatives import Positives
-from fmctr.hashing.tokens import HashSpec, hash_chunk
+from fmctr.hashing.tokens import HashSpec, Rows, hash_chunk, ones
 from fmctr.reading.read import Chunk
 from fmctr.reading.schema import Field, Schema
 from fmctr.training.config import TrainConfig
-from fmctr.training.positives import NEGATIVES, POOL, train_positives
+from fmctr.training.positives import MAX_CHECK_USERS, NEGATIVES, POOL, hold_out, train_positives
+from fmctr.training.ranked import RankingCheck
 from fmctr.models.towers import item_vectors, user_side
 from fmctr.commands.recall import vector_ranking_metrics
 from fmctr.models.retrieval import Exclusions
@@ -119,17 +133,91 @@ def sides(features: bool, shape) -> tuple:
             _hash(items, ["i", "genres", "year"], multi=("genres",)))
 
 
+def _bags(u: np.ndarray, i: np.ndarray, shape, history: dict, leave_one_out: bool) -> Rows:
+    """Rows of [the user's id (unless history["id"] is False), `seen` = the user's items
+    among (u, i)]: one row per pair with the pair's own item left out (leave_one_out) -
+    at most history["cap"] of the others, drawn at random - else one row per user index
+    with all of them. Bag values 1/sqrt(bag size) (norm "sqrt", SVD++'s), 1/bag size
+    ("mean", which a drawn part of the bag estimates without bias) or 1 ("none")."""
+    ids = _hash(pl.DataFrame({"u": np.arange(shape[0])}), ["u"]).indices
+    seen = _hash(pl.DataFrame({"seen": np.arange(shape[1])}), ["seen"]).indices
+    order = np.argsort(u, kind="stable")
+    starts = np.r_[0, np.cumsum(np.bincount(u, minlength=shape[0]))]
+    rng, cap, with_id = np.random.default_rng(len(u)), history.get("cap"), history.get("id", True)
+    rows = []
+    for user in range(shape[0]):
+        items = seen[i[order[starts[user]:starts[user + 1]]]]
+        n = len(items)
+        bag = items[None, :]
+        if leave_one_out:
+            bag = np.tile(items, n).reshape(n, n)[~np.eye(n, dtype=bool)].reshape(n, max(n - 1, 0))
+            if cap is not None and n - 1 > cap:
+                bag = np.take_along_axis(bag, rng.random(bag.shape).argsort(axis=1)[:, :cap], 1)
+        rows.append(np.c_[np.full(len(bag), ids[user], np.int32), bag] if with_id else bag)
+    lengths = np.concatenate([np.full(len(r), r.shape[1]) for r in rows])
+    offsets = np.r_[0, np.cumsum(lengths)].astype(np.int64)
+    indices = np.concatenate([r.ravel() for r in rows]).astype(np.int32)
+    built = Rows(indices, _bag_values(lengths, offsets, history.get("norm", "sqrt"), with_id), offsets, None)
+    return built.take(np.argsort(order, kind="stable")) if leave_one_out else built  # (back to the pairs' order)
+
+
+def _bag_values(lengths: np.ndarray, offsets: np.ndarray, norm: str, with_id: bool) -> np.ndarray:
+    if norm == "none":
+        return ones(offsets[-1])
+    size = np.maximum(lengths - with_id, 1)
+    values = np.repeat(1.0 / (np.sqrt(size) if norm == "sqrt" else size), lengths).astype(np.float32)
+    if with_id:
+        values[offsets[:-1][lengths > 0]] = 1.0
+    return values
+
+
+def history_positives(u: np.ndarray, i: np.ndarray, shape, history: dict, catalogue) -> tuple[Positives, Rows]:
+    """(the positives, each user row's bag its user's other training items; a user row
+    per user index with all of them, for ranking)."""
+    return (Positives(_bags(u, i, shape, history, True), i.astype(np.int64), catalogue, u.astype(np.int64)),
+            _bags(u, i, shape, history, False))
+
+
+def history_hold(u: np.ndarray, i: np.ndarray, shape, history: dict, catalogue):
+    """train_positives' `hold` for history rows: the last `fraction` of the positives
+    held out as fmctr.training.positives.hold_out does, but the bags rebuilt from the
+    positives kept, and each held-out user scored by a row of those alone (the row of
+    a held-out positive would hold the user's other held-out items: the answers)."""
+    def hold(positives, fraction, seed):
+        n = len(u)
+        cut = n - int(round(n * fraction))
+        if cut <= 0 or cut >= n:
+            return None
+        fit, rows = history_positives(u[:cut], i[:cut], shape, history, catalogue)
+        users = np.unique(u[cut:])
+        if len(users) > MAX_CHECK_USERS:
+            users = np.sort(np.random.default_rng(seed).choice(users, MAX_CHECK_USERS, replace=False))
+        relevant = [np.unique(i[cut:][u[cut:] == x]) for x in users]
+        seen = [np.unique(i[:cut][u[:cut] == x]) for x in users]
+        return fit, RankingCheck(rows.take(users), relevant, seen, catalogue)
+    return hold
+
+
 def fmctr_vectors(train: pl.DataFrame, shape, setting: dict, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """fmctr trained from the positives with the setting's options over its defaults
-    for this mode (fmctr.training.positives), epochs chosen by its own held-out check."""
-    options = {k: v for k, v in setting.items() if k not in ("negatives", "loss", "sampling", "pool", "features")}
+    for this mode (fmctr.training.positives), epochs chosen by its own held-out check.
+    `history`: the user side gets the user's training items as a bag (see _bags; true,
+    or a dict of norm, cap, id)."""
+    options = {k: v for k, v in setting.items() if k not in ("negatives", "loss", "sampling", "pool", "features",
+                                                             "history")}
     users, catalogue = sides(setting.get("features", False), shape)
-    positives = Positives(users.take(train.get_column("u").to_numpy()), train.get_column("i").to_numpy().astype(np.int64),
-                          catalogue)
+    u, i = train.get_column("u").to_numpy(), train.get_column("i").to_numpy().astype(np.int64)
+    hold = hold_out
+    if setting.get("history"):
+        history = setting["history"] if isinstance(setting["history"], dict) else {}
+        positives, users = history_positives(u, i, shape, history, catalogue)
+        hold = history_hold(u, i, shape, history, catalogue)
+    else:
+        positives = Positives(users.take(u), i, catalogue)
     cfg = TrainConfig.from_options(seed=seed, engine="cpu", threads=2, **options)
     result, _ = train_positives(positives, cfg, bits=BITS, negatives=setting.get("negatives", NEGATIVES),
                                 sampling=setting.get("sampling", "uniform"), loss=setting.get("loss", "logistic"),
-                                pool=setting.get("pool", POOL))
+                                pool=setting.get("pool", POOL), hold=hold)
     w = result.weights
     return user_side(w, users).vectors, item_vectors(w, catalogue)
 

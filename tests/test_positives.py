@@ -186,6 +186,38 @@ def test_mined_negatives_are_the_best_scored_draws_and_never_the_users_own_posit
     assert drawn.ravel().tolist() == best_allowed
 
 
+def test_users_name_the_user_where_rows_differ_per_positive():
+    from fmctr.training.positives import MinedRows
+
+    # user 0's two positives have different rows (features 0 and 1, say a history
+    # without the positive's own item): `users` says they are one user
+    catalogue = one_hot(np.arange(6), 10)
+    positives = Positives(one_hot(np.array([0, 1, 2]), 0), np.array([5, 4, 0]), catalogue, np.array([0, 0, 1]))
+    w = FMWeights.zeros(16, 2)
+    w.linear[10:16] = np.arange(6)
+    source = MinedRows(positives, 3, pool=4)
+    source.before_epoch(w)
+    assert not np.isin(source.draw(np.random.default_rng(0))[:2], [4, 5]).any()
+    assert positives.take(np.array([2, 0])).users.tolist() == [1, 0]
+    many = Positives(one_hot(np.arange(20), 0), np.arange(20) % 6, catalogue, np.arange(20) // 5)
+    fit, check = hold_out(many, 0.25)
+    assert check.rows == 1 and len(fit.items) == 15  # the last 5 positives are all user 3's
+    assert check.relevant[0].tolist() == [0, 1, 3, 4, 5] and len(check.seen[0]) == 0
+
+
+def test_a_given_split_chooses_the_epochs():
+    positives, _, _ = planted_world()
+    calls = []
+
+    def hold(p, fraction, seed):
+        calls.append(fraction)
+        return hold_out(p, fraction, seed)
+
+    cfg = TrainConfig.from_options(dim=8, threads=1, engine="cpu")
+    result, chose = train_positives(positives, cfg, bits=11, negatives=4, hold=hold)
+    assert calls and chose is not None and result.config.epochs == chose.best_epoch
+
+
 def test_train_from_positives_on_the_command_line(tmp_path):
     import polars as pl
     from typer.testing import CliRunner

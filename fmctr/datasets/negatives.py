@@ -34,20 +34,27 @@ POPULARITY_POWER = 0.75
 @dataclass
 class Positives:
     """What positives-only training knows: each positive's context (user) features,
-    the catalogue row of its item, and the catalogue's item features."""
+    the catalogue row of its item, and the catalogue's item features. `users` names
+    each positive's user where one user's rows differ between positives (a history of
+    the user's other items, leaving out the positive's own); None: equal rows are one
+    user (fmctr.training.positives.user_keys)."""
 
     context: Rows
     items: np.ndarray  # int64, a catalogue row per positive
     catalogue: Rows
+    users: np.ndarray | None = None  # int64, a key per positive
 
     def __post_init__(self) -> None:
         if len(self.context) != len(self.items):
             raise BadOptions("one catalogue item per positive")
+        if self.users is not None and len(self.users) != len(self.items):
+            raise BadOptions("one user key per positive")
         if len(self.catalogue) == 0:
             raise BadOptions("the item catalogue is empty")
 
     def take(self, rows: np.ndarray) -> Positives:
-        return Positives(self.context.take(rows), self.items[rows], self.catalogue)
+        return Positives(self.context.take(rows), self.items[rows], self.catalogue,
+                         None if self.users is None else self.users[rows])
 
 
 def item_weights(positives: Positives, sampling: str) -> np.ndarray | None:

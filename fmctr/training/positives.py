@@ -63,7 +63,7 @@ class MinedRows(SampledRows):
     def __init__(self, positives: Positives, negatives: int, *, pool: int, **options):
         super().__init__(positives, negatives, **options)
         self.pool, self.now = pool, None
-        keys = user_keys(positives.context)
+        keys = keys_of(positives)
         size = len(positives.catalogue)
         self.codes = keys.astype(np.int64) * size
         self.own = np.unique(self.codes + positives.items)
@@ -90,6 +90,11 @@ class MinedRows(SampledRows):
         return out
 
 
+def keys_of(positives: Positives) -> np.ndarray:
+    """A small integer per positive's user: the positives' own keys, or their rows'."""
+    return positives.users if positives.users is not None else user_keys(positives.context)
+
+
 def user_keys(context) -> np.ndarray:
     """A small integer per distinct context row (a user, or a user in a context)."""
     lengths = np.diff(context.offsets)
@@ -105,12 +110,15 @@ def user_keys(context) -> np.ndarray:
 
 def hold_out(positives: Positives, fraction: float, seed: int = 0) -> tuple[Positives, RankingCheck] | None:
     """(the positives to train on, a check on the last `fraction` of them), or None
-    when nothing would be left on either side."""
+    when nothing would be left on either side. The check scores each held-out user by
+    the row of their first held-out positive: where user rows hold other positives (a
+    history), that row would show the check its answers - train_positives' `hold` then
+    takes a split that rebuilds the rows from the positives kept."""
     n = len(positives.items)
     cut = n - int(round(n * fraction))
     if cut <= 0 or cut >= n:
         return None
-    keys = user_keys(positives.context)
+    keys = keys_of(positives)
     fit, held = np.arange(cut), np.arange(cut, n)
     users, first = np.unique(keys[held], return_index=True)
     if len(users) > MAX_CHECK_USERS:
@@ -131,10 +139,11 @@ def _items_by_user(keys: np.ndarray, items: np.ndarray, users: np.ndarray) -> li
 
 def train_positives(positives: Positives, cfg: TrainConfig, *, bits: int, negatives: int, sampling: str = "uniform",
                     loss: str = "logistic", pool: int = POOL, progress=None,
-                    given: frozenset[str] | None = None) -> tuple[TrainResult, TrainResult | None]:
+                    given: frozenset[str] | None = None, hold=hold_out) -> tuple[TrainResult, TrainResult | None]:
     """Train on positives with sampled negatives, from POSITIVES_DEFAULTS where `cfg`
     does not set (`given`, see for_positives): (the model's run, the held-out run that
-    chose its epochs, or None when the epochs were given or nothing was held out)."""
+    chose its epochs, or None when the epochs were given or nothing was held out).
+    `hold(positives, fraction, seed)` splits off the positives that choose the epochs."""
     if loss not in LOSSES:
         raise BadOptions(f"unknown loss {loss!r} (choose from {', '.join(LOSSES)})")
     cfg = for_positives(cfg, given, loss)
@@ -156,7 +165,7 @@ def train_positives(positives: Positives, cfg: TrainConfig, *, bits: int, negati
     parts = None
     if selection.chooses_epochs(cfg, validation=False):
         fraction = selection.holdout_fraction(cfg, len(positives.items))
-        parts = hold_out(positives, fraction, cfg.seed)
+        parts = hold(positives, fraction, cfg.seed)
     if parts is None:
         fixed = cfg if cfg.epochs is not None else selection.fixed(cfg)
         return train(source(positives), fixed, bits=bits, progress=progress), None
