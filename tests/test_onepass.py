@@ -102,6 +102,7 @@ def test_crlf_and_header_tsv():
     criteo_line("2", [""] * 13, ["a"] * 26),             # a label to reject
     criteo_line("1", [""] * 13, ["a"] * 25),             # too few columns
     criteo_line("1", [""] * 13, ["a"] * 27),             # too many
+    criteo_line("1", [""] * 13, ["a\rb"] + ["a"] * 25),  # a lone CR: a line break to the columnar path
 ])
 def test_anything_unusual_goes_the_columnar_way(line):
     spec = build_spec(preset="criteo")

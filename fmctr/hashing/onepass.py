@@ -168,6 +168,19 @@ def line_starts(buf):
     return starts
 
 
+@numba.njit(cache=True, nogil=True)
+def lone_cr(buf, starts):
+    """Whether a CR stands anywhere but just before a line's newline."""
+    crs = 0
+    for b in buf:
+        crs += b == CR
+    for r in range(1, len(starts)):
+        end = starts[r] - 2  # the byte before line r - 1's newline
+        if end >= starts[r - 1] and end < len(buf) and buf[end] == CR:
+            crs -= 1
+    return crs > 0
+
+
 @numba.njit(cache=True)
 def _parse_int(buf, start, end):
     """(ok, value) for [+-]?[0-9]{1,18}; not ok for anything else."""
@@ -314,6 +327,8 @@ def hash_bytes(buf: bytes, plan: Plan, sep: str, keep: Sequence[str] = ()) -> tu
         return None
     data = np.frombuffer(buf, np.uint8)
     starts = line_starts(data)
+    if b"\r" in buf and lone_cr(data, starts):
+        return None  # a CR not ending a line, which pyarrow reads as a line break: the columnar way words it
     n = len(starts) - 1
     n_features = len(plan.feature_columns)
     indices = np.empty((n, n_features), np.int32)
