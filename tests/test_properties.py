@@ -97,3 +97,22 @@ def test_dataset_round_trip(tmp_path, n_rows, max_len, seed):
     back = Rows.concat(list(dataset.open_hashed(path).iter_parts()))
     for name in ("indices", "values", "offsets", "labels"):
         assert np.array_equal(getattr(back, name), getattr(rows, name)), name
+
+
+@SETTINGS
+@given(st.integers(1, 50), st.integers(0, 6), st.integers(0, 2**32 - 1))
+def test_feature_counts_count_every_occurrence(tmp_path, n_rows, max_len, seed):
+    """What --l2-all and --min-count read: per index, its occurrences in the rows, in
+    memory or streamed from a hashed dataset alike."""
+    from fmctr.datasets.batches import DatasetRows, MemoryRows
+
+    rng = np.random.default_rng(seed)
+    offsets = np.r_[0, np.cumsum(rng.integers(0, max_len + 1, n_rows))].astype(np.int64)
+    rows = Rows(rng.integers(0, 64, offsets[-1]).astype(np.int32), np.ones(offsets[-1], np.float32), offsets,
+                rng.integers(0, 2, n_rows).astype(np.float32))
+    path = tmp_path / f"c{seed}.hashed"
+    dataset.write([rows.slice(0, n_rows // 2), rows.slice(n_rows // 2, n_rows)], path, Schema("label", (Field("f"),)),
+                  HashSpec(bits=20))
+    expected = np.bincount(rows.indices, minlength=1 << 20)
+    assert np.array_equal(MemoryRows(rows).feature_counts(1 << 20), expected)
+    assert np.array_equal(DatasetRows(dataset.open_hashed(path)).feature_counts(1 << 20), expected)

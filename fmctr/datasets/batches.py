@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
 from fmctr.datasets.hashed import HashedDataset
@@ -31,6 +32,15 @@ class Span:
     stop: int
 
 
+@numba.njit(cache=True, nogil=True)
+def _count(indices, counts):
+    """counts[i] += 1 for each i in indices, in place (np.bincount per block allocated,
+    zeroed and added a table-sized array each time: 0.4-0.6 s per 1M Criteo-like rows
+    at bits 22, against 0.26-0.35 s)."""
+    for i in indices:
+        counts[i] += 1
+
+
 class RowSource:
     rows: int
     method = "train"  # the engine's method that trains on this source's pieces
@@ -39,7 +49,7 @@ class RowSource:
         """How many times each feature index occurs in these rows (one pass)."""
         counts = np.zeros(size, np.int64)
         for block in self.blocks():
-            counts += np.bincount(block.indices, minlength=size)
+            _count(block.indices, counts)
         return counts
 
     def blocks(self) -> Iterator[Rows]:
