@@ -77,7 +77,7 @@ def sparse_zeros(shape: tuple[int, ...], rows: int) -> np.ndarray:
     huge page, which moves with the machine's load)."""
     count = math.prod(shape)
     if count == 0 or rows >= count * 4 // 4096 / 8:
-        return np.zeros(shape, np.float32)
+        return aligned_zeros(shape)
     return np.frombuffer(mmap.mmap(-1, count * 4), np.float32).reshape(shape)
 
 
