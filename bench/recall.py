@@ -54,8 +54,7 @@ from fmctr.hashing.tokens import HashSpec, Rows, hash_chunk, ones
 from fmctr.reading.read import Chunk
 from fmctr.reading.schema import Field, Schema
 from fmctr.training.config import TrainConfig
-from fmctr.training.positives import MAX_CHECK_USERS, NEGATIVES, POOL, hold_out, train_positives
-from fmctr.training.ranked import RankingCheck
+from fmctr.training.positives import NEGATIVES, POOL, hold_out, train_positives
 from fmctr.models.towers import item_vectors, user_side
 from fmctr.commands.recall import vector_ranking_metrics
 from fmctr.models.retrieval import Exclusions
@@ -179,23 +178,15 @@ def history_positives(u: np.ndarray, i: np.ndarray, shape, history: dict, catalo
 
 
 def history_hold(u: np.ndarray, i: np.ndarray, shape, history: dict, catalogue):
-    """train_positives' `hold` for history rows: the last `fraction` of the positives
-    held out as fmctr.training.positives.hold_out does, but the bags rebuilt from the
-    positives kept, and each held-out user scored by a row of those alone (the row of
-    a held-out positive would hold the user's other held-out items: the answers)."""
-    def hold(positives, fraction, seed):
-        n = len(u)
-        cut = n - int(round(n * fraction))
-        if cut <= 0 or cut >= n:
-            return None
+    """train_positives' `hold` for history rows: fmctr.training.positives.hold_out, with
+    the bags rebuilt from the positives kept and each held-out user scored by a row of
+    those alone (the row of a held-out positive would hold the user's other held-out
+    items: the answers)."""
+    def rebuild(cut, users):
         fit, rows = history_positives(u[:cut], i[:cut], shape, history, catalogue)
-        users = np.unique(u[cut:])
-        if len(users) > MAX_CHECK_USERS:
-            users = np.sort(np.random.default_rng(seed).choice(users, MAX_CHECK_USERS, replace=False))
-        relevant = [np.unique(i[cut:][u[cut:] == x]) for x in users]
-        seen = [np.unique(i[:cut][u[:cut] == x]) for x in users]
-        return fit, RankingCheck(rows.take(users), relevant, seen, catalogue)
-    return hold
+        return fit, rows.take(users)
+
+    return lambda positives, fraction, seed: hold_out(positives, fraction, seed, rebuild=rebuild)
 
 
 def fmctr_vectors(train: pl.DataFrame, shape, setting: dict, seed: int) -> tuple[np.ndarray, np.ndarray]:

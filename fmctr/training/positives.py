@@ -108,12 +108,13 @@ def user_keys(context) -> np.ndarray:
     return np.unique(np.array(keys, dtype=object), return_inverse=True)[1].ravel()
 
 
-def hold_out(positives: Positives, fraction: float, seed: int = 0) -> tuple[Positives, RankingCheck] | None:
+def hold_out(positives: Positives, fraction: float, seed: int = 0, rebuild=None) -> tuple[Positives, RankingCheck] | None:
     """(the positives to train on, a check on the last `fraction` of them), or None
     when nothing would be left on either side. The check scores each held-out user by
-    the row of their first held-out positive: where user rows hold other positives (a
-    history), that row would show the check its answers - train_positives' `hold` then
-    takes a split that rebuilds the rows from the positives kept."""
+    the row of their first held-out positive. Where user rows hold other positives (a
+    history), that row would show the check its answers: `rebuild(cut, users)` then
+    gives (the positives to train on, each checked user's row), built from the first
+    `cut` positives alone."""
     n = len(positives.items)
     cut = n - int(round(n * fraction))
     if cut <= 0 or cut >= n:
@@ -126,8 +127,8 @@ def hold_out(positives: Positives, fraction: float, seed: int = 0) -> tuple[Posi
         users, first = users[pick], first[pick]
     relevant = _items_by_user(keys[held], positives.items[held], users)
     seen = _items_by_user(keys[fit], positives.items[fit], users)
-    check = RankingCheck(positives.context.take(held[first]), relevant, seen, positives.catalogue)
-    return positives.take(fit), check
+    kept, rows = (positives.take(fit), positives.context.take(held[first])) if rebuild is None else rebuild(cut, users)
+    return kept, RankingCheck(rows, relevant, seen, positives.catalogue)
 
 
 def _items_by_user(keys: np.ndarray, items: np.ndarray, users: np.ndarray) -> list[np.ndarray]:
