@@ -36,6 +36,9 @@ Targets, each a ratio of two numbers measured in this run:
     start to exit (imports, loading, the epoch and writing the model included),
     >= 0.7x the in-process steady-state rows/s of the cpu engine stage on the same
     dataset (the memory run's, when --memory-rows makes the same dataset).
+The probe's, xLearn's and fmctr's epochs run in --epoch-rounds interleaved rounds
+(probe, xLearn, fmctr, probe, ...): their ratios are the median of the per-round
+ratios, each round's three epochs having run within the same minute or two.
 The probe, xLearn and whole-process stages drive only the command line and
 subprocesses, not fmctr's internal modules.
 
@@ -172,6 +175,8 @@ REPEATED = {"read (bare polars.read_csv)", "preprocess TSV -> hashed", "predict 
 COLD = {"train hashed, 1 process x 1 thread", "train hashed, 2 ranks x 1 thread (torchrun, gloo)"}
 # Run once, without the 20k-row warm-up call: they time their own epoch.
 OWN_TIMING = {PROBE_STAGE, XLEARN_STAGE}
+# Run in interleaved rounds (epoch_rounds), compared round by round.
+EPOCH_TRIO = (PROBE_STAGE, XLEARN_STAGE, CPU_STAGE)
 WARM_ROWS = 20_000
 ACCURACY_ROWS = 100_000  # training rows of the accuracy check (the torch engine at batch 4 is slow)
 TEST_ROWS = 100_000
@@ -257,6 +262,37 @@ def stage_source(body: str) -> str:
     return "def stage(DATA, HASHED, MODEL, PREDS):\n" + "".join(f"    {line}\n" for line in body.strip().splitlines())
 
 
+def epoch_rounds(variables: dict, skipped: dict, rounds: int) -> dict:
+    """The probe's, xLearn's and fmctr's epochs, interleaved: round after round each
+    runs once, in turn, so that a round's three numbers share the machine's minute
+    (on this shared machine one stage's rows/s moved 2x between runs minutes apart).
+    Each stage's report is its median round, with every round's rows/s in "rounds"."""
+    results, runs = {}, {name: [] for name in EPOCH_TRIO}
+    if not skipped.get(XLEARN_STAGE):
+        # The same hashed rows as text, once, untimed (xLearn's parse is not in its epoch either).
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-c", TO_LIBSVM, variables["HASHED"], variables["LIBSVM"]], check=True)
+        print(f"  wrote the hashed rows as libsvm text for xLearn in {time.perf_counter() - started:.0f}s",
+              file=sys.stderr)
+    for _ in range(rounds):
+        for name in EPOCH_TRIO:
+            if skipped.get(name) or any("error" in r for r in runs[name]):
+                continue
+            own = name in OWN_TIMING
+            runs[name].append(run_stage(STAGES[name], variables, warm=not own, fatal=not own))
+    for name in EPOCH_TRIO:
+        failed = [r["error"] for r in runs[name] if "error" in r]
+        if skipped.get(name) or failed:
+            results[name] = {"error": skipped.get(name) or failed[0]}
+            print(f"  {name}: {results[name]['error']}", file=sys.stderr)
+            continue
+        speeds = [r["rows_per_s"] for r in runs[name]]
+        results[name] = {**sorted(runs[name], key=lambda r: r["rows_per_s"])[len(speeds) // 2], "rounds": speeds}
+        print(f"  {name}: {results[name]['rows_per_s']:,.0f} rows/s (rounds: "
+              + ", ".join(f"{x:,.0f}" for x in speeds) + ")", file=sys.stderr)
+    return results
+
+
 def run_stage(body: str, variables: dict, warm: bool = True, fatal: bool = True) -> dict:
     """Run a stage in a fresh Python; return its report plus its peak RSS in MiB.
     A stage that fails stops the bench, or with fatal=False returns {"error": why}."""
@@ -338,6 +374,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="runs of the read, preprocess and predict stages (median)")
     parser.add_argument("--whole-rows", type=int, default=10_000_000,
                         help="rows for the whole-process training run (0: skip)")
+    parser.add_argument("--epoch-rounds", type=int, default=3,
+                        help="interleaved rounds of the probe, xLearn and fmctr epochs (median of per-round ratios)")
     parser.add_argument("--ref-threads", type=int, default=2, help="threads of the probe and of xLearn")
     parser.add_argument("--no-xlearn", dest="xlearn", action="store_false", help="skip xLearn (and its install)")
     parser.add_argument("--no-accuracy", dest="accuracy", action="store_false",
@@ -384,19 +422,17 @@ def main() -> None:
                      "XLEARN_PARAMS": {**XLEARN_OPTIONS, "k": args.dim, "nthread": args.ref_threads}}
         results = {}
         for name, code in STAGES.items():
+            if name in EPOCH_TRIO:
+                if name == EPOCH_TRIO[0]:
+                    results.update(epoch_rounds(variables, skipped, args.epoch_rounds))
+                continue
             if skipped.get(name):
                 results[name] = {"error": skipped[name]}
                 print(f"  {name}: {skipped[name]}", file=sys.stderr)
                 continue
-            if name == XLEARN_STAGE:
-                # The same hashed rows as text, once, untimed (xLearn's parse is not in its epoch either).
-                started = time.perf_counter()
-                subprocess.run([sys.executable, "-c", TO_LIBSVM, variables["HASHED"], variables["LIBSVM"]], check=True)
-                print(f"  wrote the hashed rows as libsvm text for xLearn in {time.perf_counter() - started:.0f}s",
-                      file=sys.stderr)
             # The quick stages run --repeats times (the median counts): this machine's
             # load moves single runs by 20-30%.
-            runs = [run_stage(code, variables, warm=name not in COLD | OWN_TIMING, fatal=name not in OWN_TIMING)
+            runs = [run_stage(code, variables, warm=name not in COLD)
                     for _ in range(args.repeats if name in REPEATED else 1)]
             if "error" in runs[0]:
                 results[name] = runs[0]
@@ -458,11 +494,21 @@ def main() -> None:
         }
 
         def ratio_cells(name: str, label: str, base: float | None, target: float | None) -> tuple[str, str]:
-            """The ratio of stage `name` to its baseline, and its target's verdict."""
+            """The ratio of stage `name` to its baseline, and its target's verdict. Stages
+            run in interleaved rounds (EPOCH_TRIO) are compared round by round: the
+            median of the per-round ratios."""
             mine, goal = speed(name), f">= {target:.1f}x: " if target else ""
             if mine is None or base is None:
                 return (f"n/a ({label} not measured)" if base is None else "n/a"), (goal + "not measured" if goal else "")
-            return f"{mine / base:.2f}x {label}", (goal + ("met" if mine / base >= target else "missed") if goal else "")
+            ratio, shown = mine / base, ""
+            paired = [results.get(n, {}).get("rounds") for n in (name, baseline_of.get(label))]
+            if all(paired):
+                per_round = [a / b for a, b in zip(*paired)]
+                ratio = sorted(per_round)[len(per_round) // 2]
+                shown = " (rounds: " + ", ".join(f"{x:.2f}" for x in per_round) + ")"
+            return f"{ratio:.2f}x {label}{shown}", (goal + ("met" if ratio >= target else "missed") if goal else "")
+
+        baseline_of = {"bare probe": PROBE_STAGE, "xLearn FM epoch": XLEARN_STAGE}
 
         print(f"\n| stage ({args.rows:,} rows, k={args.dim}, bits {args.bits}, {args.threads} threads) | rows/s | "
               f"vs baseline (same run) | peak RSS | first call ({WARM_ROWS // 1000}k rows) or note | target |")
