@@ -58,7 +58,7 @@ def kernel_arm(name: str, path: str, rows, order, threads: int):
             *map(_read_only, arrays), cfg.batch_size, threads,
             engine.w.bias, engine.w.linear, engine.table, 16,
             engine.bias_state, engine.linear_state1, engine.linear_state2, engine.factor_state2,
-            engine.seen, max_row, engine.code, engine.lr, cfg.l2_linear, cfg.l2_factors, cfg.eps, 0.9, 0.999,
+            engine.seen_bits, max_row, engine.code, engine.lr, cfg.l2_linear, cfg.l2_factors, cfg.eps, 0.9, 0.999,
             engine.counters, cfg.seed, cfg.init_std, cfg.adagrad_init, engine.ftrl, engine.inv_counts, engine.priors)
 
     def one_pass() -> float:

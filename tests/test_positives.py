@@ -100,7 +100,7 @@ def test_bpr_step_follows_the_gradient_of_the_pair_loss():
                                    batch_size=1, threads=1, engine="cpu", epochs=1).resolved(
         engine="cpu", device="cpu", rows=1, validation=False)
     engine = CpuEngine(start.copy(), cfg, 1)
-    engine.seen[:] = True
+    engine.seen_bits[:] = 0xFF  # every feature met
     engine.w.factors[:] = start.factors
     engine.train_pairs(rows, np.array([0], np.int64))
     after = engine.weights()

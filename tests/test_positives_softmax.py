@@ -76,7 +76,7 @@ def test_a_softmax_step_is_adagrads_step_on_the_gradient():
     cfg = TrainConfig.from_options(lr=1e4, adagrad_init=1e8, l2_linear=0.0, l2_factors=0.0, batch_size=3, threads=1,
                                    engine="cpu", epochs=1).resolved(engine="cpu", device="cpu", rows=3, validation=False)
     engine = CpuEngine(start.copy(), cfg, 1)
-    engine.seen[:] = True
+    engine.seen_bits[:] = 0xFF  # every feature met
     engine.w.factors[:] = start.factors
     loss = engine.train_softmax(Positives(CONTEXT, ITEMS, CATALOGUE), np.arange(3))
     grads = softmax_gradients(start, CONTEXT, ITEMS, CATALOGUE)

@@ -10,7 +10,7 @@ import numpy as np
 from fmctr.hashing.tokens import Rows, is_ones, ones
 from fmctr.models import kernel
 from fmctr.models.softmax import CatalogueIndex, softmax_gradients
-from fmctr.models.weights import FMWeights, aligned_zeros, initial_factors, sparse_zeros
+from fmctr.models.weights import FMWeights, aligned_zeros, initial_factors, pack_seen, sparse_zeros, unpack_seen
 
 
 def _read_only(a: np.ndarray) -> np.ndarray:
@@ -35,7 +35,7 @@ class CpuEngine:
             self.linear_state1, self.factor_state1 = optimizer["linear1"], optimizer["factors1"]
             self.linear_state2 = optimizer["linear2"] if two_linear else self.linear_state1
             self.factor_state2 = optimizer["factors2"] if adam else self.factor_state1
-            self.seen = optimizer["seen"]
+            self.seen_bits = pack_seen(optimizer["seen"])
             self.counters = np.array([optimizer["step"], 0], np.int64)
         else:
             self.bias_state = np.zeros(2, np.float32)
@@ -43,7 +43,7 @@ class CpuEngine:
             self.linear_state2 = np.zeros(n, np.float32) if two_linear else self.linear_state1
             self.factor_state1 = np.zeros((n, k), np.float32)
             self.factor_state2 = np.zeros((n, k), np.float32) if adam else self.factor_state1
-            self.seen = np.zeros(n, np.bool_)
+            self.seen_bits = pack_seen(np.zeros(n, np.bool_))
             self.counters = np.zeros(2, np.int64)
         # Each feature's factors and their (first) optimizer state sit side by side in
         # one table row that starts on a 128-byte boundary: with dim 16 that is two
@@ -100,7 +100,7 @@ class CpuEngine:
             *map(_read_only, (rows.indices, rows.values, rows.offsets, rows.labels, order)), cfg.batch_size, self.threads,
             self.w.bias, self.w.linear, self.table, self.w.dim,
             self.bias_state, self.linear_state1, self.linear_state2, self.factor_state2,
-            self.seen, max_row,
+            self.seen_bits, max_row,
             self.code, self.lr, cfg.l2_linear, cfg.l2_factors, cfg.eps, 0.9, 0.999, self.counters,
             cfg.seed, cfg.init_std, cfg.adagrad_init, self.ftrl, self.inv_counts, self.priors,
         )
@@ -115,7 +115,7 @@ class CpuEngine:
         return kernel.train_pairs(
             *map(_read_only, (rows.indices, rows.values, rows.offsets)), cfg.batch_size, self.threads,
             self.w.bias, self.w.linear, self.table, self.w.dim, self.linear_state1, self.linear_state2,
-            self.factor_state2, self.seen, max_row, self.code, self.lr, cfg.l2_linear, cfg.l2_factors, cfg.eps,
+            self.factor_state2, self.seen_bits, max_row, self.code, self.lr, cfg.l2_linear, cfg.l2_factors, cfg.eps,
             self.counters, cfg.seed, cfg.init_std, cfg.adagrad_init, self.ftrl, self.inv_counts, self.priors,
         )
 
@@ -176,6 +176,14 @@ class CpuEngine:
     # whatever the data, and 5,000 rows train in a few ms. So the copies below are
     # kept and brought up to date: only the rows met in training can have changed.
 
+    @property
+    def seen(self) -> np.ndarray:
+        """A bool per feature: met in training. A read-only copy of the kernels' bitmap
+        (seen_bits), so that a write to it fails instead of changing nothing."""
+        seen = unpack_seen(self.seen_bits, self.w.num_features)
+        seen.flags.writeable = False
+        return seen
+
     def _changed_rows(self) -> np.ndarray | None:
         """The rows whose weights may differ from an earlier full copy: those met in
         training (no other row is ever written), or None (all) when they are most of
@@ -183,8 +191,9 @@ class CpuEngine:
         change rows this engine never met."""
         if self.shared:
             return None
-        rows = np.flatnonzero(self.seen)
-        return rows if len(rows) < len(self.seen) // 4 else None
+        seen = self.seen
+        rows = np.flatnonzero(seen)
+        return rows if len(rows) < len(seen) // 4 else None
 
     def _refresh(self, copy: FMWeights | None, linear: bool = True) -> FMWeights:
         """`copy` (an earlier copy of this engine's weights, or None) made equal to them;
@@ -228,10 +237,10 @@ class CpuEngine:
     def first_touch(self, rows: np.ndarray) -> None:
         """Give the rows never met before their initial factors now, as the kernel
         would when it first meets them."""
-        new = rows[~self.seen[rows]]
+        new = rows[(self.seen_bits[rows >> 3] >> (rows & 7).astype(np.uint8)) & 1 == 0]
         if len(new):
             self.w.factors[new] = initial_factors(new, self.w.dim, seed=self.cfg.seed, std=self.cfg.init_std)
-            self.seen[new] = True
+            np.bitwise_or.at(self.seen_bits, new >> 3, (1 << (new & 7)).astype(np.uint8))
 
     def replicated(self) -> tuple[list, list]:
         """The factor table (factors and their first state side by side), the meta table
@@ -242,7 +251,8 @@ class CpuEngine:
         return [self.table, self.meta] + second, [self.w.bias, self.bias_state]
 
     def optimizer_state(self) -> dict:
-        """The optimizer's arrays (live, not copies), as fmctr.models.modelfile stores them."""
+        """The optimizer's arrays (live, not copies; `seen` unpacked from the kernels'
+        bitmap, a copy), as fmctr.models.modelfile stores them."""
         return {
             "kind": self.cfg.optimizer, "step": int(self.counters[0]), "bias": self.bias_state,
             "linear1": self.linear_state1, "linear2": self.linear_state2,

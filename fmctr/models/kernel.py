@@ -90,6 +90,37 @@ def _unowned(typingctx, array):
     return array(array), codegen
 
 
+@intrinsic
+def _or_byte(typingctx, array, index, value):
+    """array[index] |= value as one atomic instruction: Hogwild threads set bits of
+    the same byte, and a plain read-modify-write could lose one."""
+    if not (isinstance(array, types.Array) and array.ndim == 1 and array.dtype == types.uint8):
+        return None
+
+    def codegen(context, builder, signature, args):
+        array_type, index_type, value_type = signature.args
+        view = context.make_array(array_type)(context, builder, args[0])
+        where = context.cast(builder, args[1], index_type, types.intp)
+        pointer = cgutils.get_item_pointer(context, builder, array_type, view, [where], wraparound=False)
+        builder.atomic_rmw("or", pointer, context.cast(builder, args[2], value_type, types.uint8), "monotonic")
+        return context.get_dummy_value()
+
+    return types.void(array, index, value), codegen
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _first_meeting(seen, i):
+    """Whether feature i is met for the first time, marking it met. `seen` is a bitmap
+    (bit i & 7 of byte i >> 3; fmctr.models.weights.pack_seen): at 2^22 features it is
+    512 KiB, which stays in a core's L2 cache, where a byte per feature (4 MiB) missed
+    it once per feature read (the epoch 1.08x faster without the check at all)."""
+    byte, bit = i >> 3, np.uint8(1 << (i & 7))
+    if seen[byte] & bit:
+        return False
+    _or_byte(seen, byte, bit)
+    return True
+
+
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def _splitmix64(x):
     z = x + np.uint64(0x9E3779B97F4A7C15)
@@ -287,11 +318,10 @@ def _row_logit_k(indices, values, lo, hi, bias, linear, factors, k, s):
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def _prefetch_ahead(indices, values, offsets, labels, order, j, b1, next_b0, stride, batch_rows, linear, table, k,
-                    seen):
+def _prefetch_ahead(indices, values, offsets, labels, order, j, b1, next_b0, stride, batch_rows, linear, table, k):
     """Prefetch in stages along this thread's rows: 8 rows ahead the row's offsets, 4
     ahead its feature indices, values and label (a shuffled row is a DRAM miss), 2
-    ahead the table lines of its features (their factors and state, linear/meta, seen)."""
+    ahead the table lines of its features (their factors and state, linear/meta)."""
     j8 = _ahead(j, 8, b1, next_b0, stride, batch_rows, len(order))
     if j8 >= 0:
         r8 = order[j8]
@@ -310,7 +340,6 @@ def _prefetch_ahead(indices, values, offsets, labels, order, j, b1, next_b0, str
         for p in range(offsets[r_next], offsets[r_next + 1]):
             i = indices[p]
             _prefetch(linear, i, 0)
-            _prefetch(seen, i, 0)
             for f in range(0, 2 * k, 16):
                 _prefetch(table, i, f)
 
@@ -429,11 +458,10 @@ def _train_batch(
         lo = offsets[r]
         hi = offsets[r + 1]
         _prefetch_ahead(indices, values, offsets, labels, order, j, b1, next_b0, stride, batch_rows,
-                        linear, table, k, seen)
+                        linear, table, k)
         for p in range(lo, hi):
             i = indices[p]
-            if not seen[i]:
-                seen[i] = True
+            if _first_meeting(seen, i):
                 _init_row_k(table, i, k, init_seed, init_std)
         z = _row_logit_k(indices, values, lo, hi, bias[0], linear, table, k, s)
         y = labels[r]
@@ -573,8 +601,7 @@ def _pair_logits(indices, values, offsets, r, bias, linear, table, k, seen, init
     each row's sum_i v_i x_i in s_pos and s_neg."""
     for p in range(offsets[r], offsets[r + 2]):
         i = indices[p]
-        if not seen[i]:
-            seen[i] = True
+        if _first_meeting(seen, i):
             _init_row_k(table, i, k, init_seed, init_std)
     z_pos = _row_logit_k(indices, values, offsets[r], offsets[r + 1], bias, linear, table, k, s_pos)
     z_neg = _row_logit_k(indices, values, offsets[r + 1], offsets[r + 2], bias, linear, table, k, s_neg)

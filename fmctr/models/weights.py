@@ -81,6 +81,17 @@ def sparse_zeros(shape: tuple[int, ...], rows: int) -> np.ndarray:
     return np.frombuffer(mmap.mmap(-1, count * 4), np.float32).reshape(shape)
 
 
+def pack_seen(seen: np.ndarray) -> np.ndarray:
+    """The training kernels' form of "which features were met": a bitmap, bit i & 7
+    of byte i >> 3 (fmctr.models.kernel._first_meeting), from a bool per feature."""
+    return np.packbits(seen, bitorder="little")
+
+
+def unpack_seen(bits: np.ndarray, n: int) -> np.ndarray:
+    """A bool per feature (what model files store) from pack_seen's bitmap."""
+    return np.unpackbits(bits, count=n, bitorder="little").view(np.bool_)
+
+
 ALIGN = 128  # two cache lines: a row of 8, 16 or 32 factors never straddles one more
 
 
