@@ -141,19 +141,20 @@ class CpuEngine:
         return total
 
     def _gather(self, rows: Rows, order: np.ndarray) -> tuple[Rows, np.ndarray]:
-        """The rows `order`, copied in that order (kernel.gather_rows), and the identity
-        order over them: the same rows in the same order, so the same updates, but read
-        front to back instead of at random."""
+        """The rows `order`, copied in that order (kernel.gather_offsets, then
+        gather_indices into arrays of the size the offsets give), and the identity order
+        over them: the same rows in the same order, so the same updates, but read front
+        to back instead of at random."""
         n = len(order)
-        offsets = np.empty(n + 1, np.int64)
-        labels = np.empty(n, np.float32)
-        lengths = rows.offsets[order + 1] - rows.offsets[order]
-        nnz = int(lengths.sum())
+        order = _read_only(order)
+        offsets, labels = np.empty(n + 1, np.int64), np.empty(n, np.float32)
+        kernel.gather_offsets(_read_only(rows.offsets), _read_only(rows.labels), order, offsets, labels)
+        nnz = int(offsets[-1])
         indices = np.empty(nnz, rows.indices.dtype)
         ones_only = is_ones(rows.values)
         values = ones(nnz) if ones_only else np.empty(nnz, rows.values.dtype)
-        kernel.gather_rows(*map(_read_only, (rows.indices, rows.values, rows.offsets, rows.labels, order)),
-                           indices, values[:0] if ones_only else values, offsets, labels)
+        kernel.gather_indices(_read_only(rows.indices), _read_only(rows.values), _read_only(rows.offsets), order,
+                              offsets, indices, values[:0] if ones_only else values)
         if len(self._identity) < n:
             self._identity = np.arange(n, dtype=np.int64)
         return Rows(indices, values, offsets, labels), self._identity[:n]

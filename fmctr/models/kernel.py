@@ -562,14 +562,11 @@ def train_rows(
 GATHER_AHEAD = 16  # rows
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy", parallel=True)
-def gather_rows(indices, values, offsets, labels, order, out_indices, out_values, out_offsets, out_labels):
-    """Copy the rows `order` of a CSR block, in that order, into the out_ arrays
-    (out_values only if it is not empty). Training then reads its rows one after
-    another: a shuffled row is a cache miss on each of its arrays, and a copy
-    loop that does nothing else has many of those in flight at once, where the
-    training loop waits on each. Both loops ask for the lines of rows a few places
-    ahead (1M shuffled rows: 0.29 -> 0.17 s)."""
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def gather_offsets(offsets, labels, order, out_offsets, out_labels):
+    """The first half of gathering the rows `order` of a CSR block in that order: their
+    offsets and labels (out_offsets[-1] is then the count of indices to copy). Asks
+    for the lines of the row GATHER_AHEAD places ahead: a shuffled row is a miss."""
     n = len(order)
     out_offsets[0] = 0
     for j in range(n):
@@ -579,6 +576,17 @@ def gather_rows(indices, values, offsets, labels, order, out_indices, out_values
         r = order[j]
         out_offsets[j + 1] = out_offsets[j] + (offsets[r + 1] - offsets[r])
         out_labels[j] = labels[r]
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy", parallel=True)
+def gather_indices(indices, values, offsets, order, out_offsets, out_indices, out_values):
+    """The second half: the rows' indices (and values, if out_values is not empty) into
+    the places gather_offsets gave them. Training then reads its rows one after
+    another: a shuffled row is a cache miss on each of its arrays, and a copy loop
+    that does nothing else has many of those in flight at once, where the training
+    loop waits on each. With the lines asked for ahead in both halves, 1M shuffled
+    rows gather in 0.17 s instead of 0.29."""
+    n = len(order)
     copy_values = len(out_values) > 0
     for j in numba.prange(n):
         if j + GATHER_AHEAD // 2 < n:
