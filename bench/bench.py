@@ -54,6 +54,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -504,7 +505,7 @@ def main() -> None:
             paired = [results.get(n, {}).get("rounds") for n in (name, baseline_of.get(label))]
             if all(paired):
                 per_round = [a / b for a, b in zip(*paired)]
-                ratio = sorted(per_round)[len(per_round) // 2]
+                ratio = statistics.median(per_round)
                 shown = " (rounds: " + ", ".join(f"{x:.2f}" for x in per_round) + ")"
             return f"{ratio:.2f}x {label}{shown}", (goal + ("met" if ratio >= target else "missed") if goal else "")
 
