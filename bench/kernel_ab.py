@@ -51,6 +51,9 @@ def kernel_arm(name: str, path: str, rows, order, threads: int):
     engine.set_counts(np.bincount(rows.indices, minlength=1 << 22), len(rows))
     gathered, identity = engine._gather(rows, order)
     max_row = int(np.diff(gathered.offsets).max())
+    # Kernels from before the bitmap (kernel._first_meeting) index a bool per feature:
+    # given the bitmap they would write past its end.
+    seen = engine.seen_bits if hasattr(module, "_first_meeting") else np.zeros(1 << 22, np.bool_)
 
     def block(lo: int, hi: int) -> float:
         arrays = (gathered.indices, gathered.values, gathered.offsets, gathered.labels, identity[lo:hi])
@@ -58,7 +61,7 @@ def kernel_arm(name: str, path: str, rows, order, threads: int):
             *map(_read_only, arrays), cfg.batch_size, threads,
             engine.w.bias, engine.w.linear, engine.table, 16,
             engine.bias_state, engine.linear_state1, engine.linear_state2, engine.factor_state2,
-            engine.seen_bits, max_row, engine.code, engine.lr, cfg.l2_linear, cfg.l2_factors, cfg.eps, 0.9, 0.999,
+            seen, max_row, engine.code, engine.lr, cfg.l2_linear, cfg.l2_factors, cfg.eps, 0.9, 0.999,
             engine.counters, cfg.seed, cfg.init_std, cfg.adagrad_init, engine.ftrl, engine.inv_counts, engine.priors)
 
     def one_pass() -> float:
