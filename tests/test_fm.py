@@ -134,6 +134,33 @@ def test_untouched_rows_are_zero_after_training():
     assert np.all(result.weights.factors[touched] != 0)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_features_met_are_exactly_those_in_the_rows(threads):
+    """The kernels mark features met in a bitmap set by two Hogwild threads at once
+    (fmctr.models.kernel._first_meeting): every feature of the rows ends up marked,
+    with its initial factors, and no other - neighbouring bits of one byte included."""
+    rng = np.random.default_rng(11)
+    rows = random_rows(rng, n_rows=3000, n_features=1 << 10, max_len=9)
+    result = train(rows, TrainConfig.from_options(dim=2, epochs=1, threads=threads, batch_size=1), bits=10)
+    met = np.zeros(1 << 10, bool)
+    met[rows.indices] = True
+    np.testing.assert_array_equal(result.optimizer["seen"], met)
+    assert np.all(result.weights.factors[~met] == 0) and np.all(result.weights.factors[met] != 0)
+
+
+def test_the_seen_bitmap_round_trips_any_length():
+    from fmctr.models.weights import pack_seen, unpack_seen
+
+    rng = np.random.default_rng(2)
+    for n in (1, 7, 8, 13, 64, 1001):
+        seen = rng.random(n) < 0.4
+        bits = pack_seen(seen)
+        assert len(bits) == (n + 7) // 8
+        np.testing.assert_array_equal(unpack_seen(bits, n), seen)
+        i = np.flatnonzero(seen)
+        assert np.all(bits[i >> 3] >> (i & 7).astype(np.uint8) & 1 == 1)
+
+
 def test_early_stopping_keeps_the_best_epoch():
     rng = np.random.default_rng(9)
     rows, valid = random_rows(rng, n_rows=400), random_rows(rng, n_rows=100)
