@@ -525,9 +525,9 @@ def _train_batch(
     rows (each feature's as soon as the batch's gradient of it is complete, see
     _accumulate). Returns the batch's summed logloss."""
     mask = len(slots[0]) - 1
-    inv_batch = 1.0 / (b1 - b0)
     opt, l2 = _batch_options(optimizer, b1 - b0, lr, eps, acc0, beta1, beta2, step, l2_linear, l2_factors,
                              inv_counts, priors)
+    inv_batch = l2[2]
     n_keys = 0
     for j in range(b0, b1):
         n_keys = _count_features(indices, offsets[order[j]], offsets[order[j] + 1], slots, n_keys, mask)
@@ -551,9 +551,8 @@ def _train_batch(
         grad_bias += g64
         n_slots = _accumulate(indices, values, lo, hi, np.float32(g64), s, linear, table, k, l2, opt, states, slots,
                               n_slots, mask)
-    c1, c2 = np.float32(1.0 - beta1**step), np.float32(1.0 - beta2**step)
-    bias[0], bias_state[0], bias_state[1] = _step(
-        bias[0], grad_bias, bias_state[0], bias_state[1], optimizer, lr, eps, beta1, beta2, c1, c2, acc0
+    bias[0], bias_state[0], bias_state[1] = _step(  # (opt[7], opt[8]: Adam's bias corrections)
+        bias[0], grad_bias, bias_state[0], bias_state[1], optimizer, lr, eps, beta1, beta2, opt[7], opt[8], acc0
     )
     _after_batch(n_slots, n_keys, linear, table, k, opt, states, slots)
     return total_loss
