@@ -373,15 +373,17 @@ def _entry(i, table_keys, mask):
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def _count_features(indices, lo, hi, slots, n_keys, mask):
+def _count_features(indices, lo, hi, slots, n_keys, at, mask):
     """Enter the features indices[lo:hi] in the batch's table, counting them: an entry's
     table_slots value is minus the feature's occurrences in the batch until it gets a
     slot (_slot_of). slot_pos lists the entries used (to clear them after the batch);
-    returns their number."""
-    table_keys, table_slots, slot_pos = slots[0], slots[1], slots[2]
+    returns their number. Each occurrence's entry is kept for _accumulate, from
+    place `at` of slots[7] on (the batch's occurrences in the order it meets them)."""
+    table_keys, table_slots, slot_pos, entries = slots[0], slots[1], slots[2], slots[7]
     for p in range(lo, hi):
         i = indices[p]
         h = _entry(i, table_keys, mask)
+        entries[at + p - lo] = h
         if table_keys[h] == -1:
             table_keys[h] = i
             table_slots[h] = -1
@@ -408,9 +410,10 @@ def _slot_of(h, i, slots, n_slots, k):
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=FAST, inline="always")
-def _accumulate(indices, values, lo, hi, g, s, linear, table, k, l2, opt, states, slots, n_slots, mask):
+def _accumulate(indices, values, lo, hi, g, s, linear, table, k, l2, opt, states, slots, n_slots, at):
     """Add one row's gradient (g = dloss/dlogit, s = sum_i v_i x_i) to its features,
-    with their --l2-all share; returns the number of slots.
+    with their --l2-all share; returns the number of slots. `at`: the place of the
+    row's first feature among the batch's occurrences (_count_features).
 
     With Adagrad (the default), a feature the batch meets only here (most of them:
     _count_features counted) takes its step at once: its gradient is complete and no
@@ -427,11 +430,11 @@ def _accumulate(indices, values, lo, hi, g, s, linear, table, k, l2, opt, states
     weight decay on the mean loss, under which rare features are shrunk hardest."""
     prior, inv_counts, inv_batch, prior_lin32, prior_fac32 = l2
     optimizer, lr32, eps32, acc0_32, touch_lin32, touch_fac32 = opt[0], opt[2], opt[3], opt[4], opt[9], opt[10]
-    table_keys, table_slots, slot_linear, slot_factors, alone = slots[0], slots[1], slots[4], slots[5], slots[6]
+    table_slots, slot_linear, slot_factors, alone, entries = slots[1], slots[4], slots[5], slots[6], slots[7]
     for p in range(lo, hi):
         i = indices[p]
         x = values[p]
-        h = _entry(i, table_keys, mask)
+        h = entries[at + p - lo]
         gx = g * x
         if table_slots[h] == -1 and optimizer == ADAGRAD:
             grad_linear = _rounded(gx)
@@ -529,8 +532,12 @@ def _train_batch(
                              inv_counts, priors)
     inv_batch = l2[2]
     n_keys = 0
+    at = 0
     for j in range(b0, b1):
-        n_keys = _count_features(indices, offsets[order[j]], offsets[order[j] + 1], slots, n_keys, mask)
+        lo, hi = offsets[order[j]], offsets[order[j] + 1]
+        n_keys = _count_features(indices, lo, hi, slots, n_keys, at, mask)
+        at += hi - lo
+    at = 0
     n_slots = 0
     grad_bias = 0.0
     total_loss = 0.0
@@ -550,7 +557,8 @@ def _train_batch(
         g64 = (1.0 / (1.0 + math.exp(-z)) - y) * inv_batch
         grad_bias += g64
         n_slots = _accumulate(indices, values, lo, hi, np.float32(g64), s, linear, table, k, l2, opt, states, slots,
-                              n_slots, mask)
+                              n_slots, at)
+        at += hi - lo
     bias[0], bias_state[0], bias_state[1] = _step(  # (opt[7], opt[8]: Adam's bias corrections)
         bias[0], grad_bias, bias_state[0], bias_state[1], optimizer, lr, eps, beta1, beta2, opt[7], opt[8], acc0
     )
@@ -562,16 +570,17 @@ def _train_batch(
 def _batch_scratch(table_size, slots, k):
     """A thread's scratch for its batches (owned: keep it alive while its views are used):
     the open-addressing table (keys, slot or minus count), the entries used, and each
-    slot's feature and gradients; then the factors' gradient of a feature met once."""
+    slot's feature and gradients; then the factors' gradient of a feature met once, and
+    each occurrence's entry."""
     return (np.full(table_size, -1, np.int64), np.empty(table_size, np.int64), np.empty(slots, np.int64),
             np.empty(slots, np.int64), np.empty(slots, np.float32), np.empty((slots, k), np.float32),
-            np.empty((1, k), np.float32))
+            np.empty((1, k), np.float32), np.empty(slots, np.int64))
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def _unowned_scratch(scratch):
     return (_unowned(scratch[0]), _unowned(scratch[1]), _unowned(scratch[2]), _unowned(scratch[3]),
-            _unowned(scratch[4]), _unowned(scratch[5]), _unowned(scratch[6]))
+            _unowned(scratch[4]), _unowned(scratch[5]), _unowned(scratch[6]), _unowned(scratch[7]))
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
@@ -710,7 +719,7 @@ def _train_pair_batch(indices, values, offsets, b0, b1, bias, linear, table, k, 
     mask = len(slots[0]) - 1
     opt, l2 = _batch_options(optimizer, b1 - b0, lr, eps, acc0, 0.9, 0.999, step, l2_linear, l2_factors,
                              inv_counts, priors)
-    n_keys = _count_features(indices, offsets[2 * b0], offsets[2 * b1], slots, 0, mask)
+    n_keys = _count_features(indices, offsets[2 * b0], offsets[2 * b1], slots, 0, 0, mask)
     n_slots = 0
     total_loss = 0.0
     for j in range(b0, b1):
@@ -722,7 +731,7 @@ def _train_pair_batch(indices, values, offsets, b0, b1, bias, linear, table, k, 
         g = np.float32(-l2[2] / (1.0 + math.exp(d)))  # d/dd of -log sigmoid(d), over the batch
         for row, gr, s in ((r, g, s_pos), (r + 1, -g, s_neg)):
             n_slots = _accumulate(indices, values, offsets[row], offsets[row + 1], gr, s, linear, table, k, l2, opt,
-                                  states, slots, n_slots, mask)
+                                  states, slots, n_slots, offsets[row] - offsets[2 * b0])
     _after_batch(n_slots, n_keys, linear, table, k, opt, states, slots)
     return total_loss
 
