@@ -51,6 +51,45 @@ def test_default_training_chooses_then_refits_on_every_row(tmp_path):
     assert rates[0] == training["config"]["optimization"]["lr"]
     assert rates[1:] == [e["lr"] for e in chose["history"][: chose["epochs"] - 1]]
     assert f"epoch(s) chosen on {chose['holdout_rows']:,} held-out rows" in result.stderr
+    # ... and the factors' L2: the held-out run again with the rival's, the model trained
+    # with the one kept
+    assert "without the factors' touch L2" in result.stderr
+    regularization = training["config"]["regularization"]
+    kept = (regularization["l2_factors"], regularization["l2_all_factors"])
+    rival = (selection.RIVAL_L2["l2_factors"], selection.RIVAL_L2["l2_all_factors"])
+    assert (chose["regularisation"] == "rival") == (kept == rival)
+    assert chose["regularisation"] in ("defaults", "rival")
+
+
+def test_the_rival_wins_only_by_more_than_the_held_out_rows_noise():
+    rng = np.random.default_rng(0)
+    default = rng.exponential(0.5, 2000)
+    assert selection.rival_wins(default, default - 0.01)  # better on every row
+    assert not selection.rival_wins(default, default)
+    assert not selection.rival_wins(default, default + 0.01)
+    # a mean gain smaller than its standard error: noise, the defaults stay
+    noisy = default - 0.002 + rng.normal(0, 0.2, 2000)
+    assert abs((default - noisy).mean()) < (default - noisy).std() / np.sqrt(2000)
+    assert not selection.rival_wins(default, noisy)
+    assert not selection.rival_wins(default[:1], default[:1] - 1)  # one row tells nothing
+
+
+def test_the_rival_runs_only_where_the_user_left_the_factors_l2_alone():
+    cfg = TrainConfig()
+    rival = selection.rival_config(cfg)
+    assert (rival.l2_factors, rival.l2_all_factors) == (selection.RIVAL_L2["l2_factors"],
+                                                          selection.RIVAL_L2["l2_all_factors"])
+    assert selection.rival_config(cfg.with_options(l2_factors=0.01)) is None
+    assert selection.rival_config(cfg.with_options(l2_all_factors=1e-4)) is None
+    assert selection.rival_config(cfg.with_options(l2_linear=0.5)) is not None  # the linear L2 is not the question
+
+
+def test_a_given_factor_l2_trains_one_held_out_run(tmp_path):
+    path = tmp_path / "m.fm"
+    result = invoke("train", MOVIES_TRAIN, *MOVIES_FLAGS, "-o", path, "--threads", "1", "--l2-factors", "0.01")
+    assert result.exit_code == 0, result.stderr
+    chose = load(path).training["selection"]
+    assert "regularisation" not in chose and "without the factors' touch L2" not in result.stderr
 
 
 def test_no_refit_keeps_the_held_out_model(tmp_path):

@@ -322,8 +322,8 @@ def train_model(
     data-parallel run: it trains on its share of the data (checkpoints are not
     written then). `min_count` maps values seen fewer times in the training rows to
     their field's rare token (fmctr.hashing.rare); the map is part of the model.
-    Without validation data or --epochs, the epochs are chosen on held-out rows and
-    the model trained again on every row (fmctr.training.selection)."""
+    Without validation data or --epochs, the epochs (and the factors' L2) are chosen
+    on held-out rows and the model trained again on every row (fmctr.training.selection)."""
     base = resume or start
     _check_train_options(path, cfg, valid, valid_fraction, min_count, base, hashing, resume)
     schema = None
@@ -339,16 +339,16 @@ def train_model(
         run = partial(_train_rows, td, path, progress=progress, start=start, checkpoints=checkpoints, sync=sync,
                       on_epoch=on_epoch)
         result, positives = run(td.rows, cfg, valid=td.valid, resume=resume, job=job_of(cfg))
-        chose, held_out = result, (td.valid if valid is None and valid_fraction is None else None)
+        chose, held_out, tried = result, (td.valid if valid is None and valid_fraction is None else None), None
         if held_out is not None and cfg.epochs is None and cfg.holdout and cfg.refit:
-            refit = selection.refit_config(cfg, result)
-            _note(progress, f"{refit.epochs} epoch(s) chosen on {td.valid.rows:,} held-out rows; "
-                            f"training again on all {every_row.rows:,} rows")
-            result, positives = run(every_row, refit, valid=None, resume=None, job=job_of(refit))
+            if sync is None and resume is None:  # tried: "defaults" or "rival", the factors' L2 chosen
+                chose, cfg, tried = _rival_run(run, td, cfg, result, job_of, progress)
+            result, positives = _refit(run, every_row, selection.refit_config(cfg, chose), td.valid.rows, job_of,
+                                       progress)
             td = replace(td, rows=every_row, valid=None)
     training = _training_record(td, result, positives, sync, started)
     if chose is not result:
-        training["selection"] = selection_record(chose, held_out.rows, result.config.epochs)
+        training["selection"] = selection_record(chose, held_out.rows, result.config.epochs, tried)
     if start is not None:
         training["warm_start"] = start.training.get("input")
     model = Model(result.weights, td.data.schema, td.data.hashing, training, result.optimizer, rare=td.rare,
@@ -356,10 +356,37 @@ def train_model(
     return model, result
 
 
-def selection_record(chose, held_out_rows: int, epochs: int) -> dict:
-    """How the held-out rows chose the epochs of a refit (`chose`: the TrainResult there)."""
-    return {"holdout_rows": held_out_rows, "best_epoch": chose.best_epoch, "epochs": epochs,
-            "valid_metrics": chose.history[chose.best_epoch - 1].valid, "history": [asdict(e) for e in chose.history]}
+def _rival_run(run, td: TrainingData, cfg: TrainConfig, result: TrainResult, job_of, progress):
+    """The held-out run again with the rival regularisation, when the user left the
+    factors' L2 to the defaults (fmctr.training.selection.rival_config), and the held-out
+    rows' choice: (the held-out run kept, its configuration, "defaults" or "rival";
+    None when no rival ran)."""
+    rival = selection.rival_config(cfg)
+    if rival is None:
+        return result, cfg, None
+    _note(progress, "training again on the same rows without the factors' touch L2 (--l2-factors 0 "
+                    f"--l2-all-factors {rival.l2_all_factors:g}); the held-out rows choose")
+    other, _ = run(td.rows, rival, valid=td.valid, resume=None, job=job_of(rival))
+    if selection.choose_rival(result, other, td.valid) is other:
+        return other, rival, "rival"
+    return result, cfg, "defaults"
+
+
+def _refit(run, every_row: DatasetRows, refit: TrainConfig, held_out_rows: int, job_of, progress):
+    """The refit on every row for the epochs the held-out rows chose: (result, positives)."""
+    _note(progress, f"{refit.epochs} epoch(s) chosen on {held_out_rows:,} held-out rows; "
+                    f"training again on all {every_row.rows:,} rows")
+    return run(every_row, refit, valid=None, resume=None, job=job_of(refit))
+
+
+def selection_record(chose, held_out_rows: int, epochs: int, regularisation: str | None = None) -> dict:
+    """How the held-out rows chose the epochs of a refit (`chose`: the TrainResult there)
+    and, when a rival ran, the factors' L2 ("defaults" or "rival", selection.RIVAL_L2)."""
+    record = {"holdout_rows": held_out_rows, "best_epoch": chose.best_epoch, "epochs": epochs,
+              "valid_metrics": chose.history[chose.best_epoch - 1].valid, "history": [asdict(e) for e in chose.history]}
+    if regularisation is not None:
+        record["regularisation"] = regularisation
+    return record
 
 
 def _hold_out(td: TrainingData, cfg: TrainConfig, validation: bool, progress) -> tuple[TrainingData, TrainConfig]:

@@ -124,8 +124,10 @@ def info_tables(info: dict) -> list:
         out.append(_pairs("training", _training_rows(info)))
     if info["selection"]:
         s = info["selection"]
+        l2 = {"defaults": "; factors' L2: the defaults'", "rival": "; factors' L2: no touch L2, more --l2-all-factors"}
         out.append(history_table(s["history"], f"epochs chosen on {_num(s.get('holdout_rows'))} held-out rows: "
-                                               f"{s.get('epochs')}", s.get("best_epoch")))
+                                               f"{s.get('epochs')}{l2.get(s.get('regularisation'), '')}",
+                                 s.get("best_epoch")))
     if info["history"]:
         best = info["training"].get("best_epoch") if info["training"].get("valid_rows") else None
         out.append(history_table(info["history"], "epochs" + (" (the refit on every row)" if info["selection"] else ""),

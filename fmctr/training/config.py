@@ -37,6 +37,7 @@ FTRL_L2 = 10.0  # FTRL's lambda2 is in per-example units already
 # does, so it wants a far smaller rate: at 0.03 it reached test AUC 0.62 on the Criteo
 # sample, at 3e-4 0.747 (and 0.786 on the planted 1M rows, where Adagrad gets 0.787).
 DEFAULT_LR = {"adagrad": 0.03, "ftrl": 0.03, "adam": 3e-4}
+DEFAULT_L2_ALL_FACTORS = 3e-4
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ class Regularization:
     l2_factors: float | None = None  # None: L2_TOUCH_ROWS[1] / training rows
     # L2 on every weight, as a penalty on the mean loss, applied sparsely (fmctr.models.kernel)
     l2_all_linear: float = 0.0
-    l2_all_factors: float = 3e-4
+    l2_all_factors: float = DEFAULT_L2_ALL_FACTORS
     l1: float = 0.0
 
 

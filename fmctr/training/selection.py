@@ -8,7 +8,10 @@ epochs, the adult census data wants 20), so training decides on the data itself:
    noisy to tell epochs apart: on the 8,000-row Criteo and Avazu samples 2,000
    held-out rows gave test AUC 0.7515 and 0.7227 (3 seeds) against 0.7493 and 0.7155
    with 800 (2 seeds); the 10,000-row planted set did not move (0.7001 and 0.7012);
-2. train on the others with early stopping and rate decay on the held-out rows;
+2. train on the others with early stopping and rate decay on the held-out rows -
+   twice when the user did not set the factors' L2: with the defaults and with a
+   rival regularisation (rival_config), whose model is kept only where it beats the
+   defaults' on the held-out rows by more than their noise (rival_wins);
 3. train again from scratch on every row for the epochs step 2 chose, replaying the
    rates it used (a refit: the held-out rows are not lost to the model).
 
@@ -21,9 +24,14 @@ best) was tried and lost on the Criteo and Avazu samples (0.7468 against 0.7482,
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
-from fmctr.training.config import TrainConfig
+import numpy as np
+
+from fmctr.models.kinds import kind_of
+from fmctr.training.config import DEFAULT_L2_ALL_FACTORS, TrainConfig
+from fmctr.training.validation import scores
 
 AUTO_HOLDOUT = 0.1
 MIN_HOLDOUT_ROWS = 2000
@@ -62,6 +70,52 @@ def refit_config(cfg: TrainConfig, chosen) -> TrainConfig:
     epochs = chosen.best_epoch
     rates = [chosen.config.lr] + [e.lr for e in chosen.history[: epochs - 1]]
     return cfg.with_options(epochs=epochs, lr_by_epoch=[float(r) for r in rates])
+
+
+# The other regularisation the held-out rows may choose: no "touch" L2 on the factors,
+# a stronger --l2-all-factors in its place (rival_config). It must beat the defaults
+# by RIVAL_MARGIN paired standard errors of the held-out rows' logloss (rival_wins).
+RIVAL_L2 = {"l2_factors": 0.0, "l2_all_factors": 1e-3}
+RIVAL_MARGIN = 1.0
+
+
+def rival_config(cfg: TrainConfig) -> TrainConfig | None:
+    """The second regularisation a held-out run tries, or None when the user set the
+    factors' L2 (--l2-factors, or --l2-all-factors off its default). The touch L2
+    holds frequent features' factors down, which the Criteo sample and the 309-row
+    diabetes set need (test AUC -0.003 and -0.027 without it, 3 seeds) and the
+    planted 10k set and the digits set do not (+0.018 and +0.015): no fixed choice
+    suits all, so both are tried and the held-out rows decide (choose_rival)."""
+    if cfg.l2_factors is not None or cfg.l2_all_factors != DEFAULT_L2_ALL_FACTORS:
+        return None
+    return cfg.with_options(**RIVAL_L2)
+
+
+def choose_rival(first, second, held):
+    """The held-out run with the defaults (`first`) or the rival's (`second`), by
+    rival_wins over the held-out rows `held`, each scored by its run's best model."""
+    kind = kind_of(first.config.kind)
+    labels = held.labels().astype(np.float64)
+    losses = [row_logloss(labels, scores(kind, run.weights, held)) for run in (first, second)]
+    return second if rival_wins(*losses) else first
+
+
+def rival_wins(default_losses: np.ndarray, rival_losses: np.ndarray) -> bool:
+    """Whether the rival's mean logloss over the held-out rows is lower than the
+    defaults' by more than RIVAL_MARGIN standard errors of the row-by-row difference.
+    A small set has few held-out rows (77 of the diabetes set's 309), and picking on
+    their noise cost it 0.026 test AUC (3 seeds) before this margin. Chosen on the
+    suite's choose cases: a margin of 2 kept the defaults on seeds where the rival
+    would have won (digits 0.957 against 0.966 with 1)."""
+    gain = default_losses - rival_losses
+    if len(gain) < 2:
+        return False
+    return bool(gain.mean() > RIVAL_MARGIN * gain.std(ddof=1) / math.sqrt(len(gain)))
+
+
+def row_logloss(labels: np.ndarray, p: np.ndarray) -> np.ndarray:
+    p = np.clip(p.astype(np.float64), 1e-15, 1 - 1e-15)
+    return -(labels * np.log(p) + (1 - labels) * np.log1p(-p))
 
 
 def fixed(cfg: TrainConfig) -> TrainConfig:
