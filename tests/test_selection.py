@@ -84,9 +84,10 @@ def test_the_rival_runs_only_where_the_user_left_the_factors_l2_alone():
     assert selection.rival_config(cfg.with_options(l2_linear=0.5)) is not None  # the linear L2 is not the question
 
 
-def test_a_given_factor_l2_trains_one_held_out_run(tmp_path):
+@pytest.mark.parametrize("flags", [["--l2-factors", "0.01"], ["--l2-all-factors", "1e-4"], ["--no-l2-choice"]])
+def test_a_given_factor_l2_or_no_l2_choice_trains_one_held_out_run(tmp_path, flags):
     path = tmp_path / "m.fm"
-    result = invoke("train", MOVIES_TRAIN, *MOVIES_FLAGS, "-o", path, "--threads", "1", "--l2-factors", "0.01")
+    result = invoke("train", MOVIES_TRAIN, *MOVIES_FLAGS, "-o", path, "--threads", "1", *flags)
     assert result.exit_code == 0, result.stderr
     chose = load(path).training["selection"]
     assert "regularisation" not in chose and "without the factors' touch L2" not in result.stderr

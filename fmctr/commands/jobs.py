@@ -341,8 +341,8 @@ def train_model(
         result, positives = run(td.rows, cfg, valid=td.valid, resume=resume, job=job_of(cfg))
         chose, held_out, tried = result, (td.valid if valid is None and valid_fraction is None else None), None
         if held_out is not None and cfg.epochs is None and cfg.holdout and cfg.refit:
-            if sync is None and resume is None:  # tried: "defaults" or "rival", the factors' L2 chosen
-                chose, cfg, tried = _rival_run(run, td, cfg, result, job_of, progress)
+            if resume is None:  # tried: "defaults" or "rival", the factors' L2 chosen
+                chose, cfg, tried = _rival_run(run, td, cfg, result, job_of, progress, sync)
             result, positives = _refit(run, every_row, selection.refit_config(cfg, chose), td.valid.rows, job_of,
                                        progress)
             td = replace(td, rows=every_row, valid=None)
@@ -356,18 +356,20 @@ def train_model(
     return model, result
 
 
-def _rival_run(run, td: TrainingData, cfg: TrainConfig, result: TrainResult, job_of, progress):
+def _rival_run(run, td: TrainingData, cfg: TrainConfig, result: TrainResult, job_of, progress, sync):
     """The held-out run again with the rival regularisation, when the user left the
     factors' L2 to the defaults (fmctr.training.selection.rival_config), and the held-out
     rows' choice: (the held-out run kept, its configuration, "defaults" or "rival";
-    None when no rival ran)."""
+    None when no rival ran). Data-parallel ranks hold out the same rows and end with
+    the same weights, so they choose alike; `sync.any` makes sure of it."""
     rival = selection.rival_config(cfg)
     if rival is None:
         return result, cfg, None
     _note(progress, "training again on the same rows without the factors' touch L2 (--l2-factors 0 "
                     f"--l2-all-factors {rival.l2_all_factors:g}); the held-out rows choose")
     other, _ = run(td.rows, rival, valid=td.valid, resume=None, job=job_of(rival))
-    if selection.choose_rival(result, other, td.valid) is other:
+    wins = selection.choose_rival(result, other, td.valid) is other
+    if sync.any(wins) if sync is not None else wins:
         return other, rival, "rival"
     return result, cfg, "defaults"
 

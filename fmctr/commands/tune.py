@@ -149,6 +149,13 @@ def as_flags(settings: dict, cfg: TrainConfig) -> str:
     return " ".join(flags) or "(defaults)"
 
 
+def _fixed_l2(settings: dict) -> str:
+    """"--no-l2-choice" where the settings leave the factors' L2 alone: tune's trials and
+    model keep the defaults' there, where `fmctr train` would also try the rival on its
+    held-out rows (fmctr.training.selection.rival_config)."""
+    return "" if "touch_l2_x" in settings or "l2_all_factors" in settings else "--no-l2-choice"
+
+
 def _space(base: TrainConfig) -> dict[str, search.Setting]:
     return search.space(optimizer=base.optimizer, init_std=base.init_std, dim=base.dim,
                         l2_all_factors=base.l2_all_factors, l2_all=base.l2_all_linear)
@@ -289,8 +296,8 @@ def tune(
         if best is not defaults:
             _check_noise(run, trials, out, base.seed, on_trial)
         cfg = config(base, out.winner.settings, data)
-        out.train_flags = " ".join(f for f in (as_flags(out.winner.settings, cfg), f"--seed {base.seed} --threads 1")
-                                   if f != "(defaults)")
+        out.train_flags = " ".join(f for f in (as_flags(out.winner.settings, cfg), f"--seed {base.seed} --threads 1",
+                                               _fixed_l2(out.winner.settings)) if f and f != "(defaults)")
         out.model = out.winner.model if valid is not None else _refit(out.winner, cfg, data, min_count, log)
     for t in trials:
         t.model = None

@@ -80,6 +80,7 @@ class Schedule:
     # whether to train again on every row for the epochs chosen.
     holdout: float | None = None
     refit: bool = True
+    l2_choice: bool = True  # there: the factors' L2 chosen too (fmctr.training.selection.rival_config)
     lr_by_epoch: list | None = None  # each epoch's rate (a refit replays the rates that chose it)
 
 

@@ -81,12 +81,12 @@ RIVAL_MARGIN = 1.0
 
 def rival_config(cfg: TrainConfig) -> TrainConfig | None:
     """The second regularisation a held-out run tries, or None when the user set the
-    factors' L2 (--l2-factors, or --l2-all-factors off its default). The touch L2
+    factors' L2 (--l2-factors, or --l2-all-factors off its default) or --no-l2-choice. The touch L2
     holds frequent features' factors down, which the Criteo sample and the 309-row
     diabetes set need (test AUC -0.003 and -0.027 without it, 3 seeds) and the
     planted 10k set and the digits set do not (+0.018 and +0.015): no fixed choice
     suits all, so both are tried and the held-out rows decide (choose_rival)."""
-    if cfg.l2_factors is not None or cfg.l2_all_factors != DEFAULT_L2_ALL_FACTORS:
+    if not cfg.l2_choice or cfg.l2_factors is not None or cfg.l2_all_factors != DEFAULT_L2_ALL_FACTORS:
         return None
     return cfg.with_options(**RIVAL_L2)
 
