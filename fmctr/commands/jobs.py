@@ -232,7 +232,9 @@ def _check_train_options(path: str, cfg: TrainConfig, valid: str | None, valid_f
         raise BadOptions(f"--min-count must be at least 1, got {min_count}")
     if hashing is not None and base is None:  # before hashing the data (training checks again in any case)
         validation = valid is not None or valid_fraction is not None
-        check_memory(hashing.bits, cfg.dim, cfg.optimizer, validation or selection.chooses_epochs(cfg, validation))
+        chooses = selection.chooses_epochs(cfg, validation)
+        check_memory(hashing.bits, cfg.dim, cfg.optimizer, validation or chooses,
+                     kept=int(chooses and cfg.refit and selection.rival_config(cfg) is not None))
     if base is not None:
         check_warm_start(base, cfg, hashing, "the model" if resume is None else "the checkpoint")
         if min_count is not None and (base.rare is None or base.rare.min_count != min_count):

@@ -19,14 +19,17 @@ LARGE_L2 = 1.0  # --l2-all, --l2-all-factors
 LARGE_VALUE = 1e6
 
 
-def model_bytes(num_features: int, dim: int, optimizer: str, validation: bool) -> int:
-    """Bytes of the weights and optimizer state a run holds (fmctr.models.fm_engines)."""
+def model_bytes(num_features: int, dim: int, optimizer: str, validation: bool, kept: int = 0) -> int:
+    """Bytes of the weights and optimizer state a run holds (fmctr.models.fm_engines),
+    with `kept` more copies of the weights held meanwhile (the held-out run with the
+    defaults' L2 while its rival trains: fmctr.training.selection)."""
     per_index = 4 * (1 + dim)  # linear weight and factors
     per_index += 4 * 4  # the cpu engine's table: linear weight, its two optimizer states, its --l2-all share
     per_index += 4 * dim * (2 if optimizer == "adam" else 1)  # the factors' optimizer state
     per_index += 1 + 8  # the seen flag; the feature counts of --l2-all
     if validation:
         per_index += 4 * (1 + dim)  # the best epoch's weights
+    per_index += kept * 4 * (1 + dim)
     return num_features * per_index
 
 
@@ -55,9 +58,9 @@ def _gib(n: float) -> str:
     return f"{n / 2**30:,.1f} GiB"
 
 
-def check_memory(bits: int, dim: int, optimizer: str, validation: bool) -> None:
+def check_memory(bits: int, dim: int, optimizer: str, validation: bool, kept: int = 0) -> None:
     """Refuse a model that cannot fit, with the numbers, before allocating it."""
-    need = model_bytes(1 << bits, dim, optimizer, validation)
+    need = model_bytes(1 << bits, dim, optimizer, validation, kept)
     available = available_memory()
     if available is not None and need > available:
         raise BadOptions(f"--bits {bits} with --dim {dim} needs about {_gib(need)} for the model and its {optimizer} "
