@@ -33,9 +33,14 @@ def auc(labels: np.ndarray, scores: np.ndarray) -> float:
 
 def logloss(labels: np.ndarray, probs: np.ndarray) -> float:
     """Mean binary cross-entropy in nats."""
+    return float(np.mean(row_logloss(labels, probs)))
+
+
+def row_logloss(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """Each row's binary cross-entropy in nats."""
     p = np.clip(np.asarray(probs, dtype=np.float64), EPS, 1 - EPS)
     y = np.asarray(labels, dtype=np.float64)
-    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+    return -(y * np.log(p) + (1 - y) * np.log(1 - p))
 
 
 def entropy(rate: float) -> float:

@@ -29,6 +29,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from fmctr.metrics import row_logloss
 from fmctr.models.kinds import kind_of
 from fmctr.training.config import DEFAULT_L2_ALL_FACTORS, TrainConfig
 from fmctr.training.validation import scores
@@ -81,11 +82,12 @@ RIVAL_MARGIN = 1.0
 
 def rival_config(cfg: TrainConfig) -> TrainConfig | None:
     """The second regularisation a held-out run tries, or None when the user set the
-    factors' L2 (--l2-factors, or --l2-all-factors off its default) or --no-l2-choice. The touch L2
-    holds frequent features' factors down, which the Criteo sample and the 309-row
-    diabetes set need (test AUC -0.003 and -0.027 without it, 3 seeds) and the
-    planted 10k set and the digits set do not (+0.018 and +0.015): no fixed choice
-    suits all, so both are tried and the held-out rows decide (choose_rival)."""
+    factors' L2 (--l2-factors, or --l2-all-factors off its default) or gave
+    --no-l2-choice. The touch L2 holds frequent features' factors down, which the
+    Criteo sample and the 309-row diabetes set need (test AUC -0.003 and -0.027
+    without it, 3 seeds) and the planted 10k set and the digits set do not (+0.018
+    and +0.015): no fixed choice suits all, so both are tried and the held-out rows
+    decide (choose_rival)."""
     if not cfg.l2_choice or cfg.l2_factors is not None or cfg.l2_all_factors != DEFAULT_L2_ALL_FACTORS:
         return None
     return cfg.with_options(**RIVAL_L2)
@@ -95,7 +97,7 @@ def choose_rival(first, second, held):
     """The held-out run with the defaults (`first`) or the rival's (`second`), by
     rival_wins over the held-out rows `held`, each scored by its run's best model."""
     kind = kind_of(first.config.kind)
-    labels = held.labels().astype(np.float64)
+    labels = held.labels()
     losses = [row_logloss(labels, scores(kind, run.weights, held)) for run in (first, second)]
     return second if rival_wins(*losses) else first
 
@@ -111,11 +113,6 @@ def rival_wins(default_losses: np.ndarray, rival_losses: np.ndarray) -> bool:
     if len(gain) < 2:
         return False
     return bool(gain.mean() > RIVAL_MARGIN * gain.std(ddof=1) / math.sqrt(len(gain)))
-
-
-def row_logloss(labels: np.ndarray, p: np.ndarray) -> np.ndarray:
-    p = np.clip(p.astype(np.float64), 1e-15, 1 - 1e-15)
-    return -(labels * np.log(p) + (1 - labels) * np.log1p(-p))
 
 
 def fixed(cfg: TrainConfig) -> TrainConfig:
