@@ -148,6 +148,28 @@ def test_the_features_met_are_exactly_those_in_the_rows(threads):
     assert np.all(result.weights.factors[~met] == 0) and np.all(result.weights.factors[met] != 0)
 
 
+def test_features_met_before_the_first_epoch_train_to_the_same_bits(monkeypatch):
+    """With --l2-all's feature counts at hand and nothing reading the weights within an
+    epoch, every feature of the rows gets its initial factors before the first epoch
+    (CpuEngine.meet_in_advance) and the kernel checks none of them as it trains: the
+    model is the one the kernel's own first meetings give, to the bit."""
+    from fmctr.models.fm_engines import CpuEngine
+
+    rng = np.random.default_rng(5)
+    rows = random_rows(rng, n_rows=2000, n_features=1 << 9, max_len=9)
+    cfg = TrainConfig.from_options(dim=4, epochs=2, threads=1, l2_all_factors=1e-3)
+    calls = []
+    original = CpuEngine.meet_in_advance
+    monkeypatch.setattr(CpuEngine, "meet_in_advance", lambda self, counts: calls.append(original(self, counts)))
+    ahead = train(rows, cfg, bits=9).weights
+    assert len(calls) == 1
+    monkeypatch.setattr(CpuEngine, "meet_in_advance", lambda self, counts: None)
+    in_loop = train(rows, cfg, bits=9).weights
+    for name in ("bias", "linear", "factors"):
+        np.testing.assert_array_equal(getattr(ahead, name), getattr(in_loop, name))
+    assert np.any(ahead.factors != 0)
+
+
 def test_the_seen_bitmap_round_trips_any_length():
     from fmctr.models.weights import pack_seen, unpack_seen
 

@@ -41,6 +41,10 @@ class Engine(Protocol):
     def set_counts(self, counts: np.ndarray, rows: int) -> None:
         """Feature counts over the training rows, for the --l2-all penalty."""
 
+    def meet_in_advance(self, counts: np.ndarray) -> None:
+        """Given the feature counts of every row it will train on, give those features
+        their initial values now, before the first epoch (or do nothing)."""
+
     def first_touch(self, rows: np.ndarray) -> None:
         """Give those of the rows never trained before their initial values now (data-
         parallel ranks do this for every rank's rows before a piece)."""

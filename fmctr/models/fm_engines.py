@@ -79,6 +79,7 @@ class CpuEngine:
         self.inv_counts = np.zeros(0, np.float32)
         self.priors = np.array([cfg.l2_all_linear, cfg.l2_all_factors], np.float64)
         self._identity = np.zeros(0, np.int64)
+        self._met_in_advance = False  # (meet_in_advance)
         self.shared = False  # the tables are averaged with other replicas' (replicated())
         self._scoring = self._snapshot = None
         self._catalogue: CatalogueIndex | None = None  # (train_softmax's, kept between its calls)
@@ -100,7 +101,7 @@ class CpuEngine:
             *map(_read_only, (rows.indices, rows.values, rows.offsets, rows.labels, order)), cfg.batch_size, self.threads,
             self.w.bias, self.w.linear, self.table, self.w.dim,
             self.bias_state, self.linear_state1, self.linear_state2, self.factor_state2,
-            self.seen_bits, max_row,
+            self.seen_bits[:0] if self._met_in_advance else self.seen_bits, max_row,
             self.code, self.lr, cfg.l2_linear, cfg.l2_factors, cfg.eps, 0.9, 0.999, self.counters,
             cfg.seed, cfg.init_std, cfg.adagrad_init, self.ftrl, self.inv_counts, self.priors,
         )
@@ -238,10 +239,16 @@ class CpuEngine:
     def first_touch(self, rows: np.ndarray) -> None:
         """Give the rows never met before their initial factors now, as the kernel
         would when it first meets them."""
-        new = rows[(self.seen_bits[rows >> 3] >> (rows & 7).astype(np.uint8)) & 1 == 0]
-        if len(new):
-            self.w.factors[new] = initial_factors(new, self.w.dim, seed=self.cfg.seed, std=self.cfg.init_std)
-            np.bitwise_or.at(self.seen_bits, new >> 3, (1 << (new & 7)).astype(np.uint8))
+        kernel.meet_rows(_read_only(np.asarray(rows, np.int64)), self.seen_bits, self.table, self.w.dim,
+                         self.cfg.seed, self.cfg.init_std)
+
+    def meet_in_advance(self, counts: np.ndarray) -> None:
+        """Give every feature the training rows hold (counts > 0) its initial factors
+        now, before the first epoch, so that train() need not check each feature of
+        each row for a first meeting (a bit test per feature in the training loop,
+        about 5-10% of an epoch). The engine must then train only on those rows."""
+        self.first_touch(np.flatnonzero(counts))
+        self._met_in_advance = True
 
     def replicated(self) -> tuple[list, list]:
         """The factor table (factors and their first state side by side), the meta table
@@ -292,6 +299,9 @@ class TorchEngine:
         self.inv_counts = None
         if optimizer is not None:
             self._load_optimizer(optimizer)
+
+    def meet_in_advance(self, counts: np.ndarray) -> None:
+        """Nothing: this engine meets a batch's features as it gathers them."""
 
     def first_touch(self, rows: np.ndarray) -> None:
         """Give the rows never met before their initial factors now (init_new_rows)."""

@@ -531,10 +531,11 @@ def _train_batch(
         hi = offsets[r + 1]
         _prefetch_ahead(indices, values, offsets, labels, order, j, b1, next_b0, stride, batch_rows,
                         linear, table, k)
-        for p in range(lo, hi):
-            i = indices[p]
-            if _first_meeting(seen, i):
-                _init_row_k(table, i, k, init_seed, init_std)
+        if len(seen):  # (empty: every feature of the rows was met before, meet_rows)
+            for p in range(lo, hi):
+                i = indices[p]
+                if _first_meeting(seen, i):
+                    _init_row_k(table, i, k, init_seed, init_std)
         z = _row_logit_k(indices, values, lo, hi, bias[0], linear, table, k, s)
         y = labels[r]
         total_loss += max(z, 0.0) - z * y + math.log1p(math.exp(-abs(z)))
@@ -633,6 +634,16 @@ def train_rows(
         )
     counters[0] += n_batches
     return losses.sum()
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy", parallel=True)
+def meet_rows(rows, seen, table, k, init_seed, init_std):
+    """Give each of `rows` (feature indices, distinct) never met before its initial
+    factors (_init_row_k), marking it met in `seen`."""
+    for j in numba.prange(len(rows)):
+        i = rows[j]
+        if _first_meeting(seen, i):
+            _init_row_k(table, i, k, init_seed, init_std)
 
 
 GATHER_AHEAD = 16  # rows

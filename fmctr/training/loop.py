@@ -135,8 +135,10 @@ def _begin(rows, cfg: TrainConfig, *, bits, valid, progress, start, resume, chec
         weights = start.weights.copy() if start is not None else kind.zeros(1 << bits, cfg.dim)
         optimizer = start.optimizer if start is not None else None
     engine = kind.engine(weights, cfg, engine=engine_name, device=device, threads=threads, optimizer=optimizer)
+    counts = None
     if cfg.l2_all_linear or cfg.l2_all_factors:
-        engine.set_counts(source.feature_counts(1 << bits), source.rows)
+        counts = source.feature_counts(1 << bits)
+        engine.set_counts(counts, source.rows)
     progress = progress or NullProgress()
     engine.prepare(progress.note)
     rng = np.random.default_rng(cfg.seed)
@@ -149,6 +151,10 @@ def _begin(rows, cfg: TrainConfig, *, bits, valid, progress, start, resume, chec
         validation = Validation(valid_source, partial(scores, kind), cfg, progress)
     every = cfg.valid_every if validation is not None else None
     piece_rows = min([r for r in (sync.rows if sync is not None else None, every) if r], default=None)
+    if counts is not None and piece_rows is None:
+        # Nothing reads the weights within an epoch (a check would score the features
+        # not yet trained with their initial factors instead of zero): meet them now.
+        engine.meet_in_advance(counts)
     engine.set_lr(cfg.lr * state.lr_scale)
     return Run(cfg, source, engine, state, rng, progress, checkpoints or Checkpoints(), validation, sync,
                piece_rows, every, total_rows, on_epoch)
