@@ -32,13 +32,18 @@ class Span:
     stop: int
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, parallel=True)
 def _count(indices, counts):
-    """counts[i] += 1 for each i in indices, in place (np.bincount per block allocated,
-    zeroed and added a table-sized array each time: 0.4-0.6 s per 1M Criteo-like rows
-    at bits 22, against 0.26-0.35 s)."""
-    for i in indices:
-        counts[i] += 1
+    """counts[t, i] += 1 for each i in thread t's share of indices, in place: one row of
+    counts per thread, summed by the caller (the increments land at random, so each
+    thread keeps its own table; np.bincount per block allocated, zeroed and added a
+    table-sized array each time: 0.4-0.6 s per 1M Criteo-like rows at bits 22, against
+    0.26-0.35 s for one thread here)."""
+    threads, n = counts.shape[0], len(indices)
+    for t in numba.prange(threads):
+        mine = counts[t]
+        for p in range(n * t // threads, n * (t + 1) // threads):
+            mine[indices[p]] += 1
 
 
 class RowSource:
@@ -47,10 +52,10 @@ class RowSource:
 
     def feature_counts(self, size: int) -> np.ndarray:
         """How many times each feature index occurs in these rows (one pass)."""
-        counts = np.zeros(size, np.int64)
+        counts = np.zeros((numba.get_num_threads(), size), np.int64)
         for block in self.blocks():
             _count(block.indices, counts)
-        return counts
+        return counts.sum(axis=0) if len(counts) > 1 else counts[0]
 
     def blocks(self) -> Iterator[Rows]:
         """Every row once, in order, in blocks."""
