@@ -14,7 +14,9 @@ machine is shared and noisy: compare ratios, not absolutes.
 
 Targets, each a ratio of two numbers measured in this run:
   - preprocess TSV -> hashed >= 1.0x the bare polars read of the same TSV;
-  - predict TSV -> CSV >= 1.0x the bare polars read of the same TSV;
+  - predict TSV -> CSV >= 1.0x the bare polars read of the same TSV (these two each
+    run --repeats times, each run right after a read of its own: the median of the
+    per-pair ratios);
   - the fmctr cpu engine's training epoch >= 1.0x the bare probe
     (../shared/tools/fm_probe_hashed.py next to the repository: a per-row Hogwild
     Adagrad FM in numba, run as `python fm_probe_hashed.py HASHED --dim 16 --bits 22
@@ -171,7 +173,9 @@ return n, time.perf_counter() - t
 """,
 }
 
-REPEATED = {"read (bare polars.read_csv)", "preprocess TSV -> hashed", "predict TSV -> CSV"}
+READ_STAGE = "read (bare polars.read_csv)"
+REPEATED = {READ_STAGE, "preprocess TSV -> hashed", "predict TSV -> CSV"}
+AGAINST_READ = {"preprocess TSV -> hashed", "predict TSV -> CSV"}  # (each run beside a read of its own)
 # Run cold: the 2-rank stage starts its own processes, so it and its baseline both
 # include loading the compiled kernels.
 COLD = {"train hashed, 1 process x 1 thread", "train hashed, 2 ranks x 1 thread (torchrun, gloo)"}
@@ -435,15 +439,20 @@ def main() -> None:
                 print(f"  {name}: {skipped[name]}", file=sys.stderr)
                 continue
             # The quick stages run --repeats times (the median counts): this machine's
-            # load moves single runs by 20-30%.
-            runs = [run_stage(code, variables, warm=name not in COLD)
-                    for _ in range(args.repeats if name in REPEATED else 1)]
+            # load moves single runs by 20-30%. Those measured against the bare read
+            # alternate with a read of their own, compared round by round.
+            reads, runs = [], []
+            for _ in range(args.repeats if name in REPEATED else 1):
+                if name in AGAINST_READ:
+                    reads.append(run_stage(STAGES[READ_STAGE], variables)["rows_per_s"])
+                runs.append(run_stage(code, variables, warm=name not in COLD))
             if "error" in runs[0]:
                 results[name] = runs[0]
                 print(f"  {name}: {runs[0]['error']}", file=sys.stderr)
                 continue
+            speeds_in_order = [r["rows_per_s"] for r in runs]
             runs.sort(key=lambda r: r["rows_per_s"])
-            results[name] = runs[len(runs) // 2]
+            results[name] = {**runs[len(runs) // 2], **({"rounds": speeds_in_order, "read_rounds": reads} if reads else {})}
             speeds = ", ".join(f"{r['rows_per_s']:,.0f}" for r in runs)
             spread = f" (runs: {speeds})" if len(runs) > 1 else ""
             print(f"  {name}: {results[name]['rows_per_s']:,.0f} rows/s{spread}", file=sys.stderr)
@@ -513,6 +522,8 @@ def main() -> None:
                 return (f"n/a ({label} not measured)" if base is None else "n/a"), (goal + "not measured" if goal else "")
             ratio, shown = mine / base, ""
             paired = [results.get(n, {}).get("rounds") for n in (name, baseline_of.get(label))]
+            if label == "bare read" and results.get(name, {}).get("read_rounds"):
+                paired = [results[name]["rounds"], results[name]["read_rounds"]]
             if all(paired):
                 per_round = [a / b for a, b in zip(*paired)]
                 ratio = statistics.median(per_round)
