@@ -638,8 +638,9 @@ def train_rows(
 
 @numba.njit(cache=True, nogil=True, error_model="numpy", parallel=True)
 def meet_rows(rows, seen, table, k, init_seed, init_std):
-    """Give each of `rows` (feature indices, distinct) never met before its initial
-    factors (_init_row_k), marking it met in `seen`."""
+    """Give each of `rows` (feature indices) never met before its initial factors
+    (_init_row_k), marking it met in `seen`. Two threads that meet the same new row
+    at once both write its initial factors: the same values."""
     for j in numba.prange(len(rows)):
         i = rows[j]
         if _first_meeting(seen, i):
