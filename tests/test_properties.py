@@ -103,7 +103,8 @@ def test_dataset_round_trip(tmp_path, n_rows, max_len, seed):
 @given(st.integers(1, 50), st.integers(0, 6), st.integers(0, 2**32 - 1))
 def test_feature_counts_count_every_occurrence(tmp_path, n_rows, max_len, seed):
     """What --l2-all and --min-count read: per index, its occurrences in the rows, in
-    memory or streamed from a hashed dataset alike."""
+    memory or streamed from a hashed dataset alike, with a count table per thread or
+    one."""
     from fmctr.datasets.batches import DatasetRows, MemoryRows
 
     rng = np.random.default_rng(seed)
@@ -116,3 +117,11 @@ def test_feature_counts_count_every_occurrence(tmp_path, n_rows, max_len, seed):
     expected = np.bincount(rows.indices, minlength=1 << 20)
     assert np.array_equal(MemoryRows(rows).feature_counts(1 << 20), expected)
     assert np.array_equal(DatasetRows(dataset.open_hashed(path)).feature_counts(1 << 20), expected)
+    from fmctr.datasets import batches
+
+    saved = batches.COUNT_TABLES_BYTES
+    try:  # one table, counted by one thread (a hash space too big for a table per thread)
+        batches.COUNT_TABLES_BYTES = 1
+        assert np.array_equal(MemoryRows(rows).feature_counts(1 << 20), expected)
+    finally:
+        batches.COUNT_TABLES_BYTES = saved

@@ -20,6 +20,9 @@ from fmctr.reading.read import prefetch
 
 SHUFFLE_ROWS = 1 << 18
 BLOCK_ROWS = 1 << 16  # rows handed to an engine at a time (the progress bar's step)
+# The counting pass keeps a table of counts per thread (_count), up to this many bytes
+# in all: up to 8 tables (threads) at bits 22, 2 at bits 24, one from bits 25 up.
+COUNT_TABLES_BYTES = 1 << 28
 
 
 @dataclass
@@ -34,8 +37,8 @@ class Span:
 
 @numba.njit(cache=True, nogil=True, parallel=True)
 def _count(indices, counts):
-    """counts[t, i] += 1 for each i in thread t's share of indices, in place: one row of
-    counts per thread, summed by the caller (the increments land at random, so each
+    """counts[t, i] += 1 for each i in table t's share of indices, in place: a row of
+    counts per thread (COUNT_TABLES_BYTES caps them), summed by the caller (the increments land at random, so each
     thread keeps its own table; np.bincount per block allocated, zeroed and added a
     table-sized array each time: 0.4-0.6 s per 1M Criteo-like rows at bits 22, against
     0.26-0.35 s for one thread here)."""
@@ -52,7 +55,8 @@ class RowSource:
 
     def feature_counts(self, size: int) -> np.ndarray:
         """How many times each feature index occurs in these rows (one pass)."""
-        counts = np.zeros((numba.get_num_threads(), size), np.int64)
+        tables = max(1, min(numba.get_num_threads(), COUNT_TABLES_BYTES // (8 * size)))
+        counts = np.zeros((tables, size), np.int64)
         for block in self.blocks():
             _count(block.indices, counts)
         return counts.sum(axis=0) if len(counts) > 1 else counts[0]
