@@ -5,6 +5,11 @@ what the model file holds: weights, optimizer state and the per-epoch losses and
 validation metrics. The digests in golden_digests.json were made by the code before
 the restructuring (`python tests/test_golden.py --write`); a change that moves any bit
 of any case fails here.
+
+A case may hold more than one digest: the same code's bits under another toolchain.
+The FTRL case's fast-math step took other last bits under numba 0.68.1 / llvmlite
+0.50.0 (Sapphire Rapids) than where the digests were made: the code that made them
+(8b1d911), run there, gives the second digest, and every other case keeps its one.
 """
 
 from __future__ import annotations
@@ -70,13 +75,14 @@ def train_digest(tmp: Path, data: Path, flags: list[str]) -> str:
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_same_model_bits_as_before_the_restructuring(case, tmp_path):
     data, flags = CASES[case]
-    assert train_digest(tmp_path, data, flags) == json.loads(DIGESTS.read_text())[case]
+    known = json.loads(DIGESTS.read_text())[case]
+    assert train_digest(tmp_path, data, flags) in ([known] if isinstance(known, str) else known)
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["--write"]:
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        digests = {case: train_digest(Path(tmp), *CASES[case]) for case in sorted(CASES)}
+        digests = {case: train_digest(Path(tmp), *CASES[case]) for case in sorted(CASES)}  # (one digest each)
     DIGESTS.write_text(json.dumps(digests, indent=2) + "\n")
     print(json.dumps(digests, indent=2))
