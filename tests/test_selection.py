@@ -10,7 +10,7 @@ import pytest
 from conftest import CRITEO_TRAIN, MOVIES_FLAGS, MOVIES_TRAIN, invoke
 from fmctr.models.modelfile import load
 from fmctr.training import selection
-from fmctr.training.config import TrainConfig
+from fmctr.training.config import DEFAULT_LR, TrainConfig
 
 
 def test_holdout_share_is_a_tenth_but_at_least_2000_rows_and_at_most_a_quarter():
@@ -51,14 +51,22 @@ def test_default_training_chooses_then_refits_on_every_row(tmp_path):
     assert rates[0] == training["config"]["optimization"]["lr"]
     assert rates[1:] == [e["lr"] for e in chose["history"][: chose["epochs"] - 1]]
     assert f"epoch(s) chosen on {chose['holdout_rows']:,} held-out rows" in result.stderr
-    # ... and the factors' L2: the held-out run again with the rival's, the model trained
-    # with the one kept
-    assert "without the factors' touch L2" in result.stderr
-    regularization = training["config"]["regularization"]
-    kept = (regularization["l2_factors"], regularization["l2_all_factors"])
-    rival = (selection.RIVAL_L2["l2_factors"], selection.RIVAL_L2["l2_all_factors"])
-    assert (chose["regularisation"] == "rival") == (kept == rival)
-    assert chose["regularisation"] in ("defaults", "rival")
+    # ... and the rivals of the defaults: the held-out run again with each, the model
+    # trained with the configuration kept
+    assert "without the factors' touch L2" in result.stderr and "3x the rate" in result.stderr
+    rivals = chose["rivals"]
+    assert rivals["tried"] == list(selection.RIVALS) and set(rivals["kept"]) <= set(selection.RIVALS)
+    config = training["config"]
+    kept_l2 = (config["regularization"]["l2_factors"], config["regularization"]["l2_all_factors"])
+    assert (kept_l2 == tuple(selection.RIVAL_L2.values())) == ("l2" in rivals["kept"])
+    assert (config["model"]["dim"] == 0) == ("linear" in rivals["kept"])
+    rate = config["optimization"]["lr"]
+    assert ("rate" in rivals["kept"]) == (rate == pytest.approx(selection.RIVAL_RATE * DEFAULT_LR["adagrad"]))
+    # here (at --threads 1, so always) the held-out rows keep the L2 rival and then the
+    # 3x rate, and the refit trains at it: the rivals do win where they should
+    assert rivals["kept"] == ["l2", "rate"] and rates[0] == pytest.approx(0.09)
+    shown = invoke("info", path)
+    assert "kept: l2, rate" in shown.stdout + shown.stderr
 
 
 def test_the_rival_wins_only_by_more_than_the_held_out_rows_noise():
@@ -74,23 +82,35 @@ def test_the_rival_wins_only_by_more_than_the_held_out_rows_noise():
     assert not selection.rival_wins(default[:1], default[:1] - 1)  # one row tells nothing
 
 
-def test_the_rival_runs_only_where_the_user_left_the_factors_l2_alone():
+def test_a_rival_runs_only_where_the_user_left_its_options_alone():
     cfg = TrainConfig()
-    rival = selection.rival_config(cfg)
-    assert (rival.l2_factors, rival.l2_all_factors) == (selection.RIVAL_L2["l2_factors"],
-                                                          selection.RIVAL_L2["l2_all_factors"])
-    assert selection.rival_config(cfg.with_options(l2_factors=0.01)) is None
-    assert selection.rival_config(cfg.with_options(l2_all_factors=1e-4)) is None
-    assert selection.rival_config(cfg.with_options(l2_linear=0.5)) is not None  # the linear L2 is not the question
+    assert selection.rival_names(cfg) == ["l2", "rate", "linear"]
+    assert selection.rival_names(cfg.with_options(l2_factors=0.01)) == ["rate", "linear"]
+    assert selection.rival_names(cfg.with_options(l2_all_factors=1e-4)) == ["rate", "linear"]
+    assert selection.rival_names(cfg.with_options(l2_linear=0.5)) == ["l2", "rate", "linear"]  # not the question
+    assert selection.rival_names(cfg.with_options(lr=0.03)) == ["l2", "linear"]
+    assert selection.rival_names(cfg.with_options(dim=0)) == ["l2", "rate"]
+    assert selection.rival_names(cfg.with_options(rivals=["rate"])) == ["rate"]
+    assert selection.rival_names(cfg.with_options(rivals=[])) == []
+    l2 = selection.rival("l2", cfg, None)
+    assert (l2.l2_factors, l2.l2_all_factors) == tuple(selection.RIVAL_L2.values())
 
 
-@pytest.mark.parametrize("flags", [["--l2-factors", "0.01"], ["--l2-all-factors", "1e-4"], ["--no-l2-choice"]])
-def test_a_given_factor_l2_or_no_l2_choice_trains_one_held_out_run(tmp_path, flags):
+def test_checkpoints_from_before_the_rivals_keep_their_choice():
+    assert TrainConfig.from_dict({"l2_choice": False}).rivals == []
+    assert TrainConfig.from_dict({"l2_choice": True}).rivals is None
+
+
+@pytest.mark.parametrize("flags, tried", [
+    (["--l2-factors", "0.01"], ["rate", "linear"]), (["--l2-all-factors", "3e-4"], ["rate", "linear"]),
+    (["--lr", "0.03", "--dim", "8"], ["l2"]), (["--no-rivals"], None), (["--no-l2-choice"], None)])
+def test_given_options_rule_out_their_rivals(tmp_path, flags, tried):
     path = tmp_path / "m.fm"
     result = invoke("train", MOVIES_TRAIN, *MOVIES_FLAGS, "-o", path, "--threads", "1", *flags)
     assert result.exit_code == 0, result.stderr
     chose = load(path).training["selection"]
-    assert "regularisation" not in chose and "without the factors' touch L2" not in result.stderr
+    assert chose.get("rivals", {}).get("tried") == tried
+    assert ("without the factors' touch L2" in result.stderr) == ("l2" in (tried or []))
 
 
 def test_no_refit_keeps_the_held_out_model(tmp_path):

@@ -322,7 +322,7 @@ def train_cmd(
     dim: Annotated[int, typer.Option(help="Factor dimension k; 0 trains logistic regression.", rich_help_panel=TRAIN)] = 8,
     epochs: Annotated[Optional[int], typer.Option(help="Passes over the data, fixed; with validation, the most (early stopping decides).  [default: chosen on held-out rows (--holdout), at most 20]", rich_help_panel=TRAIN)] = None,
     holdout: Annotated[Optional[float], typer.Option(metavar="FRACTION", help="Without validation data or --epochs: hold out this last share of the rows, stop early on it, then train again on every row for the epochs chosen (0: hold nothing out, train 3 epochs).  [default: 0.1, at least 2,000 rows, at most 0.25]", rich_help_panel=TRAIN)] = None,
-    l2_choice: Annotated[bool, typer.Option("--l2-choice/--no-l2-choice", help="With --holdout: the held-out rows also choose the factors' L2, unless --l2-factors or --l2-all-factors is given (see --l2-factors); --no-l2-choice keeps the defaults' (one held-out run instead of two).", rich_help_panel=TRAIN)] = True,
+    rivals: Annotated[bool, typer.Option("--rivals/--no-rivals", "--l2-choice/--no-l2-choice", help="With --holdout: the held-out rows also choose among rivals of the defaults, each trained on them and kept only if it beats the one kept so far by more than the held-out rows' noise: no touch L2 on the factors (unless --l2-factors or --l2-all-factors is given), 3x the rate (unless --lr is), no factors (unless --dim is). --no-rivals keeps the defaults (one held-out run).", rich_help_panel=TRAIN)] = True,
     refit: Annotated[bool, typer.Option("--refit/--no-refit", help="With --holdout: train again on every row (--no-refit keeps the held-out run's model: one run instead of three, the factors' L2 not chosen).", rich_help_panel=TRAIN)] = True,
     batch_size: Annotated[Optional[int], typer.Option(help="Rows per update.  [default: 4 on the cpu engine, 1024 on torch]", rich_help_panel=TRAIN)] = None,
     lr: Annotated[Optional[float], typer.Option(help="Learning rate.  [default: 0.03; 3e-4 with adam]", rich_help_panel=TRAIN)] = None,
@@ -393,7 +393,7 @@ def train_cmd(
             dim=dim, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, l2_linear=l2,
             l2_factors=l2_factors, patience=patience, stop_metric=metric.lower(), seed=seed, threads=threads,
             engine=engine, device=device, l1=l1, init_std=init_std, l2_all_linear=l2_all, l2_all_factors=l2_all_factors, ftrl_alpha=ftrl_alpha, ftrl_beta=ftrl_beta, lr_decay=lr_decay,
-            valid_every=valid_every, holdout=holdout, refit=refit, l2_choice=l2_choice,
+            valid_every=valid_every, holdout=holdout, refit=refit, rivals=_rivals_left(ctx, rivals),
         ).check()
     if output is None:
         raise BadOptions("give the model file to write with -o/--output")
@@ -455,6 +455,17 @@ def train_cmd(
 # train's options that training from positives gives defaults of its own: CLI name -> config name
 POSITIVES_OPTIONS = {"dim": "dim", "lr": "lr", "init_std": "init_std", "l2": "l2_linear", "l2_factors": "l2_factors",
                      "l2_all_factors": "l2_all_factors"}
+
+
+# Each rival of the defaults (fmctr.training.selection.RIVALS) and the options that, given, rule it out
+RIVAL_OPTIONS = {"l2": ("l2_factors", "l2_all_factors"), "rate": ("lr",), "linear": ("dim",)}
+
+
+def _rivals_left(ctx: typer.Context, rivals: bool) -> list[str]:
+    """The rivals of the defaults whose options the command line leaves alone (even an
+    option set to its default value rules its rival out)."""
+    given = _given(ctx, {name: name for names in RIVAL_OPTIONS.values() for name in names})
+    return [rival for rival, names in RIVAL_OPTIONS.items() if rivals and not given & set(names)]
 
 
 def _given(ctx: typer.Context, names: dict[str, str]) -> frozenset[str]:

@@ -234,7 +234,7 @@ def _check_train_options(path: str, cfg: TrainConfig, valid: str | None, valid_f
         validation = valid is not None or valid_fraction is not None
         chooses = selection.chooses_epochs(cfg, validation)
         check_memory(hashing.bits, cfg.dim, cfg.optimizer, validation or chooses,
-                     kept=int(chooses and cfg.refit and selection.rival_config(cfg) is not None))
+                     kept=int(chooses and cfg.refit and bool(selection.rival_names(cfg))))
     if base is not None:
         check_warm_start(base, cfg, hashing, "the model" if resume is None else "the checkpoint")
         if min_count is not None and (base.rare is None or base.rare.min_count != min_count):
@@ -343,8 +343,8 @@ def train_model(
         result, positives = run(td.rows, cfg, valid=td.valid, resume=resume, job=job_of(cfg))
         chose, held_out, tried = result, (td.valid if valid is None and valid_fraction is None else None), None
         if held_out is not None and cfg.epochs is None and cfg.holdout and cfg.refit:
-            if resume is None:  # tried: "defaults" or "rival", the factors' L2 chosen
-                chose, cfg, tried = _rival_run(run, td, cfg, result, job_of, progress, sync)
+            if resume is None:  # tried: the rivals of the defaults tried and kept
+                chose, cfg, tried = _rival_runs(run, td, cfg, result, job_of, progress, sync)
             result, positives = _refit(run, every_row, selection.refit_config(cfg, chose), td.valid.rows, job_of,
                                        progress)
             td = replace(td, rows=every_row, valid=None)
@@ -358,22 +358,24 @@ def train_model(
     return model, result
 
 
-def _rival_run(run, td: TrainingData, cfg: TrainConfig, result: TrainResult, job_of, progress, sync):
-    """The held-out run again with the rival regularisation, when the user left the
-    factors' L2 to the defaults (fmctr.training.selection.rival_config), and the held-out
-    rows' choice: (the held-out run kept, its configuration, "defaults" or "rival";
-    None when no rival ran). Data-parallel ranks hold out the same rows and end with
-    the same weights, so they choose alike; `sync.any` makes sure of it."""
-    rival = selection.rival_config(cfg)
-    if rival is None:
-        return result, cfg, None
-    _note(progress, "training again on the same rows without the factors' touch L2 (--l2-factors 0 "
-                    f"--l2-all-factors {rival.l2_all_factors:g}); the held-out rows choose")
-    other, _ = run(td.rows, rival, valid=td.valid, resume=None, job=job_of(rival))
-    wins = selection.choose_rival(result, other, td.valid) is other
-    if sync.any(wins) if sync is not None else wins:
-        return other, rival, "rival"
-    return result, cfg, "defaults"
+def _rival_runs(run, td: TrainingData, cfg: TrainConfig, result: TrainResult, job_of, progress, sync):
+    """The held-out run again for each rival of the defaults the user left open
+    (fmctr.training.selection.rival_names), each kept only where the held-out rows
+    choose it over the run kept so far: (the held-out run kept, its configuration,
+    {"tried": names, "kept": the rivals kept}; None when no rival ran). Data-parallel
+    ranks hold out the same rows and end with the same weights, so they choose alike;
+    `sync.any` makes sure of it."""
+    names = selection.rival_names(cfg)
+    kept_names = []
+    for name in names:
+        other_cfg = selection.rival(name, cfg, result)
+        _note(progress, f"training again on the same rows {selection.RIVAL_NOTES[name]}; the held-out rows choose")
+        other, _ = run(td.rows, other_cfg, valid=td.valid, resume=None, job=job_of(other_cfg))
+        wins = selection.choose_rival(result, other, td.valid) is other
+        if sync.any(wins) if sync is not None else wins:
+            result, cfg = other, other_cfg
+            kept_names.append(name)
+    return result, cfg, ({"tried": names, "kept": kept_names} if names else None)
 
 
 def _refit(run, every_row: DatasetRows, refit: TrainConfig, held_out_rows: int, job_of, progress):
@@ -383,13 +385,13 @@ def _refit(run, every_row: DatasetRows, refit: TrainConfig, held_out_rows: int, 
     return run(every_row, refit, valid=None, resume=None, job=job_of(refit))
 
 
-def selection_record(chose, held_out_rows: int, epochs: int, regularisation: str | None = None) -> dict:
+def selection_record(chose, held_out_rows: int, epochs: int, rivals: dict | None = None) -> dict:
     """How the held-out rows chose the epochs of a refit (`chose`: the TrainResult there)
-    and, when a rival ran, the factors' L2 ("defaults" or "rival", selection.RIVAL_L2)."""
+    and, when rivals ran, which (selection.RIVALS: {"tried": [...], "kept": [...]})."""
     record = {"holdout_rows": held_out_rows, "best_epoch": chose.best_epoch, "epochs": epochs,
               "valid_metrics": chose.history[chose.best_epoch - 1].valid, "history": [asdict(e) for e in chose.history]}
-    if regularisation is not None:
-        record["regularisation"] = regularisation
+    if rivals is not None:
+        record["rivals"] = rivals
     return record
 
 

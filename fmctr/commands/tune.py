@@ -39,6 +39,11 @@ SEEDS = 3  # the defaults and the best each run with this many seeds in all
 FLAGS = {"dim": "--dim", "init_std": "--init-std", "l2_all_factors": "--l2-all-factors", "l2_all": "--l2-all",
          "optimizer": "--optimizer"}
 
+# Tune's trials and model keep the configuration they are given, where `fmctr train`
+# would also try the defaults' rivals on its held-out rows (fmctr.training.selection):
+# the options printed to give tune's model say so.
+NO_RIVALS = "--no-rivals"
+
 
 @dataclass
 class Trial:
@@ -147,13 +152,6 @@ def as_flags(settings: dict, cfg: TrainConfig) -> str:
     if "batch_x" in settings:
         flags.append(f"--batch-size {cfg.batch_size}")
     return " ".join(flags) or "(defaults)"
-
-
-def _fixed_l2(settings: dict) -> str:
-    """"--no-l2-choice" where the settings leave the factors' L2 alone: tune's trials and
-    model keep the defaults' there, where `fmctr train` would also try the rival on its
-    held-out rows (fmctr.training.selection.rival_config)."""
-    return "" if "touch_l2_x" in settings or "l2_all_factors" in settings else "--no-l2-choice"
 
 
 def _space(base: TrainConfig) -> dict[str, search.Setting]:
@@ -297,7 +295,7 @@ def tune(
             _check_noise(run, trials, out, base.seed, on_trial)
         cfg = config(base, out.winner.settings, data)
         out.train_flags = " ".join(f for f in (as_flags(out.winner.settings, cfg), f"--seed {base.seed} --threads 1",
-                                               _fixed_l2(out.winner.settings)) if f and f != "(defaults)")
+                                               NO_RIVALS) if f and f != "(defaults)")
         out.model = out.winner.model if valid is not None else _refit(out.winner, cfg, data, min_count, log)
     for t in trials:
         t.model = None

@@ -116,6 +116,17 @@ def history_table(history: list[dict], title: str, best: int | None) -> Table:
     return table
 
 
+def _rivals_said(selection: dict) -> str:
+    """Which rivals of the defaults the held-out rows tried and kept (models from before
+    the rivals say "regularisation": only the factors' L2 was chosen)."""
+    old = {"defaults": "; factors' L2: the defaults'", "rival": "; factors' L2: no touch L2, more --l2-all-factors"}
+    rivals = selection.get("rivals")
+    if not isinstance(rivals, dict):
+        return old.get(selection.get("regularisation"), "")
+    kept = ", ".join(map(str, rivals.get("kept") or [])) or "none"
+    return f"; rivals of the defaults tried: {', '.join(map(str, rivals.get('tried') or []))}, kept: {kept}"
+
+
 def info_tables(info: dict) -> list:
     out = [_pairs("model", _model_rows(info))]
     if isinstance(info.get("schema"), dict):
@@ -124,10 +135,8 @@ def info_tables(info: dict) -> list:
         out.append(_pairs("training", _training_rows(info)))
     if info["selection"]:
         s = info["selection"]
-        l2 = {"defaults": "; factors' L2: the defaults'", "rival": "; factors' L2: no touch L2, more --l2-all-factors"}
         out.append(history_table(s["history"], f"epochs chosen on {_num(s.get('holdout_rows'))} held-out rows: "
-                                               f"{s.get('epochs')}{l2.get(s.get('regularisation'), '')}",
-                                 s.get("best_epoch")))
+                                               f"{s.get('epochs')}{_rivals_said(s)}", s.get("best_epoch")))
     if info["history"]:
         best = info["training"].get("best_epoch") if info["training"].get("valid_rows") else None
         out.append(history_table(info["history"], "epochs" + (" (the refit on every row)" if info["selection"] else ""),

@@ -40,6 +40,9 @@ DEFAULT_LR = {"adagrad": 0.03, "ftrl": 0.03, "adam": 3e-4}
 DEFAULT_L2_ALL_FACTORS = 3e-4
 
 
+Names = list  # (an option's annotation: a list of strings)
+
+
 @dataclass(frozen=True)
 class ModelOptions:
     kind: str = "fm"
@@ -80,7 +83,7 @@ class Schedule:
     # whether to train again on every row for the epochs chosen.
     holdout: float | None = None
     refit: bool = True
-    l2_choice: bool = True  # there: the factors' L2 chosen too (fmctr.training.selection.rival_config)
+    rivals: Names | None = None  # there: the rivals of the defaults tried too (None: every one; selection.RIVALS)
     lr_by_epoch: list | None = None  # each epoch's rate (a refit replays the rates that chose it)
 
 
@@ -92,7 +95,7 @@ class Runtime:
     seed: int = 0
 
 
-TYPES = {"int": int, "float": (int, float), "str": str, "bool": bool, "list": list}  # of the options, by their annotations
+TYPES = {"int": int, "float": (int, float), "str": str, "bool": bool, "list": list, "Names": list}  # by annotation
 GROUPS = {"model": ModelOptions, "optimization": OptimizerOptions, "regularization": Regularization,
           "schedule": Schedule, "runtime": Runtime}
 GROUP_OF = {f.name: group for group, cls in GROUPS.items() for f in fields(cls)}
@@ -109,6 +112,8 @@ class TrainConfig:
     @classmethod
     def from_options(cls, **options) -> TrainConfig:
         """From option names (the groups' field names), unknown names refused."""
+        if "l2_choice" in options:  # (checkpoints from before the rivals: only the factors' L2 was chosen)
+            options = {"rivals": None if options.pop("l2_choice") else [], **options}
         unknown = sorted(set(options) - set(GROUP_OF))
         if unknown:
             raise BadOptions(f"unknown training option(s): {', '.join(unknown)}")
@@ -169,8 +174,8 @@ class TrainConfig:
 
 
 def _of_type(value, base: str) -> bool:
-    if base == "list":  # of numbers
-        return isinstance(value, list) and all(_of_type(v, "float") for v in value)
+    if base in ("list", "Names"):  # of numbers, of strings
+        return isinstance(value, list) and all(_of_type(v, "float" if base == "list" else "str") for v in value)
     return isinstance(value, TYPES[base]) and (base == "bool" or not isinstance(value, bool))
 
 

@@ -21,8 +21,8 @@ LARGE_VALUE = 1e6
 
 def model_bytes(num_features: int, dim: int, optimizer: str, validation: bool, kept: int = 0) -> int:
     """Bytes of the weights and optimizer state a run holds (fmctr.models.fm_engines),
-    with `kept` more copies of the weights held meanwhile (the held-out run with the
-    defaults' L2 while its rival trains: fmctr.training.selection)."""
+    with `kept` more copies of the weights held meanwhile (the held-out run kept so far
+    while a rival of the defaults trains: fmctr.training.selection)."""
     per_index = 4 * (1 + dim)  # linear weight and factors
     per_index += 4 * 4  # the cpu engine's table: linear weight, its two optimizer states, its --l2-all share
     per_index += 4 * dim * (2 if optimizer == "adam" else 1)  # the factors' optimizer state
