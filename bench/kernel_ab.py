@@ -11,7 +11,9 @@ fresh numba cache folder, not beside the source) or `probe`
 epoch function is called). Every kernel
 arm gets its own engine (the default options, dim 16) and the same rows: all of HASHED,
 in one shuffled order, gathered once (so the engine's streaming and gathering are not
-timed - the kernel alone is; each is compiled first). Pass 1 warms (the tables fault in; the probe's are already
+timed - the kernel alone is; each is compiled first). Kernels that take an empty bitmap
+(`if len(seen)`) get every feature met in advance and train with it, as default
+training does (CpuEngine.meet_in_advance); older ones check each feature. Pass 1 warms (the tables fault in; the probe's are already
 touched) and prints a digest of the weights - kernel arms that keep every bit of
 training print the same digest at --threads 1. Then each round runs one pass per arm,
 in turn. Prints rows/s per round, the median, and each arm's per-round ratio to the
@@ -54,6 +56,9 @@ def kernel_arm(name: str, path: str, rows, order, threads: int):
     # Kernels from before the bitmap (kernel._first_meeting) index a bool per feature:
     # given the bitmap they would write past its end.
     seen = engine.seen_bits if hasattr(module, "_first_meeting") else np.zeros(1 << 22, np.bool_)
+    if "if len(seen)" in Path(path).read_text():  # (kernels that take an empty bitmap: as training does)
+        engine.meet_in_advance(np.bincount(rows.indices, minlength=1 << 22))
+        seen = seen[:0]
 
     def block(lo: int, hi: int) -> float:
         arrays = (gathered.indices, gathered.values, gathered.offsets, gathered.labels, identity[lo:hi])
