@@ -9,6 +9,7 @@ import pytest
 
 from conftest import CRITEO_TRAIN, MOVIES_FLAGS, MOVIES_TRAIN, invoke
 from fmctr.models.modelfile import load
+from fmctr.errors import BadOptions
 from fmctr.training import selection
 from fmctr.training.config import DEFAULT_LR, TrainConfig
 
@@ -98,7 +99,9 @@ def test_a_rival_runs_only_where_the_user_left_its_options_alone():
 
 def test_checkpoints_from_before_the_rivals_keep_their_choice():
     assert TrainConfig.from_dict({"l2_choice": False}).rivals == []
-    assert TrainConfig.from_dict({"l2_choice": True}).rivals is None
+    assert TrainConfig.from_dict({"l2_choice": True}).rivals == ["l2"]
+    with pytest.raises(BadOptions, match="unknown rivals"):
+        TrainConfig.from_options(rivals=["l2", "lr"]).check()
 
 
 @pytest.mark.parametrize("flags, tried", [

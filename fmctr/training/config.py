@@ -38,6 +38,8 @@ FTRL_L2 = 10.0  # FTRL's lambda2 is in per-example units already
 # sample, at 3e-4 0.747 (and 0.786 on the planted 1M rows, where Adagrad gets 0.787).
 DEFAULT_LR = {"adagrad": 0.03, "ftrl": 0.03, "adam": 3e-4}
 DEFAULT_L2_ALL_FACTORS = 3e-4
+# The rivals of the defaults that held-out rows may choose (fmctr.training.selection)
+RIVALS = ("l2", "rate", "linear")
 
 
 Names = list  # (an option's annotation: a list of strings)
@@ -113,7 +115,7 @@ class TrainConfig:
     def from_options(cls, **options) -> TrainConfig:
         """From option names (the groups' field names), unknown names refused."""
         if "l2_choice" in options:  # (checkpoints from before the rivals: only the factors' L2 was chosen)
-            options = {"rivals": None if options.pop("l2_choice") else [], **options}
+            options = {"rivals": ["l2"] if options.pop("l2_choice") else [], **options}
         unknown = sorted(set(options) - set(GROUP_OF))
         if unknown:
             raise BadOptions(f"unknown training option(s): {', '.join(unknown)}")
@@ -184,6 +186,7 @@ def _rules(cfg: TrainConfig) -> list[tuple[bool, str]]:
     return [
         (m.kind == "fm", f"unknown model kind {m.kind!r} (choose from fm)"),
         (m.dim >= 0, f"--dim must be 0 or more, got {m.dim}"),
+        (s.rivals is None or set(s.rivals) <= set(RIVALS), f"unknown rivals {s.rivals} (choose from {', '.join(RIVALS)})"),
         (m.init_std >= 0 and math.isfinite(m.init_std), f"--init-std must be 0 or more, got {m.init_std}"),
         (o.optimizer in OPTIMIZERS, f"unknown optimizer {o.optimizer!r} (choose from {', '.join(OPTIMIZERS)})"),
         (o.lr is None or o.lr > 0 and math.isfinite(o.lr), f"--lr must be a positive number, got {o.lr}"),

@@ -32,7 +32,7 @@ import numpy as np
 
 from fmctr.metrics import row_logloss
 from fmctr.models.kinds import kind_of
-from fmctr.training.config import DEFAULT_L2_ALL_FACTORS, TrainConfig
+from fmctr.training.config import DEFAULT_L2_ALL_FACTORS, RIVALS, TrainConfig
 from fmctr.training.validation import scores
 
 AUTO_HOLDOUT = 0.1
@@ -83,7 +83,6 @@ def refit_config(cfg: TrainConfig, chosen) -> TrainConfig:
 # 10k rows and digits, the rate on ml100k, adult and digits, logistic regression on
 # none of them (it is there for sets like the clothing reviews, whose ~50 words a row
 # make ~1,000 noisy pairs; LR 0.946 against the FM's 0.941 there).
-RIVALS = ("l2", "rate", "linear")
 RIVAL_L2 = {"l2_factors": 0.0, "l2_all_factors": 1e-3}
 RIVAL_RATE = 3.0
 RIVAL_MARGIN = 1.0
