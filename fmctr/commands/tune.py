@@ -23,22 +23,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
-import numpy as np
-
 from fmctr.atomic import scratch_dir
 from fmctr.commands import search
 from fmctr.commands.jobs import Log, _as_dataset, _silent, open_input, selection_record, train_model
 from fmctr.datasets.batches import DatasetRows
 from fmctr.errors import BadOptions, Diverged
 from fmctr.hashing.tokens import HashSpec
-from fmctr.metrics import auc, row_logloss
-from fmctr.models.kinds import kind_of
 from fmctr.models.modelfile import Model
 from fmctr.models.runtime import resolve_device
 from fmctr.reading.schema import SchemaSpec
 from fmctr.training import selection
 from fmctr.training.config import DEFAULT_BATCH, DEFAULT_LR, FTRL_L2, L2_TOUCH_ROWS, TrainConfig
-from fmctr.training.validation import scores
 
 SEEDS = 3  # the defaults and the best each run with this many seeds in all
 FLAGS = {"dim": "--dim", "init_std": "--init-std", "l2_all_factors": "--l2-all-factors", "l2_all": "--l2-all",
@@ -81,7 +76,6 @@ class Outcome:
     metric: str
     means: dict = field(default_factory=dict)  # "defaults", "best": mean score over the seeds (lower is better)
     noise: float | None = None  # the larger range of the two's scores over the seeds
-    beyond_sampling: bool | None = None  # whether the gain held against the rows' sampling noise (None: not checked)
     model: Model | None = None  # the model to write
     train_flags: str = ""  # `fmctr train` options that give the model
 
@@ -102,10 +96,6 @@ class Outcome:
             return f"no trial beat the defaults (trial 1, valid {m} {value(self.defaults.score(self.metric)):.4f})"
         seeds = (f"mean of {SEEDS} seeds {value(self.means['best']):.4f} against {value(self.means['defaults']):.4f} "
                  f"for the defaults")
-        if self.winner is self.defaults and self.beyond_sampling is False:
-            return (f"nothing beat the defaults by more than the noise: the best, trial {self.best.number}, was better "
-                    f"by {self.gain:.4f} valid {m} ({seeds}), more than the seeds' spread (±{self.noise:.4f}), but "
-                    f"not than the sampling noise of the rows that scored every trial; kept the defaults")
         if self.winner is self.defaults:
             return (f"nothing beat the defaults by more than the noise (±{self.noise:.4f}): the best, trial "
                     f"{self.best.number}, was better by {self.gain:.4f} valid {m} ({seeds}); kept the defaults")
@@ -118,7 +108,6 @@ class Outcome:
                             "best": t is self.winner} for t in self.trials],
                 "winner": self.winner.number, "best_trial": self.best.number, "metric": self.metric,
                 "beat_defaults": self.winner is not self.defaults, "gain": self.gain, "noise": self.noise,
-                "beyond_sampling_noise": self.beyond_sampling,
                 "summary": self.summary(), "train_options": self.train_flags}
 
 
@@ -133,7 +122,6 @@ class _Data:
     engine: str
     valid: str | None
     fraction: float | None
-    held: DatasetRows | None = None  # the rows that score the trials (None: with --min-count, not remapped here)
 
 
 def config(base: TrainConfig, settings: dict, data: _Data) -> TrainConfig:
@@ -226,10 +214,9 @@ def _search(run, book: search.Book, *, metric: str, seed: int, budget_s: float, 
     return trials, defaults, best
 
 
-def _check_noise(run, trials: list[Trial], out: Outcome, seed: int, on_trial, held: DatasetRows | None) -> None:
+def _check_noise(run, trials: list[Trial], out: Outcome, seed: int, on_trial) -> None:
     """Run the defaults and the best with more seeds; the best wins only if its mean
-    beats the defaults' by more than the spread over the seeds, and its model beats
-    theirs by more than the sampling noise of the rows that score them (`held`)."""
+    beats the defaults' by more than the spread over the seeds."""
     scores = {}
     for name, trial in (("defaults", out.defaults), ("best", out.best)):
         runs = [trial]
@@ -243,38 +230,6 @@ def _check_noise(run, trials: list[Trial], out: Outcome, seed: int, on_trial, he
     out.noise = max(max(v) - min(v) for v in scores.values())
     if not out.gain > out.noise:  # (also when a score is infinite)
         out.winner = out.defaults
-    elif held is not None:
-        searched = len([t for t in trials if not t.check])
-        out.beyond_sampling = _beyond_sampling_noise(out.defaults.model, out.best.model, held, out.metric, searched)
-        if not out.beyond_sampling:
-            out.winner = out.defaults
-
-
-BOOTSTRAP = 200  # resamples of the validation rows for the spread of an AUC difference
-
-
-def _beyond_sampling_noise(defaults: Model, best: Model, held: DatasetRows, metric: str, trials: int) -> bool:
-    """Whether `best` scores the rows `held` better than `defaults` by more than the
-    sampling noise of those rows: sqrt(2 ln trials) standard errors of the difference
-    (the paired one of the row-by-row logloss; for AUC a bootstrap's), at least one -
-    the best of `trials` scored on the same rows is the luckiest of them, and the
-    largest of n standard normal draws is about sqrt(2 ln n). The seeds' spread does not
-    see this noise. The 309-row diabetes set (77 rows held out): the best of 84 trials
-    was 2.1 standard errors better there and tested 0.782 against the defaults' 0.826;
-    on ml100k (8,000 held out) the best was 6.1 better and tested above them."""
-    labels = held.labels()
-    probs = [scores(kind_of(m.kind), m.weights, held) for m in (defaults, best)]
-    margin = max(1.0, math.sqrt(2 * math.log(max(trials, 1))))
-    if metric == "logloss":
-        gain = row_logloss(labels, probs[0]) - row_logloss(labels, probs[1])
-        return len(gain) > 1 and bool(gain.mean() > margin * gain.std(ddof=1) / math.sqrt(len(gain)))
-    rng, diffs = np.random.default_rng(0), []
-    for _ in range(BOOTSTRAP):
-        at = rng.integers(0, len(labels), len(labels))
-        if 0 < labels[at].sum() < len(at):
-            diffs.append(auc(labels[at], probs[1][at]) - auc(labels[at], probs[0][at]))
-    gain = auc(labels, probs[1]) - auc(labels, probs[0])
-    return len(diffs) > 1 and bool(gain > margin * np.std(diffs, ddof=1))
 
 
 def _open(path: str, valid: str | None, tmp, *, spec, hashing, base: TrainConfig, log: Log) -> _Data:
@@ -286,15 +241,13 @@ def _open(path: str, valid: str | None, tmp, *, spec, hashing, base: TrainConfig
     engine = resolve_device(base.engine, base.device)[0]
     if valid is not None:
         valid_in = open_input(valid, schema=train_in.schema, hashing=train_in.hashing, require_label=True, log=log)
-        valid_sets = valid_in.shards or [_as_dataset(valid_in, tmp / "valid")]
-        valid_path = valid if valid_in.shards else str(valid_sets[0].path)
-        return _Data(train_path, train_in.name, rows.rows, engine, valid_path, None, DatasetRows(valid_sets))
+        valid_path = valid if valid_in.shards else str(_as_dataset(valid_in, tmp / "valid").path)
+        return _Data(train_path, train_in.name, rows.rows, engine, valid_path, None)
     fraction = selection.holdout_fraction(base, rows.rows)
-    parts = selection.split(rows, fraction)  # (as train_model splits them: the trials' scoring rows)
-    if parts is None:
+    if selection.split(rows, fraction) is None:
         raise BadOptions(f"{train_in.name}: the last {fraction:.0%} of the rows are none or hold one class only, so "
                          f"they cannot score the trials: give validation data with --valid")
-    return _Data(train_path, train_in.name, rows.rows, engine, None, fraction, parts[1])
+    return _Data(train_path, train_in.name, rows.rows, engine, None, fraction)
 
 
 def _refit(winner: Trial, cfg: TrainConfig, data: _Data, min_count: int | None, log: Log) -> Model:
@@ -339,7 +292,7 @@ def tune(
                                          on_trial=on_trial)
         out = Outcome(trials, defaults, best, best, metric)
         if best is not defaults:
-            _check_noise(run, trials, out, base.seed, on_trial, data.held if min_count is None else None)
+            _check_noise(run, trials, out, base.seed, on_trial)
         cfg = config(base, out.winner.settings, data)
         out.train_flags = " ".join(f for f in (as_flags(out.winner.settings, cfg), f"--seed {base.seed} --threads 1",
                                                NO_RIVALS) if f and f != "(defaults)")
