@@ -23,7 +23,8 @@ def test_tune_writes_the_winner_with_the_options_that_give_it(tmp_path):
     trials = outcome["trials"]
     search = [t for t in trials if not t["check"]]
     assert search[0]["options"] == "(defaults)"
-    assert [t["options"].split()[0] for t in search[1:]] == ["--lr", "--l2", "--l2-all-factors"]
+    # train's rival L2 first (both its options), then the first round's single moves
+    assert [t["options"].split()[0] for t in search[1:]] == ["--l2-all-factors", "--lr", "--l2"]
     winner = [t for t in trials if t["best"]]
     assert len(winner) == 1 and winner[0]["trial"] == outcome["winner"]
     model = load(out)

@@ -6,6 +6,12 @@ learning rate as a multiple of the optimizer's default; `touch_l2_x`: the touch 
 as a multiple of its default; `batch_x`: the batch size as a multiple of the
 engine's default; the others are option values). The plan:
 
+0. close to `fmctr train`'s rival regularisation (fmctr.training.selection.RIVAL_L2:
+   no touch L2 on the factors, a stronger --l2-all-factors; here the touch L2 of the
+   linear weights goes too, as `touch_l2_x` scales both), two moves at once, which
+   the coordinate-wise round does not make (train's other rivals, 3x the rate and no
+   factors, are single moves of round 1), so that tune also starts where train's
+   choice may lead;
 1. coordinate-wise from the defaults: each setting moved alone to each of its values
    (every setting's likeliest value first, then every setting's next, ...);
 2. combine what helped: the moves that beat the defaults, best first, each added to
@@ -25,6 +31,8 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+
+from fmctr.training.selection import RIVAL_L2
 
 
 @dataclass(frozen=True)
@@ -64,6 +72,10 @@ def space(*, optimizer: str, init_std: float, dim: int, l2_all_factors: float, l
     }
 
 
+# fmctr.training.selection.RIVAL_L2 in the plan's terms
+TRAIN_RIVAL_L2 = {"touch_l2_x": 0.0, "l2_all_factors": RIVAL_L2["l2_all_factors"]}
+
+
 def normal(settings: dict, sp: dict[str, Setting]) -> dict:
     """The settings without those at their default, in the space's order."""
     return {k: settings[k] for k in sp if k in settings and settings[k] != sp[k].default}
@@ -101,6 +113,8 @@ def plan(book: Book, seed: int = 0) -> Iterator[dict]:
     sp = book.space
     if not book.tried({}):
         yield {}
+    if "touch_l2_x" in sp and "l2_all_factors" in sp:
+        yield from _fresh(book, TRAIN_RIVAL_L2)
     for rank in range(max(len(s.first) for s in sp.values())):
         for name, setting in sp.items():
             if rank < len(setting.first):
