@@ -366,14 +366,15 @@ def _rival_runs(run, td: TrainingData, cfg: TrainConfig, result: TrainResult, jo
     ranks hold out the same rows and end with the same weights, so they choose alike;
     `sync.any` makes sure of it."""
     names = selection.rival_names(cfg)
-    kept_names = []
+    kept_names, kept_losses = [], selection.held_losses(result, td.valid) if names else None
     for name in names:
         other_cfg = selection.rival(name, cfg, result)
         _note(progress, f"training again on the same rows {selection.RIVAL_NOTES[name]}; the held-out rows choose")
         other, _ = run(td.rows, other_cfg, valid=td.valid, resume=None, job=job_of(other_cfg))
-        wins = selection.choose_rival(result, other, td.valid) is other
+        other_losses = selection.held_losses(other, td.valid)  # (the kept run's are scored once, not per rival)
+        wins = selection.rival_wins(kept_losses, other_losses)
         if sync.any(wins) if sync is not None else wins:
-            result, cfg = other, other_cfg
+            result, cfg, kept_losses = other, other_cfg, other_losses
             kept_names.append(name)
     return result, cfg, ({"tried": names, "kept": kept_names} if names else None)
 

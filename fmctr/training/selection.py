@@ -109,13 +109,9 @@ def rival(name: str, kept: TrainConfig, kept_run) -> TrainConfig:
     return kept.with_options(dim=0)
 
 
-def choose_rival(first, second, held):
-    """The held-out run kept so far (`first`) or the rival's (`second`), by
-    rival_wins over the held-out rows `held`, each scored by its run's best model."""
-    kind = kind_of(first.config.kind)
-    labels = held.labels()
-    losses = [row_logloss(labels, scores(kind, run.weights, held)) for run in (first, second)]
-    return second if rival_wins(*losses) else first
+def held_losses(run, held) -> np.ndarray:
+    """Each held-out row's logloss under a held-out run's best model (for rival_wins)."""
+    return row_logloss(held.labels(), scores(kind_of(run.config.kind), run.weights, held))
 
 
 def rival_wins(default_losses: np.ndarray, rival_losses: np.ndarray) -> bool:
