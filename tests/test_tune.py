@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+import pytest
+
 from conftest import MOVIES_FLAGS, MOVIES_TEST, MOVIES_TRAIN, invoke
 from fmctr.models.modelfile import load
 
@@ -50,6 +53,45 @@ def test_tune_is_never_worse_than_the_defaults_and_checks_the_noise(tmp_path):
     assert outcome["beat_defaults"] == (outcome["gain"] > outcome["noise"])
     if not outcome["beat_defaults"]:
         assert outcome["winner"] == 1 and "nothing beat the defaults by more than the noise" in outcome["summary"]
+
+
+def test_without_validation_data_the_checks_hold_out_rows_the_search_did_not_choose_on(tmp_path):
+    """The best was chosen for its score on the search's held-out rows: the checks score
+    it against the defaults on the shares of rows before them, and it must win on each."""
+    outcome, _, stderr = tune(tmp_path, "--max-trials", "4")
+    checks = [t for t in outcome["trials"] if t["check"]]
+    if outcome["best_trial"] == 1:  # (no trial beat the defaults: no checks)
+        assert not checks and outcome["gains"] is None
+        return
+    assert sorted((t["seed"], t["block"]) for t in checks) == [(1, 1), (1, 1), (2, 2), (2, 2)]
+    assert all(t["block"] == 0 for t in outcome["trials"] if not t["check"])
+    assert outcome["metric"] == "logloss"  # (tune's default)
+    runs = {(t["options"].removesuffix(f" --seed {t['seed']}"), t["block"]): t["valid"]["logloss"]
+            for t in outcome["trials"] if t["trial"] in (1, outcome["best_trial"]) or t["check"]}
+    best = [t for t in outcome["trials"] if t["trial"] == outcome["best_trial"]][0]["options"]
+    gains = [runs[("(defaults)", b)] - runs[(best, b)] for b in (0, 1, 2)]
+    assert outcome["gains"] == pytest.approx(gains)
+    assert outcome["beat_defaults"] == all(g > 0 for g in gains) and outcome["noise"] is None
+    said = "won: valid logloss better than the defaults on each held-out block" if outcome["beat_defaults"] else \
+        "nothing beat the defaults on every held-out block"
+    assert said in outcome["summary"] and "(held-out block 2)" in stderr
+
+
+def test_the_checks_blocks_lie_before_the_searchs_held_out_rows(tmp_path):
+    from fmctr.commands.tune import _blocks
+    from fmctr.datasets.batches import DatasetRows
+    from fmctr.datasets.hashed import open_hashed
+
+    hashed = tmp_path / "h"
+    assert invoke("preprocess", MOVIES_TRAIN, *SMALL, "-o", hashed).exit_code == 0
+    rows = DatasetRows(open_hashed(hashed))
+    labels = rows.labels()
+    for block, (lo, hi) in enumerate([(3750, 5000), (2500, 3750), (1250, 2500)]):
+        fit, held = rows.split_block(0.25, block)
+        assert (fit.rows, held.rows) == (3750, 1250)
+        assert (held.labels() == labels[lo:hi]).all()
+        assert (fit.labels() == np.concatenate([labels[:lo], labels[hi:]])).all()
+    assert _blocks(rows, 0.25) == [1, 2]
 
 
 def test_tune_is_repeatable(tmp_path):

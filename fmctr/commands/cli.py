@@ -563,9 +563,11 @@ def tune(
     x1/4, 4, 16, the other optimizers), combine the moves that helped, then keep moving
     around the best until --budget is spent. Each trial trains on one thread with the
     same seed and stops early on --valid, or without it on the last rows of INPUT.
-    The defaults and the best then run with two more seeds: the best is written only
-    if it beats the defaults by more than that noise; without --valid the winner's
-    settings train the final model on every row, as `fmctr train` does."""
+    The defaults and the best then run with two more seeds, without --valid each on
+    held-out rows of its own (the shares before the search's): the best is written
+    only if it beats the defaults on each of them (with --valid: by more than the
+    seeds' spread); without --valid the winner's settings train the final model on
+    every row, as `fmctr train` does."""
     _use_threads(threads)
     from fmctr.atomic import check_output
     from fmctr.models.modelfile import MODEL_FILE, save
@@ -581,7 +583,8 @@ def tune(
 
     def show(trial) -> None:
         if not quiet:
-            stderr.print(f"trial {trial.number} {trial.flags}: valid AUC {trial.valid.get('auc', float('nan')):.4f}, "
+            block = f" (held-out block {trial.block})" if trial.block else ""
+            stderr.print(f"trial {trial.number} {trial.flags}{block}: valid AUC {trial.valid.get('auc', float('nan')):.4f}, "
                          f"logloss {trial.valid.get('logloss', float('nan')):.4f}, {trial.epochs} epochs, "
                          f"{trial.seconds:.0f}s" + (f" ({trial.error})" if trial.error else ""), highlight=False)
 

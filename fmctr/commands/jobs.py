@@ -245,9 +245,10 @@ def _check_train_options(path: str, cfg: TrainConfig, valid: str | None, valid_f
 
 
 def _training_data(path: str, tmp: Path, *, spec, schema, hashing, valid, valid_fraction, base, min_count,
-                   log: Log) -> TrainingData:
+                   log: Log, valid_block: int = 0) -> TrainingData:
     """Open the training (and validation) data, hash it into datasets under `tmp`,
-    split off --valid-fraction and map rare values."""
+    split off --valid-fraction (the valid_block-th such share from the end: tune's
+    checks) and map rare values."""
     # (training learns from the columns there are: a warm start on other columns is warned of, not refused)
     data = open_input(path, spec=spec, schema=schema, hashing=hashing, require_label=True, log=log, allow_missing=True)
     if min_count:
@@ -262,7 +263,7 @@ def _training_data(path: str, tmp: Path, *, spec, schema, hashing, valid, valid_
         valid_ds = valid_data.shards or _as_dataset(valid_data, tmp / "valid")
         valid_rows = DatasetRows(valid_ds)
     elif valid_fraction is not None:
-        rows, valid_rows = rows.split_tail(valid_fraction)
+        rows, valid_rows = rows.split_block(valid_fraction, valid_block)
         if rows.rows == 0 or valid_rows.rows == 0:
             raise BadOptions(f"--valid-fraction {valid_fraction} leaves no training or no validation rows")
     _warn_id_columns(data, rows, log)
@@ -270,7 +271,7 @@ def _training_data(path: str, tmp: Path, *, spec, schema, hashing, valid, valid_
     if rare is not None and not data_is_mapped:
         rows = DatasetRows(_remapped(data.shards or [ds], rare, tmp / "train-rare"))
         if valid_fraction is not None:
-            rows, valid_rows = rows.split_tail(valid_fraction)
+            rows, valid_rows = rows.split_block(valid_fraction, valid_block)
     if rare is not None and valid is not None:
         valid_rows = DatasetRows(_remapped(valid_data.shards or [valid_ds], rare, tmp / "valid-rare"))
     return TrainingData(data, rows, valid_rows, rare)
@@ -304,6 +305,7 @@ def train_model(
     cfg: TrainConfig,
     valid: str | None = None,
     valid_fraction: float | None = None,
+    valid_block: int = 0,
     progress=None,
     log: Log = _silent,
     start: Model | None = None,
@@ -316,16 +318,14 @@ def train_model(
 ) -> tuple[Model, TrainResult]:
     """Read (and hash) the training data, train, and return the model with its history.
 
-    Raw data is hashed once into a temporary dataset (under $TMPDIR) and every epoch
-    streams it from there, so memory does not grow with the number of rows.
-    `start` warm-starts from a model (its schema, hashing, weights and optimizer
-    state); `resume` continues an interrupted run from its checkpoint; `checkpoints`
-    says where and when to write checkpoints. With `sync` this is one rank of a
-    data-parallel run: it trains on its share of the data (checkpoints are not
-    written then). `min_count` maps values seen fewer times in the training rows to
-    their field's rare token (fmctr.hashing.rare); the map is part of the model.
-    Without validation data or --epochs, the epochs (and the factors' L2) are chosen
-    on held-out rows and the model trained again on every row (fmctr.training.selection)."""
+    Raw data is hashed once into a temporary dataset (under $TMPDIR) that every epoch
+    streams, so memory does not grow with the rows. `start` warm-starts from a model
+    (schema, hashing, weights, optimizer state); `resume` continues a run from its
+    checkpoint; `checkpoints` says where and when to write them. With `sync` this is
+    one rank of a data-parallel run, on its share of the rows. `min_count` maps rarer
+    values to their field's rare token (fmctr.hashing.rare), a map kept in the model.
+    `valid_fraction` holds out the last share of rows (`valid_block` k: the k-th share
+    before it); with neither, held-out rows choose the epochs (training.selection)."""
     base = resume or start
     _check_train_options(path, cfg, valid, valid_fraction, min_count, base, hashing, resume)
     schema = None
@@ -334,7 +334,8 @@ def train_model(
     started = time.time()
     with scratch_dir() as tmp:
         td = _training_data(path, tmp, spec=spec, schema=schema, hashing=hashing, valid=valid,
-                            valid_fraction=valid_fraction, base=base, min_count=min_count, log=log)
+                            valid_fraction=valid_fraction, base=base, min_count=min_count, log=log,
+                            valid_block=valid_block)
         every_row = td.rows
         td, cfg = _hold_out(td, cfg, valid is not None or valid_fraction is not None, progress)
         job_of = partial(Job.of_run, path, valid, valid_fraction, output)

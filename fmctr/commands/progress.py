@@ -130,7 +130,8 @@ def trials_table(trials, best: int) -> Table:
                           ("valid logloss", "right"), ("epochs", "right"), ("seconds", "right")]:
         table.add_column(name, justify=justify)
     for t in trials:
-        table.add_row(f"{t.number}{' *' if t.number == best else ''}", t.flags, _fmt(t.valid["auc"]),
+        flags = t.flags + (f" (held-out block {t.block})" if t.block else "")
+        table.add_row(f"{t.number}{' *' if t.number == best else ''}", flags, _fmt(t.valid["auc"]),
                       _fmt(t.valid["logloss"]), str(t.epochs), f"{t.seconds:.0f}")
     return table
 

@@ -145,5 +145,12 @@ class DatasetRows(RowSource):
 
     def split_tail(self, fraction: float) -> tuple[DatasetRows, DatasetRows]:
         """The first rows and the last `fraction` of rows (file order)."""
-        cut = self.rows - int(round(self.rows * fraction))
-        return self._range(0, cut), self._range(cut, self.rows)
+        return self.split_block(fraction, 0)
+
+    def split_block(self, fraction: float, block: int) -> tuple[DatasetRows, DatasetRows]:
+        """(every other row, the block-th share of `fraction` of the rows counted from
+        the end): block 0 is the last rows (split_tail), block 1 the share before them."""
+        size = int(round(self.rows * fraction))
+        hi = max(self.rows - block * size, 0)
+        lo = max(hi - size, 0)
+        return DatasetRows(self.datasets, self._range(0, lo).spans + self._range(hi, self.rows).spans), self._range(lo, hi)
