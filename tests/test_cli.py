@@ -115,7 +115,7 @@ def test_model_file_is_self_contained(criteo_model):
     assert model.hashing.bits == 20
     assert model.training["rows"] == 20_000
     assert model.training["fmctr_version"] == "0.1.0"
-    assert model.training["config"]["model"]["dim"] == 8
+    assert model.training["config"]["model"]["dim"] == 16  # (two refits of --dim 8, merged)
     # eval needs only -m: the preset, bits and numeric mode come from the file.
     result = invoke("eval", CRITEO_TEST, "-m", criteo_model, "--json")
     assert result.exit_code == 0

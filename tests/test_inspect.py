@@ -30,7 +30,7 @@ def test_info_answers_from_the_header(movies_model):
     assert result.exit_code == 0, result.stderr
     info = json.loads(result.stdout)
     model = load(movies_model)
-    assert info["format_version"] == 3 and info["model"] == "fm" and info["dim"] == 8
+    assert info["format_version"] == 3 and info["model"] == "fm" and info["dim"] == 16  # (two refits of --dim 8)
     assert info["hashing"] == {"bits": 22, "seed": 0, "function": "xxhash64"}
     assert [f["name"] for f in info["schema"]["fields"]] == ["user", "item", "genres", "price"]
     assert info["indices_stored"] == int(np.count_nonzero(model.optimizer["seen"]))
@@ -48,7 +48,7 @@ def test_info_imports_nothing_heavy(movies_model):
                          capture_output=True, text=True, check=True)
     imported = {line.split("|")[-1].strip() for line in out.stderr.splitlines()}
     assert {"numpy", "polars", "numba", "pydantic"} & imported == set()
-    assert json.loads(out.stdout)["dim"] == 8
+    assert json.loads(out.stdout)["dim"] == 16
 
 
 @pytest.mark.parametrize("version", [1, 2])
@@ -58,7 +58,7 @@ def test_info_reads_older_format_versions(movies_model, tmp_path, version):
     result = invoke("info", old, "--json", "--verify")
     assert result.exit_code == 0, result.stderr
     info = json.loads(result.stdout)
-    assert (info["format_version"], info["verified"], info["dim"]) == (version, True, 8)
+    assert (info["format_version"], info["verified"], info["dim"]) == (version, True, 16)
 
 
 def test_info_refuses_what_is_not_a_model(tmp_path):

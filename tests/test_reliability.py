@@ -173,11 +173,12 @@ def test_the_likely_cause_names_large_values_or_says_none_stands_out():
     assert likely_cause(cfg.with_options(lr=0.5, l2_linear=4.0), MemoryRows(rows)) == "likely cause: --l2 4 (try smaller values)"
 
 
-@pytest.mark.parametrize("flags,need", [(["--bits", "31"], "330.0 GiB"), (["--dim", "100000"], "4,687.6 GiB")])
+@pytest.mark.parametrize("flags,need", [(["--bits", "31"], "618.0 GiB"), (["--dim", "100000"], "4,687.6 GiB")])
 def test_a_model_too_large_for_memory_is_refused_before_it_is_made(tmp_path, monkeypatch, flags, need):
     # (the sizes count the best weights the held-out run keeps, as training without --epochs holds rows out;
     # the check before hashing, with --bits given, also the defaults' held-out weights kept while the rival
-    # L2's run trains (fmctr.training.selection); the --dim case is refused by the training loop's own check)
+    # L2's run trains and the two refits' weights and states while they merge (fmctr.training.selection.copies_held);
+    # the --dim case is refused by the training loop's own check)
     from fmctr.training import guards
 
     monkeypatch.setattr(guards, "available_memory", lambda: 2 * 2**30)

@@ -85,7 +85,7 @@ def test_warm_start_continues_with_the_optimizer_state(tmp_path, movies_model):
 
 @pytest.mark.parametrize("flags,message", [
     (["--bits", "18"], "error: the model hashes with bits=22 seed=0; --bits 18 --hash-seed 0 conflict with it\n"),
-    (["--dim", "4"], "error: the model has --dim 8; --dim 4 conflicts with it\n"),
+    (["--dim", "4"], "error: the model has --dim 16; --dim 4 conflicts with it\n"),
     (["--optimizer", "adam"], "error: the model was trained with --optimizer adagrad; --optimizer adam conflicts with it\n"),
     (["--numeric", "price"], "error: --model takes the schema from the model: give no schema options\n"),
 ])

@@ -160,3 +160,49 @@ def test_validation_data_with_holdout_does_not_refit(tmp_path):
     assert result.exit_code == 0, result.stderr
     training = load(path).training
     assert "selection" not in training and training["valid_rows"] > 0 and training["rows"] == 5000
+
+
+def test_merged_refits_score_the_mean_of_their_logits():
+    """The FM kind's merge: one FM (factors side by side, scaled) whose logit is exactly
+    the mean of the models' logits; the optimizer states joined to match."""
+    from fmctr.models.fm import FM, logits
+    from test_fm import random_rows, random_weights
+
+    rng = np.random.default_rng(3)
+    rows = random_rows(rng, n_features=50)
+    for n, dim in ((2, 5), (3, 4), (2, 0)):
+        weights = [random_weights(rng, dim=dim) for _ in range(n)]
+        states = [{"kind": "adagrad", "step": 7, "bias": rng.random(2).astype(np.float32),
+                   "linear1": rng.random(50).astype(np.float32), "factors1": rng.random((50, dim)).astype(np.float32),
+                   "seen": rng.random(50) < 0.5} for _ in weights]
+        for s in states:
+            s["linear2"], s["factors2"] = s["linear1"], s["factors1"]  # (Adagrad: one state each)
+        merged, state = FM().merged(weights, states)
+        assert merged.dim == n * dim
+        expected = np.mean([logits(w, rows) for w in weights], axis=0)
+        assert logits(merged, rows) == pytest.approx(expected, rel=1e-5, abs=1e-5)
+        assert state["factors1"].shape == (50, n * dim) and state["factors2"] is state["factors1"]
+        assert (state["factors1"][:, :dim] == states[0]["factors1"]).all()
+        assert state["linear1"] == pytest.approx(np.mean([s["linear1"] for s in states], axis=0))
+        assert (state["seen"] == np.logical_or.reduce([s["seen"] for s in states])).all() and state["step"] == 7
+        assert FM().merged(weights, [None] * n)[1] is None
+
+
+def test_default_training_merges_two_refits_with_seeds_of_their_own(tmp_path):
+    common = [MOVIES_TRAIN, *MOVIES_FLAGS, "--threads", "1", "--no-rivals", "-q"]
+    assert invoke("train", *common, "-o", tmp_path / "two.fm").exit_code == 0
+    assert invoke("train", *common, "--refits", "1", "-o", tmp_path / "one.fm").exit_code == 0
+    two, one = load(tmp_path / "two.fm"), load(tmp_path / "one.fm")
+    assert (one.weights.dim, two.weights.dim) == (8, 16)
+    assert two.training["selection"]["refits"] == {"count": 2, "dim_each": 8, "seeds": [0, selection.REFIT_SEED_STEP]}
+    assert "refits" not in one.training["selection"]
+    # the first refit is the one-refit model: its half of the factors, scaled by 1/sqrt(2)
+    assert two.weights.factors[:, :8] == pytest.approx(one.weights.factors / np.sqrt(2), abs=1e-6)
+    shown = invoke("info", tmp_path / "two.fm")
+    assert "2 refits merged (dim 8 each" in shown.stdout + shown.stderr
+    # continuing from it takes its dim
+    more = invoke("train", MOVIES_TRAIN, "-m", tmp_path / "two.fm", "-o", tmp_path / "more.fm", "-q", "--threads", "1")
+    assert more.exit_code == 0, more.stderr
+    assert load(tmp_path / "more.fm").weights.dim == 16  # (a warm start refits once: its dim stays)
+    bad = invoke("train", *common, "--refits", "0", "-o", tmp_path / "bad.fm")
+    assert (bad.exit_code, bad.stderr) == (1, "error: --refits must be at least 1, got 0\n")

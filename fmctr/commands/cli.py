@@ -324,6 +324,7 @@ def train_cmd(
     holdout: Annotated[Optional[float], typer.Option(metavar="FRACTION", help="Without validation data or --epochs: hold out this last share of the rows, stop early on it, then train again on every row for the epochs chosen (0: hold nothing out, train 3 epochs).  [default: 0.1, at least 2,000 rows, at most 0.25]", rich_help_panel=TRAIN)] = None,
     rivals: Annotated[bool, typer.Option("--rivals/--no-rivals", "--l2-choice/--no-l2-choice", help="With --holdout: the held-out rows also choose among rivals of the defaults, each trained on them and kept only if it beats the one kept so far by more than the held-out rows' noise: no touch L2 on the factors (unless --l2-factors or --l2-all-factors is given), 3x the rate (unless --lr is), no factors (unless --dim is). --no-rivals keeps the defaults (one held-out run).", rich_help_panel=TRAIN)] = True,
     refit: Annotated[bool, typer.Option("--refit/--no-refit", help="With --holdout: train again on every row (--no-refit keeps the held-out run's model: one run, no rivals of the defaults tried).", rich_help_panel=TRAIN)] = True,
+    refits: Annotated[int, typer.Option(metavar="N", help="With --holdout: train again on every row N times, each with a seed of its own, and merge them into one model whose logit is the mean of theirs (an FM of N times the dim): the seeds' noise averaged. 1: one refit.", rich_help_panel=TRAIN)] = 2,
     batch_size: Annotated[Optional[int], typer.Option(help="Rows per update.  [default: 4 on the cpu engine, 1024 on torch]", rich_help_panel=TRAIN)] = None,
     lr: Annotated[Optional[float], typer.Option(help="Learning rate.  [default: 0.03; 3e-4 with adam]", rich_help_panel=TRAIN)] = None,
     optimizer: Annotated[str, typer.Option(help="adagrad, adam (both lazy: only the rows a batch touches move), or ftrl (FTRL-Proximal for the linear weights, Adagrad for the factors).", rich_help_panel=TRAIN)] = "adagrad",
@@ -394,6 +395,7 @@ def train_cmd(
             l2_factors=l2_factors, patience=patience, stop_metric=metric.lower(), seed=seed, threads=threads,
             engine=engine, device=device, l1=l1, init_std=init_std, l2_all_linear=l2_all, l2_all_factors=l2_all_factors, ftrl_alpha=ftrl_alpha, ftrl_beta=ftrl_beta, lr_decay=lr_decay,
             valid_every=valid_every, holdout=holdout, refit=refit, rivals=_rivals_left(ctx, rivals),
+            refits=refits,
         ).check()
     if output is None:
         raise BadOptions("give the model file to write with -o/--output")
@@ -409,6 +411,8 @@ def train_cmd(
                                      json_out=json_out, negatives=negatives, sampling=sampling, loss=loss, pool=pool,
                                      others=(start, resume, valid, valid_fraction, min_count, distributed.launched()))
     warm = load(start) if start is not None else None
+    if warm is not None and "dim" not in _given(ctx, {"dim": "dim"}):  # (a model of merged refits has 2x --dim)
+        cfg = cfg.with_options(dim=warm.weights.dim)
     replicas = sync = None
     if distributed.launched():
         if resume is not None or checkpoint_every is not None:

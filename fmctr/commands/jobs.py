@@ -234,7 +234,7 @@ def _check_train_options(path: str, cfg: TrainConfig, valid: str | None, valid_f
         validation = valid is not None or valid_fraction is not None
         chooses = selection.chooses_epochs(cfg, validation)
         check_memory(hashing.bits, cfg.dim, cfg.optimizer, validation or chooses,
-                     kept=int(chooses and cfg.refit and bool(selection.rival_names(cfg))))
+                     kept=selection.copies_held(cfg) if chooses and cfg.refit else 0)
     if base is not None:
         check_warm_start(base, cfg, hashing, "the model" if resume is None else "the checkpoint")
         if min_count is not None and (base.rare is None or base.rare.min_count != min_count):
@@ -337,7 +337,7 @@ def train_model(
                             valid_fraction=valid_fraction, base=base, min_count=min_count, log=log,
                             valid_block=valid_block)
         every_row = td.rows
-        td, cfg = _hold_out(td, cfg, valid is not None or valid_fraction is not None, progress)
+        td, cfg = _hold_out(td, cfg, valid is not None or valid_fraction is not None, progress, start is not None)
         job_of = partial(Job.of_run, path, valid, valid_fraction, output)
         run = partial(_train_rows, td, path, progress=progress, start=start, checkpoints=checkpoints, sync=sync,
                       on_epoch=on_epoch)
@@ -351,7 +351,7 @@ def train_model(
             td = replace(td, rows=every_row, valid=None)
     training = _training_record(td, result, positives, sync, started)
     if chose is not result:
-        training["selection"] = selection_record(chose, held_out.rows, result.config.epochs, tried)
+        training["selection"] = selection_record(chose, held_out.rows, result.config, tried)
     if start is not None:
         training["warm_start"] = start.training.get("input")
     model = Model(result.weights, td.data.schema, td.data.hashing, training, result.optimizer, rare=td.rare,
@@ -381,25 +381,33 @@ def _rival_runs(run, td: TrainingData, cfg: TrainConfig, result: TrainResult, jo
 
 
 def _refit(run, every_row: DatasetRows, refit: TrainConfig, held_out_rows: int, job_of, progress):
-    """The refit on every row for the epochs the held-out rows chose: (result, positives)."""
+    """The refits on every row for the epochs the held-out rows chose, merged into one
+    model (selection.merged): (result, positives)."""
+    times = f", {refit.refits} times with seeds of their own, merged" if refit.refits > 1 else ""
     _note(progress, f"{refit.epochs} epoch(s) chosen on {held_out_rows:,} held-out rows; "
-                    f"training again on all {every_row.rows:,} rows")
-    return run(every_row, refit, valid=None, resume=None, job=job_of(refit))
+                    f"training again on all {every_row.rows:,} rows{times}")
+    runs = [run(every_row, cfg, valid=None, resume=None, job=job_of(cfg)) for cfg in selection.refit_configs(refit)]
+    return selection.merged([result for result, _ in runs]), runs[0][1]
 
 
-def selection_record(chose, held_out_rows: int, epochs: int, rivals: dict | None = None) -> dict:
-    """How the held-out rows chose the epochs of a refit (`chose`: the TrainResult there)
-    and, when rivals ran, which (selection.RIVALS: {"tried": [...], "kept": [...]})."""
-    record = {"holdout_rows": held_out_rows, "best_epoch": chose.best_epoch, "epochs": epochs,
+def selection_record(chose, held_out_rows: int, refit: TrainConfig, rivals: dict | None = None) -> dict:
+    """How the held-out rows chose the epochs of a refit (`chose`: the TrainResult there;
+    `refit`: the refit's configuration), which rivals ran when they did (selection.RIVALS:
+    {"tried": [...], "kept": [...]}), and the refits merged (selection.refits_record)."""
+    record = {"holdout_rows": held_out_rows, "best_epoch": chose.best_epoch, "epochs": refit.epochs,
               "valid_metrics": chose.history[chose.best_epoch - 1].valid, "history": [asdict(e) for e in chose.history]}
     if rivals is not None:
         record["rivals"] = rivals
+    if selection.refits_record(refit) is not None:
+        record["refits"] = selection.refits_record(refit)
     return record
 
 
-def _hold_out(td: TrainingData, cfg: TrainConfig, validation: bool, progress) -> tuple[TrainingData, TrainConfig]:
+def _hold_out(td: TrainingData, cfg: TrainConfig, validation: bool, progress,
+              warm: bool) -> tuple[TrainingData, TrainConfig]:
     """Without validation data or --epochs: hold out the last rows to choose the epochs
-    on (fmctr.training.selection), or, when they cannot choose, the fixed budget."""
+    on (fmctr.training.selection), or, when they cannot choose, the fixed budget. A warm
+    start refits once (merged refits of it would double its dim again)."""
     if not selection.chooses_epochs(cfg, validation):
         return td, cfg
     fraction = selection.holdout_fraction(cfg, td.rows.rows)
@@ -408,7 +416,7 @@ def _hold_out(td: TrainingData, cfg: TrainConfig, validation: bool, progress) ->
         _note(progress, f"the last {fraction:.0%} of the rows cannot choose the epochs (none, or one class only): "
                         f"training {DEFAULT_EPOCHS} epochs on every row")
         return td, selection.fixed(cfg)
-    return replace(td, rows=parts[0], valid=parts[1]), cfg.with_options(holdout=fraction)
+    return replace(td, rows=parts[0], valid=parts[1]), cfg.with_options(holdout=fraction, refits=1 if warm else cfg.refits)
 
 
 def _note(progress, message: str) -> None:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from types import SimpleNamespace
 
 from fmctr.atomic import scratch_dir
@@ -291,11 +291,15 @@ def _blocks(rows: DatasetRows, fraction: float) -> list[int]:
 
 def _refit(winner: Trial, cfg: TrainConfig, data: _Data, min_count: int | None, log: Log) -> Model:
     """Without --valid, the final model as `fmctr train` makes it: every row, for the
-    epochs (and at the rates) the winner's trial chose on the held-out rows."""
+    epochs (and at the rates) the winner's trial chose on the held-out rows, the
+    refits merged (fmctr.training.selection.merged)."""
     refit = selection.refit_config(cfg.with_options(holdout=data.fraction), winner.chosen)
-    model, _ = train_model(data.train, spec=None, hashing=None, cfg=refit, min_count=min_count, log=log)
-    model.training["input"] = data.name
-    model.training["selection"] = selection_record(winner.chosen, int(round(data.rows * data.fraction)), refit.epochs)
+    runs = [train_model(data.train, spec=None, hashing=None, cfg=c, min_count=min_count, log=log)
+            for c in selection.refit_configs(refit)]
+    result = selection.merged([r for _, r in runs])
+    model = replace(runs[0][0], weights=result.weights, optimizer=result.optimizer)
+    model.training.update(input=data.name, config=asdict(result.config),
+                          selection=selection_record(winner.chosen, int(round(data.rows * data.fraction)), result.config))
     return model
 
 

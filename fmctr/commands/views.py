@@ -127,6 +127,15 @@ def _rivals_said(selection: dict) -> str:
     return f"; rivals of the defaults tried: {', '.join(map(str, rivals.get('tried') or []))}, kept: {kept}"
 
 
+def _refits_said(selection: dict) -> str:
+    """How many refits (each with a seed of its own) were merged into the model."""
+    refits = selection.get("refits")
+    if not isinstance(refits, dict):
+        return ""
+    return f"; {refits.get('count')} refits merged (dim {refits.get('dim_each')} each, seeds " \
+           f"{', '.join(map(str, refits.get('seeds') or []))})"
+
+
 def info_tables(info: dict) -> list:
     out = [_pairs("model", _model_rows(info))]
     if isinstance(info.get("schema"), dict):
@@ -136,7 +145,7 @@ def info_tables(info: dict) -> list:
     if info["selection"]:
         s = info["selection"]
         out.append(history_table(s["history"], f"epochs chosen on {_num(s.get('holdout_rows'))} held-out rows: "
-                                               f"{s.get('epochs')}{_rivals_said(s)}", s.get("best_epoch")))
+                                               f"{s.get('epochs')}{_rivals_said(s)}{_refits_said(s)}", s.get("best_epoch")))
     if info["history"]:
         best = info["training"].get("best_epoch") if info["training"].get("valid_rows") else None
         out.append(history_table(info["history"], "epochs" + (" (the refit on every row)" if info["selection"] else ""),

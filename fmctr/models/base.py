@@ -84,6 +84,10 @@ class ModelKind(Protocol):
     def from_sections(self, sections: dict[str, np.ndarray]):
         """Weights from the model file's arrays (per-index ones spread over all indices)."""
 
+    def merged(self, weights: list, optimizers: list[dict | None]) -> tuple[object, dict | None]:
+        """One model whose logit is the mean of the given models' logits, with their
+        optimizer states joined to match (None if any is None)."""
+
 
 KINDS: dict[str, ModelKind] = {}
 

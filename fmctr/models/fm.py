@@ -15,7 +15,7 @@ from fmctr.hashing.tokens import Rows
 from fmctr.models import scores
 from fmctr.models.base import register
 from fmctr.models.runtime import _torch
-from fmctr.models.weights import FMWeights
+from fmctr.models.weights import FMWeights, aligned_zeros
 
 
 def logits(w: FMWeights, rows: Rows) -> np.ndarray:
@@ -87,6 +87,35 @@ class FM:
 
     def from_sections(self, sections: dict[str, np.ndarray]) -> FMWeights:
         return FMWeights(sections["bias"], sections["linear"], sections["factors"])
+
+    def merged(self, weights: list[FMWeights], optimizers: list[dict | None]) -> tuple[FMWeights, dict | None]:
+        """One FM whose logit is the mean of the given FMs' logits: the bias and the
+        linear weights averaged, the factors side by side, scaled by 1/sqrt(n) - over
+        the joined factors a pair's <v_i, v_j> is the sum of the n models' - so its
+        dim is n times theirs. Their optimizer states alike (averaged for the bias and
+        the linear weights, side by side for the factors, the features any met)."""
+        n = len(weights)
+        k = weights[0].dim
+        factors = aligned_zeros((weights[0].num_features, n * k))
+        for i, w in enumerate(weights):
+            factors[:, i * k : (i + 1) * k] = w.factors * np.float32(1 / np.sqrt(n))
+        mean = lambda arrays: (sum(arrays[1:], arrays[0].copy()) / np.float32(n)).astype(np.float32)  # noqa: E731
+        merged = FMWeights(mean([w.bias for w in weights]), mean([w.linear for w in weights]), factors)
+        if any(o is None for o in optimizers):
+            return merged, None
+        return merged, _merged_state(optimizers, mean)
+
+
+def _merged_state(states: list[dict], mean) -> dict:
+    """FM.merged's optimizer state (fmctr.models.fm_engines' optimizer_state); FTRL's
+    linear state (z, n) averaged gives weights near, not at, the averaged ones."""
+    first = dict(states[0])
+    out = dict(first, bias=mean([s["bias"] for s in states]), seen=np.logical_or.reduce([s["seen"] for s in states]))
+    for one, two in (("linear1", "linear2"), ("factors1", "factors2")):
+        join = mean if one.startswith("linear") else (lambda arrays: np.concatenate(arrays, axis=1))
+        out[one] = join([s[one] for s in states])
+        out[two] = out[one] if first[two] is first[one] else (None if first[two] is None else join([s[two] for s in states]))
+    return out
 
 
 register(FM())

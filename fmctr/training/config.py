@@ -86,6 +86,7 @@ class Schedule:
     holdout: float | None = None
     refit: bool = True
     rivals: Names | None = None  # there: the rivals of the defaults tried too (None: every one; selection.RIVALS)
+    refits: int = 2  # there: refits on every row, each with a seed of its own, merged (selection.merged)
     lr_by_epoch: list | None = None  # each epoch's rate (a refit replays the rates that chose it)
 
 
@@ -201,6 +202,7 @@ def _rules(cfg: TrainConfig) -> list[tuple[bool, str]]:
         (0 < s.lr_decay <= 1, f"--lr-decay must be in (0, 1], got {s.lr_decay}"),
         (s.valid_every is None or s.valid_every >= 1, f"--valid-every must be at least 1 row, got {s.valid_every}"),
         (s.holdout is None or 0 <= s.holdout < 1, f"--holdout must be at least 0 and below 1, got {s.holdout}"),
+        (s.refits >= 1, f"--refits must be at least 1, got {s.refits}"),
         (s.lr_by_epoch is None or s.epochs is not None and len(s.lr_by_epoch) >= s.epochs
          and all(v > 0 and math.isfinite(v) for v in s.lr_by_epoch), "a rate for every epoch, each positive"),
         (t.engine in ENGINES, f"unknown engine {t.engine!r} (choose from {', '.join(ENGINES)})"),
