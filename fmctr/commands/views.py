@@ -148,8 +148,8 @@ def info_tables(info: dict) -> list:
                                                f"{s.get('epochs')}{_rivals_said(s)}{_refits_said(s)}", s.get("best_epoch")))
     if info["history"]:
         best = info["training"].get("best_epoch") if info["training"].get("valid_rows") else None
-        out.append(history_table(info["history"], "epochs" + (" (the refit on every row)" if info["selection"] else ""),
-                                 best))
+        refit = " (the first refit on every row)" if (info["selection"] or {}).get("refits") else " (the refit on every row)"
+        out.append(history_table(info["history"], "epochs" + (refit if info["selection"] else ""), best))
     return out
 
 
