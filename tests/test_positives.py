@@ -244,3 +244,25 @@ def test_train_from_positives_on_the_command_line(tmp_path):
     bad = CliRunner().invoke(app, [args[0], str(tmp_path / "bad.csv"), *args[2:], "--force"])
     assert bad.exit_code == 1
     assert bad.output == f"error: {tmp_path / 'bad.csv'}: row 1: item 'nope' is not in the catalogue {SAMPLE / 'items.csv'}\n"
+
+
+def test_from_positives_one_refit_by_default_and_merged_refits_when_asked():
+    """This mode keeps one refit (POSITIVES_DEFAULTS); --refits 2 merges two, and the
+    merged model still splits into towers: the vectors' scores are the FM's."""
+    positives, test, users = planted_world()
+    cfg = TrainConfig.from_options(threads=1, engine="cpu")
+    one, _ = train_positives(positives, cfg, bits=11, negatives=4, given=frozenset())
+    two, chose = train_positives(positives, cfg.with_options(refits=2), bits=11, negatives=4,
+                                 given=frozenset({"refits"}))
+    assert chose is not None and one.weights.dim == 64 and two.weights.dim == 128 and two.config.refits == 2
+    np.testing.assert_allclose(two.weights.factors[:, :64], one.weights.factors / np.sqrt(2), rtol=1e-6, atol=1e-9)
+    w = two.weights
+    scores = user_side(w, users).vectors @ item_vectors(w, positives.catalogue).T
+    pairs = ((3, 7), (40, 99))
+    rows = Rows(np.array([i for u, t in pairs for i in (u, 1000 + t)], np.int32), np.ones(4, np.float32),
+                np.array([0, 2, 4], np.int64), None)
+    from fmctr.models.fm import logits
+
+    # an FM's logit: bias + the user's linear weight (constant for the user) + the towers' score
+    expected = [w.bias[0] + w.linear[u] + scores[u, t] for u, t in pairs]
+    assert logits(w, rows) == pytest.approx(expected, abs=1e-4)

@@ -458,7 +458,7 @@ def train_cmd(
 
 # train's options that training from positives gives defaults of its own: CLI name -> config name
 POSITIVES_OPTIONS = {"dim": "dim", "lr": "lr", "init_std": "init_std", "l2": "l2_linear", "l2_factors": "l2_factors",
-                     "l2_all_factors": "l2_all_factors"}
+                     "l2_all_factors": "l2_all_factors", "refits": "refits"}
 
 
 # Each rival of the defaults (fmctr.training.selection.RIVALS) and the options that, given, rule it out
