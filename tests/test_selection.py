@@ -197,12 +197,13 @@ def test_default_training_merges_two_refits_with_seeds_of_their_own(tmp_path):
     assert two.training["selection"]["refits"] == {"count": 2, "dim_each": 8, "seeds": [0, selection.REFIT_SEED_STEP]}
     assert "refits" not in one.training["selection"]
     # the first refit is the one-refit model: its half of the factors, scaled by 1/sqrt(2)
-    assert two.weights.factors[:, :8] == pytest.approx(one.weights.factors / np.sqrt(2), abs=1e-6)
+    np.testing.assert_allclose(two.weights.factors[:, :8], one.weights.factors / np.sqrt(2), rtol=1e-6, atol=1e-9)
     shown = invoke("info", tmp_path / "two.fm")
     assert "2 refits merged (dim 8 each" in shown.stdout + shown.stderr
     # continuing from it takes its dim
-    more = invoke("train", MOVIES_TRAIN, "-m", tmp_path / "two.fm", "-o", tmp_path / "more.fm", "-q", "--threads", "1")
+    more = invoke("train", MOVIES_TRAIN, "-m", tmp_path / "two.fm", "-o", tmp_path / "more.fm", "--threads", "1")
     assert more.exit_code == 0, more.stderr
     assert load(tmp_path / "more.fm").weights.dim == 16  # (a warm start refits once: its dim stays)
+    assert "the held-out rows choose" not in more.stderr  # (and tries no rivals: it continues the model given)
     bad = invoke("train", *common, "--refits", "0", "-o", tmp_path / "bad.fm")
     assert (bad.exit_code, bad.stderr) == (1, "error: --refits must be at least 1, got 0\n")

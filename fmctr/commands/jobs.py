@@ -344,7 +344,7 @@ def train_model(
         result, positives = run(td.rows, cfg, valid=td.valid, resume=resume, job=job_of(cfg))
         chose, held_out, tried = result, (td.valid if valid is None and valid_fraction is None else None), None
         if held_out is not None and cfg.epochs is None and cfg.holdout and cfg.refit:
-            if resume is None:  # tried: the rivals of the defaults tried and kept
+            if resume is None and start is None:  # tried: the rivals of the defaults tried and kept (a warm start: none)
                 chose, cfg, tried = _rival_runs(run, td, cfg, result, job_of, progress, sync)
             result, positives = _refit(run, every_row, selection.refit_config(cfg, chose), td.valid.rows, job_of,
                                        progress)
