@@ -398,8 +398,9 @@ def selection_record(chose, held_out_rows: int, refit: TrainConfig, rivals: dict
               "valid_metrics": chose.history[chose.best_epoch - 1].valid, "history": [asdict(e) for e in chose.history]}
     if rivals is not None:
         record["rivals"] = rivals
-    if selection.refits_record(refit) is not None:
-        record["refits"] = selection.refits_record(refit)
+    refits = selection.refits_record(refit)
+    if refits is not None:
+        record["refits"] = refits
     return record
 
 
