@@ -167,8 +167,7 @@ def refits_record(cfg: TrainConfig) -> dict | None:
     """The model file's note of a merged refit (None for one refit)."""
     if cfg.refits == 1:
         return None
-    return {"count": cfg.refits, "dim_each": cfg.dim // cfg.refits,
-            "seeds": [cfg.seed + i * REFIT_SEED_STEP for i in range(cfg.refits)]}
+    return {"count": cfg.refits, "dim_each": cfg.dim // cfg.refits, "seeds": [c.seed for c in refit_configs(cfg)]}
 
 
 def fixed(cfg: TrainConfig) -> TrainConfig:
