@@ -160,3 +160,38 @@ def test_explain_names_a_standardised_value_apart_from_its_bucket(tmp_path):
     values = [n for n in names if n.endswith(" (value)")]
     assert values and all(n.split("=")[0] in {f"m{j}" for j in range(5)} for n in values)
     assert any(n.startswith("m0=") and not n.endswith(" (value)") for n in names)  # its bucket, named apart
+
+
+def test_the_standard_mode_puts_the_value_alone_on_the_field(tmp_path):
+    """--numeric-mode standard: one position per field, the value index with z (the
+    missing token with 1 where missing), fitted on whole numbers too; the model keeps
+    the fit and predict applies it."""
+    data = measurements(300, 4)
+    data.write_csv(tmp_path / "train.csv")
+    spec = SchemaSpec(numeric=("m0", "count"), ignore=("m1", "m2", "m3", "m4"), numeric_mode="standard")
+    inp = open_input(str(tmp_path / "train.csv"), spec=spec, require_label=True)
+    fields = {f.name: f for f in inp.schema.fields}
+    for name in ("m0", "count"):
+        t = signed_log(data[name].to_numpy().astype(float))
+        assert fields[name].standard == pytest.approx((t.mean(), t.std()))
+    rows = inp.all_rows()
+    assert np.diff(rows.offsets).tolist() == [3] * 300  # m0, count, shop: no buckets, no second feature
+    at = [f.name for f in inp.schema.fields].index("m0")
+    assert set(rows.indices[at::3].tolist()) == {token_index("m0", VALUE_TOKEN, inp.hashing)}
+    t = signed_log(data["m0"].to_numpy())
+    assert np.allclose(rows.values[at::3], (t - t.mean()) / t.std(), atol=1e-5)
+
+    schema = Schema("label", (Field("m", "numeric", "standard", standard=(0.0, 0.1)),))
+    c = Chunk(pl.DataFrame({"label": ["1", "0"], "m": ["0.5", ""]}), first_line=2)
+    two = hash_chunk(c, schema, HashSpec(bits=20), name="t", columns=["label", "m"], require_label=True)
+    assert two.indices.tolist() == [token_index("m", VALUE_TOKEN, HashSpec(bits=20)), token_index("m", "", HashSpec(bits=20))]
+    assert two.values.tolist() == pytest.approx([np.log1p(0.5) / 0.1, 1.0])
+
+    model = tmp_path / "standard.fm"
+    flags = ["--numeric", "m0,count", "--ignore", "m1,m2,m3,m4", "--numeric-mode", "standard"]
+    assert invoke("train", tmp_path / "train.csv", *flags, "-o", model, "--epochs", "2", "-q").exit_code == 0
+    assert [f.numeric for f in load(model).schema.fields if f.kind == "numeric"] == ["standard", "standard"]
+    scored = invoke("predict", tmp_path / "train.csv", "-m", model)
+    assert scored.exit_code == 0, scored.stderr
+    with pytest.raises(BadSchema, match="center and scale"):  # a stored field of this mode without its fit
+        Schema.from_dict({"label": "label", "fields": [{"name": "m", "kind": "numeric", "numeric": "standard"}]})

@@ -77,7 +77,8 @@ def _schema_table(schema: dict) -> Table:
     for f in schema.get("fields", []):
         how = {"numeric": f"--numeric-mode {f.get('numeric')}", "multi": f"split on {f.get('sep')!r}"}.get(f.get("kind"), "")
         if f.get("standard"):  # (fmctr.hashing.standard: one per field, so no run shares it)
-            how += ", and its value standardised (center {:.4g}, scale {:.4g})".format(*f["standard"])
+            alone = "" if f.get("numeric") == "standard" else ", and"
+            how += "{} its value standardised (center {:.4g}, scale {:.4g})".format(alone, *f["standard"])
         if runs and runs[-1][1:] == (str(f.get("kind")), how):
             runs[-1][0].append(str(f.get("name")))
         else:

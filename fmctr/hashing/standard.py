@@ -45,9 +45,10 @@ def z_values(x: np.ndarray, standard: tuple[float, float]) -> np.ndarray:
 
 def fit(schema: Schema, source: Source) -> tuple[Schema, Source]:
     """The schema with `standard` set on each `auto` numeric field whose values in the
-    source's first FIT_ROWS rows include a fractional number, and the source with those
-    rows still to come. Every other `auto` field hashes as `fine`."""
-    auto = [f.name for f in schema.fields if f.kind == "numeric" and f.numeric == "auto"]
+    source's first FIT_ROWS rows include a fractional number, and on every field of
+    the mode `standard`; and the source with those rows still to come. Every other
+    `auto` field hashes as `fine`."""
+    auto = [f.name for f in schema.fields if f.kind == "numeric" and f.numeric in ("auto", "standard")]
     if not auto:
         return schema, source
     ahead, frames, rows = [], [], 0
@@ -61,20 +62,24 @@ def fit(schema: Schema, source: Source) -> tuple[Schema, Source]:
     if not frames:
         return schema, source
     frame = pl.concat(frames)
-    standards = {name: fitted(frame.get_column(name)) for name in auto}
+    whole_too = {f.name for f in schema.fields if f.numeric == "standard"}
+    standards = {name: fitted(frame.get_column(name), name in whole_too) for name in auto}
     fields = tuple(replace(f, standard=standards[f.name]) if f.name in standards else f for f in schema.fields)
     return replace(schema, fields=fields), source
 
 
-def fitted(column: pl.Series) -> tuple[float, float] | None:
-    """(center, scale) for a column of numeric text when it holds a fractional value, else None."""
+def fitted(column: pl.Series, whole_too: bool = False) -> tuple[float, float] | None:
+    """(center, scale) for a column of numeric text when it holds a fractional value
+    (or, `whole_too`, any values: a constant or empty column gets the scale 1), else None."""
     x = column.str.strip_chars().cast(pl.Float64, strict=False).to_numpy()
     x = x[np.isfinite(x)]
-    if len(x) < 2 or np.all(x == np.round(x)):
+    if not whole_too and (len(x) < 2 or np.all(x == np.round(x))):
         return None
     t = signed_log(x)
-    scale = float(t.std())
-    return (float(t.mean()), scale) if scale > 0 else None
+    center, scale = (float(t.mean()), float(t.std())) if len(t) else (0.0, 0.0)
+    if scale > 0:
+        return center, scale
+    return (center, 1.0) if whole_too else None
 
 
 def _frame(chunk: Chunk | RawChunk, source: Source, names: list[str]) -> pl.DataFrame:

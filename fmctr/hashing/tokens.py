@@ -348,9 +348,12 @@ def _single_fields(frame: pl.DataFrame, singles: list[Field], spec: HashSpec, na
             x = column.to_numpy()
             missing = np.isnan(x)
             single_idx[:, j] = np.where(missing, token_index(f.name, MISSING, spec), token_index(f.name, VALUE_TOKEN, spec))
-            value = x if f.numeric == "raw" else np.sign(x) * np.log1p(np.abs(x))
+            if f.numeric == "standard":
+                value = z_values(x, f.standard)
+            else:
+                value = x if f.numeric == "raw" else np.sign(x) * np.log1p(np.abs(x))
             single_val[:, j] = np.where(missing, 1.0, value)
-    standardised = [f for f in numeric if f.standard is not None]
+    standardised = [f for f in numeric if f.standard is not None and f.numeric != "standard"]
     if standardised:  # (fmctr.hashing.standard) after every single-valued field's own position
         z_idx = np.array([token_index(f.name, VALUE_TOKEN, spec) for f in standardised], np.int32)
         z_val = np.column_stack([z_values(computed.get_column(f.name).to_numpy(), f.standard) for f in standardised])

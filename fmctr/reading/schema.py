@@ -16,7 +16,7 @@ from pathlib import Path
 from fmctr.errors import BadSchema
 
 KINDS = ("categorical", "numeric", "multi")
-NUMERIC_MODES = ("auto", "fine", "bucket", "log1p", "raw")
+NUMERIC_MODES = ("auto", "fine", "bucket", "log1p", "raw", "standard")
 BUCKETED = ("auto", "fine", "bucket")  # the modes that hash a numeric value's bucket token (fmctr.hashing.bucket_values)
 FINE = ("auto", "fine")  # the modes whose fractional values get buckets of their own scale
 FORMATS = ("csv", "tsv", "criteo", "parquet", "libsvm", "libffm")
@@ -38,7 +38,9 @@ class Field:
     is `fine`, and a column whose training values are fractional also gets its
     value standardised, (sign(x)*ln(1+|x|) - center) / scale clipped to +-5, as a
     second feature: `standard` holds (center, scale), fitted on the training rows
-    (fmctr.hashing.standard). `sep` splits a multi-valued column into a bag of tokens."""
+    (fmctr.hashing.standard). The mode `standard` puts that standardised value alone
+    on the field's one index (no bucket). `sep` splits a multi-valued column into a
+    bag of tokens."""
 
     name: str
     kind: str = "categorical"
@@ -155,7 +157,7 @@ class Schema:
         (fmctr.hashing.standard), then each multi-valued field's bag."""
         fields = list(enumerate(self.fields))
         return [(j, False) for j, f in fields if f.kind != "multi"] + \
-            [(j, True) for j, f in fields if f.standard is not None] + \
+            [(j, True) for j, f in fields if f.standard is not None and f.numeric != "standard"] + \
             [(j, False) for j, f in fields if f.kind == "multi"]
 
     def side(self, item: bool) -> Schema:
@@ -184,6 +186,8 @@ def _stored_schema_problem(schema: Schema) -> str | None:
             return f"field {f.name!r}: a name, a kind ({', '.join(KINDS)}), a numeric mode and a separator"
         if f.standard is not None and f.kind != "numeric":
             return f"field {f.name!r}: only a numeric field has a standardised value"
+        if f.numeric == "standard" and f.kind == "numeric" and f.standard is None:
+            return f"field {f.name!r}: the numeric mode standard needs its center and scale"
     return None
 
 
