@@ -207,3 +207,28 @@ def test_default_training_merges_two_refits_with_seeds_of_their_own(tmp_path):
     assert "the held-out rows choose" not in more.stderr  # (and tries no rivals: it continues the model given)
     bad = invoke("train", *common, "--refits", "0", "-o", tmp_path / "bad.fm")
     assert (bad.exit_code, bad.stderr) == (1, "error: --refits must be at least 1, got 0\n")
+
+
+def test_few_rows_score_the_rivals_on_several_blocks():
+    assert selection.folds(309, 0.25) == selection.MAX_FOLDS == 4  # 77 held-out rows
+    assert selection.folds(100, 0.1) == 4
+    assert selection.folds(8_000, 0.25) == selection.folds(7_999, 0.25) == 1  # 2,000 held out (rounded, as split)
+    assert selection.folds(50_000, 0.1) == 1 and selection.folds(1_000, 0.0) == 1
+
+
+def test_on_few_rows_every_block_is_held_out_from_a_run_of_its_own(tmp_path, monkeypatch):
+    """400 rows: a quarter held out, so the defaults and each rival are scored on four
+    blocks of 100 rows - every row once - each block held out from its own run."""
+    from test_standard import measurements
+    measurements(400, 0).write_csv(tmp_path / "small.csv")
+    scored = []
+    real_wins = selection.rival_wins
+    monkeypatch.setattr(selection, "rival_wins", lambda a, b: scored.append((len(a), len(b))) or real_wins(a, b))
+    runs = []
+    real_held = selection.held_losses
+    monkeypatch.setattr(selection, "held_losses", lambda run, held: runs.append(held.rows) or real_held(run, held))
+    result = invoke("train", tmp_path / "small.csv", "--numeric", "m0,m1,m2,m3,m4,count", "-o", tmp_path / "m.fm", "--threads", "1")
+    assert result.exit_code == 0, result.stderr
+    assert "scored on 4 blocks of held-out rows" in result.stderr
+    rivals = load(tmp_path / "m.fm").training["selection"]["rivals"]["tried"]
+    assert scored == [(400, 400)] * len(rivals) and runs == [100] * 4 * (1 + len(rivals))

@@ -216,6 +216,7 @@ class TrainingData:
     rows: DatasetRows
     valid: DatasetRows | None
     rare: RareMap | None
+    every_row: DatasetRows | None = None  # with rows held out to choose on: every row, those too
 
 
 def _check_train_options(path: str, cfg: TrainConfig, valid: str | None, valid_fraction: float | None,
@@ -336,7 +337,6 @@ def train_model(
         td = _training_data(path, tmp, spec=spec, schema=schema, hashing=hashing, valid=valid,
                             valid_fraction=valid_fraction, base=base, min_count=min_count, log=log,
                             valid_block=valid_block)
-        every_row = td.rows
         td, cfg = _hold_out(td, cfg, valid is not None or valid_fraction is not None, progress, start is not None)
         job_of = partial(Job.of_run, path, valid, valid_fraction, output)
         run = partial(_train_rows, td, path, progress=progress, start=start, checkpoints=checkpoints, sync=sync,
@@ -346,9 +346,8 @@ def train_model(
         if held_out is not None and cfg.epochs is None and cfg.holdout and cfg.refit:
             if resume is None and start is None:  # tried: the rivals of the defaults tried and kept (a warm start: none)
                 chose, cfg, tried = _rival_runs(run, td, cfg, result, job_of, progress, sync)
-            result, positives = _refit(run, every_row, selection.refit_config(cfg, chose), td.valid.rows, job_of,
-                                       progress)
-            td = replace(td, rows=every_row, valid=None)
+            result, positives = _refit(run, td, selection.refit_config(cfg, chose), job_of, progress)
+            td = replace(td, rows=td.every_row, valid=None)
     training = _training_record(td, result, positives, sync, started)
     if chose is not result:
         training["selection"] = selection_record(chose, held_out.rows, result.config, tried)
@@ -363,16 +362,21 @@ def _rival_runs(run, td: TrainingData, cfg: TrainConfig, result: TrainResult, jo
     """The held-out run again for each rival of the defaults the user left open
     (fmctr.training.selection.rival_names), each kept only where the held-out rows
     choose it over the run kept so far: (the held-out run kept, its configuration,
-    {"tried": names, "kept": the rivals kept}; None when no rival ran). Data-parallel
+    {"tried": names, "kept": the rivals kept}; None when no rival ran). On few rows
+    each is scored on several blocks of held-out rows (selection.folds). Data-parallel
     ranks hold out the same rows and end with the same weights, so they choose alike;
     `sync.any` makes sure of it."""
     names = selection.rival_names(cfg)
-    kept_names, kept_losses = [], selection.held_losses(result, td.valid) if names else None
+    blocks = selection.folds(td.every_row.rows, cfg.holdout)
+    if names and blocks > 1:
+        _note(progress, f"few rows: the rivals of the defaults are scored on {blocks} blocks of held-out rows, "
+                        f"each held out from a run of its own")
+    kept_names, kept_losses = [], _held_losses(run, td, cfg, result, blocks, job_of) if names else None
     for name in names:
         other_cfg = selection.rival(name, cfg, result)
         _note(progress, f"training again on the same rows {selection.RIVAL_NOTES[name]}; the held-out rows choose")
         other, _ = run(td.rows, other_cfg, valid=td.valid, resume=None, job=job_of(other_cfg))
-        other_losses = selection.held_losses(other, td.valid)  # (the kept run's are scored once, not per rival)
+        other_losses = _held_losses(run, td, other_cfg, other, blocks, job_of)  # (the kept run's: once)
         wins = selection.rival_wins(kept_losses, other_losses)
         if sync.any(wins) if sync is not None else wins:
             result, cfg, kept_losses = other, other_cfg, other_losses
@@ -380,13 +384,28 @@ def _rival_runs(run, td: TrainingData, cfg: TrainConfig, result: TrainResult, jo
     return result, cfg, ({"tried": names, "kept": kept_names} if names else None)
 
 
-def _refit(run, every_row: DatasetRows, refit: TrainConfig, held_out_rows: int, job_of, progress):
+def _held_losses(run, td: TrainingData, cfg: TrainConfig, first: TrainResult, blocks: int, job_of) -> np.ndarray:
+    """Each held-out row's logloss under cfg: those of td's held-out rows under its run
+    `first`, then, with more blocks (selection.folds), those of each block of rows
+    before them, held out from a run of its own."""
+    losses = [selection.held_losses(first, td.valid)]
+    for block in range(1, blocks):
+        fit, held = td.every_row.split_block(cfg.holdout, block)
+        if not selection.usable(held.labels()):  # (one class: the same blocks are left out for every rival)
+            continue
+        result, _ = run(fit, cfg, valid=held, resume=None, job=job_of(cfg))
+        losses.append(selection.held_losses(result, held))
+    return np.concatenate(losses)
+
+
+def _refit(run, td: TrainingData, refit: TrainConfig, job_of, progress):
     """The refits on every row for the epochs the held-out rows chose, merged into one
     model (selection.merged): (result, positives)."""
     times = f", {refit.refits} times with seeds of their own, merged" if refit.refits > 1 else ""
-    _note(progress, f"{refit.epochs} epoch(s) chosen on {held_out_rows:,} held-out rows; "
-                    f"training again on all {every_row.rows:,} rows{times}")
-    runs = [run(every_row, cfg, valid=None, resume=None, job=job_of(cfg)) for cfg in selection.refit_configs(refit)]
+    _note(progress, f"{refit.epochs} epoch(s) chosen on {td.valid.rows:,} held-out rows; "
+                    f"training again on all {td.every_row.rows:,} rows{times}")
+    runs = [run(td.every_row, cfg, valid=None, resume=None, job=job_of(cfg))
+            for cfg in selection.refit_configs(refit)]
     return selection.merged([result for result, _ in runs]), runs[0][1]
 
 
@@ -417,7 +436,8 @@ def _hold_out(td: TrainingData, cfg: TrainConfig, validation: bool, progress,
         _note(progress, f"the last {fraction:.0%} of the rows cannot choose the epochs (none, or one class only): "
                         f"training {DEFAULT_EPOCHS} epochs on every row")
         return td, selection.fixed(cfg)
-    return replace(td, rows=parts[0], valid=parts[1]), cfg.with_options(holdout=fraction, refits=1 if warm else cfg.refits)
+    return (replace(td, rows=parts[0], valid=parts[1], every_row=td.rows),
+            cfg.with_options(holdout=fraction, refits=1 if warm else cfg.refits))
 
 
 def _note(progress, message: str) -> None:

@@ -68,6 +68,24 @@ def split(rows, fraction: float):
     return fit, held
 
 
+# Few rows: where the held-out rows are fewer than MIN_HOLDOUT_ROWS, each rival (and
+# the run it is set against) is scored on up to MAX_FOLDS blocks of held-out rows - the
+# last ones, then each share before them, held out from a run of its own (cross-
+# validation) - so that the choice rests on every row, not on the last quarter alone
+# (77 of the diabetes set's 309 rows). The epochs are still those the last rows chose.
+# Measured on other splits than the suite's (sklearn's data, train_test_split with
+# random_state 1..8, seed 0; README "Accuracy"): digits 0.9733 -> 0.9839 (6 splits,
+# higher on each), diabetes 0.8192 / 0.8190, breast cancer 0.9919 / 0.9917 (8 splits).
+MAX_FOLDS = 4
+
+
+def folds(rows: int, fraction: float) -> int:
+    """How many blocks of held-out rows (each `fraction` of `rows`) rivals are scored on."""
+    if fraction <= 0 or int(round(rows * fraction)) >= MIN_HOLDOUT_ROWS:
+        return 1
+    return max(1, min(MAX_FOLDS, int(1 / fraction + 1e-9)))
+
+
 def refit_config(cfg: TrainConfig, chosen) -> TrainConfig:
     """The refit's configuration: the epochs the held-out rows chose, each with the
     rate it had there (the first epoch's is the configured rate)."""
