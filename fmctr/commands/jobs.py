@@ -387,13 +387,15 @@ def _rival_runs(run, td: TrainingData, cfg: TrainConfig, result: TrainResult, jo
 def _held_losses(run, td: TrainingData, cfg: TrainConfig, first: TrainResult, blocks: int, job_of) -> np.ndarray:
     """Each held-out row's logloss under cfg: those of td's held-out rows under its run
     `first`, then, with more blocks (selection.folds), those of each block of rows
-    before them, held out from a run of its own."""
+    before them, held out from a run of its own that trains as the refit would (the
+    epochs and rates `first` chose), so that no block chooses the epochs it is scored on."""
     losses = [selection.held_losses(first, td.valid)]
+    as_chosen = selection.refit_config(cfg, first).with_options(refits=1)
     for block in range(1, blocks):
         fit, held = td.every_row.split_block(cfg.holdout, block)
         if not selection.usable(held.labels()):  # (one class: the same blocks are left out for every rival)
             continue
-        result, _ = run(fit, cfg, valid=held, resume=None, job=job_of(cfg))
+        result, _ = run(fit, as_chosen, valid=None, resume=None, job=job_of(as_chosen))
         losses.append(selection.held_losses(result, held))
     return np.concatenate(losses)
 
