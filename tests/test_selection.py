@@ -4,6 +4,8 @@ and trains again on every row (fmctr.training.selection)."""
 from __future__ import annotations
 
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
@@ -63,11 +65,14 @@ def test_default_training_chooses_then_refits_on_every_row(tmp_path):
     assert (config["model"]["dim"] == 0) == ("linear" in rivals["kept"])
     rate = config["optimization"]["lr"]
     assert ("rate" in rivals["kept"]) == (rate == pytest.approx(selection.RIVAL_RATE * DEFAULT_LR["adagrad"]))
-    # here (at --threads 1, so always) the held-out rows keep the L2 rival and then the
-    # 3x rate, and the refit trains at it: the rivals do win where they should
-    assert rivals["kept"] == ["l2", "rate"] and rates[0] == pytest.approx(0.09)
+    # here (at --threads 1, so always) the held-out rows keep the L2 rival and then a
+    # tenth of the linear weights' touch L2 (of the held-out run's rows), and the refit
+    # trains with them: the rivals do win where they should
+    assert rivals["kept"] == ["l2", "l2_linear"] and rates[0] == pytest.approx(DEFAULT_LR["adagrad"])
+    fit_rows = rows - chose["holdout_rows"]
+    assert config["regularization"]["l2_linear"] == pytest.approx(selection.RIVAL_L2_LINEAR * 80 / fit_rows)
     shown = invoke("info", path)
-    assert "kept: l2, rate" in shown.stdout + shown.stderr
+    assert "kept: l2, l2_linear" in shown.stdout + shown.stderr
 
 
 def test_the_rival_wins_only_by_more_than_the_held_out_rows_noise():
@@ -85,16 +90,19 @@ def test_the_rival_wins_only_by_more_than_the_held_out_rows_noise():
 
 def test_a_rival_runs_only_where_the_user_left_its_options_alone():
     cfg = TrainConfig()
-    assert selection.rival_names(cfg) == ["l2", "rate", "linear"]
-    assert selection.rival_names(cfg.with_options(l2_factors=0.01)) == ["rate", "linear"]
-    assert selection.rival_names(cfg.with_options(l2_all_factors=1e-4)) == ["rate", "linear"]
-    assert selection.rival_names(cfg.with_options(l2_linear=0.5)) == ["l2", "rate", "linear"]  # not the question
-    assert selection.rival_names(cfg.with_options(lr=0.03)) == ["l2", "linear"]
-    assert selection.rival_names(cfg.with_options(dim=0)) == ["l2", "rate"]
+    assert selection.rival_names(cfg) == ["l2", "l2_linear", "rate", "linear"]
+    assert selection.rival_names(cfg.with_options(l2_factors=0.01)) == ["l2_linear", "rate", "linear"]
+    assert selection.rival_names(cfg.with_options(l2_all_factors=1e-4)) == ["l2_linear", "rate", "linear"]
+    assert selection.rival_names(cfg.with_options(l2_linear=0.5)) == ["l2", "rate", "linear"]
+    assert selection.rival_names(cfg.with_options(optimizer="ftrl")) == ["l2", "rate", "linear"]  # (its lambda2)
+    assert selection.rival_names(cfg.with_options(lr=0.03)) == ["l2", "l2_linear", "linear"]
+    assert selection.rival_names(cfg.with_options(dim=0)) == ["l2", "l2_linear", "rate"]
     assert selection.rival_names(cfg.with_options(rivals=["rate"])) == ["rate"]
     assert selection.rival_names(cfg.with_options(rivals=[])) == []
     l2 = selection.rival("l2", cfg, None)
     assert (l2.l2_factors, l2.l2_all_factors) == tuple(selection.RIVAL_L2.values())
+    held_out_run = SimpleNamespace(config=cfg.resolved(engine="cpu", device="cpu", rows=800, validation=True))
+    assert selection.rival("l2_linear", cfg, held_out_run).l2_linear == pytest.approx(0.1 * 80 / 800)
 
 
 def test_checkpoints_from_before_the_rivals_keep_their_choice():
@@ -105,8 +113,8 @@ def test_checkpoints_from_before_the_rivals_keep_their_choice():
 
 
 @pytest.mark.parametrize("flags, tried", [
-    (["--l2-factors", "0.01"], ["rate", "linear"]), (["--l2-all-factors", "3e-4"], ["rate", "linear"]),
-    (["--lr", "0.03", "--dim", "8"], ["l2"]), (["--no-rivals"], None), (["--no-l2-choice"], None)])
+    (["--l2-factors", "0.01"], ["l2_linear", "rate", "linear"]), (["--l2-all-factors", "3e-4"], ["l2_linear", "rate", "linear"]),
+    (["--lr", "0.03", "--dim", "8", "--l2", "0.01"], ["l2"]), (["--no-rivals"], None), (["--no-l2-choice"], None)])
 def test_given_options_rule_out_their_rivals(tmp_path, flags, tried):
     path = tmp_path / "m.fm"
     result = invoke("train", MOVIES_TRAIN, *MOVIES_FLAGS, "-o", path, "--threads", "1", *flags)

@@ -322,7 +322,7 @@ def train_cmd(
     dim: Annotated[int, typer.Option(help="Factor dimension k; 0 trains logistic regression.", rich_help_panel=TRAIN)] = 8,
     epochs: Annotated[Optional[int], typer.Option(help="Passes over the data, fixed; with validation, the most (early stopping decides).  [default: chosen on held-out rows (--holdout), at most 20]", rich_help_panel=TRAIN)] = None,
     holdout: Annotated[Optional[float], typer.Option(metavar="FRACTION", help="Without validation data or --epochs: hold out this last share of the rows, stop early on it, then train again on every row for the epochs chosen (0: hold nothing out, train 3 epochs).  [default: 0.1, at least 2,000 rows, at most 0.25]", rich_help_panel=TRAIN)] = None,
-    rivals: Annotated[bool, typer.Option("--rivals/--no-rivals", "--l2-choice/--no-l2-choice", help="With --holdout: the held-out rows also choose among rivals of the defaults, each trained on them and kept only if it beats the one kept so far by more than the held-out rows' noise: no touch L2 on the factors (unless --l2-factors or --l2-all-factors is given), 3x the rate (unless --lr is), no factors (unless --dim is). --no-rivals keeps the defaults (one held-out run).", rich_help_panel=TRAIN)] = True,
+    rivals: Annotated[bool, typer.Option("--rivals/--no-rivals", "--l2-choice/--no-l2-choice", help="With --holdout: the held-out rows also choose among rivals of the defaults, each trained on them and kept only if it beats the one kept so far by more than the held-out rows' noise: no touch L2 on the factors (unless --l2-factors or --l2-all-factors is given), a tenth of the touch L2 on the linear weights (unless --l2 is), 3x the rate (unless --lr is), no factors (unless --dim is). --no-rivals keeps the defaults (one held-out run).", rich_help_panel=TRAIN)] = True,
     refit: Annotated[bool, typer.Option("--refit/--no-refit", help="With --holdout: train again on every row (--no-refit keeps the held-out run's model: one run, no rivals of the defaults tried).", rich_help_panel=TRAIN)] = True,
     refits: Annotated[int, typer.Option(metavar="N", help="With --holdout: train again on every row N times, each with a seed of its own, and merge them into one model whose logit is the mean of theirs (an FM of N times the dim): the seeds' noise averaged. 1: one refit.", rich_help_panel=TRAIN)] = 2,
     batch_size: Annotated[Optional[int], typer.Option(help="Rows per update.  [default: 4 on the cpu engine, 1024 on torch]", rich_help_panel=TRAIN)] = None,
@@ -462,7 +462,7 @@ POSITIVES_OPTIONS = {"dim": "dim", "lr": "lr", "init_std": "init_std", "l2": "l2
 
 
 # Each rival of the defaults (fmctr.training.selection.RIVALS) and the options that, given, rule it out
-RIVAL_OPTIONS = {"l2": ("l2_factors", "l2_all_factors"), "rate": ("lr",), "linear": ("dim",)}
+RIVAL_OPTIONS = {"l2": ("l2_factors", "l2_all_factors"), "l2_linear": ("l2",), "rate": ("lr",), "linear": ("dim",)}
 
 
 def _rivals_left(ctx: typer.Context, rivals: bool) -> list[str]:
