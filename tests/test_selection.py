@@ -65,14 +65,14 @@ def test_default_training_chooses_then_refits_on_every_row(tmp_path):
     assert (config["model"]["dim"] == 0) == ("linear" in rivals["kept"])
     rate = config["optimization"]["lr"]
     assert ("rate" in rivals["kept"]) == (rate == pytest.approx(selection.RIVAL_RATE * DEFAULT_LR["adagrad"]))
-    # here (at --threads 1, so always) the held-out rows keep the L2 rival and then a
-    # tenth of the linear weights' touch L2 (of the held-out run's rows), and the refit
-    # trains with them: the rivals do win where they should
-    assert rivals["kept"] == ["l2", "l2_linear"] and rates[0] == pytest.approx(DEFAULT_LR["adagrad"])
+    # here (at --threads 1, so always) the held-out rows keep the L2 rival, a tenth of
+    # the linear weights' touch L2 (of the held-out run's rows) and the 3x rate, and the
+    # refit trains with them: the rivals do win where they should
+    assert rivals["kept"] == ["l2", "l2_linear", "rate"] and rates[0] == pytest.approx(0.09)
     fit_rows = rows - chose["holdout_rows"]
     assert config["regularization"]["l2_linear"] == pytest.approx(selection.RIVAL_L2_LINEAR * 80 / fit_rows)
     shown = invoke("info", path)
-    assert "kept: l2, l2_linear" in shown.stdout + shown.stderr
+    assert "kept: l2, l2_linear, rate" in shown.stdout + shown.stderr
 
 
 def test_the_rival_wins_only_by_more_than_the_held_out_rows_noise():
@@ -220,7 +220,8 @@ def test_default_training_merges_two_refits_with_seeds_of_their_own(tmp_path):
 def test_few_rows_score_the_rivals_on_several_blocks():
     assert selection.folds(309, 0.25) == selection.MAX_FOLDS == 4  # 77 held-out rows
     assert selection.folds(100, 0.1) == 4
-    assert selection.folds(8_000, 0.25) == selection.folds(7_999, 0.25) == 1  # 2,000 held out (rounded, as split)
+    assert selection.folds(4_000, 0.25) == selection.folds(3_999, 0.25) == 1  # 1,000 held out (rounded, as split)
+    assert selection.folds(3_996, 0.25) == 4
     assert selection.folds(50_000, 0.1) == 1 and selection.folds(1_000, 0.0) == 1
 
 
