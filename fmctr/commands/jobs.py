@@ -367,10 +367,11 @@ def _rival_runs(run, td: TrainingData, cfg: TrainConfig, result: TrainResult, jo
     ranks hold out the same rows and end with the same weights, so they choose alike;
     `sync.any` makes sure of it."""
     names = selection.rival_names(cfg)
-    blocks = selection.folds(td.every_row.rows, cfg.holdout)
-    if names and blocks > 1:
-        _note(progress, f"few rows: the rivals of the defaults are scored on {blocks} blocks of held-out rows, "
+    folds = selection.folds(td.every_row.rows, cfg.holdout)
+    if names and folds > 1:
+        _note(progress, f"few rows: the rivals of the defaults are scored on {folds} blocks of held-out rows, "
                         f"each held out from a run of its own")
+    blocks = _blocks(td, cfg.holdout, folds) if names else []
     kept_names, kept_losses = [], _held_losses(run, td, cfg, result, blocks, job_of) if names else None
     for name in names:
         other_cfg = selection.rival(name, cfg, result)
@@ -384,17 +385,22 @@ def _rival_runs(run, td: TrainingData, cfg: TrainConfig, result: TrainResult, jo
     return result, cfg, ({"tried": names, "kept": kept_names} if names else None)
 
 
-def _held_losses(run, td: TrainingData, cfg: TrainConfig, first: TrainResult, blocks: int, job_of) -> np.ndarray:
+def _blocks(td: TrainingData, fraction: float, folds: int) -> list:
+    """(rows to train on, held-out rows) of each block before td's held-out rows that
+    rivals are also scored on (selection.folds), made once for every rival; a block of
+    one class is left out."""
+    parts = [td.every_row.split_block(fraction, block) for block in range(1, folds)]
+    return [(fit, held) for fit, held in parts if selection.usable(held.labels())]
+
+
+def _held_losses(run, td: TrainingData, cfg: TrainConfig, first: TrainResult, blocks: list, job_of) -> np.ndarray:
     """Each held-out row's logloss under cfg: those of td's held-out rows under its run
-    `first`, then, with more blocks (selection.folds), those of each block of rows
-    before them, held out from a run of its own that trains as the refit would (the
-    epochs and rates `first` chose), so that no block chooses the epochs it is scored on."""
+    `first`, then those of each of `blocks` (_blocks), held out from a run of its own
+    that trains as the refit would (the epochs and rates `first` chose), so that no
+    block chooses the epochs it is scored on."""
     losses = [selection.held_losses(first, td.valid)]
     as_chosen = selection.refit_config(cfg, first).with_options(refits=1)
-    for block in range(1, blocks):
-        fit, held = td.every_row.split_block(cfg.holdout, block)
-        if not selection.usable(held.labels()):  # (one class: the same blocks are left out for every rival)
-            continue
+    for fit, held in blocks:
         result, _ = run(fit, as_chosen, valid=None, resume=None, job=job_of(as_chosen))
         losses.append(selection.held_losses(result, held))
     return np.concatenate(losses)
