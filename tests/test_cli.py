@@ -93,7 +93,7 @@ def test_save_load_identical_predictions(movies_model, tmp_path):
 
 
 def test_a_model_in_small_pages_holds_the_same_weights(movies_model):
-    """Loading to score a short file (small pages: fmctr.models.weights.sparse_zeros) changes
+    """Loading to score a short file (small pages: fmctr.tables.sparse_zeros) changes
     where the weight tables live, not what they hold."""
     usual, small = load(movies_model, training_state=False), load(movies_model, training_state=False, small_pages=True)
     def root(array):
@@ -102,7 +102,7 @@ def test_a_model_in_small_pages_holds_the_same_weights(movies_model):
         return array
 
     assert isinstance(root(usual.weights.factors), np.ndarray) and isinstance(root(small.weights.factors), memoryview)
-    assert usual.weights.factors.ctypes.data % 128 == 0  # (weights.aligned_zeros: a row never straddles a line more)
+    assert usual.weights.factors.ctypes.data % 128 == 0  # (fmctr.tables.aligned_zeros: a row never straddles a line more)
     for name in ("bias", "linear", "factors"):
         a, b = getattr(usual.weights, name), getattr(small.weights, name)
         assert a.dtype == b.dtype and b.flags.writeable and b.flags.c_contiguous

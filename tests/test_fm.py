@@ -160,10 +160,10 @@ def test_features_met_before_the_first_epoch_train_to_the_same_bits(monkeypatch)
     cfg = TrainConfig.from_options(dim=4, epochs=2, threads=1, l2_all_factors=1e-3)
     calls = []
     original = CpuEngine.meet_in_advance
-    monkeypatch.setattr(CpuEngine, "meet_in_advance", lambda self, counts: calls.append(original(self, counts)))
+    monkeypatch.setattr(CpuEngine, "meet_in_advance", lambda self, counts, met=None: calls.append(original(self, counts, met)))
     ahead = train(rows, cfg, bits=9).weights
     assert len(calls) == 1
-    monkeypatch.setattr(CpuEngine, "meet_in_advance", lambda self, counts: None)
+    monkeypatch.setattr(CpuEngine, "meet_in_advance", lambda self, counts, met=None: None)
     in_loop = train(rows, cfg, bits=9).weights
     for name in ("bias", "linear", "factors"):
         np.testing.assert_array_equal(getattr(ahead, name), getattr(in_loop, name))
@@ -285,3 +285,35 @@ def test_quote_check_is_the_same_in_python_and_compiled():
     for _ in range(2000):
         data = bytes(rng.choice(list(b'ab,"\n'), size=rng.integers(0, 40)))
         assert quotes.open_quote_line(data) == quotes.compiled()(np.frombuffer(data, np.uint8))
+
+
+@pytest.mark.parametrize("optimizer, l2_all", [("adagrad", 1e-3), ("adagrad", 0.0), ("adam", 1e-3)])
+def test_few_features_train_to_the_same_bits_in_tables_laid_out_for_them(monkeypatch, optimizer, l2_all):
+    """300 rows over a 2^18 table hold under an eighth of its size in indices: training
+    counts their features by sorting them (RowSource.few_features) and lays the engine's
+    tables out for those rows alone (fmctr.tables.sparse_zeros), and FM.merged combines
+    only the rows the runs met. Weights, optimizer state, a held-out run's best epoch
+    and two runs merged are those of the usual tables, to the bit."""
+    from fmctr.datasets.batches import RowSource
+    from fmctr.models.fm import FM
+
+    rng = np.random.default_rng(11)
+    rows, valid = (random_rows(rng, n_rows=n, n_features=1 << 18, max_len=6) for n in (300, 100))
+    cfg = TrainConfig.from_options(dim=4, epochs=3, threads=1, optimizer=optimizer, l2_all_factors=l2_all)
+
+    def runs():
+        plain, held = train(rows, cfg, bits=18), train(rows, cfg, bits=18, valid=valid)
+        return plain, held, FM().merged([plain.weights, held.weights], [plain.optimizer, held.optimizer])
+
+    few = runs()
+    assert few[0].weights.met is not None and few[2][0].met is not None  # (the few rows' path was taken)
+    monkeypatch.setattr(RowSource, "few_features", lambda self, size: None)
+    usual = runs()
+    assert usual[0].weights.met is None
+    for (w1, o1), (w2, o2) in [((r.weights, r.optimizer), (u.weights, u.optimizer)) for r, u in zip(few[:2], usual[:2])] \
+            + [(few[2], usual[2])]:
+        for name in ("bias", "linear", "factors"):
+            np.testing.assert_array_equal(getattr(w1, name), getattr(w2, name))
+        for name in ("bias", "linear1", "linear2", "factors1", "factors2", "seen"):
+            np.testing.assert_array_equal(o1[name], o2[name])
+    assert few[1].best_epoch == usual[1].best_epoch and np.any(few[2][0].factors != 0)

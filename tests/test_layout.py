@@ -11,7 +11,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "fmctr"
 # Leaf modules (no fmctr imports of their own) sit at layer 0 with the package itself.
-ORDER = {"fmctr": 0, "fmctr.errors": 0, "fmctr.atomic": 0, "fmctr.metrics": 0, "fmctr.ranking": 0,
+ORDER = {"fmctr": 0, "fmctr.errors": 0, "fmctr.atomic": 0, "fmctr.metrics": 0, "fmctr.tables": 0, "fmctr.ranking": 0,
          "fmctr.reading": 1,
          "fmctr.hashing": 2, "fmctr.datasets": 3, "fmctr.models": 4, "fmctr.training": 5, "fmctr.commands": 6,
          "fmctr.__main__": 7}

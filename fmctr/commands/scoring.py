@@ -30,7 +30,7 @@ SHORT_INPUT_BYTES = 1 << 20
 
 def load_for_scoring(model: Path | str, input: str) -> Model:
     """The model, without training state, to score `input`: with the weight tables in
-    small pages when the input is a short file (fmctr.models.weights.sparse_zeros), which
+    small pages when the input is a short file (fmctr.tables.sparse_zeros), which
     loads a sparse model several times faster; stdin and longer inputs get huge pages,
     which score millions of rows faster."""
     try:

@@ -38,12 +38,14 @@ class Engine(Protocol):
 
     def set_lr(self, lr: float) -> None: ...
 
-    def set_counts(self, counts: np.ndarray, rows: int) -> None:
-        """Feature counts over the training rows, for the --l2-all penalty."""
+    def set_counts(self, counts: np.ndarray, rows: int, met: np.ndarray | None = None) -> None:
+        """Feature counts over the training rows, for the --l2-all penalty; `met`, where
+        known, the features counted (those not zero)."""
 
-    def meet_in_advance(self, counts: np.ndarray) -> None:
-        """Given the feature counts of every row it will train on, give those features
-        their initial values now, before the first epoch (or do nothing)."""
+    def meet_in_advance(self, counts: np.ndarray, met: np.ndarray | None = None) -> None:
+        """Given the feature counts of every row it will train on (`met`, where known,
+        those not zero), give those features their initial values now, before the
+        first epoch (or do nothing)."""
 
     def first_touch(self, rows: np.ndarray) -> None:
         """Give those of the rows never trained before their initial values now (data-
@@ -70,7 +72,10 @@ class ModelKind(Protocol):
     def logits(self, weights, rows) -> np.ndarray:
         """(n,) logits of hashed rows."""
 
-    def engine(self, weights, cfg, *, engine: str, device: str, threads: int, optimizer: dict | None) -> Engine: ...
+    def engine(self, weights, cfg, *, engine: str, device: str, threads: int, optimizer: dict | None,
+               touched: int | None = None) -> Engine:
+        """An engine training `weights`; `touched`, where known, how many features the
+        training rows hold (an engine may lay its tables out for a few)."""
 
     def scorer(self, weights, *, engine: str, device: str):
         """A callable rows -> (n,) click probabilities on the given engine."""

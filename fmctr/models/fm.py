@@ -9,13 +9,16 @@ per index, `linear` and `factors`.
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 
 from fmctr.hashing.tokens import Rows
 from fmctr.models import scores
 from fmctr.models.base import register
 from fmctr.models.runtime import _torch
-from fmctr.models.weights import FMWeights, aligned_zeros
+from fmctr.models.weights import FMWeights
+from fmctr.tables import aligned_zeros, sparse_zeros
 
 
 def logits(w: FMWeights, rows: Rows) -> np.ndarray:
@@ -67,11 +70,12 @@ class FM:
     def logits(self, weights: FMWeights, rows: Rows) -> np.ndarray:
         return logits(weights, rows)
 
-    def engine(self, weights: FMWeights, cfg, *, engine: str, device: str, threads: int, optimizer: dict | None):
+    def engine(self, weights: FMWeights, cfg, *, engine: str, device: str, threads: int, optimizer: dict | None,
+               touched: int | None = None):
         from fmctr.models.fm_engines import CpuEngine, TorchEngine
 
         if engine == "cpu":
-            return CpuEngine(weights, cfg, threads, optimizer)
+            return CpuEngine(weights, cfg, threads, optimizer, touched)
         return TorchEngine(weights, cfg, device, optimizer)
 
     def scorer(self, weights: FMWeights, *, engine: str, device: str):
@@ -93,26 +97,49 @@ class FM:
         linear weights averaged, the factors side by side, scaled by 1/sqrt(n) - over
         the joined factors a pair's <v_i, v_j> is the sum of the n models' - so its
         dim is n times theirs. Their optimizer states alike (averaged for the bias and
-        the linear weights, side by side for the factors, the features any met)."""
+        the linear weights, side by side for the factors, the features any met). Where
+        every FM knows the rows it met (FMWeights.met), only their union is combined:
+        the others are zero in every table."""
         n = len(weights)
-        k = weights[0].dim
-        factors = aligned_zeros((weights[0].num_features, n * k))
-        for i, w in enumerate(weights):
-            factors[:, i * k : (i + 1) * k] = w.factors * np.float32(1 / np.sqrt(n))
-        mean = lambda arrays: (sum(arrays[1:], arrays[0].copy()) / np.float32(n)).astype(np.float32)  # noqa: E731
-        merged = FMWeights(mean([w.bias for w in weights]), mean([w.linear for w in weights]), factors)
+        rows = None
+        if all(w.met is not None for w in weights):
+            rows = np.unique(np.concatenate([w.met for w in weights]))
+        mean = partial(_mean, rows=rows)
+        factors = _side_by_side([w.factors for w in weights], rows, np.float32(1 / np.sqrt(n)))
+        merged = FMWeights(_mean([w.bias for w in weights], None), mean([w.linear for w in weights]), factors, rows)
         if any(o is None for o in optimizers):
             return merged, None
-        return merged, _merged_state(optimizers, mean)
+        return merged, _merged_state(optimizers, mean, partial(_side_by_side, rows=rows))
 
 
-def _merged_state(states: list[dict], mean) -> dict:
+def _mean(arrays: list[np.ndarray], rows: np.ndarray | None) -> np.ndarray:
+    """The arrays' mean (float32), over `rows` alone when given (zero elsewhere)."""
+    average = lambda parts: (sum(parts[1:], parts[0].copy()) / np.float32(len(parts))).astype(np.float32)  # noqa: E731
+    if rows is None:
+        return average(arrays)
+    out = sparse_zeros(arrays[0].shape, len(rows))
+    out[rows] = average([a[rows] for a in arrays])
+    return out
+
+
+def _side_by_side(arrays: list[np.ndarray], rows: np.ndarray | None, scale: np.float32 | None = None) -> np.ndarray:
+    """The (features, k) arrays joined column-wise (each times `scale`), over `rows`
+    alone when given (zero elsewhere)."""
+    count, k = arrays[0].shape
+    out = aligned_zeros((count, len(arrays) * k)) if rows is None else sparse_zeros((count, len(arrays) * k), len(rows))
+    at = slice(None) if rows is None else rows
+    for i, a in enumerate(arrays):
+        out[at, i * k : (i + 1) * k] = a[at] if scale is None else a[at] * scale
+    return out
+
+
+def _merged_state(states: list[dict], mean, side_by_side) -> dict:
     """FM.merged's optimizer state (fmctr.models.fm_engines' optimizer_state); FTRL's
     linear state (z, n) averaged gives weights near, not at, the averaged ones."""
     first = dict(states[0])
-    out = dict(first, bias=mean([s["bias"] for s in states]), seen=np.logical_or.reduce([s["seen"] for s in states]))
+    out = dict(first, bias=_mean([s["bias"] for s in states], None), seen=np.logical_or.reduce([s["seen"] for s in states]))
     for one, two in (("linear1", "linear2"), ("factors1", "factors2")):
-        join = mean if one.startswith("linear") else (lambda arrays: np.concatenate(arrays, axis=1))
+        join = mean if one.startswith("linear") else side_by_side
         out[one] = join([s[one] for s in states])
         out[two] = out[one] if first[two] is first[one] else (None if first[two] is None else join([s[two] for s in states]))
     return out

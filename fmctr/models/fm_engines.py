@@ -10,7 +10,8 @@ import numpy as np
 from fmctr.hashing.tokens import Rows, is_ones, ones
 from fmctr.models import kernel
 from fmctr.models.softmax import CatalogueIndex, softmax_gradients
-from fmctr.models.weights import FMWeights, aligned_zeros, initial_factors, pack_seen, sparse_zeros, unpack_seen
+from fmctr.models.weights import FMWeights, initial_factors, pack_seen, unpack_seen
+from fmctr.tables import aligned_zeros, sparse_zeros
 
 
 def _read_only(a: np.ndarray) -> np.ndarray:
@@ -24,51 +25,45 @@ def _read_only(a: np.ndarray) -> np.ndarray:
 class CpuEngine:
     """Fused numba kernels over numpy arrays."""
 
-    def __init__(self, w: FMWeights, cfg, threads: int, optimizer: dict | None = None):
+    def __init__(self, w: FMWeights, cfg, threads: int, optimizer: dict | None = None, touched: int | None = None):
+        """`touched`: about how many features training will meet, where that is known
+        and the run starts from zero; the tables are then laid out for those rows
+        alone (fmctr.tables.sparse_zeros: a small set's few rows, spread over a hashed
+        table, would otherwise zero most of its huge pages - 0.1-0.8 s a run at bits
+        22 here, whatever the rows)."""
         self.w = w
         self.cfg = cfg
         n, k = w.num_features, w.dim
         adam = cfg.optimizer == "adam"
         two_linear = cfg.optimizer in ("adam", "ftrl")
-        if optimizer is not None:
-            self.bias_state = optimizer["bias"].copy()
-            self.linear_state1, self.factor_state1 = optimizer["linear1"], optimizer["factors1"]
-            self.linear_state2 = optimizer["linear2"] if two_linear else self.linear_state1
-            self.factor_state2 = optimizer["factors2"] if adam else self.factor_state1
-            self.seen_bits = pack_seen(optimizer["seen"])
-            self.counters = np.array([optimizer["step"], 0], np.int64)
-        else:
-            self.bias_state = np.zeros(2, np.float32)
-            self.linear_state1 = np.zeros(n, np.float32)
-            self.linear_state2 = np.zeros(n, np.float32) if two_linear else self.linear_state1
-            self.factor_state1 = np.zeros((n, k), np.float32)
-            self.factor_state2 = np.zeros((n, k), np.float32) if adam else self.factor_state1
-            self.seen_bits = pack_seen(np.zeros(n, np.bool_))
-            self.counters = np.zeros(2, np.int64)
+        self._few = touched is not None and optimizer is None
+        zeros = (lambda shape: sparse_zeros(shape, touched)) if self._few else aligned_zeros
+        linear1, linear2, factors1 = self._optimizer_arrays(optimizer, n, k, zeros)
         # Each feature's factors and their (first) optimizer state sit side by side in
         # one table row that starts on a 128-byte boundary: with dim 16 that is two
         # adjacent cache lines (one TLB entry, one DRAM page), where two separate
         # arrays starting 16 bytes into a page (numpy's large arrays) cost up to four
         # lines. w.factors and factor_state1 are views of this table. A fresh all-zero
         # table is not written here, so its pages still fault in when first used.
-        self.table = aligned_zeros((n, 2 * k))
+        self.table = zeros((n, 2 * k))
         # (from zero weights, every row not met in training stays zero: _refresh)
         self._from_zero = optimizer is None and not w.linear.any() and not w.bias.any()
         if w.factors.any():
             self._from_zero = False
             self.table[:, :k] = w.factors
-        if self.factor_state1.any():
-            self.table[:, k:] = self.factor_state1
+        if factors1 is not None and factors1.any():
+            self.table[:, k:] = factors1
         w.factors = self.table[:, :k]
         self.factor_state1 = self.table[:, k:]
-        self.factor_state2 = self.factor_state1 if not adam else self.factor_state2
+        if not adam:
+            self.factor_state2 = self.factor_state1
         # Each feature's linear weight, its optimizer state and its --l2-all share sit
         # side by side (one cache line where four arrays cost four misses); the
-        # engine's arrays are views of this table.
-        self.meta = np.zeros((n, 4), np.float32)
-        self.meta[:, 0] = w.linear
-        self.meta[:, 1] = self.linear_state1
-        self.meta[:, 2] = self.linear_state2
+        # engine's arrays are views of this table (written only where not zero).
+        self.meta = zeros((n, 4))
+        for column, values in enumerate((w.linear, linear1, linear2)):
+            if values is not None and values.any():
+                self.meta[:, column] = values
         w.linear = self.meta[:, 0]
         self.linear_state1 = self.meta[:, 1]
         self.linear_state2 = self.meta[:, 2] if two_linear else self.linear_state1
@@ -83,6 +78,25 @@ class CpuEngine:
         self.shared = False  # the tables are averaged with other replicas' (replicated())
         self._scoring = self._snapshot = None
         self._catalogue: CatalogueIndex | None = None  # (train_softmax's, kept between its calls)
+
+    def _optimizer_arrays(self, optimizer: dict | None, n: int, k: int, zeros) -> tuple:
+        """Set the optimizer's state from `optimizer` (fmctr.models.fm_engines'
+        optimizer_state) or fresh; returns the linear states and the factors' first
+        state for the tables to take in (None where they start at zero)."""
+        cfg = self.cfg
+        adam, two_linear = cfg.optimizer == "adam", cfg.optimizer in ("adam", "ftrl")
+        if optimizer is None:
+            self.bias_state = np.zeros(2, np.float32)
+            self.factor_state2 = zeros((n, k)) if adam else None
+            self.seen_bits = pack_seen(np.zeros(n, np.bool_))
+            self.counters = np.zeros(2, np.int64)
+            return None, None, None
+        self.bias_state = optimizer["bias"].copy()
+        linear1, factors1 = optimizer["linear1"], optimizer["factors1"]
+        self.factor_state2 = optimizer["factors2"] if adam else factors1
+        self.seen_bits = pack_seen(optimizer["seen"])
+        self.counters = np.array([optimizer["step"], 0], np.int64)
+        return linear1, optimizer["linear2"] if two_linear else linear1, factors1
 
     def prepare(self, note) -> None:
         """Compile (or load from numba's cache) the training kernel now, on no rows,
@@ -164,6 +178,8 @@ class CpuEngine:
         """The weights with contiguous factors (the table interleaves them with their
         optimizer state): scoring compiled for contiguous rows sums in the same order
         as it will for the saved model."""
+        if self._few:  # (only the rows met copied, into tables laid out for them)
+            return self._refresh(None)
         return FMWeights(self.w.bias, self.w.linear, self._factors_copy())
 
     def _factors_copy(self) -> np.ndarray:
@@ -193,6 +209,8 @@ class CpuEngine:
         change rows this engine never met."""
         if self.shared:
             return None
+        if self._met_in_advance:
+            return self._met if len(self._met) < self.w.num_features // 4 else None
         seen = self.seen
         rows = np.flatnonzero(seen)
         return rows if len(rows) < len(seen) // 4 else None
@@ -213,6 +231,7 @@ class CpuEngine:
                 np.copyto(mine, theirs)
             else:
                 mine[rows] = theirs[rows]
+        copy.met = rows if self._from_zero else None
         return copy
 
     def scoring_weights(self) -> FMWeights:
@@ -232,8 +251,12 @@ class CpuEngine:
     def set_lr(self, lr: float) -> None:
         self.lr = lr
 
-    def set_counts(self, counts: np.ndarray, rows: int) -> None:
-        self.meta[:, 3] = rows / np.maximum(counts, 1)
+    def set_counts(self, counts: np.ndarray, rows: int, met: np.ndarray | None = None) -> None:
+        if self._few:  # (the features training meets are those counted: no other is read)
+            met = np.flatnonzero(counts) if met is None else met
+            self.meta[met, 3] = rows / counts[met]
+        else:
+            self.meta[:, 3] = rows / np.maximum(counts, 1)
         self.inv_counts = self.meta[:, 3]
 
     def first_touch(self, rows: np.ndarray) -> None:
@@ -242,13 +265,16 @@ class CpuEngine:
         kernel.meet_rows(_read_only(np.asarray(rows, np.int64)), self.seen_bits, self.table, self.w.dim,
                          self.cfg.seed, self.cfg.init_std)
 
-    def meet_in_advance(self, counts: np.ndarray) -> None:
+    def meet_in_advance(self, counts: np.ndarray, met: np.ndarray | None = None) -> None:
         """Give every feature the training rows hold (counts > 0) its initial factors
         now, before the first epoch, so that train() need not check each feature of
         each row for a first meeting (a bit test per feature in the training loop,
-        about 5-10% of an epoch). The engine must then train only on those rows."""
-        self.first_touch(np.flatnonzero(counts))
+        about 5-10% of an epoch). The engine must then train only on those rows: the
+        rows met are then known (_changed_rows)."""
+        met = np.flatnonzero(counts) if met is None else met
+        self.first_touch(met)
         self._met_in_advance = True
+        self._met = met
 
     def replicated(self) -> tuple[list, list]:
         """The factor table (factors and their first state side by side), the meta table
@@ -300,7 +326,7 @@ class TorchEngine:
         if optimizer is not None:
             self._load_optimizer(optimizer)
 
-    def meet_in_advance(self, counts: np.ndarray) -> None:
+    def meet_in_advance(self, counts: np.ndarray, met: np.ndarray | None = None) -> None:
         """Nothing: this engine meets a batch's features as it gathers them."""
 
     def first_touch(self, rows: np.ndarray) -> None:
@@ -412,7 +438,7 @@ class TorchEngine:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 
-    def set_counts(self, counts: np.ndarray, rows: int) -> None:
+    def set_counts(self, counts: np.ndarray, rows: int, met: np.ndarray | None = None) -> None:
         self.inv_counts = self.torch.from_numpy((rows / np.maximum(counts, 1)).astype(np.float32)).to(self.device)
 
     def prior_penalty(self, indices, n_rows: int):

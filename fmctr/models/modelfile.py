@@ -33,7 +33,8 @@ from fmctr.hashing.rare import RareMap
 from fmctr.reading.schema import Schema
 from fmctr.models.header import FORMAT, FORMAT_VERSION, METADATA_KEY, parse_header
 from fmctr.models.kinds import kind_of
-from fmctr.models.weights import FMWeights, aligned_zeros, sparse_zeros
+from fmctr.models.weights import FMWeights
+from fmctr.tables import aligned_zeros, sparse_zeros
 
 
 

@@ -8,8 +8,7 @@
 from __future__ import annotations
 
 import math
-import mmap
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -19,6 +18,9 @@ class FMWeights:
     bias: np.ndarray  # (1,) float32
     linear: np.ndarray  # (n,) float32
     factors: np.ndarray  # (n, dim) float32
+    # Where known, the only rows that can be non-zero (those a run from zero met), and
+    # the only ones of its optimizer state: FM.merged then touches those rows alone.
+    met: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def num_features(self) -> int:
@@ -65,22 +67,6 @@ def initial_factors(rows: np.ndarray, dim: int, *, seed: int, std: float) -> np.
     return ((2.0 * u - 1.0) * (np.sqrt(3.0) * std)).astype(np.float32)
 
 
-def sparse_zeros(shape: tuple[int, ...], rows: int) -> np.ndarray:
-    """float32 zeros of which about `rows` rows will be written, at random; the pages no
-    row is written to are never touched. numpy asks for huge pages for big arrays, which
-    a long job wants (fewer TLB misses over millions of rows), but then a few rows spread
-    over a hashed table touch every 2 MiB page and each is zeroed whole: 20-190 ms for a
-    2^22 x 8 table here (most of a short predict's loading; a copy of a small model's
-    weights while it trains). Where the rows are fewer than an eighth of the table's 4 KiB
-    pages, the table is mapped anonymously instead, without asking for huge pages: 4 KiB
-    pages, zeroed where a row lands (about 4 us each here, against 0.3-2.6 ms to zero a
-    huge page, which moves with the machine's load)."""
-    count = math.prod(shape)
-    if count == 0 or rows >= count * 4 // 4096 / 8:
-        return aligned_zeros(shape)
-    return np.frombuffer(mmap.mmap(-1, count * 4), np.float32).reshape(shape)
-
-
 def pack_seen(seen: np.ndarray) -> np.ndarray:
     """The training kernels' form of "which features were met": a bitmap, bit i & 7
     of byte i >> 3 (fmctr.models.kernel._first_meeting), from a bool per feature."""
@@ -90,17 +76,3 @@ def pack_seen(seen: np.ndarray) -> np.ndarray:
 def unpack_seen(bits: np.ndarray, n: int) -> np.ndarray:
     """A bool per feature (what model files store) from pack_seen's bitmap."""
     return np.unpackbits(bits, count=n, bitorder="little").view(np.bool_)
-
-
-ALIGN = 128  # two cache lines: a row of 8, 16 or 32 factors never straddles one more
-
-
-def aligned_zeros(shape: tuple[int, ...]) -> np.ndarray:
-    """float32 zeros starting on an ALIGN-byte boundary. numpy's large arrays start 16
-    bytes into a page, so a row of 8 factors straddled two cache lines every other row,
-    and a row of 16 every row: one more miss per feature read at random (scoring 1M
-    rows at dim 8: 1.45-1.6x faster aligned; training's table, 1.4x)."""
-    size = math.prod(shape) * 4
-    buffer = np.zeros(size + ALIGN, np.uint8)
-    skip = -buffer.ctypes.data % ALIGN
-    return buffer[skip : skip + size].view(np.float32).reshape(shape)

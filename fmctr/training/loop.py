@@ -134,11 +134,14 @@ def _begin(rows, cfg: TrainConfig, *, bits, valid, progress, start, resume, chec
     else:
         weights = start.weights.copy() if start is not None else kind.zeros(1 << bits, cfg.dim)
         optimizer = start.optimizer if start is not None else None
-    engine = kind.engine(weights, cfg, engine=engine_name, device=device, threads=threads, optimizer=optimizer)
-    counts = None
-    if cfg.l2_all_linear or cfg.l2_all_factors:
-        counts = source.feature_counts(1 << bits)
-        engine.set_counts(counts, source.rows)
+    # (few features, met from zero by this process alone: the engine lays its tables out for them)
+    few = source.few_features(1 << bits) if resume is None and start is None and sync is None else None
+    met = few[0] if few is not None else None
+    counts = source.feature_counts(1 << bits) if cfg.l2_all_linear or cfg.l2_all_factors else None
+    engine = kind.engine(weights, cfg, engine=engine_name, device=device, threads=threads, optimizer=optimizer,
+                         touched=None if met is None else len(met))
+    if counts is not None:
+        engine.set_counts(counts, source.rows, met)
     progress = progress or NullProgress()
     engine.prepare(progress.note)
     rng = np.random.default_rng(cfg.seed)
@@ -154,7 +157,7 @@ def _begin(rows, cfg: TrainConfig, *, bits, valid, progress, start, resume, chec
     if counts is not None and piece_rows is None:
         # Nothing reads the weights within an epoch (a check would score the features
         # not yet trained with their initial factors instead of zero): meet them now.
-        engine.meet_in_advance(counts)
+        engine.meet_in_advance(counts, met)
     engine.set_lr(cfg.lr * state.lr_scale)
     return Run(cfg, source, engine, state, rng, progress, checkpoints or Checkpoints(), validation, sync,
                piece_rows, every, total_rows, on_epoch)
