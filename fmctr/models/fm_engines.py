@@ -22,6 +22,9 @@ def _read_only(a: np.ndarray) -> np.ndarray:
     return view
 
 
+_NO_SECOND_STATE = np.zeros((2, 2), np.float32)[:, :1]  # (non-contiguous: CpuEngine._second_state)
+
+
 class CpuEngine:
     """Fused numba kernels over numpy arrays."""
 
@@ -114,11 +117,19 @@ class CpuEngine:
         return kernel.train_rows(
             *map(_read_only, (rows.indices, rows.values, rows.offsets, rows.labels, order)), cfg.batch_size, self.threads,
             self.w.bias, self.w.linear, self.table, self.w.dim,
-            self.bias_state, self.linear_state1, self.linear_state2, self.factor_state2,
+            self.bias_state, self.linear_state1, self.linear_state2, self._second_state(),
             self.seen_bits[:0] if self._met_in_advance else self.seen_bits, max_row,
             self.code, self.lr, cfg.l2_linear, cfg.l2_factors, cfg.eps, 0.9, 0.999, self.counters,
             cfg.seed, cfg.init_std, cfg.adagrad_init, self.ftrl, self.inv_counts, self.priors,
         )
+
+    def _second_state(self) -> np.ndarray:
+        """The factors' second optimizer state for the kernels, which read it for Adam
+        alone: for the others, an array of one layout whatever the dim. (A view of the
+        table's columns is non-contiguous, but with dim 0 it is empty, so contiguous:
+        numba compiled the whole training kernel again, 20-30 s, for the --dim 0 rival
+        that every default training tries.)"""
+        return self.factor_state2 if self.cfg.optimizer == "adam" else _NO_SECOND_STATE
 
     def train_pairs(self, rows: Rows, order: np.ndarray) -> float:
         """BPR on pairs of rows (2j the positive, 2j + 1 a negative; `order` indexes
@@ -130,7 +141,7 @@ class CpuEngine:
         return kernel.train_pairs(
             *map(_read_only, (rows.indices, rows.values, rows.offsets)), cfg.batch_size, self.threads,
             self.w.bias, self.w.linear, self.table, self.w.dim, self.linear_state1, self.linear_state2,
-            self.factor_state2, self.seen_bits, max_row, self.code, self.lr, cfg.l2_linear, cfg.l2_factors, cfg.eps,
+            self._second_state(), self.seen_bits, max_row, self.code, self.lr, cfg.l2_linear, cfg.l2_factors, cfg.eps,
             self.counters, cfg.seed, cfg.init_std, cfg.adagrad_init, self.ftrl, self.inv_counts, self.priors,
         )
 
@@ -215,17 +226,15 @@ class CpuEngine:
         rows = np.flatnonzero(seen)
         return rows if len(rows) < len(seen) // 4 else None
 
-    def _refresh(self, copy: FMWeights | None, linear: bool = True) -> FMWeights:
-        """`copy` (an earlier copy of this engine's weights, or None) made equal to them;
-        without `linear`, only the factors (the copy's linear weights and bias unused)."""
+    def _refresh(self, copy: FMWeights | None) -> FMWeights:
+        """`copy` (an earlier copy of this engine's weights, or None) made equal to them."""
         rows = self._changed_rows()
         if copy is None and (rows is None or not self._from_zero):
             return FMWeights(self.w.bias.copy(), self.w.linear.copy(), self._factors_copy())
         if copy is None:
             copy = FMWeights(np.zeros_like(self.w.bias), sparse_zeros(self.w.linear.shape, len(rows)),
                              sparse_zeros(self.w.factors.shape, len(rows)))
-        parts = ("factors", "linear", "bias") if linear else ("factors",)
-        for name in parts:
+        for name in ("factors", "linear", "bias"):
             mine, theirs = getattr(copy, name), getattr(self.w, name)
             if rows is None or name == "bias":
                 np.copyto(mine, theirs)
@@ -235,9 +244,11 @@ class CpuEngine:
         return copy
 
     def scoring_weights(self) -> FMWeights:
-        """weights(), but with the factors in a copy kept between calls."""
-        self._scoring = self._refresh(self._scoring, linear=False)
-        return FMWeights(self.w.bias, self.w.linear, self._scoring.factors)
+        """weights(), but in a copy kept between calls. (The linear weights copied too:
+        the table's column is non-contiguous, and scoring it compiled the scoring
+        kernel a second time, 4-5 s, beside the saved models' contiguous ones.)"""
+        self._scoring = self._refresh(self._scoring)
+        return self._scoring
 
     def snapshot(self, previous: FMWeights | None = None) -> FMWeights:
         self._snapshot = self._refresh(previous if previous is self._snapshot else None)
