@@ -22,7 +22,7 @@ def _read_only(a: np.ndarray) -> np.ndarray:
     return view
 
 
-_NO_SECOND_STATE = np.zeros((2, 2), np.float32)[:, :1]  # (non-contiguous: CpuEngine._second_state)
+_NO_SECOND_STATE = np.zeros((1, 1), np.float32)  # (CpuEngine._second_state)
 
 
 class CpuEngine:
@@ -125,10 +125,11 @@ class CpuEngine:
 
     def _second_state(self) -> np.ndarray:
         """The factors' second optimizer state for the kernels, which read it for Adam
-        alone: for the others, an array of one layout whatever the dim. (A view of the
-        table's columns is non-contiguous, but with dim 0 it is empty, so contiguous:
-        numba compiled the whole training kernel again, 20-30 s, for the --dim 0 rival
-        that every default training tries.)"""
+        alone (its own contiguous table): for the others, a contiguous stand-in. numba
+        compiles a kernel once per layout of its arguments, about 20 s for the training
+        kernel; the others' state, a view of the table's columns, is not contiguous, so
+        Adam, and the --dim 0 rival every default training tries (an empty view is
+        contiguous), each compiled it again."""
         return self.factor_state2 if self.cfg.optimizer == "adam" else _NO_SECOND_STATE
 
     def train_pairs(self, rows: Rows, order: np.ndarray) -> float:
