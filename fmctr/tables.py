@@ -1,6 +1,7 @@
-"""Tables indexed by hashed feature: zeros laid out for how they will be used - rows
-on cache-line boundaries, and pages touched only where rows are written when few
-will be. A leaf: training, model files and row sources all allocate them."""
+"""Arrays laid out for the compiled kernels: tables indexed by hashed feature (zeros
+with rows on cache-line boundaries, and pages touched only where rows are written
+when few will be), and read-only views of what the kernels only read. A leaf:
+training, scoring, model files and row sources all use them."""
 
 from __future__ import annotations
 
@@ -37,3 +38,12 @@ def sparse_zeros(shape: tuple[int, ...], rows: int, dtype=np.float32) -> np.ndar
     if size == 0 or rows >= size // 4096 / 8:
         return aligned_zeros(shape) if dtype == np.float32 else np.zeros(shape, dtype)
     return np.frombuffer(mmap.mmap(-1, size), dtype).reshape(shape)
+
+
+def read_only(a: np.ndarray) -> np.ndarray:
+    """A read-only view: numba compiles a kernel once per writeable/read-only mix of its
+    arguments (seconds for each), and rows come both ways (memory-mapped parts,
+    joined or freshly hashed copies)."""
+    view = a.view(np.ndarray)
+    view.flags.writeable = False
+    return view

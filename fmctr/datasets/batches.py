@@ -17,7 +17,7 @@ import numpy as np
 from fmctr.datasets.hashed import HashedDataset
 from fmctr.hashing.tokens import Rows
 from fmctr.reading.read import prefetch
-from fmctr.tables import sparse_zeros
+from fmctr.tables import read_only, sparse_zeros
 
 SHUFFLE_ROWS = 1 << 18
 BLOCK_ROWS = 1 << 16  # rows handed to an engine at a time (the progress bar's step)
@@ -83,7 +83,7 @@ class RowSource:
         tables = max(1, min(numba.get_num_threads(), COUNT_TABLES_BYTES // (8 * size)))
         counts = np.zeros((tables, size), np.int64)
         for block in self.blocks():
-            _count(block.indices, counts)
+            _count(read_only(block.indices), counts)
         return counts.sum(axis=0) if len(counts) > 1 else counts[0]
 
     def blocks(self) -> Iterator[Rows]:

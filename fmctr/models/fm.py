@@ -18,7 +18,7 @@ from fmctr.models import scores
 from fmctr.models.base import register
 from fmctr.models.runtime import _torch
 from fmctr.models.weights import FMWeights
-from fmctr.tables import aligned_zeros, sparse_zeros
+from fmctr.tables import aligned_zeros, read_only, sparse_zeros
 
 
 def logits(w: FMWeights, rows: Rows) -> np.ndarray:
@@ -26,7 +26,7 @@ def logits(w: FMWeights, rows: Rows) -> np.ndarray:
     from fmctr.models import kernel
 
     out = np.empty(len(rows), np.float64)
-    kernel.fm_logits(rows.indices, rows.values, rows.offsets, w.bias, w.linear, w.factors, out)
+    kernel.fm_logits(*map(read_only, (rows.indices, rows.values, rows.offsets)), w.bias, w.linear, w.factors, out)
     return out
 
 

@@ -11,15 +11,7 @@ from fmctr.hashing.tokens import Rows, is_ones, ones
 from fmctr.models import kernel
 from fmctr.models.softmax import CatalogueIndex, softmax_gradients
 from fmctr.models.weights import FMWeights, initial_factors, pack_seen, unpack_seen
-from fmctr.tables import aligned_zeros, sparse_zeros
-
-
-def _read_only(a: np.ndarray) -> np.ndarray:
-    """A read-only view: numba compiles a kernel once per writeable/read-only mix of its
-    arguments, and rows come both ways (memory-mapped parts, joined copies)."""
-    view = a.view(np.ndarray)
-    view.flags.writeable = False
-    return view
+from fmctr.tables import aligned_zeros, read_only, sparse_zeros
 
 
 _NO_SECOND_STATE = np.zeros((1, 1), np.float32)  # (CpuEngine._second_state)
@@ -74,8 +66,10 @@ class CpuEngine:
         self.lr = cfg.lr
         self.code = {"adagrad": kernel.ADAGRAD, "adam": kernel.ADAM, "ftrl": kernel.FTRL}[cfg.optimizer]
         self.ftrl = np.array([cfg.ftrl_alpha, cfg.ftrl_beta, cfg.l1, cfg.l2_linear], np.float64)
-        self.inv_counts = np.zeros(0, np.float32)
-        self.priors = np.array([cfg.l2_all_linear, cfg.l2_all_factors], np.float64)
+        # (the --l2-all shares, read by the kernels once set_counts turns them on: always
+        # the table's column, so that the kernels are compiled for one layout of it)
+        self.inv_counts = self.meta[:, 3]
+        self.priors = np.array([cfg.l2_all_linear, cfg.l2_all_factors, 0.0], np.float64)
         self._identity = np.zeros(0, np.int64)
         self._met_in_advance = False  # (meet_in_advance)
         self.shared = False  # the tables are averaged with other replicas' (replicated())
@@ -115,7 +109,7 @@ class CpuEngine:
         rows, order = self._gather(rows, order)
         max_row = int(np.diff(rows.offsets).max(initial=0))
         return kernel.train_rows(
-            *map(_read_only, (rows.indices, rows.values, rows.offsets, rows.labels, order)), cfg.batch_size, self.threads,
+            *map(read_only, (rows.indices, rows.values, rows.offsets, rows.labels, order)), cfg.batch_size, self.threads,
             self.w.bias, self.w.linear, self.table, self.w.dim,
             self.bias_state, self.linear_state1, self.linear_state2, self._second_state(),
             self.seen_bits[:0] if self._met_in_advance else self.seen_bits, max_row,
@@ -140,7 +134,7 @@ class CpuEngine:
         rows, _ = self._gather(rows, both)
         max_row = int(np.diff(rows.offsets).max(initial=0))
         return kernel.train_pairs(
-            *map(_read_only, (rows.indices, rows.values, rows.offsets)), cfg.batch_size, self.threads,
+            *map(read_only, (rows.indices, rows.values, rows.offsets)), cfg.batch_size, self.threads,
             self.w.bias, self.w.linear, self.table, self.w.dim, self.linear_state1, self.linear_state2,
             self._second_state(), self.seen_bits, max_row, self.code, self.lr, cfg.l2_linear, cfg.l2_factors, cfg.eps,
             self.counters, cfg.seed, cfg.init_std, cfg.adagrad_init, self.ftrl, self.inv_counts, self.priors,
@@ -173,14 +167,14 @@ class CpuEngine:
         over them: the same rows in the same order, so the same updates, but read front
         to back instead of at random."""
         n = len(order)
-        order = _read_only(order)
+        order = read_only(order)
         offsets, labels = np.empty(n + 1, np.int64), np.empty(n, np.float32)
-        kernel.gather_offsets(_read_only(rows.offsets), _read_only(rows.labels), order, offsets, labels)
+        kernel.gather_offsets(read_only(rows.offsets), read_only(rows.labels), order, offsets, labels)
         nnz = int(offsets[-1])
         indices = np.empty(nnz, rows.indices.dtype)
         ones_only = is_ones(rows.values)
         values = ones(nnz) if ones_only else np.empty(nnz, rows.values.dtype)
-        kernel.gather_indices(_read_only(rows.indices), _read_only(rows.values), _read_only(rows.offsets), order,
+        kernel.gather_indices(read_only(rows.indices), read_only(rows.values), read_only(rows.offsets), order,
                               offsets, indices, values[:0] if ones_only else values)
         if len(self._identity) < n:
             self._identity = np.arange(n, dtype=np.int64)
@@ -269,12 +263,12 @@ class CpuEngine:
             self.meta[met, 3] = rows / counts[met]
         else:
             self.meta[:, 3] = rows / np.maximum(counts, 1)
-        self.inv_counts = self.meta[:, 3]
+        self.priors[2] = 1.0  # (on)
 
     def first_touch(self, rows: np.ndarray) -> None:
         """Give the rows never met before their initial factors now, as the kernel
         would when it first meets them."""
-        kernel.meet_rows(_read_only(np.asarray(rows, np.int64)), self.seen_bits, self.table, self.w.dim,
+        kernel.meet_rows(read_only(np.asarray(rows, np.int64)), self.seen_bits, self.table, self.w.dim,
                          self.cfg.seed, self.cfg.init_std)
 
     def meet_in_advance(self, counts: np.ndarray, met: np.ndarray | None = None) -> None:

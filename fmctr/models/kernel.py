@@ -495,7 +495,7 @@ def _batch_options(optimizer, rows, lr, eps, acc0, beta1, beta2, step, l2_linear
     opt = (optimizer, np.float32(rows), np.float32(lr), np.float32(eps), np.float32(acc0), np.float32(beta1),
            np.float32(beta2), np.float32(1.0 - beta1**step), np.float32(1.0 - beta2**step),
            np.float32(0) if ftrl_linear else np.float32(l2_linear), np.float32(l2_factors))
-    l2 = (len(inv_counts) > 0, inv_counts, 1.0 / rows, np.float32(0) if ftrl_linear else np.float32(priors[0]),
+    l2 = (priors[2] != 0.0, inv_counts, 1.0 / rows, np.float32(0) if ftrl_linear else np.float32(priors[0]),
           np.float32(priors[1]))
     return opt, l2
 
@@ -617,7 +617,8 @@ def train_rows(
     optimizer steps (batches). Returns the summed logloss
     of the rows, each taken before its batch's update. `table` (n, 2k) holds each
     feature's k factors in columns [0, k) and their first optimizer state (Adagrad's
-    accumulator, Adam's m) in [k, 2k); Adam's second state is factor_state2."""
+    accumulator, Adam's m) in [k, 2k); Adam's second state is factor_state2.
+    priors = (--l2-all's linear L2, its factors' L2, on: inv_counts is set)."""
     n = len(order)
     n_batches = (n + batch_size - 1) // batch_size
     losses = np.zeros(threads, np.float64)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from fmctr.tables import read_only
+
 SMALL_ROWS = 4096
 
 
@@ -19,7 +21,7 @@ def logits(bias, linear, factors, indices, values, offsets) -> np.ndarray:
     from fmctr.models import kernel
 
     out = np.empty(len(offsets) - 1, np.float64)
-    kernel.fm_scores(indices, values, offsets, bias, linear, factors, out)
+    kernel.fm_scores(*map(read_only, (indices, values, offsets)), bias, linear, factors, out)
     return out
 
 
