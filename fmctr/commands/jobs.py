@@ -412,9 +412,7 @@ def _refit(run, td: TrainingData, refit: TrainConfig, job_of, progress):
     times = f", {refit.refits} times with seeds of their own, merged" if refit.refits > 1 else ""
     _note(progress, f"{refit.epochs} epoch(s) chosen on {td.valid.rows:,} held-out rows; "
                     f"training again on all {td.every_row.rows:,} rows{times}")
-    runs = [run(td.every_row, cfg, valid=None, resume=None, job=job_of(cfg))
-            for cfg in selection.refit_configs(refit)]
-    return selection.merged([result for result, _ in runs]), runs[0][1]
+    return selection.refitted(refit, lambda cfg: run(td.every_row, cfg, valid=None, resume=None, job=job_of(cfg)))
 
 
 def selection_record(chose, held_out_rows: int, refit: TrainConfig, rivals: dict | None = None) -> dict:

@@ -295,10 +295,9 @@ def _refit(winner: Trial, cfg: TrainConfig, data: _Data, min_count: int | None, 
     epochs (and at the rates) the winner's trial chose on the held-out rows, the
     refits merged (fmctr.training.selection.merged)."""
     refit = selection.refit_config(cfg.with_options(holdout=data.fraction), winner.chosen)
-    runs = [train_model(data.train, spec=None, hashing=None, cfg=c, min_count=min_count, log=log)
-            for c in selection.refit_configs(refit)]
-    result = selection.merged([r for _, r in runs])
-    model = replace(runs[0][0], weights=result.weights, optimizer=result.optimizer)
+    result, first = selection.refitted(refit, lambda c: tuple(reversed(
+        train_model(data.train, spec=None, hashing=None, cfg=c, min_count=min_count, log=log))))
+    model = replace(first, weights=result.weights, optimizer=result.optimizer)
     model.training.update(input=data.name, config=asdict(result.config),
                           selection=selection_record(winner.chosen, int(round(data.rows * data.fraction)), result.config))
     return model

@@ -179,5 +179,5 @@ def train_positives(positives: Positives, cfg: TrainConfig, *, bits: int, negati
     if not cfg.refit:
         return chose, chose
     refit = selection.refit_config(cfg, chose)  # (refits merged: selection.merged; each draws its own negatives)
-    runs = [train(source(positives, c.seed), c, bits=bits, progress=progress) for c in selection.refit_configs(refit)]
-    return selection.merged(runs), chose
+    merged, _ = selection.refitted(refit, lambda c: (train(source(positives, c.seed), c, bits=bits, progress=progress), None))
+    return merged, chose

@@ -174,6 +174,13 @@ def refit_configs(refit: TrainConfig) -> list[TrainConfig]:
     return [refit.with_options(seed=refit.seed + i * REFIT_SEED_STEP) for i in range(refit.refits)]
 
 
+def refitted(refit: TrainConfig, train_one) -> tuple[object, object]:
+    """Each refit of `refit` trained (`train_one(cfg)` -> (TrainResult, anything the
+    caller keeps)) and merged: (the merged TrainResult, the first refit's extra)."""
+    runs = [train_one(cfg) for cfg in refit_configs(refit)]
+    return merged([result for result, _ in runs]), runs[0][1]
+
+
 def merged(results: list) -> object:
     """The refits' TrainResults as one: the model kind's merge of their weights (the
     mean of their logits; for the FM, the factors side by side), the first one's
