@@ -38,7 +38,8 @@ BLOCK = 1 << 16
 def kernel_arm(name: str, path: str, rows, order, threads: int):
     import numpy as np
 
-    from fmctr.models.fm_engines import _read_only
+    from fmctr.hashing.tokens import is_ones
+    from fmctr.tables import read_only as _read_only
     from fmctr.models.kinds import kind_of
     from fmctr.training.config import TrainConfig
 
@@ -60,8 +61,12 @@ def kernel_arm(name: str, path: str, rows, order, threads: int):
         engine.meet_in_advance(np.bincount(rows.indices, minlength=1 << 22))
         seen = seen[:0]
 
+    # Kernels that take no values for one-hot rows (kernel._value) get none, as training gives them.
+    values = gathered.values[:0] if "def _value(" in Path(path).read_text() and is_ones(gathered.values) \
+        else gathered.values
+
     def block(lo: int, hi: int) -> float:
-        arrays = (gathered.indices, gathered.values, gathered.offsets, gathered.labels, identity[lo:hi])
+        arrays = (gathered.indices, values, gathered.offsets, gathered.labels, identity[lo:hi])
         return module.train_rows(
             *map(_read_only, arrays), cfg.batch_size, threads,
             engine.w.bias, engine.w.linear, engine.table, 16,

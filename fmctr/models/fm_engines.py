@@ -17,6 +17,12 @@ from fmctr.tables import aligned_zeros, read_only, sparse_zeros
 _NO_SECOND_STATE = np.zeros((1, 1), np.float32)  # (CpuEngine._second_state)
 
 
+def _kernel_values(rows: Rows) -> np.ndarray:
+    """The rows' values as the training kernels take them: none for one-hot rows
+    (kernel._value)."""
+    return rows.values[:0] if is_ones(rows.values) else rows.values
+
+
 class CpuEngine:
     """Fused numba kernels over numpy arrays."""
 
@@ -109,7 +115,8 @@ class CpuEngine:
         rows, order = self._gather(rows, order)
         max_row = int(np.diff(rows.offsets).max(initial=0))
         return kernel.train_rows(
-            *map(read_only, (rows.indices, rows.values, rows.offsets, rows.labels, order)), cfg.batch_size, self.threads,
+            *map(read_only, (rows.indices, _kernel_values(rows), rows.offsets, rows.labels, order)), cfg.batch_size,
+            self.threads,
             self.w.bias, self.w.linear, self.table, self.w.dim,
             self.bias_state, self.linear_state1, self.linear_state2, self._second_state(),
             self.seen_bits[:0] if self._met_in_advance else self.seen_bits, max_row,
@@ -134,7 +141,7 @@ class CpuEngine:
         rows, _ = self._gather(rows, both)
         max_row = int(np.diff(rows.offsets).max(initial=0))
         return kernel.train_pairs(
-            *map(read_only, (rows.indices, rows.values, rows.offsets)), cfg.batch_size, self.threads,
+            *map(read_only, (rows.indices, _kernel_values(rows), rows.offsets)), cfg.batch_size, self.threads,
             self.w.bias, self.w.linear, self.table, self.w.dim, self.linear_state1, self.linear_state2,
             self._second_state(), self.seen_bits, max_row, self.code, self.lr, cfg.l2_linear, cfg.l2_factors, cfg.eps,
             self.counters, cfg.seed, cfg.init_std, cfg.adagrad_init, self.ftrl, self.inv_counts, self.priors,

@@ -61,11 +61,12 @@ def _prefetch_intrinsic(write: int):
 
 
 # Ask the CPU to start loading the cache line that holds array[row, column] (array[row]
-# for a 1-D array); LLVM's prefetch, with no effect on results. The kernels read their
+# for a 1-D array); LLVM's prefetch, with no effect on results. Scoring reads its
 # tables at random, so the next row's lines are requested while this row computes,
-# instead of stalling when it reaches them. Training asks for the lines it will write;
-# scoring only reads (a write prefetch would take the line from the other cores).
-_prefetch = intrinsic(_prefetch_intrinsic(1))
+# instead of stalling when it reaches them. Training does not: a staged prefetch of the
+# rows two ahead (their indices, then their table lines) ran its kernel at 0.93x on a
+# quiet machine with a large last-level cache (bench/kernel_ab.py, 4 rounds), where the
+# out-of-order core already overlaps a row's ~40 independent feature loads.
 _prefetch_read = intrinsic(_prefetch_intrinsic(0))
 
 
@@ -271,20 +272,6 @@ def _adam_factors(table, v_state, i, k, grad, slot, l2, lr, eps, beta1, beta2, c
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def _ahead(j, d, b1, next_b0, stride, batch, n):
-    """The position in `order` of the row d rows after position j in this thread's
-    sequence of batches (this batch ends at b1; the next starts at next_b0, -1 if
-    none, and each after it `stride` later), or -1 if there is none."""
-    if j + d < b1:
-        return j + d
-    if next_b0 < 0:
-        return -1
-    m = j + d - b1
-    pos = next_b0 + (m // batch) * stride + m % batch
-    return pos if pos < n else -1
-
-
-@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _init_row_k(table, i, k, seed, std):
     """fmctr.models.weights.initial_factors for row i, in place, in the first k columns
     of the training table (factors, then their optimizer state)."""
@@ -293,6 +280,13 @@ def _init_row_k(table, i, k, seed, std):
     for f in range(k):
         u = np.float64(_splitmix64(base + np.uint64(f)) >> np.uint64(11)) * 2.0**-53
         table[i, f] = (2.0 * u - 1.0) * half_width
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _value(values, p):
+    """values[p], or 1 where the training kernels are given no values: one-hot rows
+    (fmctr.hashing.tokens.ones), whose multiplications by 1 cost the kernel 4%."""
+    return values[p] if len(values) else np.float32(1.0)
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=FAST)
@@ -305,7 +299,7 @@ def _row_logit_k(indices, values, lo, hi, bias, linear, factors, k, s):
     square_then_sum = np.float32(0)
     for p in range(lo, hi):
         i = indices[p]
-        x = values[p]
+        x = _value(values, p)
         lin += linear[i] * x
         for f in range(k):
             vx = factors[i, f] * x
@@ -315,33 +309,6 @@ def _row_logit_k(indices, values, lo, hi, bias, linear, factors, k, s):
     for f in range(k):
         sum_then_square += s[f] * s[f]
     return np.float64(lin + np.float32(0.5) * (sum_then_square - square_then_sum))
-
-
-@numba.njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def _prefetch_ahead(indices, values, offsets, labels, order, j, b1, next_b0, stride, batch_rows, linear, table, k):
-    """Prefetch in stages along this thread's rows: 8 rows ahead the row's offsets, 4
-    ahead its feature indices, values and label (a shuffled row is a DRAM miss), 2
-    ahead the table lines of its features (their factors and state, linear/meta)."""
-    j8 = _ahead(j, 8, b1, next_b0, stride, batch_rows, len(order))
-    if j8 >= 0:
-        r8 = order[j8]
-        _prefetch(offsets, r8, 0)
-        _prefetch(offsets, r8 + 1, 0)
-    j2 = _ahead(j, 4, b1, next_b0, stride, batch_rows, len(order))
-    if j2 >= 0:
-        r2 = order[j2]
-        for p in range(offsets[r2], offsets[r2 + 1], 16):
-            _prefetch(indices, p, 0)
-            _prefetch(values, p, 0)
-        _prefetch(labels, r2, 0)
-    j1 = _ahead(j, 2, b1, next_b0, stride, batch_rows, len(order))
-    if j1 >= 0:
-        r_next = order[j1]
-        for p in range(offsets[r_next], offsets[r_next + 1]):
-            i = indices[p]
-            _prefetch(linear, i, 0)
-            for f in range(0, 2 * k, 16):
-                _prefetch(table, i, f)
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy", inline="always")
@@ -355,35 +322,29 @@ def _entry(i, table_keys, mask):
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def _count_features(indices, lo, hi, slots, n_keys, at, mask):
-    """Enter the features indices[lo:hi] in the batch's table, counting them: an entry's
-    table_slots value is minus the feature's occurrences in the batch until it gets a
-    slot (_slot_of). slot_pos lists the entries used (to clear them after the batch);
-    returns their number. Each occurrence's entry is kept for _accumulate, from
-    place `at` of slots[7] on (the batch's occurrences in the order it meets them)."""
-    table_keys, table_slots, slot_pos, entries = slots[0], slots[1], slots[2], slots[7]
+def _mark_features(indices, lo, hi, marks, up_to):
+    """Count the features indices[lo:hi] in the batch's marks (one byte per low bits of
+    an index, counting 0, 1, 2 or more; up_to 2) - or, with up_to 0, clear their marks
+    after the batch. A feature whose mark is 1 occurs once in the batch: no other
+    feature shares its mark. One with a mark of 2 may occur again (or share the low
+    bits of another): it goes through the batch's slots (_slot_of), exact either way."""
+    m = len(marks) - 1
     for p in range(lo, hi):
-        i = indices[p]
-        h = _entry(i, table_keys, mask)
-        entries[at + p - lo] = h
-        if table_keys[h] == -1:
-            table_keys[h] = i
-            table_slots[h] = -1
-            slot_pos[n_keys] = h
-            n_keys += 1
-        else:
-            table_slots[h] -= 1
-    return n_keys
+        h = indices[p] & m
+        marks[h] = min(marks[h] + 1, up_to)
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def _slot_of(h, i, slots, n_slots, k):
-    """The gradient slot of feature i (entry h), made (zero) at its first use; returns
-    (slot, number of slots)."""
-    table_slots, slot_rows, slot_linear, slot_factors = slots[1], slots[3], slots[4], slots[5]
-    if table_slots[h] >= 0:
+def _slot_of(i, slots, n_slots, k):
+    """The gradient slot of feature i in the batch's open-addressing table, made (zero)
+    at its first use; returns (slot, number of slots)."""
+    table_keys, table_slots, slot_pos, slot_rows, slot_linear, slot_factors = slots[:6]
+    h = _entry(i, table_keys, len(table_keys) - 1)
+    if table_keys[h] == i:
         return table_slots[h], n_slots
+    table_keys[h] = i
     table_slots[h] = n_slots
+    slot_pos[n_slots] = h
     slot_rows[n_slots] = i
     slot_linear[n_slots] = 0.0
     for f in range(k):
@@ -392,13 +353,12 @@ def _slot_of(h, i, slots, n_slots, k):
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=FAST, inline="always")
-def _accumulate(indices, values, lo, hi, g, s, linear, table, k, l2, opt, states, slots, n_slots, at):
+def _accumulate(indices, values, lo, hi, g, s, linear, table, k, l2, opt, states, slots, n_slots):
     """Add one row's gradient (g = dloss/dlogit, s = sum_i v_i x_i) to its features,
-    with their --l2-all share; returns the number of slots. `at`: the place of the
-    row's first feature among the batch's occurrences (_count_features).
+    with their --l2-all share; returns the number of slots.
 
     With Adagrad (the default), a feature the batch meets only here (most of them:
-    _count_features counted) takes its step at once: its gradient is complete and no
+    _mark_features counted) takes its step at once: its gradient is complete and no
     other row of the batch reads it, so the step is the one it would take after the
     batch, to the bit (the golden digests and more cases checked; an
     llvm.arithmetic.fence around each gradient, against fast-math fusing it into the
@@ -414,13 +374,13 @@ def _accumulate(indices, values, lo, hi, g, s, linear, table, k, l2, opt, states
     weight decay on the mean loss, under which rare features are shrunk hardest."""
     prior, inv_counts, inv_batch, prior_lin32, prior_fac32 = l2
     optimizer, lr32, eps32, acc0_32, touch_lin32, touch_fac32 = opt[0], opt[2], opt[3], opt[4], opt[9], opt[10]
-    table_slots, slot_linear, slot_factors, alone, entries = slots[1], slots[4], slots[5], slots[6], slots[7]
+    slot_linear, slot_factors, alone, marks = slots[4], slots[5], slots[6], slots[7]
+    m = len(marks) - 1
     for p in range(lo, hi):
         i = indices[p]
-        x = values[p]
-        h = entries[at + p - lo]
+        x = _value(values, p)
         gx = g * x
-        if table_slots[h] == -1 and optimizer == ADAGRAD:
+        if optimizer == ADAGRAD and marks[i & m] == 1:
             grad_linear = gx
             if prior:
                 share = np.float32(inv_counts[i] * inv_batch)
@@ -434,7 +394,7 @@ def _accumulate(indices, values, lo, hi, g, s, linear, table, k, l2, opt, states
             _adagrad_one(linear, states[0], i, grad_linear, touch_lin32, lr32, eps32, acc0_32)
             _adagrad_factors(table, i, k, alone, 0, touch_fac32, lr32, eps32, acc0_32)
             continue
-        slot, n_slots = _slot_of(h, i, slots, n_slots, k)
+        slot, n_slots = _slot_of(i, slots, n_slots, k)
         if prior:
             share = np.float32(inv_counts[i] * inv_batch)
             slot_linear[slot] += gx + share * prior_lin32 * linear[i]
@@ -449,7 +409,7 @@ def _accumulate(indices, values, lo, hi, g, s, linear, table, k, l2, opt, states
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=FAST, inline="always")
-def _after_batch(n_slots, n_keys, linear, table, k, opt, states, slots):
+def _after_batch(n_slots, linear, table, k, opt, states, slots):
     """One optimizer step of every feature that gathered in a slot, from its batch's
     summed gradient; then the batch's table cleared. opt = (optimizer, rows in the
     batch, lr, eps, acc0, beta1, beta2, Adam's two bias corrections, the touch L2 of
@@ -483,8 +443,8 @@ def _after_batch(n_slots, n_keys, linear, table, k, opt, states, slots):
             _adam_factors(table, factor_state2, i, k, slot_factors, slot, touch_fac32, lr32, eps32, beta1_32,
                           beta2_32, c1, c2)
     table_keys, slot_pos = slots[0], slots[2]
-    for key in range(n_keys):
-        table_keys[slot_pos[key]] = -1
+    for slot in range(n_slots):
+        table_keys[slot_pos[slot]] = -1
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
@@ -505,23 +465,16 @@ def _train_batch(
     indices, values, offsets, labels, order, b0, b1,
     bias, linear, table, k, bias_state, states, slots, s, seen,
     optimizer, lr, l2_linear, l2_factors, eps, beta1, beta2, step, init_seed, init_std, acc0, inv_counts, priors,
-    next_b0, stride, batch_rows,
 ):
     """One mini-batch: the gradient of the mean logloss over rows order[b0:b1] at the
     current weights, plus L2 on the rows it touches, then one optimizer step on those
     rows (each feature's as soon as the batch's gradient of it is complete, see
     _accumulate). Returns the batch's summed logloss."""
-    mask = len(slots[0]) - 1
     opt, l2 = _batch_options(optimizer, b1 - b0, lr, eps, acc0, beta1, beta2, step, l2_linear, l2_factors,
                              inv_counts, priors)
     inv_batch = l2[2]
-    n_keys = 0
-    at = 0
     for j in range(b0, b1):
-        lo, hi = offsets[order[j]], offsets[order[j] + 1]
-        n_keys = _count_features(indices, lo, hi, slots, n_keys, at, mask)
-        at += hi - lo
-    at = 0
+        _mark_features(indices, offsets[order[j]], offsets[order[j] + 1], slots[7], 2)
     n_slots = 0
     grad_bias = 0.0
     total_loss = 0.0
@@ -529,8 +482,6 @@ def _train_batch(
         r = order[j]
         lo = offsets[r]
         hi = offsets[r + 1]
-        _prefetch_ahead(indices, values, offsets, labels, order, j, b1, next_b0, stride, batch_rows,
-                        linear, table, k)
         if len(seen):  # (empty: every feature of the rows was met before, meet_rows)
             for p in range(lo, hi):
                 i = indices[p]
@@ -542,24 +493,28 @@ def _train_batch(
         g64 = (1.0 / (1.0 + math.exp(-z)) - y) * inv_batch
         grad_bias += g64
         n_slots = _accumulate(indices, values, lo, hi, np.float32(g64), s, linear, table, k, l2, opt, states, slots,
-                              n_slots, at)
-        at += hi - lo
+                              n_slots)
     bias[0], bias_state[0], bias_state[1] = _step(  # (opt[7], opt[8]: Adam's bias corrections)
         bias[0], grad_bias, bias_state[0], bias_state[1], optimizer, lr, eps, beta1, beta2, opt[7], opt[8], acc0
     )
-    _after_batch(n_slots, n_keys, linear, table, k, opt, states, slots)
+    _after_batch(n_slots, linear, table, k, opt, states, slots)
+    for j in range(b0, b1):
+        _mark_features(indices, offsets[order[j]], offsets[order[j] + 1], slots[7], 0)
     return total_loss
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def _batch_scratch(table_size, slots, k):
     """A thread's scratch for its batches (owned: keep it alive while its views are used):
-    the open-addressing table (keys, slot or minus count), the entries used, and each
-    slot's feature and gradients; then the factors' gradient of a feature met once, and
-    each occurrence's entry."""
+    the open-addressing table (keys, slot), the entries used, and each slot's feature and
+    gradients; then the factors' gradient of a feature met once, and the marks
+    (_mark_features: at least 8 KiB, 4 bytes per occurrence a batch can hold)."""
+    marks = 1 << 13
+    while marks < 4 * slots:
+        marks *= 2
     return (np.full(table_size, -1, np.int64), np.empty(table_size, np.int64), np.empty(slots, np.int64),
             np.empty(slots, np.int64), np.empty(slots, np.float32), np.empty((slots, k), np.float32),
-            np.empty((1, k), np.float32), np.empty(slots, np.int64))
+            np.empty((1, k), np.float32), np.zeros(marks, np.uint8))
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
@@ -589,14 +544,11 @@ def _thread_rows(
     loss = 0.0
     for b in range(t, n_batches, threads):
         b0 = b * batch_size
-        next_b0 = b0 + threads * batch_size
-        if next_b0 >= n:
-            next_b0 = -1
         loss += _train_batch(
             indices, values, offsets, labels, order, b0, min(b0 + batch_size, n),
             bias, linear, table, k, bias_state, states, _unowned_scratch(scratch), _unowned(s), seen,
             optimizer, lr, l2_linear, l2_factors, eps, beta1, beta2, step0 + b + 1,
-            init_seed, init_std, acc0, inv_counts, priors, next_b0, threads * batch_size, batch_size,
+            init_seed, init_std, acc0, inv_counts, priors,
         )
     return loss
 
@@ -713,10 +665,9 @@ def _train_pair_batch(indices, values, offsets, b0, b1, bias, linear, table, k, 
     _train_batch does for logloss. The pair's rows are two ordinary rows whose
     dloss/dlogit are g and -g, so shared features (the user's) get the difference;
     the bias cancels. Returns the batch's summed loss."""
-    mask = len(slots[0]) - 1
     opt, l2 = _batch_options(optimizer, b1 - b0, lr, eps, acc0, 0.9, 0.999, step, l2_linear, l2_factors,
                              inv_counts, priors)
-    n_keys = _count_features(indices, offsets[2 * b0], offsets[2 * b1], slots, 0, 0, mask)
+    _mark_features(indices, offsets[2 * b0], offsets[2 * b1], slots[7], 2)
     n_slots = 0
     total_loss = 0.0
     for j in range(b0, b1):
@@ -728,8 +679,9 @@ def _train_pair_batch(indices, values, offsets, b0, b1, bias, linear, table, k, 
         g = np.float32(-l2[2] / (1.0 + math.exp(d)))  # d/dd of -log sigmoid(d), over the batch
         for row, gr, s in ((r, g, s_pos), (r + 1, -g, s_neg)):
             n_slots = _accumulate(indices, values, offsets[row], offsets[row + 1], gr, s, linear, table, k, l2, opt,
-                                  states, slots, n_slots, offsets[row] - offsets[2 * b0])
-    _after_batch(n_slots, n_keys, linear, table, k, opt, states, slots)
+                                  states, slots, n_slots)
+    _after_batch(n_slots, linear, table, k, opt, states, slots)
+    _mark_features(indices, offsets[2 * b0], offsets[2 * b1], slots[7], 0)
     return total_loss
 
 
