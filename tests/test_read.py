@@ -81,19 +81,23 @@ def test_criteo_preset_with_and_without_label(tmp_path):
 def test_libsvm(tmp_path):
     path = tmp_path / "data.svm"
     path.write_text("1 3:1 7:0.5\n-1 3:2\n0\n")
-    rows = read_rows(path)
+    rows = read_rows(path, row_norm=False)
     assert sniff_format(path.read_bytes(), None) == "libsvm"
     idx = lambda t: token_index(SPARSE_FIELD, t, SPEC)  # noqa: E731
     assert rows.indices.tolist() == [idx("3"), idx("7"), idx("3")]
     assert rows.values.tolist() == [1.0, 0.5, 2.0]
     assert rows.offsets.tolist() == [0, 2, 3, 3]
     assert rows.labels.tolist() == [1.0, 0.0, 0.0]
+    # by default (its features are one bag) each row is scaled to the rows' mean squared
+    # norm, (1.25 + 4) / 2; the empty row stays empty (fmctr.hashing.rownorm)
+    scaled = read_rows(path).values
+    assert np.allclose(scaled, [*np.sqrt(2.625 / 1.25) * np.array([1.0, 0.5]), np.sqrt(2.625 / 4) * 2.0])
 
 
 def test_libffm_keeps_the_field_in_the_token(tmp_path):
     path = tmp_path / "data.ffm"
     path.write_text("1 0:3:1 1:3:1\n0 0:5:0.25\n")
-    rows = read_rows(path)
+    rows = read_rows(path, row_norm=False)
     assert sniff_format(path.read_bytes(), None) == "libffm"
     idx = lambda t: token_index(SPARSE_FIELD, t, SPEC)  # noqa: E731
     assert rows.indices.tolist() == [idx("0:3"), idx("1:3"), idx("0:5")]
@@ -104,7 +108,8 @@ def test_libffm_keeps_the_field_in_the_token(tmp_path):
 def test_multi_valued_and_numeric_columns_from_flags(tmp_path):
     path = tmp_path / "m.csv"
     path.write_text("label,user,genres,price,id\n1,u1,A|B,2.5,r1\n0,u2,,,r2\n")
-    rows = read_rows(path, multi=["genres"], numeric=["price"], ignore=["id"], numeric_mode="log1p")
+    rows = read_rows(path, multi=["genres"], numeric=["price"], ignore=["id"], numeric_mode="log1p",
+                     row_norm=False)
     g = lambda t: token_index("genres", t, SPEC)  # noqa: E731
     assert rows.offsets.tolist() == [0, 4, 7]
     assert rows.indices[2:4].tolist() == [g("A"), g("B")]

@@ -177,6 +177,7 @@ Multi = Annotated[Optional[list[str]], typer.Option(metavar="COLS", help="Multi-
 Ignore = Annotated[Optional[list[str]], typer.Option(metavar="COLS", help="Columns that are not features, e.g. ids (comma-separated, repeatable).", rich_help_panel=SCHEMA)]
 Sep = Annotated[Optional[str], typer.Option("--sep", help="Separator inside multi-valued columns.  [default: |]", rich_help_panel=SCHEMA)]
 NumericMode = Annotated[Optional[str], typer.Option(help="How numeric columns become features: auto (fine, and a column whose training values are fractional, a measurement, also gets its value standardised as a second feature: (sign(x)*ln(1+|x|) - mean) / std over the first 65,536 training rows, clipped to +-5; stored in the model), fine (as bucket for whole numbers; a fractional value gets a bucket of its own scale, a quarter octave of |x| with its sign), bucket (the Criteo winners' rule: token floor(ln(x)^2) for x>2, a token of its own for each floor(x) up to 2, so all of [0, 1) is one token), log1p (value sign(x)*ln(1+|x|) on one index), standard (that value standardised as auto's second feature, alone on one index: no bucket) or raw.  [default: auto; bucket with --preset criteo]", rich_help_panel=SCHEMA)]
+RowNorm = Annotated[Optional[bool], typer.Option("--row-norm/--no-row-norm", help="With a multi-valued column: scale each row's values so that its squared norm is the training rows' mean (instance normalisation, as libffm and xLearn do; a long bag of words no longer outweighs the other fields). Stored in the model.  [default: on]", rich_help_panel=SCHEMA)]
 Format = Annotated[Optional[str], typer.Option("--format", help="Input format: csv, tsv, criteo, parquet, libsvm, libffm.  [default: detected from the data]", rich_help_panel=SCHEMA)]
 UserCols = Annotated[Optional[list[str]], typer.Option("--user", metavar="COLS", help="For recall: the feature columns that describe the user (comma-separated, repeatable); with --item. Other features are context and go with the user.", rich_help_panel=SCHEMA)]
 ItemCols = Annotated[Optional[list[str]], typer.Option("--item", metavar="COLS", help="For recall (`fmctr recall`): the feature columns that describe the item; the first is the item id unless recall is told otherwise.", rich_help_panel=SCHEMA)]
@@ -190,7 +191,8 @@ Json = Annotated[bool, typer.Option("--json", help="Print metrics as one JSON ob
 Force = Annotated[bool, typer.Option("--force", help="Replace an existing output that fmctr did not write (a directory that is not a hashed dataset, a file of another kind). Inputs are never written over.")]
 
 
-def _spec(preset, schema_file, label, categorical, numeric, multi, ignore, sep, numeric_mode, fmt, user=None, item=None):
+def _spec(preset, schema_file, label, categorical, numeric, multi, ignore, sep, numeric_mode, fmt, user=None, item=None,
+          row_norm=None):
     from fmctr.reading.schema import build_spec
 
     return build_spec(
@@ -206,6 +208,7 @@ def _spec(preset, schema_file, label, categorical, numeric, multi, ignore, sep, 
         format=fmt,
         user=_names(user),
         item=_names(item),
+        row_norm=row_norm,
     )
 
 
@@ -267,6 +270,7 @@ def preprocess(
     ignore: Ignore = None,
     sep: Sep = None,
     numeric_mode: NumericMode = None,
+    row_norm: RowNorm = None,
     format: Format = None,
     user: UserCols = None,
     item: ItemCols = None,
@@ -282,7 +286,7 @@ def preprocess(
     from fmctr.commands.jobs import preprocess as run
     from fmctr.datasets.inputs import DEFAULT_BITS
 
-    spec = _spec(preset, schema, label, categorical, numeric, multi, ignore, sep, numeric_mode, format, user, item)
+    spec = _spec(preset, schema, label, categorical, numeric, multi, ignore, sep, numeric_mode, format, user, item, row_norm)
     hashing = HashSpec(bits=DEFAULT_BITS if bits is None else bits, seed=hash_seed).check()
     shards = run(inputs or ["-"], output, spec=spec, hashing=hashing, min_count=min_count, force=force)
     rows = sum(ds.rows for ds in shards)
@@ -314,6 +318,7 @@ def train_cmd(
     ignore: Ignore = None,
     sep: Sep = None,
     numeric_mode: NumericMode = None,
+    row_norm: RowNorm = None,
     format: Format = None,
     user: UserCols = None,
     item: ItemCols = None,
@@ -366,7 +371,8 @@ def train_cmd(
     from fmctr.training.config import TrainConfig
     from fmctr.training.loop import NullProgress
 
-    schema_flags = (preset, schema, label, categorical, numeric, multi, ignore, sep, numeric_mode, format, user, item)
+    schema_flags = (preset, schema, label, categorical, numeric, multi, ignore, sep, numeric_mode, format, user, item,
+                    row_norm)
     if resume is not None:
         if start is not None:
             raise BadOptions("--resume and --model both give a starting point: give one of them")
@@ -549,6 +555,7 @@ def tune(
     ignore: Ignore = None,
     sep: Sep = None,
     numeric_mode: NumericMode = None,
+    row_norm: RowNorm = None,
     format: Format = None,
     bits: Bits = None,
     hash_seed: HashSeed = 0,
@@ -582,7 +589,7 @@ def tune(
     out = check_output(output, MODEL_FILE, inputs=[input, valid], force=force)
     if json_out and out.stream and out.path is None:
         raise BadOptions("-o - and --json both write to stdout: give one of them")
-    spec = _spec(preset, schema, label, categorical, numeric, multi, ignore, sep, numeric_mode, format)
+    spec = _spec(preset, schema, label, categorical, numeric, multi, ignore, sep, numeric_mode, format, row_norm=row_norm)
     base = TrainConfig.from_options(optimizer=optimizer, seed=seed)
 
     def show(trial) -> None:

@@ -70,6 +70,8 @@ def _model_rows(info: dict) -> list[tuple[str, str]]:
 def _schema_table(schema: dict) -> Table:
     """Runs of fields of one kind on one row each (Criteo's 39 fields on 2 rows)."""
     title = f"schema (label {schema.get('label')!r}, format {schema.get('format') or 'recognised from the data'})"
+    if schema.get("row_norm"):  # (fmctr.hashing.rownorm)
+        title += f"; every row scaled to squared norm {schema['row_norm']:.4g} (--row-norm)"
     table = Table(title=title, title_justify="left")
     for name, overflow in (("fields", "fold"), ("kind", "ellipsis"), ("how", "ellipsis")):
         table.add_column(name, overflow=overflow)

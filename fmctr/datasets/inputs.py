@@ -17,7 +17,7 @@ import polars as pl
 
 from fmctr.datasets import hashed as dataset
 from fmctr.errors import BadInput, BadOptions, BadSchema
-from fmctr.hashing import standard
+from fmctr.hashing import rownorm, standard
 from fmctr.hashing.rare import RareMap
 from fmctr.hashing.stream import Hasher
 from fmctr.hashing.tokens import HashSpec, Rows
@@ -76,6 +76,8 @@ def open_input(path: str, *, spec: SchemaSpec | None = None, schema: Schema | No
         except BadSchema as e:
             raise BadSchema(f"{name}: {e}") from None
         schema, source = standard.fit(schema, source)
+        if spec.row_norm:
+            schema, source = rownorm.fit(schema, source, hashing, name)
     missing = _check_columns(name, source.format, source.columns, schema, require_label, keep)
     if missing:
         _missing_features(name, missing, schema, source.columns, allow_missing, log)

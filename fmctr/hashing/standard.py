@@ -82,8 +82,12 @@ def fitted(column: pl.Series, whole_too: bool = False) -> tuple[float, float] | 
     return (center, 1.0) if whole_too else None
 
 
-def _frame(chunk: Chunk | RawChunk, source: Source, names: list[str]) -> pl.DataFrame:
+def parsed(chunk: Chunk | RawChunk, source: Source) -> list[Chunk]:
+    """A chunk read ahead as string columns (raw text parsed, with its line numbers)."""
     if isinstance(chunk, Chunk):
-        return chunk.frame.select(names)
-    parsed = chunk.parse(source.name, source.columns, source.separator, source.quoted)
-    return pl.concat([c.frame.select(names) for c in parsed])
+        return [chunk]
+    return list(chunk.parse(source.name, source.columns, source.separator, source.quoted))
+
+
+def _frame(chunk: Chunk | RawChunk, source: Source, names: list[str]) -> pl.DataFrame:
+    return pl.concat([c.frame.select(names) for c in parsed(chunk, source)])

@@ -5,7 +5,8 @@ goes through the one-pass kernels (fmctr.hashing.onepass) when the schema allows
 chunk is big enough to pay for loading them (numba's start-up is most of the time of a
 command on a few rows); anything else, or a chunk the kernels give up on, goes the
 columnar way (fmctr.hashing.tokens), which computes the same indices and also words the
-errors. Rare values (--min-count) are mapped here and nowhere else.
+errors. Rare values (--min-count) are mapped here and nowhere else, and rows are
+scaled to the schema's norm (fmctr.hashing.rownorm) here and nowhere else.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Iterator, Sequence
 import polars as pl
 
 from fmctr.errors import BadInput
+from fmctr.hashing import rownorm
 from fmctr.hashing.rare import RareMap
 from fmctr.hashing.tokens import HashSpec, Rows, hash_chunk
 from fmctr.reading.read import Chunk, RawChunk, Source, prefetch
@@ -35,6 +37,8 @@ class Hasher:
 
     def __call__(self, chunk: Chunk | RawChunk) -> tuple[Rows, pl.DataFrame | None]:
         rows, kept = self._hash(chunk)
+        if self.schema.row_norm is not None:
+            rows = rownorm.scaled(rows, self.schema.row_norm)
         return (rows if self.rare is None else self.rare.apply(rows)), kept
 
     def _hash(self, chunk: Chunk | RawChunk) -> tuple[Rows, pl.DataFrame | None]:

@@ -110,6 +110,8 @@ class Schema:
     # what was asked for (--user), for the record and as the default user id.
     item: tuple[str, ...] | None = None
     user: tuple[str, ...] | None = None
+    # Each row's values scaled to this squared norm (fmctr.hashing.rownorm); None: as hashed.
+    row_norm: float | None = None
 
     def to_dict(self) -> dict:
         d = {
@@ -121,6 +123,8 @@ class Schema:
         if self.item is not None:  # (a model without towers keeps the header it had)
             d["item"] = list(self.item)
             d["user"] = list(self.user or ())
+        if self.row_norm is not None:  # (files without it read as before)
+            d["row_norm"] = self.row_norm
         return d
 
     @classmethod
@@ -134,6 +138,7 @@ class Schema:
                 column_names=tuple(d["column_names"]) if d.get("column_names") else None,
                 item=tuple(d["item"]) if d.get("item") is not None else None,
                 user=tuple(d["user"]) if d.get("user") is not None else None,
+                row_norm=d.get("row_norm"),
             )
         except (KeyError, TypeError) as e:
             raise BadSchema(f"malformed schema: {e}") from None
@@ -176,6 +181,9 @@ def _stored_schema_problem(schema: Schema) -> str | None:
         return f"unknown format {schema.format!r}"
     if schema.column_names is not None and not all(isinstance(c, str) for c in schema.column_names):
         return "column_names must be names"
+    if schema.row_norm is not None and (isinstance(schema.row_norm, bool) or not isinstance(schema.row_norm, (int, float))
+                                            or not math.isfinite(schema.row_norm) or not schema.row_norm > 0):
+        return "row_norm must be a number above 0"
     for names in (schema.item, schema.user):
         if names is not None and (not all(isinstance(n, str) for n in names)
                                   or not set(names) <= set(schema.feature_names)):
@@ -207,6 +215,7 @@ class SchemaSpec:
     column_names: tuple[str, ...] | None = None
     user: tuple[str, ...] = ()  # recall: the columns that describe the user (others are context)
     item: tuple[str, ...] = ()  # recall: the columns that describe the item
+    row_norm: bool = True  # with a multi-valued field: scale every row to the training rows' mean norm
 
     def check(self) -> SchemaSpec:
         if self.numeric_mode not in NUMERIC_MODES:
@@ -333,7 +342,7 @@ def load_schema_file(path: Path) -> SchemaSpec:
     if not isinstance(raw, dict):
         raise BadSchema(f"{path}: a schema file holds a table of keys (label, numeric, ...), not a {type(raw).__name__}")
     allowed = {"label", "categorical", "numeric", "multi", "ignore", "numeric_mode", "sep", "format", "column_names",
-               "user", "item"}
+               "user", "item", "row_norm"}
     unknown = set(raw) - allowed
     if unknown:
         raise BadSchema(f"{path}: unknown key(s) {', '.join(sorted(unknown))} (allowed: {', '.join(sorted(allowed))})")
@@ -343,6 +352,9 @@ def load_schema_file(path: Path) -> SchemaSpec:
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise BadSchema(f"{path}: {key} must be a list of column names")
             value = tuple(value)
+        elif key == "row_norm":
+            if not isinstance(value, bool):
+                raise BadSchema(f"{path}: row_norm must be true or false")
         elif not isinstance(value, str):
             raise BadSchema(f"{path}: {key} must be a string")
         spec = replace(spec, **{key: value})
@@ -363,6 +375,7 @@ def build_spec(
     format: str | None = None,
     user: list[str] | None = None,
     item: list[str] | None = None,
+    row_norm: bool | None = None,
 ) -> SchemaSpec:
     """Combine a preset or schema file with flags; flags override or extend."""
     if preset is not None and schema_file is not None:
@@ -394,6 +407,8 @@ def build_spec(
         changes["numeric_mode"] = numeric_mode
     if sep is not None:
         changes["sep"] = sep
+    if row_norm is not None:
+        changes["row_norm"] = row_norm
     if format is not None:
         if spec.format == "criteo" and format != "criteo":
             raise BadSchema(f"--format {format} conflicts with the criteo preset, which reads the Criteo raw format")
