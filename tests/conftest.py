@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from fmctr.commands.cli import app
+from fmctr.models.modelfile import load
+from fmctr.reading.schema import Schema
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "sample_data"
@@ -29,6 +32,19 @@ needs_torch = pytest.mark.skipif(
 def invoke(*args: str, input: str | bytes | None = None):
     """Run the CLI in-process; returns click's Result (exit_code, stdout, stderr)."""
     return CliRunner().invoke(app, [str(a) for a in args], input=input)
+
+
+def train_and_load_schema(tmp_path: Path, train, test, *flags: str):
+    """Write train/test frames as CSV, train two epochs with `flags`, check that the stored
+    schema survives a JSON round trip; returns (model path, stored schema)."""
+    train.write_csv(tmp_path / "train.csv")
+    test.write_csv(tmp_path / "test.csv")
+    model = tmp_path / "m.fm"
+    result = invoke("train", tmp_path / "train.csv", *flags, "-o", model, "--epochs", "2", "-q")
+    assert result.exit_code == 0, result.stderr
+    stored = load(model).schema
+    assert Schema.from_dict(json.loads(json.dumps(stored.to_dict()))) == stored
+    return model, stored
 
 
 @pytest.fixture(scope="session")

@@ -4,8 +4,6 @@ by every command that hashes rows for it."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import polars as pl
 import pytest
@@ -17,7 +15,7 @@ from fmctr.hashing.tokens import Rows
 from fmctr.models.modelfile import load
 from fmctr.reading.schema import Field, Schema, SchemaSpec
 
-from conftest import invoke
+from conftest import invoke, train_and_load_schema
 
 
 def reviews(rows: int, seed: int) -> pl.DataFrame:
@@ -71,13 +69,8 @@ def test_no_norm_without_a_bag_when_asked_or_for_recall(tmp_path, spec):
 
 
 def test_the_model_keeps_the_norm_and_every_path_applies_it(tmp_path):
-    reviews(600, 2).write_csv(tmp_path / "train.csv")
-    reviews(100, 3).write_csv(tmp_path / "test.csv")
-    model = tmp_path / "m.fm"
-    assert invoke("train", tmp_path / "train.csv", *SCHEMA, "-o", model, "--epochs", "2", "-q").exit_code == 0
-    stored = load(model).schema
+    model, stored = train_and_load_schema(tmp_path, reviews(600, 2), reviews(100, 3), *SCHEMA)
     assert stored.row_norm is not None
-    assert Schema.from_dict(json.loads(json.dumps(stored.to_dict()))) == stored
     raw = invoke("predict", tmp_path / "test.csv", "-m", model)
     assert raw.exit_code == 0, raw.stderr
     # the training rows hashed once by preprocess (fitted there) train the same model bits

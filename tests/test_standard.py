@@ -18,7 +18,7 @@ from fmctr.models.modelfile import load
 from fmctr.reading.read import Chunk
 from fmctr.reading.schema import Field, Schema, SchemaSpec
 
-from conftest import invoke
+from conftest import invoke, train_and_load_schema
 
 
 def measurements(rows: int, seed: int) -> pl.DataFrame:
@@ -71,13 +71,8 @@ def test_fine_mode_and_whole_numbers_keep_buckets_only(tmp_path):
 
 
 def test_the_model_keeps_the_fit_and_predict_applies_it(tmp_path):
-    measurements(400, 2).write_csv(tmp_path / "train.csv")
-    measurements(50, 3).write_csv(tmp_path / "test.csv")
-    model = tmp_path / "auto.fm"
-    assert invoke("train", tmp_path / "train.csv", *NUMERIC, "-o", model, "--epochs", "2", "-q").exit_code == 0
-    stored = load(model).schema
+    model, stored = train_and_load_schema(tmp_path, measurements(400, 2), measurements(50, 3), *NUMERIC)
     assert [f.name for f in stored.fields if f.standard] == [f"m{j}" for j in range(5)]
-    assert Schema.from_dict(json.loads(json.dumps(stored.to_dict()))) == stored
     scored = invoke("predict", tmp_path / "test.csv", "-m", model)
     assert scored.exit_code == 0, scored.stderr
     p = pl.read_csv(scored.stdout.encode())["probability"].to_numpy()
