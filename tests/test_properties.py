@@ -117,6 +117,15 @@ def test_feature_counts_count_every_occurrence(tmp_path, n_rows, max_len, seed):
     expected = np.bincount(rows.indices, minlength=1 << 20)
     assert np.array_equal(MemoryRows(rows).feature_counts(1 << 20), expected)
     assert np.array_equal(DatasetRows(dataset.open_hashed(path)).feature_counts(1 << 20), expected)
+    # a hash space the rows fill (not "few features"): the count tables, int32 here
+    for source in (MemoryRows(rows), DatasetRows(dataset.open_hashed(path))):
+        counts = source.feature_counts(64)
+        assert counts.dtype == np.int64 and np.array_equal(counts, np.bincount(rows.indices, minlength=64))
+    # the number of indices: from the manifest for whole parts, from the offsets for parts of parts
+    source = DatasetRows(dataset.open_hashed(path))
+    head, tail = source.split_tail(0.3)
+    assert source.nonzeros() == head.nonzeros() + tail.nonzeros() == offsets[-1]
+    assert tail.nonzeros() == offsets[-1] - offsets[n_rows - int(round(n_rows * 0.3))]
     from fmctr.datasets import batches
 
     saved = batches.COUNT_TABLES_BYTES

@@ -80,11 +80,14 @@ class RowSource:
             table = sparse_zeros((size,), len(few[0]), np.int64)
             table[few[0]] = few[1]
             return table
-        tables = max(1, min(numba.get_num_threads(), COUNT_TABLES_BYTES // (8 * size)))
-        counts = np.zeros((tables, size), np.int64)
+        # (int32 where no count can reach 2^31: half the bytes for the random increments)
+        nonzeros = self.nonzeros()
+        dtype = np.int32 if nonzeros is not None and nonzeros < 2**31 else np.int64
+        tables = max(1, min(numba.get_num_threads(), COUNT_TABLES_BYTES // (np.dtype(dtype).itemsize * size)))
+        counts = np.zeros((tables, size), dtype)
         for block in self.blocks():
             _count(read_only(block.indices), counts)
-        return counts.sum(axis=0) if len(counts) > 1 else counts[0]
+        return counts.sum(axis=0, dtype=np.int64) if len(counts) > 1 else counts[0].astype(np.int64)
 
     def blocks(self) -> Iterator[Rows]:
         """Every row once, in order, in blocks."""
@@ -148,7 +151,19 @@ class DatasetRows(RowSource):
         return DatasetRows(self.datasets, spans)
 
     def nonzeros(self) -> int:
-        return sum(int(block.offsets[-1]) for block in self.blocks())
+        """From the manifests where a span is a whole part (reading a part checks its
+        count: check_part), from the offsets otherwise; once (a source's rows never
+        change). Reading every part for it, twice per training, cost 0.38 s of a
+        10M-row run."""
+        if getattr(self, "_nonzeros", None) is None:
+            self._nonzeros = sum(self._span_nonzeros(span) for span in self.spans)
+        return self._nonzeros
+
+    def _span_nonzeros(self, span: Span) -> int:
+        part = self.datasets[span.dataset].parts[span.part]
+        if "nnz" in part and span.start == 0 and span.stop == part["rows"]:
+            return int(part["nnz"])
+        return int(self._read(span).offsets[-1])
 
     def blocks(self) -> Iterator[Rows]:
         for span in self.spans:
