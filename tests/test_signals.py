@@ -143,3 +143,35 @@ def test_tune_while_training_a_trial(dirs, tmp_path):
                        ready=trial, what="trial")
     assert result == (143, "error: interrupted by SIGTERM\n")
     assert left(dirs) == []
+
+
+HALF_MADE = """
+import os, signal, sys
+from fmctr.commands import cli
+
+class HalfMade:  # as llvmlite's ObjectRef when the signal lands while numba compiles
+    def __init__(self):
+        os.kill(os.getpid(), signal.SIGTERM)  # Stopped is raised here, mid-construction
+        self.handle = 1
+
+    def __del__(self):
+        del self.handle  # AttributeError: the object was never finished
+
+@cli.errors_to_exit
+def command():
+    HalfMade()
+
+try:
+    command()
+except SystemExit as e:
+    raise
+except BaseException as e:  # typer.Exit
+    sys.exit(getattr(e, "exit_code", 1))
+"""
+
+
+def test_a_finalizer_that_fails_after_the_signal_adds_no_traceback():
+    """Seen in CI: tune stopped while numba compiled a trial's kernel wrote the error
+    line, then "Exception ignored in: <function ObjectRef.__del__ ...>" and a traceback."""
+    proc = subprocess.run([sys.executable, "-c", HALF_MADE], capture_output=True, text=True, timeout=120)
+    assert (proc.returncode, proc.stderr) == (143, "error: interrupted by SIGTERM\n")

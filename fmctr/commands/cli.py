@@ -63,6 +63,10 @@ class Stopped(BaseException):
         self.signum = signum
 
 
+def _ignore_unraisable(unraisable) -> None:
+    """sys.unraisablehook after a stop signal (see _Signals._handle)."""
+
+
 class _Signals:
     """The one signal setup, for every command. SIGINT and SIGTERM raise Stopped in
     the main thread at once; while training asks (`requested`, between blocks) they
@@ -88,6 +92,11 @@ class _Signals:
         if self.signal:
             return
         self.signal = signum
+        # From here the process unwinds to its one error line. Stopped may land inside
+        # a constructor (llvmlite's, while numba compiles), whose half-made object then
+        # fails in its finalizer; Python would print that as "Exception ignored in ..."
+        # with a traceback, whenever the object goes. Not restored: the process ends.
+        sys.unraisablehook = _ignore_unraisable
         if not self.training:
             raise Stopped(signum)
 
