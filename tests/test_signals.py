@@ -163,9 +163,7 @@ def command():
 
 try:
     command()
-except SystemExit as e:
-    raise
-except BaseException as e:  # typer.Exit
+except Exception as e:  # typer.Exit, with the signal's code
     sys.exit(getattr(e, "exit_code", 1))
 """
 
