@@ -58,7 +58,8 @@ def test_default_training_chooses_then_refits_on_every_row(tmp_path):
     # trained with the configuration kept
     assert "without the factors' touch L2" in result.stderr and "3x the rate" in result.stderr
     rivals = chose["rivals"]
-    assert rivals["tried"] == list(selection.RIVALS) and set(rivals["kept"]) <= set(selection.RIVALS)
+    assert rivals["tried"] == selection.rival_names(TrainConfig()) and set(rivals["kept"]) <= set(selection.RIVALS)
+    assert "exact" not in rivals["tried"]  # (price is a measurement: no whole-number column)
     config = training["config"]
     kept_l2 = (config["regularization"]["l2_factors"], config["regularization"]["l2_all_factors"])
     assert (kept_l2 == tuple(selection.RIVAL_L2.values())) == ("l2" in rivals["kept"])

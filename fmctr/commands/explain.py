@@ -45,8 +45,9 @@ def explained(part: Tagged, model: Model, n: int) -> pl.DataFrame:
                     value, rest)
     logit = scores.logits(w.bias, w.linear, w.factors, rows.indices, rows.values, rows.offsets)  # as predict's
     fields = pl.Series([field_name(model.schema, j) for j in range(max(len(model.schema.fields), 1))])
-    names = pl.DataFrame({"f": fields.gather(part.field), "t": part.token, "v": _standardised(rows, model)}).select(
-        pl.format("{}={}", "f", "t") + pl.when("v").then(pl.lit(" (value)")).otherwise(pl.lit(""))).to_series()
+    names = pl.DataFrame({"f": fields.gather(part.field), "t": part.token, "v": _tags(rows, model)}).select(
+        pl.format("{}={}", "f", "t") + pl.when(pl.col("v") != "").then(pl.format(" ({})", "v")).otherwise(pl.lit(""))
+    ).to_series()
     start, last = rows.offsets[:-1], max(len(names) - 1, 0)
     out = {"logit": logit}
     for j in range(n):
@@ -63,13 +64,13 @@ def explained(part: Tagged, model: Model, n: int) -> pl.DataFrame:
     return pl.DataFrame(out).select(columns(n))
 
 
-def _standardised(rows, model: Model) -> np.ndarray:
-    """Whether each position is a standardised value (Schema.segments: those come
-    before the bags, so a row's first positions are its first segments)."""
-    value = [v for _, v in model.schema.segments()]
+def _tags(rows, model: Model) -> np.ndarray:
+    """Each position's tag (Schema.segments: "value" for a standardised value, "exact"
+    for an `exact` field's value token, else ""; those come before the bags, so a row's
+    first positions are its first segments)."""
+    tags = [t for _, t in model.schema.segments()]
     at = np.arange(len(rows.indices)) - np.repeat(rows.offsets[:-1], np.diff(rows.offsets))
-    flags = np.array(value + [False], bool)
-    return flags[np.minimum(at, len(value))]
+    return np.array(tags + [""], object)[np.minimum(at, len(tags))]
 
 
 def write_explained(path: str, model: Model, out, *, n: int, keep: Sequence[str] = (), log: Log = silent,

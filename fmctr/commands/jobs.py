@@ -326,7 +326,8 @@ def train_model(
     one rank of a data-parallel run, on its share of the rows. `min_count` maps rarer
     values to their field's rare token (fmctr.hashing.rare), a map kept in the model.
     `valid_fraction` holds out the last share of rows (`valid_block` k: the k-th share
-    before it); with neither, held-out rows choose the epochs (training.selection)."""
+    before it); with neither, held-out rows choose the epochs and rivals of the
+    defaults (training.selection)."""
     base = resume or start
     _check_train_options(path, cfg, valid, valid_fraction, min_count, base, hashing, resume)
     schema = None
@@ -339,13 +340,14 @@ def train_model(
                             valid_block=valid_block)
         td, cfg = _hold_out(td, cfg, valid is not None or valid_fraction is not None, progress, start is not None)
         job_of = partial(Job.of_run, path, valid, valid_fraction, output)
-        run = partial(_train_rows, td, path, progress=progress, start=start, checkpoints=checkpoints, sync=sync,
-                      on_epoch=on_epoch)
+        run_on = partial(_runner, path, progress=progress, start=start, checkpoints=checkpoints, sync=sync,
+                         on_epoch=on_epoch)  # (data -> its run)
+        run = run_on(td)
         result, positives = run(td.rows, cfg, valid=td.valid, resume=resume, job=job_of(cfg))
         chose, held_out, tried = result, (td.valid if valid is None and valid_fraction is None else None), None
         if held_out is not None and cfg.epochs is None and cfg.holdout and cfg.refit:
             if resume is None and start is None:  # tried: the rivals of the defaults tried and kept (a warm start: none)
-                chose, cfg, tried = _rival_runs(run, td, cfg, result, job_of, progress, sync)
+                td, run, chose, cfg, tried = _rivals(path, tmp, td, run_on, cfg, result, job_of, progress, sync)
             result, positives = _refit(run, td, selection.refit_config(cfg, chose), job_of, progress)
             td = replace(td, rows=td.every_row, valid=None)
     training = _training_record(td, result, positives, sync, started)
@@ -358,11 +360,28 @@ def train_model(
     return model, result
 
 
+def _rivals(path: str, tmp: Path, td: TrainingData, run_on, cfg: TrainConfig, result: TrainResult, job_of, progress,
+            sync):
+    """The rivals of the defaults, those of the configuration then that of the data
+    (_exact_rival): (the data kept, its run, its held-out run, its configuration,
+    the rivals tried and kept)."""
+    chose, cfg, tried, losses = _rival_runs(run_on(td), td, cfg, result, job_of, progress, sync)
+    td, run, chose, tried = _exact_rival(path, tmp / "exact", td, run_on, cfg, (chose, losses), tried, job_of,
+                                         progress, sync)
+    return td, run, chose, cfg, tried
+
+
+def _runner(path: str, data: TrainingData, **options):
+    """A training run on `data`'s rows (_train_rows), the rows and configuration to come."""
+    return partial(_train_rows, data, path, **options)
+
+
 def _rival_runs(run, td: TrainingData, cfg: TrainConfig, result: TrainResult, job_of, progress, sync):
     """The held-out run again for each rival of the defaults the user left open
     (fmctr.training.selection.rival_names), each kept only where the held-out rows
     choose it over the run kept so far: (the held-out run kept, its configuration,
-    {"tried": names, "kept": the rivals kept}; None when no rival ran). On few rows
+    {"tried": names, "kept": the rivals kept} or None when no rival ran, and each
+    held-out row's loss under the run kept or None). On few rows
     each is scored on several blocks of held-out rows (selection.folds). Data-parallel
     ranks hold out the same rows and end with the same weights, so they choose alike;
     `sync.any` makes sure of it."""
@@ -382,7 +401,36 @@ def _rival_runs(run, td: TrainingData, cfg: TrainConfig, result: TrainResult, jo
         if sync.any(wins) if sync is not None else wins:
             result, cfg, kept_losses = other, other_cfg, other_losses
             kept_names.append(name)
-    return result, cfg, ({"tried": names, "kept": kept_names} if names else None)
+    return result, cfg, ({"tried": names, "kept": kept_names} if names else None), kept_losses
+
+
+def _exact_rival(path: str, tmp: Path, td: TrainingData, run_on, cfg: TrainConfig, kept: tuple, tried: dict | None,
+                 job_of, progress, sync):
+    """The held-out run kept (`kept`: it and its held-out rows' losses, or None) against
+    one on the data hashed again with the values of each whole-number column as tokens
+    of their own (selection.exact_fields; raw data only): (the data kept, its run, its
+    held-out run, the rivals tried and kept)."""
+    fields = selection.exact_fields(td.data.schema, cfg)
+    result, losses = kept
+    if not fields or td.data.shards is not None or td.rare is not None:
+        return td, run_on(td), result, tried
+    folds = selection.folds(td.every_row.rows, cfg.holdout)
+    if losses is None:
+        losses = _held_losses(run_on(td), td, cfg, result, _blocks(td, cfg.holdout, folds), job_of)
+    _note(progress, f"training again on the same rows with the values of {', '.join(fields)} also as tokens "
+                    f"of their own (--numeric-mode exact); the held-out rows choose")
+    data = open_input(path, schema=selection.with_exact(td.data.schema, fields), hashing=td.data.hashing,
+                      require_label=True, allow_missing=True, fit_norm=True)
+    every = DatasetRows(_as_dataset(data, tmp))
+    fit, held = every.split_tail(cfg.holdout)
+    other_td = TrainingData(data, fit, held, None, every_row=every)
+    other, _ = run_on(other_td)(fit, cfg, valid=held, resume=None, job=job_of(cfg))
+    other_losses = _held_losses(run_on(other_td), other_td, cfg, other, _blocks(other_td, cfg.holdout, folds), job_of)
+    wins = selection.rival_wins(losses, other_losses)
+    wins = sync.any(wins) if sync is not None else wins
+    tried = {"tried": [*(tried or {}).get("tried", []), "exact"],
+             "kept": [*(tried or {}).get("kept", []), *(["exact"] if wins else [])]}
+    return (other_td, run_on(other_td), other, tried) if wins else (td, run_on(td), result, tried)
 
 
 def _blocks(td: TrainingData, fraction: float, folds: int) -> list:

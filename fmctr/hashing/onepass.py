@@ -310,8 +310,9 @@ class Plan:
     def applies(schema: Schema) -> bool:
         # (`fine` differs from `bucket` only for fractional values, which this parser
         # leaves to the columnar way: they are not whole numbers)
-        # (nor a standardised value: fmctr.hashing.standard)
-        return all(f.kind == "categorical" or (f.kind == "numeric" and f.numeric in BUCKETED and f.standard is None)
+        # (nor a standardised value: fmctr.hashing.standard; nor `exact`'s value token)
+        return all(f.kind == "categorical" or (f.kind == "numeric" and f.numeric in BUCKETED and f.standard is None
+                                               and f.numeric != "exact")
                    for f in schema.fields)
 
 

@@ -16,9 +16,9 @@ from pathlib import Path
 from fmctr.errors import BadSchema
 
 KINDS = ("categorical", "numeric", "multi")
-NUMERIC_MODES = ("auto", "fine", "bucket", "log1p", "raw", "standard")
-BUCKETED = ("auto", "fine", "bucket")  # the modes that hash a numeric value's bucket token (fmctr.hashing.bucket_values)
-FINE = ("auto", "fine")  # the modes whose fractional values get buckets of their own scale
+NUMERIC_MODES = ("auto", "fine", "bucket", "log1p", "raw", "standard", "exact")
+BUCKETED = ("auto", "fine", "bucket", "exact")  # the modes that hash a numeric value's bucket token (fmctr.hashing.bucket_values)
+FINE = ("auto", "fine", "exact")  # the modes whose fractional values get buckets of their own scale
 FORMATS = ("csv", "tsv", "criteo", "parquet", "libsvm", "libffm")
 SPARSE_FORMATS = ("libsvm", "libffm")
 
@@ -39,8 +39,10 @@ class Field:
     value standardised, (sign(x)*ln(1+|x|) - center) / scale clipped to +-5, as a
     second feature: `standard` holds (center, scale), fitted on the training rows
     (fmctr.hashing.standard). The mode `standard` puts that standardised value alone
-    on the field's one index (no bucket). `sep` splits a multi-valued column into a
-    bag of tokens."""
+    on the field's one index (no bucket). `exact` is `fine` with the value's own token
+    ("=7688") as a second feature: for a whole number, the value itself, where its
+    bucket may hold many values (fmctr.hashing.tokens.exact_tokens). `sep` splits a
+    multi-valued column into a bag of tokens."""
 
     name: str
     kind: str = "categorical"
@@ -156,14 +158,16 @@ class Schema:
         return self.item is not None
 
     def segments(self) -> list[tuple[int, bool]]:
-        """A row's layout, as fmctr.hashing.tokens writes it: (field index, whether it
-        is a standardised value) per segment - each single-valued field's own position
-        in order, then one standardised value per field that has one
-        (fmctr.hashing.standard), then each multi-valued field's bag."""
+        """A row's layout, as fmctr.hashing.tokens writes it: (field index, tag) per
+        segment - each single-valued field's own position in order (tag ""), then one
+        standardised value per field that has one ("value": fmctr.hashing.standard),
+        then the value token of each `exact` field ("exact"), then each multi-valued
+        field's bag ("")."""
         fields = list(enumerate(self.fields))
-        return [(j, False) for j, f in fields if f.kind != "multi"] + \
-            [(j, True) for j, f in fields if f.standard is not None and f.numeric != "standard"] + \
-            [(j, False) for j, f in fields if f.kind == "multi"]
+        return [(j, "") for j, f in fields if f.kind != "multi"] + \
+            [(j, "value") for j, f in fields if f.standard is not None and f.numeric != "standard"] + \
+            [(j, "exact") for j, f in fields if f.kind == "numeric" and f.numeric == "exact"] + \
+            [(j, "") for j, f in fields if f.kind == "multi"]
 
     def side(self, item: bool) -> Schema:
         """The schema of one side of recall: the item fields, or every other field

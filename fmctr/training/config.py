@@ -39,7 +39,7 @@ FTRL_L2 = 10.0  # FTRL's lambda2 is in per-example units already
 DEFAULT_LR = {"adagrad": 0.03, "ftrl": 0.03, "adam": 3e-4}
 DEFAULT_L2_ALL_FACTORS = 3e-4
 # The rivals of the defaults that held-out rows may choose (fmctr.training.selection)
-RIVALS = ("l2", "l2_linear", "rate", "linear")
+RIVALS = ("l2", "l2_linear", "rate", "linear", "exact")
 
 
 Names = list  # (an option's annotation: a list of strings)
