@@ -109,3 +109,30 @@ def test_bags_refit_their_row_norm_for_the_value_tokens(tmp_path):
     exact = selection.with_exact(base.schema, ["count"])
     again = open_input(str(tmp_path / "train.csv"), schema=exact, hashing=base.hashing, require_label=True, fit_norm=True)
     assert base.schema.row_norm == pytest.approx(5.0) and again.schema.row_norm == pytest.approx(6.0)
+
+
+def test_data_from_stdin_is_not_read_twice(tmp_path):
+    result = invoke("train", "-", "--numeric", "count", "-o", tmp_path / "m.fm", "-q", "--threads", "1",
+                    input=gains(3000, 8).write_csv())
+    assert result.exit_code == 0, result.stderr
+    assert "exact" not in load(tmp_path / "m.fm").training["selection"]["rivals"]["tried"]
+
+
+def test_a_file_that_changed_while_training_keeps_the_buckets(tmp_path, monkeypatch):
+    """The rows hashed again must be the rows held out: a log appended to meanwhile is not."""
+    from fmctr.commands import jobs
+
+    gains(6000, 3).write_csv(tmp_path / "train.csv")
+    gains(6100, 3).write_csv(tmp_path / "longer.csv")
+    opened = jobs.open_input
+
+    def appended(path, **options):
+        return opened(str(tmp_path / "longer.csv") if options.get("fit_norm") else path, **options)
+
+    monkeypatch.setattr(jobs, "open_input", appended)
+    result = invoke("train", tmp_path / "train.csv", "--numeric", "count", "-o", tmp_path / "m.fm", "--threads", "1")
+    assert result.exit_code == 0, result.stderr
+    assert "changed while training (6,100 rows, not 6,000)" in result.stderr
+    model = load(tmp_path / "m.fm")
+    assert [f.numeric for f in model.schema.fields if f.kind == "numeric"] == ["auto"]
+    assert model.training["rows"] == 6000

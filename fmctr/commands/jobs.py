@@ -412,8 +412,8 @@ def _exact_rival(path: str, tmp: Path, td: TrainingData, run_on, cfg: TrainConfi
     held-out run, the rivals tried and kept)."""
     fields = selection.exact_fields(td.data.schema, cfg)
     result, losses = kept
-    if not fields or td.data.shards is not None or td.rare is not None:
-        return td, run_on(td), result, tried
+    if not fields or td.data.shards is not None or td.rare is not None or not os.path.isfile(path):
+        return td, run_on(td), result, tried  # (stdin or a pipe cannot be read again)
     folds = selection.folds(td.every_row.rows, cfg.holdout)
     if losses is None:
         losses = _held_losses(run_on(td), td, cfg, result, _blocks(td, cfg.holdout, folds), job_of)
@@ -422,6 +422,10 @@ def _exact_rival(path: str, tmp: Path, td: TrainingData, run_on, cfg: TrainConfi
     data = open_input(path, schema=selection.with_exact(td.data.schema, fields), hashing=td.data.hashing,
                       require_label=True, allow_missing=True, fit_norm=True)
     every = DatasetRows(_as_dataset(data, tmp))
+    if every.rows != td.every_row.rows:  # (the file changed while training: its rows are not the ones held out)
+        _note(progress, f"{data.name} changed while training ({every.rows:,} rows, not {td.every_row.rows:,}): "
+                        f"the buckets are kept")
+        return td, run_on(td), result, tried
     fit, held = every.split_tail(cfg.holdout)
     other_td = TrainingData(data, fit, held, None, every_row=every)
     other, _ = run_on(other_td)(fit, cfg, valid=held, resume=None, job=job_of(cfg))
