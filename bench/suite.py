@@ -69,12 +69,19 @@ are dropped.
   field; sweep --passes {1,3,10} x --l2 {0,1e-6}, multi-pass with --cache_file and
   --holdout_off.
 - sklearn LR: LogisticRegression(solver="liblinear") on the sparse matrix; sweep C in
-  {0.01,0.1,1,10}. Fits on 150k rows or more use solver="lbfgs", max_iter=200
+  {0.01,0.1,1,10,100}. Fits on 150k rows or more use solver="lbfgs", max_iter=200
   (liblinear took 22 s at C 0.01 and 49 s at C 0.1 on 80k planted rows, 2 busy cores).
 - xLearn FM: create_fm, k=8 (fmctr's default dim), lr 0.2, lambda 0.002 (its defaults,
   instance normalisation on), 2 threads, lock-free off; sweep epoch {3,10,30}; libsvm
   input with 1-based feature ids. Run in a subprocess (a crash is recorded, not fatal).
-A peer that fails on a case gets its error text in the table.
+- sklearn LR +values: the same, where the case has numeric columns whose training
+  values are all whole numbers (adult's capital gains, ages, Criteo's counts, digits'
+  pixels), with each such column's value also one-hot ("capital-gain==7688"; unseen
+  values dropped) - as a user who reads every column as a category has them, and as
+  fmctr's `exact` rival hashes them. "-" where the case has no such column.
+Peers not importable are installed with pip at the start (ensure_peers; xLearn is a
+source build of about 2 minutes and needs USER set). A peer that fails on a case gets
+its error text in the table.
 
 Runtime (2 cores shared with other work): the ten cases other than planted1m take about
 35 min with peers computed, about 5 min with peers cached. The peers on planted1m take
@@ -104,7 +111,7 @@ sys.path.insert(0, str(ROOT / "sample_data"))
 DATA = ROOT.parent / "shared" / "data"
 SUITE = Path.home() / ".cache" / "fmctr-suite"
 PREPARED_VERSION = 1  # bump when a case's preparation changes
-PEER_VERSION = 1  # bump when the peers' features or sweeps change
+PEER_VERSION = 2  # bump when the peers' features or sweeps change (2: sklearn's C up to 100)
 
 CHOOSE = ["criteo", "avazu", "adult", "ml100k", "planted10k", "planted100k", "diabetes", "digits"]
 CHECK = ["bio_kdd04", "clothing", "breast_cancer", "planted1m", "planted_rare"]
@@ -347,6 +354,21 @@ def _numeric_parts(train: pl.Series, test: pl.Series):
     return out, len(edges) + 1
 
 
+def whole_columns(case: Case, train: pl.DataFrame) -> list[str]:
+    """The numeric columns whose training values are all whole numbers (as fmctr's
+    `exact` rival takes them)."""
+    def whole(s: pl.Series) -> bool:
+        x = s.cast(pl.Float64, strict=False).drop_nulls().drop_nans()
+        return len(x) > 0 and bool((x == x.floor()).all())
+    return [c for c in case.numeric if whole(train[c])]
+
+
+def _value_text(s: pl.Series) -> pl.Series:
+    x = s.cast(pl.Float64, strict=False)
+    return pl.Series(np.where(np.isnan(x.fill_null(np.nan).to_numpy()), "",
+                              x.fill_null(0).fill_nan(0).cast(pl.Int64).cast(pl.String).to_numpy()))
+
+
 def _multi_tokens(train: pl.Series, test: pl.Series, sep: str = "|"):
     """(row, token id) pairs of a multi-valued column; test tokens unseen in training dropped."""
     def explode(s):
@@ -363,7 +385,7 @@ class Features:
     """Sparse design matrices for train and test, built from the training rows only;
     `names[j]` is feature j as "field=value" (or "field:z"), `fields[j]` its field."""
 
-    def __init__(self, case: Case, train: pl.DataFrame, test: pl.DataFrame):
+    def __init__(self, case: Case, train: pl.DataFrame, test: pl.DataFrame, values: bool = False):
         self.names: list[str] = []
         self.fields: list[str] = []
         self.parts = [([], [], []), ([], [], [])]  # per split: rows, cols, values
@@ -375,6 +397,9 @@ class Features:
             (pa, pb), n_bins = _numeric_parts(train[c], test[c])
             names = [f"{c}:z", f"{c}=missing"] + [f"{c}=q{i}" for i in range(n_bins)]
             self._add(c, names, [self._numeric_triples(p) for p in (pa, pb)])
+            if values and c in whole_columns(case, train):  # each value as a category too ("sklearn LR +values")
+                a, b, seen = _categorical_ids(_value_text(train[c]), _value_text(test[c]))
+                self._add(c, [f"{c}=={v}" for v in seen], [(np.arange(len(x)), x, np.ones(len(x))) for x in (a, b)])
         for c in case.multi:
             pairs, values = _multi_tokens(train[c], test[c])
             self._add(c, [f"{c}={v}" for v in values], [(r, x, np.ones(len(x))) for r, x in pairs])
@@ -497,14 +522,17 @@ def xlearn_fm(setting: dict, work: Path) -> np.ndarray:
 PEERS = {  # name -> (rungs of settings, least to most capacity; fit-and-score function; short form)
     "VW LR": ([[{"passes": p, "l2": l2} for l2 in (0, 1e-6)] for p in (1, 3, 10)], vw_lr,
               lambda s: f"passes {s['passes']}" + (f", l2 {s['l2']:g}" if s["l2"] else "")),
-    "sklearn LR": ([[{"C": c}] for c in (0.01, 0.1, 1, 10)], sklearn_lr, lambda s: f"C {s['C']:g}"),
+    "sklearn LR": ([[{"C": c}] for c in (0.01, 0.1, 1, 10, 100)], sklearn_lr, lambda s: f"C {s['C']:g}"),
+    # the same, each whole-number numeric column's values also one-hot (as a user who
+    # reads every column as a category has them); only where the case has such a column
+    "sklearn LR +values": ([[{"C": c}] for c in (0.01, 0.1, 1, 10, 100)], sklearn_lr, lambda s: f"C {s['C']:g}"),
     "xLearn FM": ([[{"epoch": e}] for e in (3, 10, 30)], xlearn_fm, lambda s: f"{s['epoch']} epochs"),
 }
 
 
 def _peer_data(peer: str, X, y, X_test, feats: Features, work: Path):
     """What the peer's function takes: the matrices, or a folder with them as its text input."""
-    if peer == "sklearn LR":
+    if peer.startswith("sklearn LR"):
         return X, y, X_test
     work.mkdir(parents=True, exist_ok=True)
     if peer == "VW LR":
@@ -552,14 +580,19 @@ def peer_results(case: Case, cache: Path, refresh: bool, log) -> dict:
     keys = {peer: f"{case.name}|{peer}|v{PEER_VERSION}|prep{PREPARED_VERSION}" for peer in PEERS}
     if not refresh and all(k in store for k in keys.values()):
         return {peer: store[k] for peer, k in keys.items()}
-    feats = Features(case, read_frame(case, case.train), read_frame(case, case.test))
+    train, test = read_frame(case, case.train), read_frame(case, case.test)
+    feats = Features(case, train, test)
     out = {}
     for peer, key in keys.items():
         if key in store and not refresh:
             out[peer] = store[key]
             continue
+        values = peer.endswith("+values")
+        if values and not whole_columns(case, train):
+            out[peer] = {"none": "no whole-number column"}
+            continue
         try:
-            out[peer] = run_peer(peer, case, feats)
+            out[peer] = run_peer(peer, case, Features(case, train, test, values=True) if values else feats)
         except Exception as e:  # a peer's failure is a result, not a crash
             out[peer] = {"error": f"{type(e).__name__}: {e}"[:300]}
         log(f"  {case.name}: {peer} {_cell(out[peer], chosen=True)} ({out[peer].get('seconds', '-')} s)")
@@ -613,7 +646,7 @@ def fmctr_tuned(case: Case, budget: float, work: Path) -> dict:
 
 
 def _cell(r: dict | None, spread: bool = False, chosen: bool = False) -> str:
-    if r is None:
+    if r is None or "none" in r:
         return "-"
     if "error" in r:
         return f"FAILED: {r['error'][:120]}".replace("|", "/")
@@ -688,10 +721,29 @@ def parse_args(argv=None):
     return args, names
 
 
+PEER_PACKAGES = {"sklearn": "scikit-learn", "vowpalwabbit": "vowpalwabbit", "xlearn": "xlearn"}
+
+
+def ensure_peers(log) -> None:
+    """pip install the peers' packages this Python cannot import (a failure is logged;
+    that peer's cells then say FAILED)."""
+    env = {**os.environ, "USER": os.environ.get("USER") or "bench"}  # (xLearn's build reads it)
+    for module, package in PEER_PACKAGES.items():
+        if subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, env=env).returncode == 0:
+            continue
+        log(f"{module} is not importable: pip install {package}")
+        done = subprocess.run([sys.executable, "-m", "pip", "install", "-q", package], capture_output=True, text=True,
+                              env=env)
+        if done.returncode:
+            log(f"  pip install {package} failed: {(done.stderr.strip().splitlines() or [''])[-1][:200]}")
+
+
 def main(argv=None) -> None:
     args, names = parse_args(argv)
     args.cache.mkdir(parents=True, exist_ok=True)
     log = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
+    if not args.no_peers:
+        ensure_peers(log)
     started = time.perf_counter()
     results = {}
     with tempfile.TemporaryDirectory(prefix="fmctr-suite-") as tmp:
