@@ -391,8 +391,8 @@ class Features:
         self.parts = [([], [], []), ([], [], [])]  # per split: rows, cols, values
         self.n = (train.height, test.height)
         for c in case.categorical:
-            a, b, values = _categorical_ids(train[c], test[c])
-            self._add(c, [f"{c}={v}" for v in values], [(np.arange(len(x)), x, np.ones(len(x))) for x in (a, b)])
+            a, b, seen = _categorical_ids(train[c], test[c])
+            self._add(c, [f"{c}={v}" for v in seen], [(np.arange(len(x)), x, np.ones(len(x))) for x in (a, b)])
         for c in case.numeric:
             (pa, pb), n_bins = _numeric_parts(train[c], test[c])
             names = [f"{c}:z", f"{c}=missing"] + [f"{c}=q{i}" for i in range(n_bins)]
