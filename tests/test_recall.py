@@ -132,7 +132,7 @@ def assert_same_top_k(positions, scores, reference, k, tol=1e-3):
 
 
 @pytest.mark.parametrize("seed, numeric_mode, multi", [(0, "raw", True), (1, "log1p", True), (2, "fine", False),
-                                                       (3, "raw", False)])
+                                                       (3, "raw", False), (4, "exact", True)])
 @pytest.mark.parametrize("scan", [False, True])
 def test_top_k_from_towers_is_the_fm_top_k(tmp_path, seed, numeric_mode, multi, scan):
     model, users, items = random_world(tmp_path, seed, numeric_mode=numeric_mode, multi=multi)
