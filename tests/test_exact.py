@@ -8,6 +8,7 @@ import polars as pl
 import pytest
 
 from fmctr.datasets.inputs import open_input
+from fmctr.hashing.standard import signed_log
 from fmctr.hashing.tokens import VALUE_TOKEN, HashSpec, hash_chunk, token_index
 from fmctr.models.modelfile import load
 from fmctr.reading.read import Chunk
@@ -49,9 +50,11 @@ def test_the_value_token_follows_the_standardised_values_and_precedes_the_bags()
 def test_the_exact_mode_is_stored_and_predict_hashes_as_training_did(tmp_path):
     model, stored = train_and_load_schema(tmp_path, gains(600, 1), gains(100, 2), "--numeric", "count",
                                           "--numeric-mode", "exact")
-    assert [f.numeric for f in stored.fields if f.kind == "numeric"] == ["exact"]
+    [count] = [f for f in stored.fields if f.kind == "numeric"]
+    t = signed_log(gains(600, 1)["count"].to_numpy().astype(float))
+    assert count.numeric == "exact" and count.standard == pytest.approx((t.mean(), t.std()))  # (whole numbers too)
     rows = open_input(str(tmp_path / "test.csv"), schema=stored, hashing=load(model).hashing, require_label=True).all_rows()
-    assert np.diff(rows.offsets).tolist() == [3] * 100  # count's bucket, shop, count's value
+    assert np.diff(rows.offsets).tolist() == [4] * 100  # count's bucket, shop, count's z, count's value token
     scored = invoke("eval", tmp_path / "test.csv", "-m", model, "--json")
     assert scored.exit_code == 0, scored.stderr
     explained = invoke("predict", tmp_path / "test.csv", "-m", model, "--explain", "20")
@@ -102,13 +105,16 @@ def test_a_hashed_dataset_is_not_hashed_again(tmp_path):
     assert "exact" not in load(tmp_path / "m.fm").training["selection"]["rivals"]["tried"]
 
 
-def test_bags_refit_their_row_norm_for_the_value_tokens(tmp_path):
+def test_hashed_again_the_standardised_values_and_the_row_norm_are_fitted_again(tmp_path):
     data = gains(300, 7).with_columns(tags=pl.lit("a|b|c"))
     data.write_csv(tmp_path / "train.csv")
     base = open_input(str(tmp_path / "train.csv"), spec=SchemaSpec(numeric=("count",), multi=("tags",)), require_label=True)
     exact = selection.with_exact(base.schema, ["count"])
-    again = open_input(str(tmp_path / "train.csv"), schema=exact, hashing=base.hashing, require_label=True, fit_norm=True)
-    assert base.schema.row_norm == pytest.approx(5.0) and again.schema.row_norm == pytest.approx(6.0)
+    again = open_input(str(tmp_path / "train.csv"), schema=exact, hashing=base.hashing, require_label=True, refit=True)
+    assert base.schema.row_norm == pytest.approx(5.0)  # count's bucket, shop, three tags
+    t = signed_log(data["count"].to_numpy().astype(float))  # ... and count's z and value token
+    z = np.clip((t - t.mean()) / t.std(), -5, 5)
+    assert again.schema.row_norm == pytest.approx(6.0 + np.mean(z ** 2), rel=1e-5)
 
 
 def test_data_from_stdin_is_not_read_twice(tmp_path):
@@ -127,7 +133,7 @@ def test_a_file_that_changed_while_training_keeps_the_buckets(tmp_path, monkeypa
     opened = jobs.open_input
 
     def appended(path, **options):
-        return opened(str(tmp_path / "longer.csv") if options.get("fit_norm") else path, **options)
+        return opened(str(tmp_path / "longer.csv") if options.get("refit") else path, **options)
 
     monkeypatch.setattr(jobs, "open_input", appended)
     result = invoke("train", tmp_path / "train.csv", "--numeric", "count", "-o", tmp_path / "m.fm", "--threads", "1")

@@ -420,7 +420,7 @@ def _exact_rival(path: str, tmp: Path, td: TrainingData, run_on, cfg: TrainConfi
     _note(progress, f"training again on the same rows with the values of {', '.join(fields)} also as tokens "
                     f"of their own (--numeric-mode exact); the held-out rows choose")
     data = open_input(path, schema=selection.with_exact(td.data.schema, fields), hashing=td.data.hashing,
-                      require_label=True, allow_missing=True, fit_norm=True)
+                      require_label=True, allow_missing=True, refit=True)
     every = DatasetRows(_as_dataset(data, tmp))
     if every.rows != td.every_row.rows:  # (the file changed while training: its rows are not the ones held out)
         _note(progress, f"{data.name} changed while training ({every.rows:,} rows, not {td.every_row.rows:,}): "

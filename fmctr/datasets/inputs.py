@@ -50,7 +50,7 @@ class Input:
 def open_input(path: str, *, spec: SchemaSpec | None = None, schema: Schema | None = None,
                hashing: HashSpec | None = None, require_label: bool, keep: Sequence[str] = (), log: Log = silent,
                rare: RareMap | None = None, allow_missing: bool = False, format: str | None = None,
-               tokens: bool = False, fit_norm: bool = False) -> Input:
+               tokens: bool = False, refit: bool = False) -> Input:
     """Open raw data (hashed on the fly) or a hashed dataset. Give `spec` to resolve
     a schema against the data's columns (and fit its standardised values on the
     first 65,536 rows: fmctr.hashing.standard), or `schema` (from a model) to apply it;
@@ -59,9 +59,9 @@ def open_input(path: str, *, spec: SchemaSpec | None = None, schema: Schema | No
     `allow_missing` (those columns then count as missing in every row). `format`
     overrides the schema's format. `tokens` also passes through, after the `keep`
     columns, the text every feature is hashed from (the feature columns, or the line
-    of libsvm/libffm data), so that indices can be named (raw data only). `fit_norm`
-    fits a given schema's row_norm again (its fields hash otherwise than those it was
-    fitted for)."""
+    of libsvm/libffm data), so that indices can be named (raw data only). `refit`
+    fits a given schema's standardised values and row_norm again (its fields hash
+    otherwise than those it was fitted for)."""
     if dataset.is_hashed(path):
         if tokens:
             raise BadOptions(f"{display_name(path)}: a hashed dataset keeps no tokens, only indices; give the raw data")
@@ -80,8 +80,10 @@ def open_input(path: str, *, spec: SchemaSpec | None = None, schema: Schema | No
         schema, source = standard.fit(schema, source)
         if spec.row_norm:
             schema, source = rownorm.fit(schema, source, hashing, name)
-    elif fit_norm and schema.row_norm is not None:
-        schema, source = rownorm.fit(replace(schema, row_norm=None), source, hashing, name)
+    elif refit:
+        schema, source = standard.fit(schema, source)
+        if schema.row_norm is not None:
+            schema, source = rownorm.fit(replace(schema, row_norm=None), source, hashing, name)
     missing = _check_columns(name, source.format, source.columns, schema, require_label, keep)
     if missing:
         _missing_features(name, missing, schema, source.columns, allow_missing, log)

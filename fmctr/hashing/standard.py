@@ -46,9 +46,9 @@ def z_values(x: np.ndarray, standard: tuple[float, float]) -> np.ndarray:
 def fit(schema: Schema, source: Source) -> tuple[Schema, Source]:
     """The schema with `standard` set on each `auto` numeric field whose values in the
     source's first FIT_ROWS rows include a fractional number, and on every field of
-    the mode `standard`; and the source with those rows still to come. Every other
-    `auto` field hashes as `fine`."""
-    auto = [f.name for f in schema.fields if f.kind == "numeric" and f.numeric in ("auto", "standard")]
+    the modes `standard` and `exact`; and the source with those rows still to come.
+    Every other `auto` field hashes as `fine`."""
+    auto = [f.name for f in schema.fields if f.kind == "numeric" and f.numeric in ("auto", "standard", "exact")]
     if not auto:
         return schema, source
     ahead, frames, rows = [], [], 0
@@ -62,7 +62,7 @@ def fit(schema: Schema, source: Source) -> tuple[Schema, Source]:
     if not frames:
         return schema, source
     frame = pl.concat(frames)
-    whole_too = {f.name for f in schema.fields if f.numeric == "standard"}
+    whole_too = {f.name for f in schema.fields if f.numeric in ("standard", "exact")}
     standards = {name: fitted(frame.get_column(name), name in whole_too) for name in auto}
     fields = tuple(replace(f, standard=standards[f.name]) if f.name in standards else f for f in schema.fields)
     return replace(schema, fields=fields), source

@@ -39,10 +39,11 @@ class Field:
     value standardised, (sign(x)*ln(1+|x|) - center) / scale clipped to +-5, as a
     second feature: `standard` holds (center, scale), fitted on the training rows
     (fmctr.hashing.standard). The mode `standard` puts that standardised value alone
-    on the field's one index (no bucket). `exact` is `fine` with the value's own token
-    ("=7688") as a second feature: for a whole number, the value itself, where its
-    bucket may hold many values (fmctr.hashing.tokens.exact_tokens). `sep` splits a
-    multi-valued column into a bag of tokens."""
+    on the field's one index (no bucket). `exact` is `fine` with two more features:
+    the standardised value (fitted on whole numbers too) and the value's own token
+    ("=7688": for a whole number, the value itself, where its bucket may hold many
+    values; fmctr.hashing.tokens.exact_tokens). `sep` splits a multi-valued column
+    into a bag of tokens."""
 
     name: str
     kind: str = "categorical"
