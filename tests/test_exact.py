@@ -3,6 +3,8 @@ rows choosing it over the buckets alone (fmctr.training.selection.exact_fields).
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import polars as pl
 import pytest
@@ -142,3 +144,26 @@ def test_a_file_that_changed_while_training_keeps_the_buckets(tmp_path, monkeypa
     model = load(tmp_path / "m.fm")
     assert [f.numeric for f in model.schema.fields if f.kind == "numeric"] == ["auto"]
     assert model.training["rows"] == 6000
+
+
+@pytest.mark.parametrize("valid", [False, True])
+def test_tune_hashes_as_the_held_out_rows_choose_before_its_search(tmp_path, valid):
+    gains(6000, 3).write_csv(tmp_path / "train.csv")
+    gains(3000, 9).write_csv(tmp_path / "valid.csv")
+    more = ["--valid", tmp_path / "valid.csv"] if valid else []
+    result = invoke("tune", tmp_path / "train.csv", *more, "--numeric", "count", "-o", tmp_path / "m.fm",
+                    "--budget", "60", "--max-trials", "2", "--json")
+    assert result.exit_code == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["exact"] == ["count"] and "--numeric-mode exact" in out["train_options"]
+    assert out["summary"].startswith("the held-out rows chose count hashed as --numeric-mode exact")
+    assert [f.numeric for f in load(tmp_path / "m.fm").schema.fields if f.kind == "numeric"] == ["exact"]
+
+
+def test_tune_keeps_a_given_numeric_mode(tmp_path):
+    gains(3000, 3).write_csv(tmp_path / "train.csv")
+    result = invoke("tune", tmp_path / "train.csv", "--numeric", "count", "--numeric-mode", "fine", "-o",
+                    tmp_path / "m.fm", "--budget", "60", "--max-trials", "1", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["exact"] == []
+    assert [f.numeric for f in load(tmp_path / "m.fm").schema.fields if f.kind == "numeric"] == ["fine"]

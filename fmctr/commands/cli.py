@@ -600,7 +600,8 @@ def tune(
     if json_out and out.stream and out.path is None:
         raise BadOptions("-o - and --json both write to stdout: give one of them")
     spec = _spec(preset, schema, label, categorical, numeric, multi, ignore, sep, numeric_mode, format, row_norm=row_norm)
-    base = TrainConfig.from_options(optimizer=optimizer, seed=seed)
+    # (rivals: only the data's, which tune tries before its search, unless --numeric-mode is given)
+    base = TrainConfig.from_options(optimizer=optimizer, seed=seed, rivals=[] if numeric_mode is not None else ["exact"])
 
     def show(trial) -> None:
         if not quiet:

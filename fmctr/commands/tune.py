@@ -26,6 +26,7 @@ Without --valid the winner's settings train the final model as `fmctr train` wou
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -35,6 +36,7 @@ from fmctr.atomic import scratch_dir
 from fmctr.commands import search
 from fmctr.commands.jobs import Log, _as_dataset, _silent, open_input, selection_record, train_model
 from fmctr.datasets.batches import DatasetRows
+from fmctr.datasets.hashed import open_many
 from fmctr.errors import BadOptions, Diverged
 from fmctr.hashing.tokens import HashSpec
 from fmctr.models.modelfile import Model
@@ -88,6 +90,7 @@ class Outcome:
     gains: list[float] | None = None  # without --valid: how far the best beat the defaults on each block
     model: Model | None = None  # the model to write
     train_flags: str = ""  # `fmctr train` options that give the model
+    exact: list[str] = field(default_factory=list)  # the fields hashed as `exact` (tune._hashing)
 
     @property
     def gain(self) -> float | None:
@@ -97,6 +100,11 @@ class Outcome:
         return self.means["defaults"] - self.means["best"]
 
     def summary(self) -> str:
+        hashed = (f"the held-out rows chose {', '.join(self.exact)} hashed as --numeric-mode exact; "
+                  if self.exact else "")
+        return hashed + self._said()
+
+    def _said(self) -> str:
         m = "AUC" if self.metric == "auc" else "logloss"
         value = lambda s: -s if self.metric == "auc" else s  # noqa: E731
         if len([t for t in self.trials if not t.check]) == 1:
@@ -128,6 +136,7 @@ class Outcome:
                             "seconds": round(t.seconds, 3), "seed": t.seed, "check": t.check, "block": t.block,
                             "error": t.error, "best": t is self.winner} for t in self.trials],
                 "winner": self.winner.number, "best_trial": self.best.number, "metric": self.metric,
+                "exact": self.exact,
                 "beat_defaults": self.winner is not self.defaults, "gain": self.gain, "noise": self.noise,
                 "gains": self.gains, "summary": self.summary(), "train_options": self.train_flags}
 
@@ -280,6 +289,39 @@ def _open(path: str, valid: str | None, tmp, *, spec, hashing, base: TrainConfig
     return _Data(train_path, train_in.name, rows.rows, engine, None, fraction, _blocks(rows, fraction))
 
 
+def _hashing(path: str, valid: str | None, data: _Data, base: TrainConfig, tmp, log: Log) -> tuple[_Data, list[str]]:
+    """As `fmctr train` tries its rival of the data (fmctr.training.selection.exact_fields):
+    the defaults trained on the data hashed again with the whole-number columns as
+    `exact`, kept only where the rows that score the trials choose it by the rivals'
+    margin: (the data to search on, the fields hashed as `exact`; none: [])."""
+    [hashed] = open_many(data.train)
+    fields = selection.exact_fields(hashed.schema, base)
+    if not fields or not os.path.isfile(path) or (valid is not None and not os.path.isfile(valid)):
+        return data, []
+    schema = selection.with_exact(hashed.schema, fields)
+    train_in = open_input(path, schema=schema, hashing=hashed.hashing, require_label=True, refit=True)
+    other = replace(data, train=str(_as_dataset(train_in, tmp / "exact-train").path))
+    if valid is not None:
+        valid_in = open_input(valid, schema=open_many(other.train)[0].schema, hashing=hashed.hashing, require_label=True)
+        other = replace(other, valid=str(_as_dataset(valid_in, tmp / "exact-valid").path))
+    if DatasetRows(open_many(other.train)).rows != data.rows:  # (the file changed meanwhile)
+        return data, []
+    losses = []
+    for d in (data, other):
+        _, result = train_model(d.train, spec=None, hashing=None, cfg=config(base, {}, d), valid=d.valid,
+                                valid_fraction=d.fraction, log=log)
+        scored = DatasetRows(open_many(d.valid)) if d.valid else DatasetRows(open_many(d.train)).split_tail(d.fraction)[1]
+        losses.append(selection.held_losses(result, scored))
+    return (other, fields) if selection.rival_wins(*losses) else (data, [])
+
+
+def _exact_flag(exact: list[str], data: _Data) -> str:
+    """--numeric-mode exact where every numeric field is hashed so (otherwise no option
+    of `fmctr train` says which are: tune's summary does)."""
+    numeric = [f.name for f in open_many(data.train)[0].schema.fields if f.kind == "numeric"]
+    return "--numeric-mode exact" if exact and exact == numeric else ""
+
+
 def _blocks(rows: DatasetRows, fraction: float) -> list[int]:
     """The held-out shares of the checks: 1 and 2 (the rows before the search's),
     or 0 again for one that holds a single class (it cannot score)."""
@@ -328,17 +370,18 @@ def tune(
     started = time.monotonic()
     with scratch_dir("fmctr-tune-") as tmp:
         data = _open(path, valid, tmp, spec=spec, hashing=hashing, base=base, log=log)
+        data, exact = _hashing(path, valid, data, base, tmp, log)
         run = _trainer(data, base, metric, min_count, log)
         book = search.Book(_space(base))
         trials, defaults, best = _search(run, book, metric=metric, seed=base.seed, budget_s=budget_s,
                                          started=started, max_trials=max_trials, refit=valid is None,
                                          on_trial=on_trial)
-        out = Outcome(trials, defaults, best, best, metric)
+        out = Outcome(trials, defaults, best, best, metric, exact=exact)
         if best is not defaults:
             _check_noise(run, trials, out, base.seed, on_trial, data.blocks)
         cfg = config(base, out.winner.settings, data)
         out.train_flags = " ".join(f for f in (as_flags(out.winner.settings, cfg), f"--seed {base.seed} --threads 1",
-                                               NO_RIVALS) if f and f != "(defaults)")
+                                               NO_RIVALS, _exact_flag(exact, data)) if f and f != "(defaults)")
         out.model = out.winner.model if valid is not None else _refit(out.winner, cfg, data, min_count, log)
     for t in trials:
         t.model = None
