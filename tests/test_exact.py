@@ -156,7 +156,7 @@ def test_tune_hashes_as_the_held_out_rows_choose_before_its_search(tmp_path, val
     assert result.exit_code == 0, result.stderr
     out = json.loads(result.stdout)
     assert out["exact"] == ["count"] and "--numeric-mode exact" in out["train_options"]
-    assert out["summary"].startswith("the held-out rows chose count hashed as --numeric-mode exact")
+    assert out["summary"].startswith("count hashed as --numeric-mode exact (chosen on the rows that score")
     assert [f.numeric for f in load(tmp_path / "m.fm").schema.fields if f.kind == "numeric"] == ["exact"]
 
 

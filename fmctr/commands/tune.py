@@ -100,8 +100,8 @@ class Outcome:
         return self.means["defaults"] - self.means["best"]
 
     def summary(self) -> str:
-        hashed = (f"the held-out rows chose {', '.join(self.exact)} hashed as --numeric-mode exact; "
-                  if self.exact else "")
+        hashed = (f"{', '.join(self.exact)} hashed as --numeric-mode exact (chosen on the rows that score the "
+                  f"trials); " if self.exact else "")
         return hashed + self._said()
 
     def _said(self) -> str:
@@ -289,15 +289,16 @@ def _open(path: str, valid: str | None, tmp, *, spec, hashing, base: TrainConfig
     return _Data(train_path, train_in.name, rows.rows, engine, None, fraction, _blocks(rows, fraction))
 
 
-def _hashing(path: str, valid: str | None, data: _Data, base: TrainConfig, tmp, log: Log) -> tuple[_Data, list[str]]:
+def _hashing(path: str, valid: str | None, data: _Data, base: TrainConfig, tmp, log: Log,
+             min_count: int | None) -> tuple[_Data, list[str]]:
     """As `fmctr train` tries its rival of the data (fmctr.training.selection.exact_fields):
     the defaults trained on the data hashed again with the whole-number columns as
     `exact`, kept only where the rows that score the trials choose it by the rivals'
     margin: (the data to search on, the fields hashed as `exact`; none: [])."""
     [hashed] = open_many(data.train)
     fields = selection.exact_fields(hashed.schema, base)
-    if not fields or not os.path.isfile(path) or (valid is not None and not os.path.isfile(valid)):
-        return data, []
+    if not fields or min_count or not os.path.isfile(path) or (valid is not None and not os.path.isfile(valid)):
+        return data, []  # (as train: not with --min-count, nor on data it cannot read again)
     schema = selection.with_exact(hashed.schema, fields)
     train_in = open_input(path, schema=schema, hashing=hashed.hashing, require_label=True, refit=True)
     other = replace(data, train=str(_as_dataset(train_in, tmp / "exact-train").path))
@@ -370,7 +371,7 @@ def tune(
     started = time.monotonic()
     with scratch_dir("fmctr-tune-") as tmp:
         data = _open(path, valid, tmp, spec=spec, hashing=hashing, base=base, log=log)
-        data, exact = _hashing(path, valid, data, base, tmp, log)
+        data, exact = _hashing(path, valid, data, base, tmp, log, min_count)
         run = _trainer(data, base, metric, min_count, log)
         book = search.Book(_space(base))
         trials, defaults, best = _search(run, book, metric=metric, seed=base.seed, budget_s=budget_s,
