@@ -368,11 +368,12 @@ def _single_fields(frame: pl.DataFrame, singles: list[Field], spec: HashSpec, na
 
 
 def exact_tokens(x: pl.Series, field: str, spec: HashSpec) -> np.ndarray:
-    """The indices of the `exact` mode's second feature: the token "=" and the value -
-    a whole number's digits ("=7688"), else the float's text - and "=" alone when
-    missing. A bucket of Criteo's rule holds every value within about 6% of 5,000
-    (adult's capital gains of 4,787 and 5,013 share one), where one value may act
-    unlike its neighbours (fmctr.training.selection: a rival the held-out rows choose)."""
+    """The indices of the `exact` mode's value token: "=" and the value - a whole
+    number's digits ("=7688"), else the float's text - and "=" alone when missing. A
+    bucket of Criteo's rule holds every value within about 6% of 5,000 (adult's
+    capital gains of 4,650 and 4,787 share one: none of 41 rows ">50K", all 23), where
+    one value may act unlike its neighbours (fmctr.training.selection: a rival the
+    held-out rows choose)."""
     frame = pl.DataFrame({"x": x.cast(pl.Float64)})
     c = pl.col("x")
     whole = c.is_not_nan() & (c == c.floor()) & (c.abs() < 2.0 ** 53)
