@@ -419,9 +419,7 @@ def _exact_rival(path: str, tmp: Path, td: TrainingData, run_on, cfg: TrainConfi
         losses = _held_losses(run_on(td), td, cfg, result, _blocks(td, cfg.holdout, folds), job_of)
     _note(progress, f"training again on the same rows with the values of {', '.join(fields)} also as tokens "
                     f"of their own (--numeric-mode exact); the held-out rows choose")
-    data = open_input(path, schema=selection.with_exact(td.data.schema, fields), hashing=td.data.hashing,
-                      require_label=True, allow_missing=True, refit=True)
-    every = DatasetRows(_as_dataset(data, tmp))
+    data, every = hashed_exact(path, td.data.schema, fields, td.data.hashing, tmp)
     if every.rows != td.every_row.rows:  # (the file changed while training: its rows are not the ones held out)
         _note(progress, f"{data.name} changed while training ({every.rows:,} rows, not {td.every_row.rows:,}): "
                         f"the buckets are kept")
@@ -435,6 +433,16 @@ def _exact_rival(path: str, tmp: Path, td: TrainingData, run_on, cfg: TrainConfi
     tried = {"tried": [*(tried or {}).get("tried", []), "exact"],
              "kept": [*(tried or {}).get("kept", []), *(["exact"] if wins else [])]}
     return (other_td, run_on(other_td), other, tried) if wins else (td, run_on(td), result, tried)
+
+
+def hashed_exact(path: str, schema, fields: list[str], hashing: HashSpec, tmp: Path) -> tuple[Input, DatasetRows]:
+    """The raw data at `path` hashed again into `tmp` with `fields` as `exact`
+    (selection.with_exact; the standardised values and row norm fitted again), for a
+    rival of the data: the input and its rows (which the caller checks against the
+    rows hashed before: the file may have changed meanwhile)."""
+    data = open_input(path, schema=selection.with_exact(schema, fields), hashing=hashing, require_label=True,
+                      allow_missing=True, refit=True)
+    return data, DatasetRows(_as_dataset(data, tmp))
 
 
 def _blocks(td: TrainingData, fraction: float, folds: int) -> list:

@@ -34,7 +34,7 @@ from types import SimpleNamespace
 
 from fmctr.atomic import scratch_dir
 from fmctr.commands import search
-from fmctr.commands.jobs import Log, _as_dataset, _silent, open_input, selection_record, train_model
+from fmctr.commands.jobs import Log, _as_dataset, _silent, hashed_exact, open_input, selection_record, train_model
 from fmctr.datasets.batches import DatasetRows
 from fmctr.datasets.hashed import open_many
 from fmctr.errors import BadOptions, Diverged
@@ -299,14 +299,13 @@ def _hashing(path: str, valid: str | None, data: _Data, base: TrainConfig, tmp, 
     fields = selection.exact_fields(hashed.schema, base)
     if not fields or min_count or not os.path.isfile(path) or (valid is not None and not os.path.isfile(valid)):
         return data, []  # (as train: not with --min-count, nor on data it cannot read again)
-    schema = selection.with_exact(hashed.schema, fields)
-    train_in = open_input(path, schema=schema, hashing=hashed.hashing, require_label=True, refit=True)
-    other = replace(data, train=str(_as_dataset(train_in, tmp / "exact-train").path))
-    if valid is not None:
-        valid_in = open_input(valid, schema=open_many(other.train)[0].schema, hashing=hashed.hashing, require_label=True)
-        other = replace(other, valid=str(_as_dataset(valid_in, tmp / "exact-valid").path))
-    if DatasetRows(open_many(other.train)).rows != data.rows:  # (the file changed meanwhile)
+    train_in, rows = hashed_exact(path, hashed.schema, fields, hashed.hashing, tmp / "exact-train")
+    if rows.rows != data.rows:  # (the file changed meanwhile)
         return data, []
+    other = replace(data, train=str(rows.datasets[0].path))
+    if valid is not None:
+        valid_in = open_input(valid, schema=train_in.schema, hashing=hashed.hashing, require_label=True)
+        other = replace(other, valid=str(_as_dataset(valid_in, tmp / "exact-valid").path))
     losses = []
     for d in (data, other):
         _, result = train_model(d.train, spec=None, hashing=None, cfg=config(base, {}, d), valid=d.valid,
