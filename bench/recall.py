@@ -206,7 +206,7 @@ def fmctr_vectors(train: pl.DataFrame, shape, setting: dict, seed: int) -> tuple
     `history`: the user side gets the user's training items as a bag (see _bags; true,
     or a dict of norm, cap, id)."""
     options = {k: v for k, v in setting.items() if k not in ("negatives", "loss", "sampling", "pool", "features",
-                                                             "history")}
+                                                             "history", "unobserved")}
     users, catalogue = sides(setting.get("features", False), shape)
     u, i = train.get_column("u").to_numpy(), train.get_column("i").to_numpy().astype(np.int64)
     hold = hold_out
@@ -219,7 +219,8 @@ def fmctr_vectors(train: pl.DataFrame, shape, setting: dict, seed: int) -> tuple
     cfg = TrainConfig.from_options(seed=seed, engine="cpu", threads=2, **options)
     result, _ = train_positives(positives, cfg, bits=BITS, negatives=setting.get("negatives", NEGATIVES),
                                 sampling=setting.get("sampling", "uniform"), loss=setting.get("loss", "logistic"),
-                                pool=setting.get("pool", POOL), hold=hold)
+                                pool=setting.get("pool", POOL), unobserved=setting.get("unobserved"),
+                                hold=hold)
     w = result.weights
     return user_side(w, users).vectors, item_vectors(w, catalogue)
 

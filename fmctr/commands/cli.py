@@ -364,7 +364,8 @@ def train_cmd(
     negatives: Annotated[int, typer.Option(metavar="N", help="With --items: negatives drawn per positive.", rich_help_panel="Positives only")] = 32,
     sampling: Annotated[str, typer.Option(help="With --items: uniform over the catalogue, or popularity (count^0.75).", rich_help_panel="Positives only")] = "uniform",
     pool: Annotated[int, typer.Option(metavar="M", help="With --items: each negative is the best-scored of M draws by the epoch's starting weights, the user's own positives left out (hard negatives; 1: plain draws).", rich_help_panel="Positives only")] = 4,
-    loss: Annotated[str, typer.Option(help="With --items: logistic (the positive 1, its negatives 0), bpr (pairwise: the positive above each negative; cpu engine) or softmax (the positive against every catalogue item, no negatives drawn; cpu engine, catalogues up to 200,000 items).", rich_help_panel="Positives only")] = "logistic",
+    loss: Annotated[str, typer.Option(help="With --items: logistic (the positive 1, its negatives 0), bpr (pairwise: the positive above each negative; cpu engine), softmax (the positive against every catalogue item, no negatives drawn; cpu engine, catalogues up to 200,000 items) or als (implicit alternating least squares: every pair not a positive is a 0 of weight --unobserved, each feature's weights solved exactly in turn; cpu engine; --l2-factors is its L2, scaled by the data each feature meets).", rich_help_panel="Positives only")] = "logistic",
+    unobserved: Annotated[Optional[float], typer.Option(metavar="W", help="With --loss als: the weight of every (user, item) pair that is not a positive, against 1 for a positive.  [default: 0.5]", rich_help_panel="Positives only")] = None,
     force: Force = False,
 ) -> None:
     """Train an FM on raw or hashed data and write a self-contained model file.
@@ -423,7 +424,7 @@ def train_cmd(
         raise BadOptions(f"--checkpoint-every: -o {output} is not a file, so there is no default checkpoint; give --checkpoint FILE")
     if items is not None:
         return _train_from_positives(input, items, out, given=_given(ctx, POSITIVES_OPTIONS), spec=spec, bits=bits, hash_seed=hash_seed, cfg=cfg, quiet=quiet,
-                                     json_out=json_out, negatives=negatives, sampling=sampling, loss=loss, pool=pool,
+                                     json_out=json_out, negatives=negatives, sampling=sampling, loss=loss, pool=pool, unobserved=unobserved,
                                      others=(start, resume, valid, valid_fraction, min_count, distributed.launched()))
     warm = load(start) if start is not None else None
     if warm is not None and "dim" not in _given(ctx, {"dim": "dim"}):  # (a model of merged refits has 2x --dim)
@@ -495,7 +496,7 @@ def _given(ctx: typer.Context, names: dict[str, str]) -> frozenset[str]:
 
 
 def _train_from_positives(input, items, out, *, given, spec, bits, hash_seed, cfg, quiet, json_out, negatives, sampling, loss,
-                          pool, others) -> None:
+                          pool, unobserved, others) -> None:
     from fmctr.commands.positives import train_from_positives
     from fmctr.commands.progress import TrainProgress, stderr
     from fmctr.models.modelfile import save
@@ -504,10 +505,12 @@ def _train_from_positives(input, items, out, *, given, spec, bits, hash_seed, cf
     if any(o not in (None, False) for o in others):
         raise BadOptions("--items (training from positives) takes no --model, --resume, --valid, --valid-fraction or "
                          "--min-count, and does not run under torchrun")
-    progress = NullProgress() if quiet else TrainProgress()
+    names = {"logistic": "logloss", "bpr": "BPR loss", "softmax": "softmax loss", "als": "squared loss"}
+    progress = NullProgress() if quiet else TrainProgress(loss=names.get(loss, "loss"), rated=loss != "als")
     with progress:
         model, result = train_from_positives(input, items, spec=spec, hashing=_hashing(bits, hash_seed), cfg=cfg,
-                                             negatives=negatives, sampling=sampling, loss=loss, pool=pool, progress=progress,
+                                             negatives=negatives, sampling=sampling, loss=loss, pool=pool,
+                                             unobserved=unobserved, progress=progress,
                                              log=_err, given=given)
     save(model, out)
     if not quiet:

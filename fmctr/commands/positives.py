@@ -29,7 +29,7 @@ from fmctr.reading.read import display_name, open_source
 from fmctr.reading.schema import Schema, SchemaSpec
 from fmctr.training.config import TrainConfig
 from fmctr.training.loop import TrainResult
-from fmctr.training.positives import train_positives
+from fmctr.training.positives import UNOBSERVED, train_positives
 
 
 def positives_schema(path: str, items: str, spec: SchemaSpec) -> Schema:
@@ -72,7 +72,8 @@ def read_positives(path: str, items: str, schema: Schema, hashing: HashSpec) -> 
 
 
 def train_from_positives(path: str, items: str, *, spec: SchemaSpec, hashing: HashSpec | None, cfg: TrainConfig,
-                         negatives: int, sampling: str, loss: str, pool: int = 1, progress=None,
+                         negatives: int, sampling: str, loss: str, pool: int = 1, unobserved: float | None = None,
+                         progress=None,
                          log: Log = silent, given: frozenset[str] | None = None) -> tuple[Model, TrainResult]:
     """Read the positives and the catalogue, train (fmctr.training.positives) and
     return the model with its run. `given`: the training options the user set (the
@@ -82,10 +83,11 @@ def train_from_positives(path: str, items: str, *, spec: SchemaSpec, hashing: Ha
     schema = positives_schema(path, items, spec)
     positives = read_positives(path, items, schema, hashing)
     result, chose = train_positives(positives, cfg, bits=hashing.bits, negatives=negatives, sampling=sampling,
-                                    loss=loss, pool=pool, progress=progress, given=given)
+                                    loss=loss, pool=pool, unobserved=unobserved, progress=progress, given=given)
     training = {
         "input": display_name(path), "items": display_name(items), "rows": len(positives.items),
-        "catalogue_items": len(positives.catalogue), "negatives": negatives, "sampling": sampling, "loss": loss, "pool": pool,
+        "catalogue_items": len(positives.catalogue), "loss": loss,
+        **({"unobserved": UNOBSERVED if unobserved is None else unobserved} if loss == "als" else {"negatives": negatives, "sampling": sampling, "pool": pool}),
         "epochs_run": len(result.history), "best_epoch": result.best_epoch,
         "history": [asdict(e) for e in result.history], "config": asdict(result.config), "engine": result.engine,
         "device": result.device, "seconds": round(time.time() - started, 3), "fmctr_version": __version__,

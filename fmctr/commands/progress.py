@@ -28,8 +28,11 @@ stderr = _stderr()
 class TrainProgress(NullProgress):
     """A rich progress bar per epoch: rows/s, running loss, ETA."""
 
-    def __init__(self, console: Console = stderr):
+    def __init__(self, console: Console = stderr, *, loss: str = "logloss", rated: bool = True):
+        """`loss`: what the training loss is called; `rated`: whether a learning rate
+        steps it (implicit ALS solves each feature's weights: no rate to print)."""
         self.console = console
+        self.loss_name, self.rated = loss, rated
         self.progress = Progress(
             TextColumn("epoch {task.fields[epoch]}"),
             BarColumn(),
@@ -80,10 +83,10 @@ class TrainProgress(NullProgress):
                 highlight=False)
 
     def end_epoch(self, record: Epoch) -> None:
-        line = f"epoch {record.epoch}: train logloss {record.train_logloss:.4f}, {record.rows_per_s:,.0f} rows/s"
+        line = f"epoch {record.epoch}: train {self.loss_name} {record.train_logloss:.4f}, {record.rows_per_s:,.0f} rows/s"
         if record.valid:
             line += "; valid " + _metrics(record.valid)
-        if record.lr is not None:
+        if record.lr is not None and self.rated:
             line += f"; lr {record.lr:.3g}"
         self.console.print(line, highlight=False)
 

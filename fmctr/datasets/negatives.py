@@ -24,6 +24,7 @@ import numba
 import numpy as np
 
 from fmctr.datasets.batches import BLOCK_ROWS, RowSource
+from fmctr.datasets.pattern import Problem
 from fmctr.errors import BadOptions
 from fmctr.hashing.tokens import Rows, is_ones, ones
 
@@ -181,3 +182,19 @@ class CatalogueRows(RowSource):
         for lo in range(0, self.rows, BLOCK_ROWS):
             at = np.arange(lo, min(lo + BLOCK_ROWS, self.rows))
             yield join(p, at, p.items[at], np.ones(len(at)))
+
+
+class PatternRows(CatalogueRows):
+    """A source for implicit ALS (fmctr.models.ials, `--loss als`): every catalogue
+    item not among a user's positives is an implicit 0, so nothing is drawn; an epoch
+    is one sweep over the whole users x items pattern, a single piece. `keys` names
+    each positive's user (fmctr.training.positives.keys_of)."""
+
+    method = "train_als"
+
+    def __init__(self, positives: Positives, keys: np.ndarray, *, unobserved: float):
+        self.positives, self.rows = positives, len(positives.items)
+        self.problem = Problem.of(positives.context, keys, positives.items, positives.catalogue, unobserved=unobserved)
+
+    def shuffled(self, rng: np.random.Generator):
+        yield self.problem, np.arange(self.rows, dtype=np.int64)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from fmctr.hashing.tokens import Rows, is_ones, ones
-from fmctr.models import kernel
+from fmctr.models import ials, kernel
 from fmctr.models.softmax import CatalogueIndex, softmax_gradients
 from fmctr.models.weights import FMWeights, initial_factors, pack_seen, unpack_seen
 from fmctr.tables import aligned_zeros, read_only, sparse_zeros
@@ -168,6 +168,13 @@ class CpuEngine:
             self.counters[0] += 1
             total += grads.loss
         return total
+
+    def train_als(self, problem, order: np.ndarray) -> float:
+        """One sweep of implicit ALS (fmctr.models.ials) over the positives' pattern:
+        each feature's weights solved in turn, no rate, no optimizer state. Returns
+        the loss's data part."""
+        self.first_touch(np.union1d(problem.users.features, problem.items.features))
+        return ials.sweep(self.w, problem, l2=self.cfg.l2_factors)
 
     def _gather(self, rows: Rows, order: np.ndarray) -> tuple[Rows, np.ndarray]:
         """The rows `order`, copied in that order (kernel.gather_offsets, then

@@ -6,9 +6,11 @@ but judged by NDCG@10 over the whole catalogue (fmctr.training.ranked), not logl
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-from fmctr.datasets.negatives import CatalogueRows, Positives, SampledRows, draw
+from fmctr.datasets.negatives import CatalogueRows, PatternRows, Positives, SampledRows, draw
 from fmctr.errors import BadOptions
 from fmctr.training import selection
 from fmctr.training.config import TrainConfig
@@ -17,7 +19,7 @@ from fmctr.models.softmax import MAX_ITEMS
 from fmctr.models.towers import item_vectors, user_side
 from fmctr.training.ranked import K, RankingCheck
 
-LOSSES = ("logistic", "bpr", "softmax")
+LOSSES = ("logistic", "bpr", "softmax", "als")
 # Training from positives starts from other defaults than CTR training (README, "Training
 # from positives only"; negatives, pool, loss and dim compared by `bench/recall.py
 # --choose` on carves of the training positives - dim 64 is above 32 on both carves; the
@@ -36,7 +38,11 @@ POSITIVES_DEFAULTS = {"dim": 64, "lr": 0.05, "init_std": 0.1, "adagrad_init": 0.
 # not of 4 rows (fmctr.models.softmax), and its gradient is a mean over 128 of them, so
 # Adagrad's initial accumulator is far smaller (at 0.01 it dwarfs the squared gradients
 # and the steps stall). Chosen on LightFM's protocol's carve (README).
-LOSS_DEFAULTS = {"softmax": {"batch_size": 128, "lr": 0.1, "adagrad_init": 1e-6, "l2_factors": 3e-4}}
+LOSS_DEFAULTS = {"softmax": {"batch_size": 128, "lr": 0.1, "adagrad_init": 1e-6, "l2_factors": 3e-4},
+                 "als": {"l2_factors": 0.01}}
+# Implicit ALS (fmctr.models.ials): the weight of every (user, item) pair that is not a
+# positive, against 1 for a positive.
+UNOBSERVED = 0.5
 NEGATIVES = 32  # drawn per positive
 POOL = 4  # draws per negative, the best-scored kept (MinedRows)
 STOP_METRIC = f"ndcg@{K}"
@@ -142,13 +148,9 @@ def _items_by_user(keys: np.ndarray, items: np.ndarray, users: np.ndarray) -> li
     return [np.unique(items[a:b]) for a, b in zip(lo, hi)]
 
 
-def train_positives(positives: Positives, cfg: TrainConfig, *, bits: int, negatives: int, sampling: str = "uniform",
-                    loss: str = "logistic", pool: int = POOL, progress=None,
-                    given: frozenset[str] | None = None, hold=hold_out) -> tuple[TrainResult, TrainResult | None]:
-    """Train on positives with sampled negatives, from POSITIVES_DEFAULTS where `cfg`
-    does not set (`given`, see for_positives): (the model's run, the held-out run that
-    chose its epochs, or None when the epochs were given or nothing was held out).
-    `hold(positives, fraction, seed)` splits off the positives that choose the epochs."""
+def _checked(cfg: TrainConfig, loss: str, unobserved: float | None, given) -> tuple[TrainConfig, float]:
+    """The configuration with this mode's defaults, and the --unobserved weight, checked
+    against the loss."""
     if loss not in LOSSES:
         raise BadOptions(f"unknown loss {loss!r} (choose from {', '.join(LOSSES)})")
     cfg = for_positives(cfg, given, loss)
@@ -156,10 +158,28 @@ def train_positives(positives: Positives, cfg: TrainConfig, *, bits: int, negati
         raise BadOptions(f"--loss {loss} runs on the cpu engine; the torch engine trains --loss logistic")
     if loss != "logistic" and cfg.engine == "auto":  # (auto picks torch where there is a GPU)
         cfg = cfg.with_options(engine="cpu")
+    if unobserved is not None and loss != "als":
+        raise BadOptions(f"--unobserved weighs the pairs that are not positives in --loss als, not --loss {loss}")
+    unobserved = UNOBSERVED if unobserved is None else unobserved
+    if not (math.isfinite(unobserved) and unobserved > 0):
+        raise BadOptions(f"--unobserved must be above 0 (got {unobserved:g})")
     if loss == "softmax" and cfg.optimizer != "adagrad":
         raise BadOptions(f"--loss softmax trains with adagrad, not {cfg.optimizer}")
+    return cfg, unobserved
+
+
+def train_positives(positives: Positives, cfg: TrainConfig, *, bits: int, negatives: int, sampling: str = "uniform",
+                    loss: str = "logistic", pool: int = POOL, unobserved: float | None = None, progress=None,
+                    given: frozenset[str] | None = None, hold=hold_out) -> tuple[TrainResult, TrainResult | None]:
+    """Train on positives with sampled negatives, from POSITIVES_DEFAULTS where `cfg`
+    does not set (`given`, see for_positives): (the model's run, the held-out run that
+    chose its epochs, or None when the epochs were given or nothing was held out).
+    `hold(positives, fraction, seed)` splits off the positives that choose the epochs."""
+    cfg, unobserved = _checked(cfg, loss, unobserved, given)
 
     def source(p: Positives, seed: int = cfg.seed) -> SampledRows | CatalogueRows:
+        if loss == "als":
+            return PatternRows(p, keys_of(p), unobserved=unobserved)
         if loss == "softmax":
             return CatalogueRows(p, max_items=MAX_ITEMS)
         options = {"sampling": sampling, "pairs": loss == "bpr", "seed": seed}

@@ -1,0 +1,64 @@
+"""Positives as a pattern: the users x items matrix of who has what, kept sparse, with
+each side's entities (distinct users; the catalogue's items) and their features by
+feature, as implicit ALS (fmctr.models.ials) solves one feature at a time."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from fmctr.hashing.tokens import Rows
+
+
+@dataclass
+class Side:
+    """One side's entities (distinct users, or the catalogue's items), their rows, and
+    their features by feature: `features` the distinct indices, and for feature j its
+    entities `entities[ptr[j]:ptr[j+1]]` with their values."""
+
+    rows: Rows
+    features: np.ndarray  # int64, sorted
+    ptr: np.ndarray
+    entities: np.ndarray
+    values: np.ndarray  # float64
+
+    @classmethod
+    def of(cls, rows: Rows) -> Side:
+        entity = np.repeat(np.arange(len(rows)), np.diff(rows.offsets))
+        order = np.argsort(rows.indices, kind="stable")
+        ordered = rows.indices[order].astype(np.int64)
+        features, starts = np.unique(ordered, return_index=True)
+        ptr = np.append(starts, len(ordered)).astype(np.int64)
+        return cls(rows, features, ptr, entity[order].astype(np.int64), rows.values[order].astype(np.float64))
+
+
+@dataclass
+class Problem:
+    """The positives as a users x items pattern, and both sides."""
+
+    users: Side
+    items: Side
+    by_user: tuple[np.ndarray, np.ndarray]  # (ptr, item) of each user's positives
+    by_item: tuple[np.ndarray, np.ndarray]  # (ptr, user) of each item's positives
+    unobserved: float = 0.5  # the weight of every pair that is not a positive (fmctr.models.ials)
+
+    @classmethod
+    def of(cls, context: Rows, keys: np.ndarray, items: np.ndarray, catalogue: Rows, *,
+           unobserved: float = 0.5) -> Problem:
+        """`context[p]` is positive p's user row, `keys[p]` a small integer per
+        distinct user (the row of the user's first positive stands for the user),
+        `items[p]` its catalogue row. A pair met twice counts once."""
+        users, first = np.unique(keys, return_index=True)
+        at = np.searchsorted(users, keys)
+        pairs = np.unique(at.astype(np.int64) * len(catalogue) + items)
+        u, i = pairs // len(catalogue), pairs % len(catalogue)
+        return cls(Side.of(context.take(first)), Side.of(catalogue), _csr(u, i, len(users)),
+                   _csr(i, u, len(catalogue)), unobserved)
+
+
+def _csr(rows: np.ndarray, cols: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    order = np.argsort(rows, kind="stable")
+    ptr = np.zeros(n + 1, np.int64)
+    np.cumsum(np.bincount(rows, minlength=n), out=ptr[1:])
+    return ptr, cols[order].astype(np.int64)

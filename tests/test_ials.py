@@ -1,0 +1,174 @@
+"""Implicit ALS for the FM's towers (`--loss als`, fmctr.models.ials): each feature's
+solve is the exact minimum of the whole-catalogue loss (checked against the loss
+computed pair by pair), the sweeps never raise it, and a model trained so ranks a
+planted world far better than chance."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fmctr.datasets.negatives import Positives
+from fmctr.datasets.pattern import Problem
+from fmctr.errors import BadOptions
+from fmctr.hashing.tokens import Rows
+from fmctr.models import ials
+from fmctr.models.towers import item_vectors, user_side
+from fmctr.models.weights import FMWeights
+from fmctr.training.config import TrainConfig
+from fmctr.training.positives import train_positives
+from fmctr.training.ranked import ranking_at_k, top_k
+from tests.test_positives import planted_world
+
+DIM, A0, L2 = 3, 0.4, 0.05
+
+
+def rows(lists: list[list[tuple[int, float]]]) -> Rows:
+    indices = np.array([f for row in lists for f, _ in row], np.int32)
+    values = np.array([x for row in lists for _, x in row], np.float32)
+    offsets = np.r_[0, np.cumsum([len(row) for row in lists])].astype(np.int64)
+    return Rows(indices, values, offsets, None)
+
+
+def world(seed: int = 0) -> tuple[FMWeights, Problem]:
+    """5 users with an id, a shared group feature and a numeric value; 6 items with an
+    id and a bag of 1-2 tags (values 1/sqrt(n)) - pairs within each side included -
+    and random weights everywhere, the bias too."""
+    rng = np.random.default_rng(seed)
+    users = rows([[(u, 1.0), (10 + u % 2, 1.0), (12, float(rng.normal()))] for u in range(5)])
+    tags = [[30 + t for t in rng.choice(3, rng.integers(1, 3), replace=False)] for _ in range(6)]
+    items = rows([[(20 + i, 1.0)] + [(t, 1 / np.sqrt(len(ts))) for t in ts] for i, ts in enumerate(tags)])
+    w = FMWeights.zeros(40, DIM)
+    w.bias[:] = 0.3
+    w.linear[:] = rng.normal(0, 0.2, 40)
+    w.factors[:] = rng.normal(0, 0.3, (40, DIM))
+    keys = np.array([0, 0, 1, 2, 2, 2, 3, 4])
+    chosen = np.array([0, 3, 1, 2, 4, 5, 0, 1])
+    return w, Problem.of(users.take(keys), keys, chosen, items, unobserved=A0)
+
+
+def scores(w: FMWeights, problem: Problem) -> np.ndarray:
+    """Every user x item logit, from the towers (exact: tests/test_recall.py)."""
+    side = user_side(w, problem.users.rows)
+    return side.constants[:, None] + side.vectors.astype(np.float64) @ item_vectors(w, problem.items.rows).astype(np.float64).T
+
+
+def data_loss(w: FMWeights, problem: Problem) -> float:
+    s = scores(w, problem)
+    ptr, items = problem.by_user
+    users = np.repeat(np.arange(len(ptr) - 1), np.diff(ptr))
+    return float(((1 - s[users, items]) ** 2).sum() + problem.unobserved * (s ** 2).sum())
+
+
+def penalty(w: FMWeights, problem: Problem, feature: int) -> float:
+    """The feature's L2: its weights' squares times the data it meets."""
+    for side, (ptr, _) in ((problem.users, problem.by_user), (problem.items, problem.by_item)):
+        j = np.searchsorted(side.features, feature)
+        if j < len(side.features) and side.features[j] == feature:
+            at, x = side.entities[side.ptr[j]:side.ptr[j + 1]], side.values[side.ptr[j]:side.ptr[j + 1]]
+            other = len(problem.by_item[0]) - 1 if side is problem.users else len(problem.by_user[0]) - 1
+            mass = float((x * x * (np.diff(ptr)[at] + problem.unobserved * other)).sum())
+            theta = np.r_[w.factors[feature].astype(np.float64), w.linear[feature]]
+            return L2 * mass * float(theta @ theta)
+    raise AssertionError(feature)
+
+
+def solve_one(w: FMWeights, problem: Problem, feature: int) -> None:
+    """ials' half step for this one feature alone."""
+    user_side_feature = feature in problem.users.features
+    side = problem.users if user_side_feature else problem.items
+    own_rows, other_rows = (problem.users, problem.items) if user_side_feature else (problem.items, problem.users)
+    bias = float(w.bias[0])
+    own = ials._vectors(w, own_rows, own=True, bias=bias if user_side_feature else 0.0)
+    other = ials._vectors(w, other_rows, own=False, bias=0.0 if user_side_feature else bias)
+    j = int(np.searchsorted(side.features, feature))
+    ptr = side.ptr[j:j + 2] - side.ptr[j]
+    span = slice(side.ptr[j], side.ptr[j + 1])
+    ials._half(side.features[j:j + 1], ptr, side.entities[span], side.values[span], w.factors, w.linear, own, other,
+               *(problem.by_user if user_side_feature else problem.by_item), problem.unobserved, L2)
+
+
+@pytest.mark.parametrize("feature", [0, 3, 10, 12, 21, 30, 32])
+def test_each_features_solve_is_the_exact_minimum_of_the_whole_catalogue_loss(feature):
+    """An id, a feature shared by users, a numeric value, an item id, tags in bags:
+    after the solve, moving any of the feature's weights either way raises the loss
+    (data, computed pair by pair, plus its L2) - the gradient there is zero."""
+    w, problem = world()
+    solve_one(w, problem, feature)
+
+    def objective():
+        return data_loss(w, problem) + penalty(w, problem, feature)
+
+    h = 1e-3
+    for c in range(DIM + 1):
+        table, at = (w.factors, (feature, c)) if c < DIM else (w.linear, feature)
+        start = float(table[at])
+        values = []
+        for delta in (-h, h):
+            table[at] = start + delta
+            values.append(objective())
+        table[at] = start
+        centre = objective()
+        assert abs(values[1] - values[0]) / (2 * h) < 1e-3, (feature, c)  # (about 1 to 6 before the solve)
+        assert min(values) > centre - 1e-9
+
+
+def test_sweeps_never_raise_the_loss_and_report_it():
+    w, problem = world(1)
+    for f in np.union1d(problem.users.features, problem.items.features):
+        w.factors[f] *= 0.1  # (a start far from the answer)
+
+    def objective():
+        features = np.union1d(problem.users.features, problem.items.features)
+        return data_loss(w, problem) + sum(penalty(w, problem, int(f)) for f in features)
+
+    before = objective()
+    for _ in range(4):
+        reported = ials.sweep(w, problem, l2=L2)
+        assert reported == pytest.approx(data_loss(w, problem), rel=1e-4)
+        after = objective()
+        assert after <= before + 1e-6
+        before = after
+
+
+def test_a_model_trained_by_als_ranks_a_planted_world_far_better_than_chance():
+    positives, test, users = planted_world()
+    cfg = TrainConfig.from_options(dim=8, epochs=6, threads=1, engine="cpu")
+    result, _ = train_positives(positives, cfg, bits=11, negatives=4, loss="als")
+    assert result.config.l2_factors == 0.01 and result.config.epochs == 6
+    w = result.weights
+    scores_ = user_side(w, users).vectors @ item_vectors(w, positives.catalogue).T
+    seen = [positives.items[u * 14:(u + 1) * 14] for u in range(150)]
+    ndcg = ranking_at_k(top_k(scores_, seen, 10), test)["ndcg@10"]
+    rng = np.random.default_rng(1)
+    chance = np.mean([ranking_at_k(top_k(rng.random(scores_.shape), seen, 10), test)["ndcg@10"] for _ in range(5)])
+    assert chance < 0.06 and ndcg > 3 * chance
+
+
+def test_als_chooses_its_epochs_on_held_out_positives():
+    positives, _, _ = planted_world()
+    result, chose = train_positives(positives, TrainConfig.from_options(threads=1, engine="cpu"), bits=11,
+                                    negatives=4, loss="als")
+    assert chose is not None and result.config.epochs == chose.best_epoch
+    assert "ndcg@10" in chose.history[0].valid
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"loss": "logistic", "unobserved": 0.3}, "--unobserved weighs the pairs that are not positives in --loss als"),
+    ({"loss": "als", "unobserved": 0.0}, "--unobserved must be above 0"),
+    ({"loss": "als", "engine": "torch"}, "--loss als runs on the cpu engine"),
+])
+def test_als_options_are_checked(options, message):
+    positives, _, _ = planted_world(users=10, items=40)
+    engine = options.pop("engine", "cpu")
+    with pytest.raises(BadOptions, match=message):
+        train_positives(positives, TrainConfig.from_options(epochs=1, engine=engine), bits=11, negatives=4, **options)
+
+
+def test_a_pair_given_twice_counts_once():
+    users = rows([[(0, 1.0)], [(1, 1.0)]])
+    items = rows([[(5, 1.0)], [(6, 1.0)]])
+    problem = Problem.of(users.take(np.array([0, 0, 1])), np.array([0, 0, 1]), np.array([1, 1, 0]), items)
+    assert problem.by_user[0].tolist() == [0, 1, 2] and problem.by_user[1].tolist() == [1, 0]
+    assert problem.by_item[0].tolist() == [0, 1, 2] and problem.by_item[1].tolist() == [1, 0]
+    assert Positives(users.take(np.array([0])), np.array([0]), items).items.tolist() == [0]
