@@ -55,7 +55,7 @@ from fmctr.hashing.tokens import HashSpec, Rows, hash_chunk, ones
 from fmctr.reading.read import Chunk
 from fmctr.reading.schema import Field, Schema
 from fmctr.training.config import TrainConfig
-from fmctr.training.positives import NEGATIVES, POOL, hold_out, train_positives
+from fmctr.training.positives import DEFAULT_LOSS, NEGATIVES, POOL, hold_out, train_positives
 from fmctr.models.towers import item_vectors, user_side
 from fmctr.commands.recall import vector_ranking_metrics
 from fmctr.models.retrieval import Exclusions
@@ -218,7 +218,7 @@ def fmctr_vectors(train: pl.DataFrame, shape, setting: dict, seed: int) -> tuple
         positives = Positives(users.take(u), i, catalogue)
     cfg = TrainConfig.from_options(seed=seed, engine="cpu", threads=2, **options)
     result, _ = train_positives(positives, cfg, bits=BITS, negatives=setting.get("negatives", NEGATIVES),
-                                sampling=setting.get("sampling", "uniform"), loss=setting.get("loss", "logistic"),
+                                sampling=setting.get("sampling", "uniform"), loss=setting.get("loss", DEFAULT_LOSS),
                                 pool=setting.get("pool", POOL), unobserved=setting.get("unobserved"),
                                 hold=hold)
     w = result.weights

@@ -172,3 +172,67 @@ def test_a_pair_given_twice_counts_once():
     assert problem.by_user[0].tolist() == [0, 1, 2] and problem.by_user[1].tolist() == [1, 0]
     assert problem.by_item[0].tolist() == [0, 1, 2] and problem.by_item[1].tolist() == [1, 0]
     assert Positives(users.take(np.array([0])), np.array([0]), items).items.tolist() == [0]
+
+
+def test_summed_fms_score_the_weighted_sum_of_their_logits_and_split_into_towers():
+    from fmctr.models.fm import summed
+
+    w1, problem = world(2)
+    w2, _ = world(3)
+    w2.factors = w2.factors[:, :2].copy()  # (dims may differ)
+    both = summed([w1, w2], [10.0, 1.0])
+    assert both.dim == DIM + 2
+    np.testing.assert_allclose(scores(both, problem), 10 * scores(w1, problem) + scores(w2, problem), rtol=1e-5,
+                               atol=1e-5)
+
+
+def test_blend_keeps_the_candidate_the_held_out_positives_rank_best():
+    positives, test, users = planted_world()
+    result, chose = train_positives(positives, TrainConfig.from_options(dim=8, threads=1, engine="cpu"), bits=11,
+                                    negatives=4, loss="blend", given=frozenset({"dim"}))
+    note = result.notes["blend"]
+    held = note["held_out_ndcg@10"]
+    assert set(held) == {"logistic", "als", "1.0", "3.0", "10.0", "30.0", "100.0"}
+    assert held[str(note["chosen"])] == max(held.values()) and isinstance(held["als"], float)
+    assert note["epochs"]["als"] >= 1 and chose is not None
+    expected_dim = {"logistic": 8, "als": 8}.get(note["chosen"], 16)
+    assert result.weights.dim == result.config.dim == expected_dim
+
+
+def test_als_and_blend_on_the_command_line(tmp_path):
+    import json
+
+    import polars as pl
+    from typer.testing import CliRunner
+
+    from fmctr.commands.cli import app
+    from fmctr.models.modelfile import load
+    from tests.test_positives import SAMPLE
+
+    clicks = pl.read_csv(SAMPLE / "clicks_train.csv")
+    clicks.filter(pl.col("label") == 1).drop("label").write_csv(tmp_path / "positives.csv")
+    base = ["train", str(tmp_path / "positives.csv"), "--items", str(SAMPLE / "items.csv"), "--multi", "genres",
+            "--numeric", "age,year", "--bits", "14", "--dim", "8", "-q", "--json"]
+    for loss in ("als", "blend"):
+        out = tmp_path / f"{loss}.fm"
+        result = CliRunner().invoke(app, [*base, "--loss", loss, "--unobserved", "0.3", "-o", str(out)])
+        assert result.exit_code == 0, result.output
+        training = json.loads(result.stdout)
+        assert training["loss"] == loss and training["unobserved"] == 0.3 and load(out).training["loss"] == loss
+        assert ("blend" in training) == (loss == "blend") and ("negatives" in training) == (loss == "blend")
+        top = CliRunner().invoke(app, ["recall", str(SAMPLE / "users.csv"), "--items", str(SAMPLE / "items.csv"),
+                                       "-m", str(out), "-k", "3", "--keep", "user_id"])
+        assert top.exit_code == 0, top.output
+        assert top.stdout.splitlines()[0] == "user_id,movie_id,rank,score" and len(top.stdout.splitlines()) > 3
+    bad = CliRunner().invoke(app, [*base, "--loss", "bpr", "--unobserved", "0.3", "-o", str(tmp_path / "bad.fm")])
+    assert bad.exit_code == 1 and not (tmp_path / "bad.fm").exists()
+    assert bad.output == "error: --unobserved weighs the pairs that are not positives in --loss als or blend, not --loss bpr\n"
+
+
+def test_the_command_lines_default_loss_is_the_libraries():
+    import inspect
+
+    from fmctr.commands.cli import train_cmd as train
+    from fmctr.training.positives import DEFAULT_LOSS
+
+    assert inspect.signature(train).parameters["loss"].default == DEFAULT_LOSS == "blend"

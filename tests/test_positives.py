@@ -164,7 +164,7 @@ def test_held_out_positives_choose_the_epochs_by_ndcg():
     fit, check = parts
     assert len(fit.items) == len(positives.items) - 210 and check.rows == len(check.relevant) == 15  # the last 15 users
     cfg = TrainConfig.from_options(dim=8, threads=1, engine="cpu")
-    result, chose = train_positives(positives, cfg, bits=11, negatives=4)
+    result, chose = train_positives(positives, cfg, bits=11, negatives=4, loss="logistic")
     assert chose.config.stop_metric == "ndcg@10" and result.config.epochs == chose.best_epoch
     assert chose.history[chose.best_epoch - 1].valid["ndcg@10"] == max(e.valid["ndcg@10"] for e in chose.history)
 
@@ -214,7 +214,7 @@ def test_a_given_split_chooses_the_epochs():
         return hold_out(p, fraction, seed)
 
     cfg = TrainConfig.from_options(dim=8, threads=1, engine="cpu")
-    result, chose = train_positives(positives, cfg, bits=11, negatives=4, hold=hold)
+    result, chose = train_positives(positives, cfg, bits=11, negatives=4, hold=hold, loss="logistic")
     assert calls and chose is not None and result.config.epochs == chose.best_epoch
 
 
@@ -228,7 +228,7 @@ def test_train_from_positives_on_the_command_line(tmp_path):
     clicks = pl.read_csv(SAMPLE / "clicks_train.csv")
     clicks.filter(pl.col("label") == 1).drop("label").write_csv(tmp_path / "positives.csv")
     out = tmp_path / "recall.fm"
-    args = ["train", str(tmp_path / "positives.csv"), "--items", str(SAMPLE / "items.csv"), "--multi", "genres", "--numeric", "age,year", "-o", str(out), "--bits", "14", "--negatives", "4", "--pool", "2",
+    args = ["train", str(tmp_path / "positives.csv"), "--items", str(SAMPLE / "items.csv"), "--multi", "genres", "--numeric", "age,year", "-o", str(out), "--bits", "14", "--negatives", "4", "--pool", "2", "--loss", "logistic",
             "--epochs", "2", "-q", "--json"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
@@ -251,8 +251,8 @@ def test_from_positives_one_refit_by_default_and_merged_refits_when_asked():
     merged model still splits into towers: the vectors' scores are the FM's."""
     positives, test, users = planted_world()
     cfg = TrainConfig.from_options(threads=1, engine="cpu")
-    one, _ = train_positives(positives, cfg, bits=11, negatives=4, given=frozenset())
-    two, chose = train_positives(positives, cfg.with_options(refits=2), bits=11, negatives=4,
+    one, _ = train_positives(positives, cfg, bits=11, negatives=4, given=frozenset(), loss="logistic")
+    two, chose = train_positives(positives, cfg.with_options(refits=2), bits=11, negatives=4, loss="logistic",
                                  given=frozenset({"refits"}))
     assert chose is not None and one.weights.dim == 64 and two.weights.dim == 128 and two.config.refits == 2
     np.testing.assert_allclose(two.weights.factors[:, :64], one.weights.factors / np.sqrt(2), rtol=1e-6, atol=1e-9)

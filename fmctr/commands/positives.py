@@ -87,11 +87,14 @@ def train_from_positives(path: str, items: str, *, spec: SchemaSpec, hashing: Ha
     training = {
         "input": display_name(path), "items": display_name(items), "rows": len(positives.items),
         "catalogue_items": len(positives.catalogue), "loss": loss,
-        **({"unobserved": UNOBSERVED if unobserved is None else unobserved} if loss == "als" else {"negatives": negatives, "sampling": sampling, "pool": pool}),
+        **({"unobserved": UNOBSERVED if unobserved is None else unobserved} if loss in ("als", "blend") else {}),
+        **({} if loss == "als" else {"negatives": negatives, "sampling": sampling, "pool": pool}),
         "epochs_run": len(result.history), "best_epoch": result.best_epoch,
         "history": [asdict(e) for e in result.history], "config": asdict(result.config), "engine": result.engine,
         "device": result.device, "seconds": round(time.time() - started, 3), "fmctr_version": __version__,
     }
+    if result.notes:
+        training.update(result.notes)
     if chose is not None and chose is not result:
         best = chose.history[chose.best_epoch - 1]
         training["selection"] = {"best_epoch": chose.best_epoch, "valid_metrics": best.valid,

@@ -112,6 +112,29 @@ class FM:
         return merged, _merged_state(optimizers, mean, partial(_side_by_side, rows=rows))
 
 
+def summed(weights: list[FMWeights], scales: list[float]) -> FMWeights:
+    """One FM whose logit is sum_m scales[m] x the m-th FM's logit: the biases and the
+    linear weights summed so, the factors side by side, each FM's times sqrt(scale)
+    (over the joined factors a pair's <v_i, v_j> is then the scaled sum of the FMs'),
+    so its dim is the sum of theirs. A blend of models trained apart (--loss blend)
+    stays one FM, towers and all. Where every FM knows the rows it met, only their
+    union is combined."""
+    rows = np.unique(np.concatenate([w.met for w in weights])) if all(w.met is not None for w in weights) else None
+    count, dims = weights[0].num_features, [w.dim for w in weights]
+    at = slice(None) if rows is None else rows
+    shape = (count, sum(dims))
+    factors = aligned_zeros(shape) if rows is None else sparse_zeros(shape, len(rows))
+    linear = np.zeros(count, np.float32) if rows is None else sparse_zeros((count,), len(rows))
+    bias = np.zeros(1, np.float32)
+    lo = 0
+    for w, scale, dim in zip(weights, scales, dims):
+        bias += np.float32(scale) * w.bias
+        linear[at] += np.float32(scale) * w.linear[at]
+        factors[at, lo : lo + dim] = w.factors[at] * np.float32(np.sqrt(scale))
+        lo += dim
+    return FMWeights(bias, linear, factors, rows)
+
+
 def _mean(arrays: list[np.ndarray], rows: np.ndarray | None) -> np.ndarray:
     """The arrays' mean (float32), over `rows` alone when given (zero elsewhere)."""
     average = lambda parts: (sum(parts[1:], parts[0].copy()) / np.float32(len(parts))).astype(np.float32)  # noqa: E731

@@ -37,6 +37,7 @@ class TrainResult:
     device: str
     config: TrainConfig  # with every default resolved
     optimizer: dict | None = None  # the optimizer's state after the last epoch
+    notes: dict | None = None  # what a composite run records beside (fmctr.training.blend)
 
 
 class NullProgress:
