@@ -14,7 +14,7 @@ from fmctr.hashing.tokens import Rows, ones
 from fmctr.models.fm_engines import CpuEngine
 from fmctr.models.weights import FMWeights
 from fmctr.training.config import TrainConfig
-from fmctr.training.positives import POSITIVES_DEFAULTS, hold_out, train_positives
+from fmctr.training.positives import LOSS_DEFAULTS, POSITIVES_DEFAULTS, hold_out, train_positives
 from fmctr.models.towers import item_vectors, user_side
 from fmctr.ranking import ndcg_at_k
 from fmctr.training.ranked import ranking_at_k, top_k
@@ -134,13 +134,14 @@ def planted_world(users=150, items=120, per_user=15, seed=0) -> tuple[Positives,
     return positives, [row[:1] for row in chosen], one_hot(np.arange(users), 0)
 
 
-@pytest.mark.parametrize("loss", ["logistic", "bpr"])
+@pytest.mark.parametrize("loss", ["logistic", "bpr", "als"])
 def test_trained_from_positives_it_ranks_far_better_than_chance(loss):
     positives, test, users = planted_world()
     cfg = TrainConfig.from_options(dim=8, epochs=8, threads=1, engine="cpu")
     result, chose = train_positives(positives, cfg, bits=11, negatives=4, loss=loss)
     assert chose is None  # the epochs were given
-    assert result.config.l2_factors == POSITIVES_DEFAULTS["l2_factors"] and result.config.dim == POSITIVES_DEFAULTS["dim"]  # (8: the ordinary default)
+    defaults = {**POSITIVES_DEFAULTS, **LOSS_DEFAULTS.get(loss, {})}
+    assert result.config.l2_factors == defaults["l2_factors"] and result.config.dim == defaults["dim"]  # (8: the ordinary default)
     w = result.weights
     scores = user_side(w, users).vectors @ item_vectors(w, positives.catalogue).T
     seen = [positives.items[u * 14:(u + 1) * 14] for u in range(150)]
