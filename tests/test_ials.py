@@ -62,8 +62,9 @@ def data_loss(w: FMWeights, problem: Problem) -> float:
 def penalty(w: FMWeights, problem: Problem, feature: int) -> float:
     """The feature's L2: its weights' squares times the data it meets."""
     for side, (ptr, _) in ((problem.users, problem.by_user), (problem.items, problem.by_item)):
-        j = np.searchsorted(side.features, feature)
-        if j < len(side.features) and side.features[j] == feature:
+        found = np.flatnonzero(side.features == feature)
+        if len(found):
+            j = found[0]
             at, x = side.entities[side.ptr[j]:side.ptr[j + 1]], side.values[side.ptr[j]:side.ptr[j + 1]]
             other = len(problem.by_item[0]) - 1 if side is problem.users else len(problem.by_user[0]) - 1
             mass = float((x * x * (np.diff(ptr)[at] + problem.unobserved * other)).sum())
@@ -80,10 +81,10 @@ def solve_one(w: FMWeights, problem: Problem, feature: int) -> None:
     bias = float(w.bias[0])
     own = ials._vectors(w, own_rows, own=True, bias=bias if user_side_feature else 0.0)
     other = ials._vectors(w, other_rows, own=False, bias=0.0 if user_side_feature else bias)
-    j = int(np.searchsorted(side.features, feature))
+    j = int(np.flatnonzero(side.features == feature)[0])
     ptr = side.ptr[j:j + 2] - side.ptr[j]
     span = slice(side.ptr[j], side.ptr[j + 1])
-    ials._half(side.features[j:j + 1], ptr, side.entities[span], side.values[span], w.factors, w.linear, own, other,
+    ials._half(np.array([0, 1]), np.array([False]), side.features[j:j + 1], ptr, side.entities[span], side.values[span], w.factors, w.linear, own, other,
                *(problem.by_user if user_side_feature else problem.by_item), problem.unobserved, L2)
 
 
@@ -221,3 +222,27 @@ def test_the_command_lines_default_loss_is_the_libraries():
     from fmctr.training.positives import DEFAULT_LOSS
 
     assert inspect.signature(train).parameters["loss"].default == DEFAULT_LOSS == "blend"
+
+
+def test_features_that_share_no_entity_are_grouped_and_solved_at_once_with_the_same_result():
+    from dataclasses import replace
+
+    from fmctr.datasets.pattern import Side
+
+    side = Side.of(rows([[(0, 1.0), (10, 1.0), (30, .7), (31, .7)], [(1, 1.0), (11, 1.0), (31, 1.0)],
+                         [(2, 1.0), (10, 1.0), (30, .7), (32, .7)]]))
+    groups = [side.features[a:b].tolist() for a, b in zip(side.groups[:-1], side.groups[1:])]
+    assert groups == [[0, 1, 2], [10, 11], [30], [32], [31]]  # (31 is met at two places: last, in turn)
+    assert side.independent.tolist() == [True, True, True, True, False]
+    assert side.entities[side.ptr[5]:side.ptr[6]].tolist() == [0, 2]  # feature 30's
+
+    w, problem = world(4)
+    in_turn = replace(problem, users=replace(problem.users, independent=np.zeros_like(problem.users.independent)),
+                      items=replace(problem.items, independent=np.zeros_like(problem.items.independent)))
+    assert problem.users.independent.any() and problem.items.independent.any()
+    at_once, one_by_one = w.copy(), w.copy()
+    for _ in range(2):
+        ials.sweep(at_once, problem, l2=L2)
+        ials.sweep(one_by_one, in_turn, l2=L2)
+    np.testing.assert_array_equal(at_once.factors, one_by_one.factors)
+    np.testing.assert_array_equal(at_once.linear, one_by_one.linear)

@@ -15,22 +15,53 @@ from fmctr.hashing.tokens import Rows
 class Side:
     """One side's entities (distinct users, or the catalogue's items), their rows, and
     their features by feature: `features` the distinct indices, and for feature j its
-    entities `entities[ptr[j]:ptr[j+1]]` with their values."""
+    entities `entities[ptr[j]:ptr[j+1]]` with their values. The features come in
+    groups, features[groups[g]:groups[g+1]]: in a group whose `independent[g]` is
+    set, no entity has two of its features (a categorical field's values: each row
+    holds one, at the same place), so they can be solved at once with the result of
+    solving them in turn; the last group holds the rest (bags' tokens, a feature met at
+    several places)."""
 
     rows: Rows
-    features: np.ndarray  # int64, sorted
+    features: np.ndarray  # int64
     ptr: np.ndarray
     entities: np.ndarray
     values: np.ndarray  # float64
+    groups: np.ndarray  # int64, group boundaries in features
+    independent: np.ndarray  # bool, per group
 
     @classmethod
     def of(cls, rows: Rows) -> Side:
         entity = np.repeat(np.arange(len(rows)), np.diff(rows.offsets))
+        slot = np.arange(len(rows.indices)) - rows.offsets[entity]
         order = np.argsort(rows.indices, kind="stable")
         ordered = rows.indices[order].astype(np.int64)
         features, starts = np.unique(ordered, return_index=True)
         ptr = np.append(starts, len(ordered)).astype(np.int64)
-        return cls(rows, features, ptr, entity[order].astype(np.int64), rows.values[order].astype(np.float64))
+        entities, values, slots = entity[order].astype(np.int64), rows.values[order].astype(np.float64), slot[order]
+        group = _slot_of_each(ptr, slots)
+        by_group = np.r_[np.flatnonzero(group >= 0)[np.argsort(group[group >= 0], kind="stable")],
+                         np.flatnonzero(group < 0)]  # (the rest last)
+        rank = np.empty(len(features), np.int64)
+        rank[by_group] = np.arange(len(features))
+        take = np.argsort(rank[np.repeat(np.arange(len(features)), np.diff(ptr))], kind="stable")
+        new_ptr = np.zeros(len(features) + 1, np.int64)
+        np.cumsum(np.diff(ptr)[by_group], out=new_ptr[1:])
+        keys = group[by_group]
+        bounds = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1], True]) if len(keys) else np.zeros(1, np.int64)
+        independent = keys[bounds[:-1]] >= 0
+        return cls(rows, features[by_group], new_ptr, entities[take], values[take], bounds.astype(np.int64),
+                   independent)
+
+
+def _slot_of_each(ptr: np.ndarray, slots: np.ndarray) -> np.ndarray:
+    """Per feature, the one place in a row where it is always met, or -1. (Met always
+    at one place, a feature is met once per entity: a row holds one value a place.)"""
+    out = np.full(len(ptr) - 1, -1, np.int64)
+    if len(out):
+        same = np.minimum.reduceat(slots, ptr[:-1]) == np.maximum.reduceat(slots, ptr[:-1])
+        out[same] = slots[ptr[:-1]][same]
+    return out
 
 
 @dataclass

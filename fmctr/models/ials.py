@@ -65,44 +65,57 @@ def sweep(w, problem: Problem, *, l2: float) -> float:
 
 
 def _side_arrays(side: Side) -> tuple:
-    return side.features, side.ptr, side.entities, side.values
+    return side.groups, side.independent, side.features, side.ptr, side.entities, side.values
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy", parallel=True)
+def _half(groups, independent, features, ptr, entities, values, factors, linear, own, other, obs_ptr, obs,
+          unobserved, l2):
+    """Each feature of one side in turn, by groups (fmctr.datasets.pattern.Side): the
+    features of an independent group share no entity, so they are solved on every
+    thread at once, with the result of solving them one after another."""
+    gram, mean = _gram(other)
+    for g in range(len(groups) - 1):
+        if independent[g]:
+            for j in numba.prange(groups[g], groups[g + 1]):
+                _feature(j, features, ptr, entities, values, factors, linear, own, other, obs_ptr, obs, unobserved,
+                         l2, gram, mean)
+        else:
+            for j in range(groups[g], groups[g + 1]):
+                _feature(j, features, ptr, entities, values, factors, linear, own, other, obs_ptr, obs, unobserved,
+                         l2, gram, mean)
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def _half(features, ptr, entities, values, factors, linear, own, other, obs_ptr, obs, unobserved, l2):
-    """Each feature of one side in turn: its (factors, linear weight) by one Newton
-    step of the quadratic loss - exact, the loss being quadratic in them - then the
-    own vectors of its entities moved to match. Only the lower triangle of the
-    Hessian is filled (_solve reads no more)."""
+def _feature(j, features, ptr, entities, values, factors, linear, own, other, obs_ptr, obs, unobserved, l2, gram,
+             mean):
+    """Feature j's (factors, linear weight) by one Newton step of the quadratic loss -
+    exact, the loss being quadratic in them - then the own vectors of its entities
+    moved to match. Only the lower triangle of the Hessian is filled (_solve reads no
+    more)."""
     k = factors.shape[1]
-    k1 = k + 1
-    n_other = other.shape[0]
-    gram, mean = _gram(other)
-    theta, step = np.empty(k1), np.empty(k1)
-    hessian, grad, d = np.empty((k1, k1)), np.empty(k1), np.zeros(k1)
-    for j in range(len(features)):
-        f = features[j]
+    k1, n_other, f = k + 1, other.shape[0], features[j]
+    theta, step, grad, d = np.empty(k1), np.empty(k1), np.zeros(k1), np.zeros(k1)
+    hessian = np.zeros((k1, k1))
+    for c in range(k):
+        theta[c] = factors[f, c]
+    theta[k] = linear[f]
+    mass = 0.0
+    for p in range(ptr[j], ptr[j + 1]):
+        e, x = entities[p], values[p]
         for c in range(k):
-            theta[c] = factors[f, c]
-        theta[k] = linear[f]
-        hessian[:, :] = 0.0
-        grad[:] = 0.0
-        mass = 0.0
-        for p in range(ptr[j], ptr[j + 1]):
-            e, x = entities[p], values[p]
-            for c in range(k):
-                d[c] = own[e, c] - x * theta[c]
-            _everything(hessian, grad, own[e], d, x * unobserved, x, gram, mean, n_other)
-            _observed(hessian, grad, own[e], d, x, other, obs[obs_ptr[e]:obs_ptr[e + 1]])
-            mass += x * x * (obs_ptr[e + 1] - obs_ptr[e] + unobserved * n_other)
-        for r in range(k1):
-            hessian[r, r] += l2 * mass
-            grad[r] -= l2 * mass * theta[r]
-        _solve(hessian, grad, step)
-        for c in range(k):
-            factors[f, c] = theta[c] + step[c]
-        linear[f] = theta[k] + step[k]
-        _move(own, entities[ptr[j]:ptr[j + 1]], values[ptr[j]:ptr[j + 1]], theta, step)
+            d[c] = own[e, c] - x * theta[c]
+        _everything(hessian, grad, own[e], d, x * unobserved, x, gram, mean, n_other)
+        _observed(hessian, grad, own[e], d, x, other, obs[obs_ptr[e]:obs_ptr[e + 1]])
+        mass += x * x * (obs_ptr[e + 1] - obs_ptr[e] + unobserved * n_other)
+    for r in range(k1):
+        hessian[r, r] += l2 * mass
+        grad[r] -= l2 * mass * theta[r]
+    _solve(hessian, grad, step)
+    for c in range(k):
+        factors[f, c] = theta[c] + step[c]
+    linear[f] = theta[k] + step[k]
+    _move(own, entities[ptr[j]:ptr[j + 1]], values[ptr[j]:ptr[j + 1]], theta, step)
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy", inline="always")
