@@ -213,6 +213,10 @@ def test_als_and_blend_on_the_command_line(tmp_path):
     bad = CliRunner().invoke(app, [*base, "--loss", "bpr", "--unobserved", "0.3", "-o", str(tmp_path / "bad.fm")])
     assert bad.exit_code == 1 and not (tmp_path / "bad.fm").exists()
     assert bad.output == "error: --unobserved weighs the pairs that are not positives in --loss als or blend, not --loss bpr\n"
+    drawn = CliRunner().invoke(app, [*base, "--loss", "als", "--negatives", "8", "--pool", "2", "-o", str(tmp_path / "bad.fm")])
+    assert drawn.exit_code == 1 and not (tmp_path / "bad.fm").exists()
+    assert drawn.output == ("error: --negatives, --pool: --loss als draws no negatives (every catalogue item is in "
+                            "each user's loss)\n")
 
 
 def test_the_command_lines_default_loss_is_the_libraries():

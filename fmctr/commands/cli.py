@@ -423,6 +423,10 @@ def train_cmd(
     if checkpoint_every is not None and ckpt is None:
         raise BadOptions(f"--checkpoint-every: -o {output} is not a file, so there is no default checkpoint; give --checkpoint FILE")
     if items is not None:
+        drawing = _given(ctx, {"negatives": "--negatives", "pool": "--pool", "sampling": "--sampling"})
+        if drawing and loss in ("als", "softmax"):
+            raise BadOptions(f"{', '.join(sorted(drawing))}: --loss {loss} draws no negatives (every catalogue item "
+                             f"is in each user's loss)")
         return _train_from_positives(input, items, out, given=_given(ctx, POSITIVES_OPTIONS), spec=spec, bits=bits, hash_seed=hash_seed, cfg=cfg, quiet=quiet,
                                      json_out=json_out, negatives=negatives, sampling=sampling, loss=loss, pool=pool, unobserved=unobserved,
                                      others=(start, resume, valid, valid_fraction, min_count, distributed.launched()))
