@@ -183,6 +183,11 @@ def test_blend_keeps_the_candidate_the_held_out_positives_rank_best():
     assert note["epochs"]["als"] >= 1 and chose is not None
     expected_dim = {"logistic": 8, "als": 8}.get(note["chosen"], 16)
     assert result.weights.dim == result.config.dim == expected_dim
+    from fmctr.training.blend import describe
+
+    assert describe(note).startswith("blend: kept ") and f"{held[str(note['chosen'])]:.4f}" in describe(note)
+    assert describe({"chosen": 10.0, "held_out_ndcg@10": {}}) == (
+        "blend: kept 10 x als + logistic (no held-out positives to choose: the default weight)")
 
 
 def test_als_and_blend_on_the_command_line(tmp_path):

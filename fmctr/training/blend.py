@@ -46,3 +46,13 @@ def blended(runs: dict, check: RankingCheck | None) -> tuple:
     weights = summed([als.weights, logistic.weights], [best, 1.0])
     config = logistic.config.with_options(dim=weights.dim)
     return replace(logistic, weights=weights, config=config, optimizer=None, notes={"blend": note}), chose
+
+
+def describe(note: dict) -> str:
+    """One line on what the blend kept, for the progress output."""
+    chosen, held = note["chosen"], note[f"held_out_ndcg@{K}"]
+    kept = f"{chosen} alone" if chosen in ("logistic", "als") else f"{chosen:g} x als + logistic"
+    if not held:
+        return f"blend: kept {kept} (no held-out positives to choose: the default weight)"
+    scores = ", ".join(f"{name} {held[name]:.4f}" for name in ("logistic", "als"))
+    return f"blend: kept {kept}, held-out NDCG@{K} {held[str(chosen)]:.4f} ({scores})"

@@ -203,8 +203,14 @@ def train_positives(positives: Positives, cfg: TrainConfig, *, bits: int, negati
     if loss != "blend":
         return run(cfg, source(loss))
     als = for_positives(original, given, "als").with_options(engine="cpu")
-    return blend.blended({"logistic": run(cfg, source("logistic")), "als": run(als, source("als"))},
-                         parts[1] if parts is not None else None)
+    note = progress.note if progress is not None else (lambda message: None)
+    note("blend, 1 of 2: logistic on sampled negatives")
+    logistic = run(cfg, source("logistic"))
+    note("blend, 2 of 2: implicit ALS")
+    result, chose = blend.blended({"logistic": logistic, "als": run(als, source("als"))},
+                                  parts[1] if parts is not None else None)
+    note(blend.describe(result.notes["blend"]))
+    return result, chose
 
 
 def _chosen_and_refitted(positives: Positives, cfg: TrainConfig, source, *, parts, bits: int,
