@@ -16,7 +16,9 @@ matrix, never a users x items matrix (Bayer et al. 2017, "A generic coordinate
 descent framework for learning from implicit feedback"). A sweep solves each feature
 of the user side in turn against the items, then each feature of the item side
 against the users. With one id column per side and no other feature this is implicit
-ALS with a bias per item (and per user).
+ALS with a bias per item (and per user). Exact where no row holds a feature twice: a
+bag with a token twice (`a|a|b`) makes a pair of the feature with itself, quadratic in
+its factors, and its step is then a Newton step from where it stands, not the minimum.
 
 Vectors kept per entity during a half sweep (float64), in the layout that makes every
 score one dot product:
