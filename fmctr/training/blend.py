@@ -26,9 +26,9 @@ DEFAULT_SCALE = 10.0
 
 
 def blended(runs: dict, check: RankingCheck | None) -> tuple:
-    """(the blended TrainResult, the logistic model's held-out run) from each loss's
-    (run, held-out run); `check`: the held-out positives, None when nothing was held
-    out (then DEFAULT_SCALE)."""
+    """(the blended TrainResult, the held-out run of the model kept alone - or of the
+    logistic one in a blend) from each loss's (run, held-out run); `check`: the
+    held-out positives, None when nothing was held out (then DEFAULT_SCALE)."""
     (logistic, chose), (als, als_chose) = runs["logistic"], runs["als"]
     scores: dict[str, float] = {}
     if check is None:
@@ -41,8 +41,8 @@ def blended(runs: dict, check: RankingCheck | None) -> tuple:
     note = {"chosen": best, "epochs": {"logistic": logistic.config.epochs, "als": als.config.epochs},
             f"held_out_ndcg@{K}": {str(name): round(float(score), 6) for name, score in scores.items()}}
     if best in ("logistic", "als"):
-        alone = logistic if best == "logistic" else als
-        return replace(alone, notes={"blend": note}), chose
+        alone, its_choice = (logistic, chose) if best == "logistic" else (als, als_chose)
+        return replace(alone, notes={"blend": note}), its_choice
     weights = summed([als.weights, logistic.weights], [best, 1.0])
     config = logistic.config.with_options(dim=weights.dim)
     return replace(logistic, weights=weights, config=config, optimizer=None, notes={"blend": note}), chose
