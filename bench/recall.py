@@ -68,8 +68,8 @@ K = 10
 BITS = 18
 # fmctr runs with its defaults for training from positives (fmctr.training.positives);
 # --choose sweeps these changes of them on the carves only, to choose those defaults.
-CHOICES = [{}, {"loss": "bpr"}, {"loss": "softmax"}, {"pool": 1}, {"pool": 8}, {"negatives": 16}, {"dim": 64}, {"l2_factors": 0.0},
-           {"l2_factors": 0.01}, {"features": True}]
+CHOICES = [{}, {"loss": "logistic"}, {"loss": "als"}, {"loss": "bpr"}, {"loss": "softmax"}, {"pool": 1},
+           {"negatives": 16}, {"unobserved": 0.25}, {"unobserved": 1.0}, {"features": True}]
 
 
 def load() -> pl.DataFrame:
