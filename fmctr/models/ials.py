@@ -56,6 +56,8 @@ def sweep(w, problem: Problem, *, l2: float) -> float:
     items = _vectors(w, problem.items, own=False)
     users = _vectors(w, problem.users, own=True, bias=bias)
     _half(*_side_arrays(problem.users), w.factors, w.linear, users, items, *problem.by_user, unobserved, l2)
+    # (from the weights again, not the vectors the half moved: a row of the table that
+    # both sides hash to - a collision - moves the other side's vectors too)
     users = _vectors(w, problem.users, own=False, bias=bias)
     items = _vectors(w, problem.items, own=True)
     _half(*_side_arrays(problem.items), w.factors, w.linear, items, users, *problem.by_item, unobserved, l2)
