@@ -211,6 +211,7 @@ def test_als_and_blend_on_the_command_line(tmp_path):
         training = json.loads(result.stdout)
         assert training["loss"] == loss and training["unobserved"] == 0.3 and load(out).training["loss"] == loss
         assert ("blend" in training) == (loss == "blend") and ("negatives" in training) == (loss == "blend")
+        _info_says(out, loss)
         top = CliRunner().invoke(app, ["recall", str(SAMPLE / "users.csv"), "--items", str(SAMPLE / "items.csv"),
                                        "-m", str(out), "-k", "3", "--keep", "user_id"])
         assert top.exit_code == 0, top.output
@@ -255,3 +256,21 @@ def test_features_that_share_no_entity_are_grouped_and_solved_at_once_with_the_s
         ials.sweep(one_by_one, in_turn, l2=L2)
     np.testing.assert_array_equal(at_once.factors, one_by_one.factors)
     np.testing.assert_array_equal(at_once.linear, one_by_one.linear)
+
+
+def _info_says(path, loss: str) -> None:
+    """`fmctr info` of a model trained from positives: its loss, the blend it kept, and
+    the ranking check's metrics per epoch."""
+    from rich.console import Console
+
+    from fmctr.commands.info import model_info
+    from fmctr.commands.views import info_tables
+
+    info = model_info(str(path))
+    console = Console(width=250, record=True)
+    for table in info_tables(info):
+        console.print(table)
+    text = console.export_text()
+    assert info["training"]["loss"] == loss and "valid NDCG@10" in text and "train loss" in text
+    assert ("blend: kept" not in text) and (("kept " in text) == (loss == "blend"))
+    assert "None held-out rows" not in text and "held-out positives" in text

@@ -11,9 +11,9 @@ from fmctr.errors import BadModel
 from fmctr.models.header import Header, read_header
 
 DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
-TRAINING_KEYS = ("input", "rows", "positive_rate", "valid_rows", "epochs_run", "best_epoch", "train_logloss",
-                 "valid_metrics", "engine", "device", "ranks", "seconds", "fmctr_version", "warm_start",
-                 "min_count", "frequent_features")
+TRAINING_KEYS = ("input", "items", "rows", "catalogue_items", "loss", "unobserved", "negatives", "sampling", "pool",
+                 "positive_rate", "valid_rows", "epochs_run", "best_epoch", "train_logloss", "valid_metrics", "engine",
+                 "device", "ranks", "seconds", "fmctr_version", "warm_start", "min_count", "frequent_features")
 
 
 def _tensor_table(header: Header) -> dict:
@@ -73,6 +73,7 @@ def model_info(path: str, *, verify: bool = False) -> dict:
         "history": _history(training),
         "selection": _selection(training.get("selection")),
         "tune": training.get("tune"),
+        "blend": training.get("blend") if isinstance(training.get("blend"), dict) else None,
     }
     if verify:
         info["verified"] = _verify(path)

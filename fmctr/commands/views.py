@@ -100,6 +100,10 @@ def _training_rows(info: dict) -> list[tuple[str, str]]:
             rows.append((f"config: {group}", ", ".join(f"{k}={v}" for k, v in shown.items())))
     if info.get("tune"):
         rows.append(("tuned", str(info["tune"].get("summary") or info["tune"].get("options"))))
+    if info.get("blend"):
+        from fmctr.training.blend import describe  # (a model trained with --loss blend only)
+
+        rows.append(("blend", describe(info["blend"]).removeprefix("blend: ")))
     return rows
 
 
@@ -107,15 +111,20 @@ def _metrics(m: dict) -> str:
     return ", ".join(f"{k} {_num(v)}" for k, v in m.items())
 
 
-def history_table(history: list[dict], title: str, best: int | None) -> Table:
+def history_table(history: list[dict], title: str, best: int | None, ranked: bool = False) -> Table:
+    """Per epoch: the training loss, the check's AUC and logloss - or, for a model
+    trained from positives (`ranked`), its P@10 and NDCG@10 over the catalogue - rate
+    and speed."""
     table = Table(title=title, title_justify="left")
-    for name in ("epoch", "train logloss", "valid AUC", "valid logloss", "lr", "rows/s"):
+    checks = (("precision@10", "valid P@10"), ("ndcg@10", "valid NDCG@10")) if ranked else \
+        (("auc", "valid AUC"), ("logloss", "valid logloss"))
+    for name in ("epoch", "train loss" if ranked else "train logloss", *(c for _, c in checks), "lr", "rows/s"):
         table.add_column(name, justify="right")
     for e in history:
         valid = e.get("valid") or {}
         mark = " *" if e.get("epoch") == best else ""
-        table.add_row(f"{e.get('epoch')}{mark}", _num(e.get("train_logloss")), _num(valid.get("auc")),
-                      _num(valid.get("logloss")), _num(e.get("lr"), 3), _num(round(e.get("rows_per_s") or 0)))
+        table.add_row(f"{e.get('epoch')}{mark}", _num(e.get("train_logloss")), *(_num(valid.get(k)) for k, _ in checks),
+                      _num(e.get("lr"), 3), _num(round(e.get("rows_per_s") or 0)))
     return table
 
 
@@ -145,14 +154,17 @@ def info_tables(info: dict) -> list:
         out.append(_schema_table(info["schema"]))
     if info["training"] or info.get("config"):
         out.append(_pairs("training", _training_rows(info)))
+    ranked = "loss" in info["training"]  # (a model trained from positives: checked by ranking)
     if info["selection"]:
         s = info["selection"]
-        out.append(history_table(s["history"], f"epochs chosen on {_num(s.get('holdout_rows'))} held-out rows: "
-                                               f"{s.get('epochs')}{_rivals_said(s)}{_refits_said(s)}", s.get("best_epoch")))
+        held = f"{_num(s['holdout_rows'])} held-out rows" if s.get("holdout_rows") else "held-out positives"
+        chosen = s.get("epochs") or s.get("best_epoch")
+        out.append(history_table(s["history"], f"epochs chosen on {held}: {chosen}{_rivals_said(s)}{_refits_said(s)}",
+                                 s.get("best_epoch"), ranked))
     if info["history"]:
         best = info["training"].get("best_epoch") if info["training"].get("valid_rows") else None
         refit = " (the first refit on every row)" if (info["selection"] or {}).get("refits") else " (the refit on every row)"
-        out.append(history_table(info["history"], "epochs" + (refit if info["selection"] else ""), best))
+        out.append(history_table(info["history"], "epochs" + (refit if info["selection"] else ""), best, ranked))
     return out
 
 

@@ -14,9 +14,6 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from fmctr.models.fm import summed
-from fmctr.training.ranked import K, RankingCheck
-
 # The ALS model's weight against the logistic one's (an ALS score is about 0..1, a
 # logistic one a logit of several units): candidates, and the weight where nothing is
 # held out to choose (the carves' choice at fixed weights, README "Training from
@@ -25,10 +22,14 @@ SCALES = (1.0, 3.0, 10.0, 30.0, 100.0)
 DEFAULT_SCALE = 10.0
 
 
-def blended(runs: dict, check: RankingCheck | None) -> tuple:
+def blended(runs: dict, check) -> tuple:
     """(the blended TrainResult, the held-out run of the model kept alone - or of the
     logistic one in a blend) from each loss's (run, held-out run); `check`: the
-    held-out positives, None when nothing was held out (then DEFAULT_SCALE)."""
+    held-out positives (a fmctr.training.ranked.RankingCheck), None when nothing was
+    held out (then DEFAULT_SCALE)."""
+    from fmctr.models.fm import summed  # (here, not above: `fmctr info` shows describe() without numba)
+    from fmctr.training.ranked import K
+
     (logistic, chose), (als, als_chose) = runs["logistic"], runs["als"]
     scores: dict[str, float] = {}
     if check is None:
@@ -49,10 +50,12 @@ def blended(runs: dict, check: RankingCheck | None) -> tuple:
 
 
 def describe(note: dict) -> str:
-    """One line on what the blend kept, for the progress output."""
-    chosen, held = note["chosen"], note[f"held_out_ndcg@{K}"]
+    """One line on what the blend kept, for the progress output and `fmctr info`."""
+    metric, held = next(((key.removeprefix("held_out_"), value) for key, value in note.items()
+                         if key.startswith("held_out_")), ("", {}))
+    chosen = note["chosen"]
     kept = f"{chosen} alone" if chosen in ("logistic", "als") else f"{chosen:g} x als + logistic"
     if not held:
         return f"blend: kept {kept} (no held-out positives to choose: the default weight)"
     scores = ", ".join(f"{name} {held[name]:.4f}" for name in ("logistic", "als"))
-    return f"blend: kept {kept}, held-out NDCG@{K} {held[str(chosen)]:.4f} ({scores})"
+    return f"blend: kept {kept}, held-out {metric.upper()} {held[str(chosen)]:.4f} ({scores})"
