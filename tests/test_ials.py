@@ -154,7 +154,8 @@ def test_als_options_are_checked(options, message):
 def test_a_pair_given_twice_counts_once():
     users = rows([[(0, 1.0)], [(1, 1.0)]])
     items = rows([[(5, 1.0)], [(6, 1.0)]])
-    problem = Problem.of(users.take(np.array([0, 0, 1])), np.array([0, 0, 1]), np.array([1, 1, 0]), items)
+    problem = Problem.of(users.take(np.array([0, 0, 1])), np.array([0, 0, 1]), np.array([1, 1, 0]), items,
+                         unobserved=0.5)
     assert problem.by_user[0].tolist() == [0, 1, 2] and problem.by_user[1].tolist() == [1, 0]
     assert problem.by_item[0].tolist() == [0, 1, 2] and problem.by_item[1].tolist() == [1, 0]
     assert Positives(users.take(np.array([0])), np.array([0]), items).items.tolist() == [0]

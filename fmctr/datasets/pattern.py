@@ -72,11 +72,11 @@ class Problem:
     items: Side
     by_user: tuple[np.ndarray, np.ndarray]  # (ptr, item) of each user's positives
     by_item: tuple[np.ndarray, np.ndarray]  # (ptr, user) of each item's positives
-    unobserved: float = 0.5  # the weight of every pair that is not a positive (fmctr.models.ials)
+    unobserved: float  # the weight of every pair that is not a positive (fmctr.models.ials)
 
     @classmethod
     def of(cls, context: Rows, keys: np.ndarray, items: np.ndarray, catalogue: Rows, *,
-           unobserved: float = 0.5) -> Problem:
+           unobserved: float) -> Problem:
         """`context[p]` is positive p's user row, `keys[p]` a small integer per
         distinct user (the row of the user's first positive stands for the user),
         `items[p]` its catalogue row. A pair met twice counts once."""
