@@ -143,6 +143,36 @@ def test_top_k_from_towers_is_the_fm_top_k(tmp_path, seed, numeric_mode, multi, 
         assert_same_top_k(positions, scores, reference, k)
 
 
+@pytest.mark.parametrize("d", [3, 8, 17, 33])
+def test_the_scan_gives_the_same_bits_whatever_the_threads_and_blocks(monkeypatch, d):
+    """The kernel sums a leading d % 8 factors one at a time, then eights four users at
+    a time; every user (the rows padded to whole groups) by the same code, so neither
+    the threads nor the item blocks move a score's last bit or a tie's order."""
+    import numba
+
+    from fmctr.models import retrieval
+
+    rng = np.random.default_rng(d)
+    users = rng.standard_normal((37, d)).astype(np.float32)
+    items = np.round(rng.standard_normal((3000, d)), 1).astype(np.float32)  # coarse values: ties
+    seen = Exclusions.from_lists([rng.choice(3000, rng.integers(0, 30), replace=False) for _ in range(37)])
+    runs = []
+    for threads, block in ((1, 16384), (2, 17), (2, 1000)):
+        monkeypatch.setattr(retrieval, "SCAN_ITEM_BLOCK", block)
+        numba.set_num_threads(threads)
+        runs.append(top_k(users, items, 25, exclude=seen, scan=True))
+    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    for positions, scores in runs[1:]:
+        np.testing.assert_array_equal(positions, runs[0][0])
+        np.testing.assert_array_equal(scores, runs[0][1])
+    exact = users.astype(np.float64) @ items.T.astype(np.float64)
+    positions, scores = runs[0]
+    np.testing.assert_allclose(scores, np.take_along_axis(exact, positions, 1), atol=1e-4)
+    for u in range(len(users)):
+        exact[u, seen.items[seen.offsets[u]:seen.offsets[u + 1]]] = -np.inf
+    np.testing.assert_allclose(scores, -np.sort(-exact, axis=1)[:, :25], atol=1e-4)
+
+
 @pytest.mark.parametrize("scan", [False, True])
 def test_excluded_items_are_left_out(tmp_path, scan):
     model, users, items = random_world(tmp_path, 5)

@@ -6,10 +6,10 @@ same results up to ties:
   by one float32 BLAS product (user_block x item_block), folded into the running top
   K with argpartition;
 - large ones (`scan`: fmctr.models.topk_kernel, numba, every core): each thread
-  streams the items in blocks that stay in cache and scores its users against them a
-  tile at a time in registers, folding each tile into the user's heap - only when
-  the tile's best beats the user's K-th best so far, which after the first blocks
-  it almost never does. Memory: the heaps and a transposed copy of the item vectors.
+  streams the items in blocks that stay in cache and scores its users against them
+  four users x a tile of items at a time, folding each tile into the user's heap -
+  only when one of its scores beats the user's K-th best so far, which after the
+  first blocks it almost never does. Memory: the heaps and a transposed copy of the item vectors.
 
 Ties go to the lower item position (the scan; argpartition leaves them to chance).
 """
@@ -99,13 +99,21 @@ def _blocks(users, items, exclude: Exclusions, scores, positions, user_block: in
 def _scan(users, items, exclude: Exclusions, scores, positions) -> None:
     import numba
 
-    from fmctr.models.topk_kernel import fused_top_k
+    from fmctr.models.topk_kernel import GROUP, fused_top_k
 
-    owner = np.repeat(np.arange(len(users)), np.diff(exclude.offsets))
+    n = len(users)
+    padded = -n % GROUP  # the kernel scores whole groups of users: zero users fill the last
+    users = np.concatenate([users, np.zeros((padded, users.shape[1]), np.float32)]) if padded else users
+    best_s = np.concatenate([scores, scores[:padded]]) if padded else scores
+    best_i = np.concatenate([positions, positions[:padded]]) if padded else positions
+    offsets = np.concatenate([exclude.offsets, np.repeat(exclude.offsets[-1:], padded)])
+    owner = np.repeat(np.arange(n), np.diff(exclude.offsets))
     order = np.lexsort((exclude.items, owner))  # the kernel searches each user's exclusions
-    chunks = max(1, min(len(users), 4 * numba.get_num_threads()))
-    fused_top_k(users, np.ascontiguousarray(items.T), SCAN_ITEM_BLOCK, scores, positions, exclude.offsets,
+    chunks = max(1, min(len(users) // GROUP, 4 * numba.get_num_threads()))
+    fused_top_k(users, np.ascontiguousarray(items.T), SCAN_ITEM_BLOCK, best_s, best_i, offsets,
                 np.ascontiguousarray(exclude.items[order]), chunks)
+    if padded:
+        scores[:], positions[:] = best_s[:n], best_i[:n]
 
 
 def _merge(block: np.ndarray, start: int, best_s: np.ndarray, best_i: np.ndarray) -> None:
