@@ -267,3 +267,29 @@ def test_from_positives_one_refit_by_default_and_merged_refits_when_asked():
     # an FM's logit: bias + the user's linear weight (constant for the user) + the towers' score
     expected = [w.bias[0] + w.linear[u] + scores[u, t] for u, t in pairs]
     assert logits(w, rows) == pytest.approx(expected, abs=1e-4)
+
+
+@pytest.mark.parametrize("loss", ["logistic", "softmax", "als"])
+def test_sources_from_positives_lay_the_tables_out_for_the_features_they_can_hold(loss, monkeypatch):
+    """The features rows made from the positives can hold are their users' and the
+    catalogue's, known before anything is drawn: the engine's tables are then laid out
+    for those alone (RowSource.few_features) - the same weights, to the bit, as a table
+    of every feature (one thread)."""
+    from fmctr.datasets.batches import RowSource
+    from fmctr.datasets.negatives import CatalogueRows, FromPositives, PatternRows
+    from fmctr.training.positives import keys_of
+
+    positives, _, _ = planted_world(users=40, items=50)
+    known = np.union1d(positives.context.indices, positives.catalogue.indices)
+    for source in (SampledRows(positives, 4), CatalogueRows(positives, max_items=100),
+                   PatternRows(positives, keys_of(positives), unobserved=0.5)):
+        features, counts = source.few_features(1 << 16)
+        np.testing.assert_array_equal(features, known)
+        assert counts is None and source.few_features(len(known) * 8) is None  # (not few beside the table)
+    cfg = TrainConfig.from_options(dim=4, epochs=2, threads=1, engine="cpu")
+    laid_out, _ = train_positives(positives, cfg, bits=16, negatives=4, loss=loss)
+    monkeypatch.setattr(FromPositives, "few_features", RowSource.few_features)  # (None: not known)
+    whole, _ = train_positives(positives, cfg, bits=16, negatives=4, loss=loss)
+    assert laid_out.weights.met is not None and len(laid_out.weights.met) <= len(known)
+    for name in ("bias", "linear", "factors"):
+        np.testing.assert_array_equal(getattr(laid_out.weights, name), getattr(whole.weights, name))

@@ -58,9 +58,9 @@ class RowSource:
         """How many indices the rows hold (None: not known without drawing them)."""
         return None
 
-    def few_features(self, size: int) -> tuple[np.ndarray, np.ndarray] | None:
+    def few_features(self, size: int) -> tuple[np.ndarray, np.ndarray | None] | None:
         """Where the rows hold few indices (under size / 8), their distinct features
-        (sorted) and how many times each occurs, found by sorting them: a pass over
+        (sorted) and how many times each occurs (None: not counted), found by sorting them: a pass over
         table-sized arrays costs 0.1-0.3 s at bits 22 here, however few the rows -
         most of a short training run. None otherwise."""
         nonzeros = self.nonzeros()
@@ -76,7 +76,7 @@ class RowSource:
         rows, a table whose pages are touched only where a count lands
         (few_features, fmctr.tables.sparse_zeros)."""
         few = self.few_features(size)
-        if few is not None:
+        if few is not None and few[1] is not None:
             table = sparse_zeros((size,), len(few[0]), np.int64)
             table[few[0]] = few[1]
             return table

@@ -285,7 +285,7 @@ class CpuEngine:
     def set_counts(self, counts: np.ndarray, rows: int, met: np.ndarray | None = None) -> None:
         if self._few:  # (the features training meets are those counted: no other is read)
             met = np.flatnonzero(counts) if met is None else met
-            self.meta[met, 3] = rows / counts[met]
+            self.meta[met, 3] = rows / np.maximum(counts[met], 1)  # (a catalogue item the count's draw missed: 0)
         else:
             self.meta[:, 3] = rows / np.maximum(counts, 1)
         self.priors[2] = 1.0  # (on)
