@@ -56,6 +56,7 @@ from fmctr.reading.read import Chunk
 from fmctr.reading.schema import Field, Schema
 from fmctr.training.config import TrainConfig
 from fmctr.training.positives import DEFAULT_LOSS, NEGATIVES, POOL, hold_out, train_positives
+from fmctr.models.softmax import MAX_ITEMS
 from fmctr.models.towers import item_vectors, user_side
 from fmctr.commands.recall import vector_ranking_metrics
 from fmctr.models.retrieval import Exclusions
@@ -206,7 +207,7 @@ def fmctr_vectors(train: pl.DataFrame, shape, setting: dict, seed: int) -> tuple
     `history`: the user side gets the user's training items as a bag (see _bags; true,
     or a dict of norm, cap, id)."""
     options = {k: v for k, v in setting.items() if k not in ("negatives", "loss", "sampling", "pool", "features",
-                                                             "history", "unobserved")}
+                                                             "history", "unobserved", "no_softmax")}
     users, catalogue = sides(setting.get("features", False), shape)
     u, i = train.get_column("u").to_numpy(), train.get_column("i").to_numpy().astype(np.int64)
     hold = hold_out
@@ -217,6 +218,9 @@ def fmctr_vectors(train: pl.DataFrame, shape, setting: dict, seed: int) -> tuple
     else:
         positives = Positives(users.take(u), i, catalogue)
     cfg = TrainConfig.from_options(seed=seed, engine="cpu", threads=2, **options)
+    import fmctr.training.positives as modes
+
+    modes.MAX_ITEMS = 0 if setting.get("no_softmax") else MAX_ITEMS  # (the blend of logistic and ALS alone)
     result, _ = train_positives(positives, cfg, bits=BITS, negatives=setting.get("negatives", NEGATIVES),
                                 sampling=setting.get("sampling", "uniform"), loss=setting.get("loss", DEFAULT_LOSS),
                                 pool=setting.get("pool", POOL), unobserved=setting.get("unobserved"),

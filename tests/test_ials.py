@@ -16,6 +16,7 @@ from fmctr.models import ials
 from fmctr.models.towers import item_vectors, user_side
 from fmctr.models.weights import FMWeights
 from fmctr.training.config import TrainConfig
+from fmctr.training.loop import TrainResult
 from fmctr.training.positives import train_positives
 from tests.test_positives import planted_world
 
@@ -179,16 +180,36 @@ def test_blend_keeps_the_candidate_the_held_out_positives_rank_best():
                                     negatives=4, loss="blend", given=frozenset({"dim"}))
     note = result.notes["blend"]
     held = note["held_out_ndcg@10"]
-    assert set(held) == {"logistic", "als", "1.0", "3.0", "10.0", "30.0", "100.0"}
-    assert held[str(note["chosen"])] == max(held.values()) and isinstance(held["als"], float)
-    assert note["epochs"]["als"] >= 1 and chose is not None
-    expected_dim = {"logistic": 8, "als": 8}.get(note["chosen"], 16)
-    assert result.weights.dim == result.config.dim == expected_dim
+    sums = [f"{s} x als + logistic" for s in ("1", "3", "10", "30", "100")]
+    assert set(held) == {"logistic", "als", "softmax", *sums, *(f"{s} + softmax" for s in sums)}
+    assert held[note["chosen"]] == max(held.values()) and isinstance(held["als"], float)
+    assert set(note["epochs"]) == {"logistic", "als", "softmax"} and note["epochs"]["als"] >= 1 and chose is not None
+    assert result.weights.dim == result.config.dim == 8 * len(note["kept"])
     from fmctr.training.blend import describe
 
-    assert describe(note).startswith("blend: kept ") and f"{held[str(note['chosen'])]:.4f}" in describe(note)
-    assert describe({"chosen": 10.0, "held_out_ndcg@10": {}}) == (
-        "blend: kept 10 x als + logistic (no held-out positives to choose: the default weight)")
+    assert describe(note).startswith("blend: kept ") and f"{held[note['chosen']]:.4f}" in describe(note)
+    assert describe({"chosen": "10 x als + logistic + softmax", "held_out_ndcg@10": {}}) == (
+        "blend: kept 10 x als + logistic + softmax (no held-out positives to choose: the default weights)")
+    # (a model file written by the two-model blend names its ALS weight alone)
+    assert describe({"chosen": 10.0, "held_out_ndcg@10": {"logistic": 0.2, "als": 0.25, "10.0": 0.3}}) == (
+        "blend: kept 10 x als + logistic, held-out NDCG@10 0.3000 (logistic 0.2000, als 0.2500)")
+
+
+def test_blend_sums_the_models_it_keeps_with_their_weights():
+    """The kept candidate's models, summed with its weights, score as the weighted sum
+    of their logits - and without held-out positives the default weights."""
+    from fmctr.training.blend import DEFAULT_SCALE, SOFTMAX_SCALE, blended
+
+    _, problem = world(0)
+    runs = {}
+    for seed, name in enumerate(("logistic", "als", "softmax")):
+        run = TrainResult(world(seed)[0], [], 1, 0, "cpu", "cpu", TrainConfig.from_options(dim=DIM, epochs=1))
+        runs[name] = (run, run)
+    result, chose = blended(runs, None)
+    assert result.notes["blend"]["kept"] == {"als": DEFAULT_SCALE, "logistic": 1.0, "softmax": SOFTMAX_SCALE}
+    expected = sum(scale * scores(runs[name][0].weights, problem) for name, scale in result.notes["blend"]["kept"].items())
+    np.testing.assert_allclose(scores(result.weights, problem), expected, rtol=1e-5, atol=1e-4)
+    assert result.weights.dim == 3 * DIM and chose is runs["logistic"][1]
 
 
 def test_als_and_blend_on_the_command_line(tmp_path):

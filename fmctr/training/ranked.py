@@ -63,8 +63,14 @@ class RankingCheck:
         self.rows = len(context)
 
     def measure(self, weights) -> dict:
-        users = user_side(weights, self.context).vectors
-        items = item_vectors(weights, self.catalogue)
+        return self.measure_vectors(*self.vectors(weights))
+
+    def vectors(self, weights) -> tuple[np.ndarray, np.ndarray]:
+        """The held-out users' and the catalogue's tower vectors under `weights`."""
+        return user_side(weights, self.context).vectors, item_vectors(weights, self.catalogue)
+
+    def measure_vectors(self, users: np.ndarray, items: np.ndarray) -> dict:
+        """The metrics of ranking the catalogue by users @ items.T."""
         tops = []
         for lo in range(0, self.rows, USER_BLOCK):
             hi = min(lo + USER_BLOCK, self.rows)
