@@ -24,6 +24,10 @@ scores changes of them on the same carves, never on the test positives. Every mo
 `ranking_metrics` (fmctr's `eval --ranking` code). Peers' results are cached in ~/.cache/fmctr-suite/recall-peers.json
 (`--refresh-peers` recomputes them).
 
+`no_softmax` (a setting): the blend of logistic and ALS alone, as it was before softmax
+joined it (the catalogue limit set to 0 for the run, as a catalogue too large for the
+softmax leaves it out).
+
 `history` (a setting, off by default): the user side also gets a multi-valued field
 `seen`, the items the user has among the training positives (FISM / SVD++'s implicit
 feedback), values 1/sqrt(bag size) by default. Each training positive's bag leaves out
@@ -69,7 +73,7 @@ K = 10
 BITS = 18
 # fmctr runs with its defaults for training from positives (fmctr.training.positives);
 # --choose sweeps these changes of them on the carves only, to choose those defaults.
-CHOICES = [{}, {"loss": "logistic"}, {"loss": "als"}, {"loss": "bpr"}, {"loss": "softmax"}, {"pool": 1},
+CHOICES = [{}, {"no_softmax": True}, {"loss": "logistic"}, {"loss": "als"}, {"loss": "bpr"}, {"loss": "softmax"}, {"pool": 1},
            {"negatives": 16}, {"unobserved": 0.25}, {"unobserved": 1.0}, {"features": True}]
 
 
