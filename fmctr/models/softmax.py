@@ -89,24 +89,63 @@ def _by_user(users, sums_t, terms, items, grad, grad_users, losses):
 @numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=FAST, parallel=True)
 def _by_item(users, grad, grad_sums_t, grad_terms):
     """grad_sums_t = (grad.T @ users).T, grad_terms = grad's column sums: blocks of
-    items in parallel, summed in a local block (no aliasing: the loop vectorizes)."""
+    items in parallel, summed in a local block (no aliasing: the loop vectorizes).
+    Eight factors at a time over four users of the batch at a time (_add_four_users),
+    the rest one at a time."""
     batch, size, dim = grad.shape[0], grad.shape[1], users.shape[1]
     block = 512
     for lo in numba.prange((size + block - 1) // block):
         a = lo * block
         n = min(block, size - a)
-        acc = np.zeros(block, np.float32)
+        acc = np.zeros((8, block), np.float32)
         for b in range(batch):
             for j in range(n):
-                acc[j] += grad[b, a + j]
-        grad_terms[a : a + n] = acc[:n]
-        for f in range(dim):
+                acc[0, j] += grad[b, a + j]
+        grad_terms[a : a + n] = acc[0, :n]
+        eights = dim - dim % 8
+        for f0 in range(0, eights, 8):
             acc[:] = 0
+            fours = batch - batch % 4
+            for b0 in range(0, fours, 4):
+                _add_four_users(users, grad, b0, f0, a, n, acc)
+            for b in range(fours, batch):
+                for c in range(8):
+                    u = users[b, f0 + c]
+                    for j in range(n):
+                        acc[c, j] += u * grad[b, a + j]
+            grad_sums_t[f0 : f0 + 8, a : a + n] = acc[:, :n]
+        for f in range(eights, dim):
+            row = acc[0]
+            row[:] = 0
             for b in range(batch):
                 u = users[b, f]
                 for j in range(n):
-                    acc[j] += u * grad[b, a + j]
-            grad_sums_t[f, a : a + n] = acc[:n]
+                    row[j] += u * grad[b, a + j]
+            grad_sums_t[f, a : a + n] = row[:n]
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=FAST)
+def _add_four_users(users, grad, b0, f0, a, n, acc):
+    """acc[c, :n] += sum over b in b0..b0+3 of users[b, f0 + c] x grad[b, a:a+n], c < 8:
+    each gradient value loaded once for eight factors, each sum stored once per four
+    users (where one factor and one user at a time loaded and stored a sum per
+    product: the top-K kernel's register pass, fmctr.models.topk_kernel)."""
+    p0, p1, p2, p3, p4, p5, p6, p7 = users[b0, f0 : f0 + 8]
+    q0, q1, q2, q3, q4, q5, q6, q7 = users[b0 + 1, f0 : f0 + 8]
+    r0, r1, r2, r3, r4, r5, r6, r7 = users[b0 + 2, f0 : f0 + 8]
+    s0, s1, s2, s3, s4, s5, s6, s7 = users[b0 + 3, f0 : f0 + 8]
+    g0, g1, g2, g3 = grad[b0, a : a + n], grad[b0 + 1, a : a + n], grad[b0 + 2, a : a + n], grad[b0 + 3, a : a + n]
+    a0, a1, a2, a3, a4, a5, a6, a7 = acc[0], acc[1], acc[2], acc[3], acc[4], acc[5], acc[6], acc[7]
+    for j in range(n):
+        x0, x1, x2, x3 = g0[j], g1[j], g2[j], g3[j]
+        a0[j] += p0 * x0 + q0 * x1 + r0 * x2 + s0 * x3
+        a1[j] += p1 * x0 + q1 * x1 + r1 * x2 + s1 * x3
+        a2[j] += p2 * x0 + q2 * x1 + r2 * x2 + s2 * x3
+        a3[j] += p3 * x0 + q3 * x1 + r3 * x2 + s3 * x3
+        a4[j] += p4 * x0 + q4 * x1 + r4 * x2 + s4 * x3
+        a5[j] += p5 * x0 + q5 * x1 + r5 * x2 + s5 * x3
+        a6[j] += p6 * x0 + q6 * x1 + r6 * x2 + s6 * x3
+        a7[j] += p7 * x0 + q7 * x1 + r7 * x2 + s7 * x3
 
 
 def softmax_gradients(w, context: Rows, items: np.ndarray, catalogue: Rows,
