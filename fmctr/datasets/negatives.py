@@ -97,6 +97,33 @@ def _join(c_idx, c_val, c_off, i_idx, i_val, i_off, context, items, out_idx, out
         out_off[j + 1] = p
 
 
+@numba.njit(cache=True, nogil=True, error_model="numpy", parallel=True,
+           fastmath={"nnan", "nsz", "reassoc", "contract", "arcp"})  # (reassociated sums vectorise; -inf kept)
+def best_of_pool(users, items, drawn, codes, own, out) -> None:
+    """out[r, n] = the candidate of drawn[r, n, :] whose <users[r], items[c]> is
+    highest, leaving out a user's own positives (codes[r] + c in the sorted `own`;
+    the first candidate where every one is). Ties to the first drawn. Scored one
+    candidate at a time: gathering every candidate's vector first (numpy's einsum over
+    items[drawn]) moved a row of 8,192 x 32 x 4 vectors per chunk through memory."""
+    count, n, pool = drawn.shape
+    dim = users.shape[1]
+    for r in numba.prange(count):
+        for a in range(n):
+            best, pick = -np.inf, drawn[r, a, 0]
+            for q in range(pool):
+                c = drawn[r, a, q]
+                key = codes[r] + c
+                at = np.searchsorted(own, key)
+                if at < len(own) and own[at] == key:
+                    continue
+                score = np.float32(0.0)
+                for f in range(dim):
+                    score += users[r, f] * items[c, f]
+                if score > best:
+                    best, pick = score, c
+            out[r, a] = pick
+
+
 def join(positives: Positives, context: np.ndarray, items: np.ndarray, labels: np.ndarray) -> Rows:
     """The rows (context row, catalogue item) for each pair of `context` and `items`."""
     ctx, cat = positives.context, positives.catalogue

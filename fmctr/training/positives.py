@@ -11,7 +11,7 @@ from functools import partial
 
 import numpy as np
 
-from fmctr.datasets.negatives import CatalogueRows, PatternRows, Positives, SampledRows, draw
+from fmctr.datasets.negatives import CatalogueRows, PatternRows, Positives, SampledRows, best_of_pool, draw
 from fmctr.errors import BadOptions
 from fmctr.training import blend, selection
 from fmctr.training.config import TrainConfig
@@ -73,7 +73,7 @@ class MinedRows(SampledRows):
     LightFM's WARP looks for a negative that outscores the positive, this spends the
     updates where the ranking is wrong, instead of on items already far below."""
 
-    CHUNK = 8192  # positives scored at once: CHUNK x N x pool candidate scores
+    CHUNK = 8192  # positives whose users' vectors are made at once
 
     def __init__(self, positives: Positives, negatives: int, *, pool: int, **options):
         super().__init__(positives, negatives, **options)
@@ -97,11 +97,7 @@ class MinedRows(SampledRows):
         for lo in range(0, count, self.CHUNK):
             hi = min(lo + self.CHUNK, count)
             users = user_side(self.now, p.context.slice(lo, hi)).vectors
-            candidates = drawn[lo:hi]
-            scores = np.einsum("ud,unpd->unp", users, items[candidates])
-            mine = np.isin(self.codes[lo:hi, None, None] + candidates, self.own)
-            scores[mine] = -np.inf
-            out[lo:hi] = np.take_along_axis(candidates, scores.argmax(2)[:, :, None], 2)[:, :, 0]
+            best_of_pool(users, items, drawn[lo:hi], self.codes[lo:hi], self.own, out[lo:hi])
         return out
 
 
