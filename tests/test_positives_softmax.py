@@ -146,3 +146,18 @@ def test_a_softmax_model_ranks_the_sample_better_than_untrained_and_recall_reads
     top = invoke("recall", SAMPLE / "users.csv", "--items", SAMPLE / "items.csv", "-m", tmp_path / "trained.fm", "-k", "3")
     assert top.exit_code == 0, top.stderr
     assert pl.read_csv(top.stdout.encode()).height == 3 * pl.read_csv(SAMPLE / "users.csv").height
+
+
+@pytest.mark.parametrize("batch, dim", [(9, 21), (128, 8), (3, 16), (6, 3)])
+def test_the_item_gradient_kernel_is_the_product_it_stands_for(batch, dim):
+    """softmax._by_item's passes of eight factors x four users, and what is left of
+    each (the gradient test above is at dim 3, batch 3: none of the passes)."""
+    from fmctr.models.softmax import _by_item
+
+    rng = np.random.default_rng(batch)
+    users = rng.normal(size=(batch, dim)).astype(np.float32)
+    grad = rng.normal(size=(batch, 1300)).astype(np.float32)  # (three blocks of items, the last short)
+    sums_t, terms = np.empty((dim, 1300), np.float32), np.empty(1300, np.float32)
+    _by_item(users, grad, sums_t, terms)
+    np.testing.assert_allclose(sums_t, grad.T.astype(np.float64).dot(users).T, atol=1e-4)
+    np.testing.assert_allclose(terms, grad.astype(np.float64).sum(axis=0), atol=1e-4)
