@@ -112,11 +112,8 @@ def to_bytes(model: Model) -> bytes:
     opt = model.optimizer
     if opt is not None:
         rows = np.flatnonzero(opt["seen"]).astype(np.int64)
-    elif getattr(w, "met", None) is None:  # (the rows not zero)
-        rows = np.flatnonzero((w.linear != 0) | np.any(w.factors != 0, axis=1)).astype(np.int64)
-    else:  # (among the only rows that can be: FMWeights.met)
-        met = np.asarray(w.met, np.int64)
-        rows = met[(w.linear[met] != 0) | np.any(w.factors[met] != 0, axis=1)]
+    else:
+        rows = w.nonzero_rows()
     tensors = {"rows": rows, **_weight_tensors(model.kind, w, rows)}
     header = {
         "format": FORMAT,

@@ -104,8 +104,8 @@ def _scan(users, items, exclude: Exclusions, scores, positions) -> None:
     n = len(users)
     padded = -n % GROUP  # the kernel scores whole groups of users: zero users fill the last
     users = np.concatenate([users, np.zeros((padded, users.shape[1]), np.float32)]) if padded else users
-    best_s = np.concatenate([scores, scores[:padded]]) if padded else scores
-    best_i = np.concatenate([positions, positions[:padded]]) if padded else positions
+    best_s = np.concatenate([scores, np.full((padded, scores.shape[1]), -np.inf, np.float32)]) if padded else scores
+    best_i = np.concatenate([positions, np.full((padded, positions.shape[1]), -1, np.int64)]) if padded else positions
     offsets = np.concatenate([exclude.offsets, np.repeat(exclude.offsets[-1:], padded)])
     owner = np.repeat(np.arange(n), np.diff(exclude.offsets))
     order = np.lexsort((exclude.items, owner))  # the kernel searches each user's exclusions

@@ -102,10 +102,9 @@ def _by_item(users, grad, grad_sums_t, grad_terms):
             for j in range(n):
                 acc[0, j] += grad[b, a + j]
         grad_terms[a : a + n] = acc[0, :n]
-        eights = dim - dim % 8
+        eights, fours = dim - dim % 8, batch - batch % 4
         for f0 in range(0, eights, 8):
             acc[:] = 0
-            fours = batch - batch % 4
             for b0 in range(0, fours, 4):
                 _add_four_users(users, grad, b0, f0, a, n, acc)
             for b in range(fours, batch):

@@ -37,6 +37,14 @@ class FMWeights:
         weight and contributes nothing at predict time."""
         return cls(np.zeros(1, np.float32), np.zeros(num_features, np.float32), np.zeros((num_features, dim), np.float32))
 
+    def nonzero_rows(self) -> np.ndarray:
+        """The rows whose linear weight or factors are not zero (int64, sorted): among
+        `met` where known, else over the whole table."""
+        if self.met is None:
+            return np.flatnonzero((self.linear != 0) | np.any(self.factors != 0, axis=1)).astype(np.int64)
+        met = np.asarray(self.met, np.int64)
+        return met[(self.linear[met] != 0) | np.any(self.factors[met] != 0, axis=1)]
+
     def copy(self) -> FMWeights:
         return FMWeights(self.bias.copy(), self.linear.copy(), self.factors.copy())
 

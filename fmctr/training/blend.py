@@ -80,9 +80,7 @@ def _with_met(w):
     that are not zero (training leaves a row it never met at zero) - so that summed()
     fills only those, not a table of every feature x the models' dims (at the default
     2^22 features and three models of 64, 3 GB)."""
-    if w.met is not None:
-        return w
-    return replace(w, met=np.flatnonzero((w.linear != 0) | (w.factors != 0).any(axis=1)))
+    return w if w.met is not None else replace(w, met=w.nonzero_rows())
 
 
 def describe(note: dict) -> str:
