@@ -114,6 +114,25 @@ def test_engines_train_to_the_same_weights(optimizer, dim, priors):
     )
 
 
+def test_engines_agree_over_many_small_batches_with_repeated_features():
+    """Hundreds of batches of 4 rows over 24 features: most features occur more than
+    once in a batch, the cpu kernel's marks (kernel._mark_features) tell them from the
+    ones that occur once across many batches, and their tags start over (every
+    kernel.TAGS batches) several times; the torch engine makes the same updates."""
+    from fmctr.models import kernel
+
+    rng = np.random.default_rng(11)
+    rows = random_rows(rng, n_rows=2_000, n_features=24)
+    assert 2_000 // 4 > 4 * kernel.TAGS
+    cfg = TrainConfig.from_options(dim=4, epochs=2, batch_size=4, lr=0.05, init_std=0.1, seed=3, threads=1,
+                                   l2_all_factors=0.01)
+    cpu = train(rows, cfg.with_options(engine="cpu"), bits=5)
+    tch = train(rows, cfg.with_options(engine="torch", device="cpu"), bits=5)
+    for name in ("bias", "linear", "factors"):
+        np.testing.assert_allclose(getattr(cpu.weights, name), getattr(tch.weights, name), rtol=1e-4, atol=1e-5)
+    assert not np.allclose(cpu.weights.linear, 0)
+
+
 def test_training_is_deterministic_for_a_seed():
     rng = np.random.default_rng(8)
     rows = random_rows(rng, n_rows=200)

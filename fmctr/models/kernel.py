@@ -321,17 +321,35 @@ def _entry(i, table_keys, mask):
     return h
 
 
+TAGS = 63  # batches a thread's marks tell apart (_mark_features) before they are cleared
+
+
 @numba.njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def _mark_features(indices, lo, hi, marks, up_to):
-    """Count the features indices[lo:hi] in the batch's marks (one byte per low bits of
-    an index, counting 0, 1, 2 or more; up_to 2) - or, with up_to 0, clear their marks
-    after the batch. A feature whose mark is 1 occurs once in the batch: no other
-    feature shares its mark. One with a mark of 2 may occur again (or share the low
-    bits of another): it goes through the batch's slots (_slot_of), exact either way."""
+def _mark_features(indices, lo, hi, marks, tag):
+    """Count the features indices[lo:hi] in the batch's marks: one byte per low bits of
+    an index, the batch's tag (1 to TAGS) in its upper six bits and a count of 1 or 2
+    (or more) in its lower two. A feature whose mark is tag << 2 | 1 occurs once in
+    the batch: no other feature shares its mark. One with a count of 2 may occur again
+    (or share the low bits of another): it goes through the batch's slots (_slot_of),
+    exact either way. A byte left by an earlier batch is counted afresh, so the marks
+    are not cleared after each batch, only when the tags start over (_new_tag): a
+    pass over the batch's indices to clear them cost the kernel about 5%."""
     m = len(marks) - 1
+    top = np.uint8(tag << 2)
     for p in range(lo, hi):
         h = indices[p] & m
-        marks[h] = min(marks[h] + 1, up_to)
+        mark = marks[h]
+        marks[h] = top | np.uint8(min((mark & 3) + 1, 2)) if mark & 0xFC == top else top | np.uint8(1)
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _new_tag(number, marks):
+    """The marks' tag for a thread's batch `number` (0, 1, ...), clearing the marks
+    when the tags start over."""
+    tag = number % TAGS + 1
+    if tag == 1:
+        marks[:] = 0
+    return tag
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy", inline="always")
@@ -353,9 +371,10 @@ def _slot_of(i, slots, n_slots, k):
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=FAST, inline="always")
-def _accumulate(indices, values, lo, hi, g, s, linear, table, k, l2, opt, states, slots, n_slots):
+def _accumulate(indices, values, lo, hi, g, s, linear, table, k, l2, opt, states, slots, n_slots, once):
     """Add one row's gradient (g = dloss/dlogit, s = sum_i v_i x_i) to its features,
-    with their --l2-all share; returns the number of slots.
+    with their --l2-all share; returns the number of slots. `once` is the mark of a
+    feature the batch holds once (_mark_features).
 
     With Adagrad (the default), a feature the batch meets only here (most of them:
     _mark_features counted) takes its step at once: its gradient is complete and no
@@ -380,7 +399,7 @@ def _accumulate(indices, values, lo, hi, g, s, linear, table, k, l2, opt, states
         i = indices[p]
         x = _value(values, p)
         gx = g * x
-        if optimizer == ADAGRAD and marks[i & m] == 1:
+        if optimizer == ADAGRAD and marks[i & m] == once:
             grad_linear = gx
             if prior:
                 share = np.float32(inv_counts[i] * inv_batch)
@@ -452,8 +471,11 @@ def _batch_options(optimizer, rows, lr, eps, acc0, beta1, beta2, step, l2_linear
     """(opt, l2) of _after_batch and _accumulate for a batch of `rows` rows at optimizer
     step `step`. FTRL's L2 is its own (ftrl[3]): no touch or prior L2 on its weights."""
     ftrl_linear = optimizer == FTRL
+    # (Adam's bias corrections: two float64 powers a batch, about 2% of the kernel, for
+    # the other optimizers unused)
+    c1, c2 = (1.0 - beta1**step, 1.0 - beta2**step) if optimizer == ADAM else (1.0, 1.0)
     opt = (optimizer, np.float32(rows), np.float32(lr), np.float32(eps), np.float32(acc0), np.float32(beta1),
-           np.float32(beta2), np.float32(1.0 - beta1**step), np.float32(1.0 - beta2**step),
+           np.float32(beta2), np.float32(c1), np.float32(c2),
            np.float32(0) if ftrl_linear else np.float32(l2_linear), np.float32(l2_factors))
     l2 = (priors[2] != 0.0, inv_counts, 1.0 / rows, np.float32(0) if ftrl_linear else np.float32(priors[0]),
           np.float32(priors[1]))
@@ -465,19 +487,21 @@ def _batch_options(optimizer, rows, lr, eps, acc0, beta1, beta2, step, l2_linear
 # kernel ran at 0.93x (bench/kernel_ab.py, 1M rows, 2 threads, 4 rounds).
 @numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=FAST, inline="always")
 def _train_batch(
-    indices, values, offsets, labels, order, b0, b1,
+    indices, values, offsets, labels, order, b0, b1, tag,
     bias, linear, table, k, bias_state, states, slots, s, seen,
     optimizer, lr, l2_linear, l2_factors, eps, beta1, beta2, step, init_seed, init_std, acc0, inv_counts, priors,
 ):
     """One mini-batch: the gradient of the mean logloss over rows order[b0:b1] at the
     current weights, plus L2 on the rows it touches, then one optimizer step on those
     rows (each feature's as soon as the batch's gradient of it is complete, see
-    _accumulate). Returns the batch's summed logloss."""
+    _accumulate; `tag`: the batch's marks, _mark_features). Returns the batch's summed
+    logloss."""
     opt, l2 = _batch_options(optimizer, b1 - b0, lr, eps, acc0, beta1, beta2, step, l2_linear, l2_factors,
                              inv_counts, priors)
     inv_batch = l2[2]
     for j in range(b0, b1):
-        _mark_features(indices, offsets[order[j]], offsets[order[j] + 1], slots[7], 2)
+        _mark_features(indices, offsets[order[j]], offsets[order[j] + 1], slots[7], tag)
+    once = np.uint8(tag << 2 | 1)
     n_slots = 0
     grad_bias = 0.0
     total_loss = 0.0
@@ -496,13 +520,11 @@ def _train_batch(
         g64 = (1.0 / (1.0 + math.exp(-z)) - y) * inv_batch
         grad_bias += g64
         n_slots = _accumulate(indices, values, lo, hi, np.float32(g64), s, linear, table, k, l2, opt, states, slots,
-                              n_slots)
+                              n_slots, once)
     bias[0], bias_state[0], bias_state[1] = _step(  # (opt[7], opt[8]: Adam's bias corrections)
         bias[0], grad_bias, bias_state[0], bias_state[1], optimizer, lr, eps, beta1, beta2, opt[7], opt[8], acc0
     )
     _after_batch(n_slots, linear, table, k, opt, states, slots)
-    for j in range(b0, b1):
-        _mark_features(indices, offsets[order[j]], offsets[order[j] + 1], slots[7], 0)
     return total_loss
 
 
@@ -547,8 +569,9 @@ def _thread_rows(
     loss = 0.0
     for b in range(t, n_batches, threads):
         b0 = b * batch_size
+        tag = _new_tag(b // threads, scratch[7])
         loss += _train_batch(
-            indices, values, offsets, labels, order, b0, min(b0 + batch_size, n),
+            indices, values, offsets, labels, order, b0, min(b0 + batch_size, n), tag,
             bias, linear, table, k, bias_state, states, _unowned_scratch(scratch), _unowned(s), seen,
             optimizer, lr, l2_linear, l2_factors, eps, beta1, beta2, step0 + b + 1,
             init_seed, init_std, acc0, inv_counts, priors,
@@ -661,7 +684,7 @@ def _pair_logits(indices, values, offsets, r, bias, linear, table, k, seen, init
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=FAST)
-def _train_pair_batch(indices, values, offsets, b0, b1, bias, linear, table, k, states, slots, s_pos, s_neg, seen,
+def _train_pair_batch(indices, values, offsets, b0, b1, tag, bias, linear, table, k, states, slots, s_pos, s_neg, seen,
                       optimizer, lr, l2_linear, l2_factors, eps, step, init_seed, init_std, acc0, inv_counts, priors):
     """One mini-batch of BPR pairs (rows 2j, 2j + 1 for j in [b0, b1)): the gradient of
     the mean of -log sigmoid(score(pos) - score(neg)) and one optimizer step, as
@@ -670,7 +693,8 @@ def _train_pair_batch(indices, values, offsets, b0, b1, bias, linear, table, k, 
     the bias cancels. Returns the batch's summed loss."""
     opt, l2 = _batch_options(optimizer, b1 - b0, lr, eps, acc0, 0.9, 0.999, step, l2_linear, l2_factors,
                              inv_counts, priors)
-    _mark_features(indices, offsets[2 * b0], offsets[2 * b1], slots[7], 2)
+    _mark_features(indices, offsets[2 * b0], offsets[2 * b1], slots[7], tag)
+    once = np.uint8(tag << 2 | 1)
     n_slots = 0
     total_loss = 0.0
     for j in range(b0, b1):
@@ -682,9 +706,8 @@ def _train_pair_batch(indices, values, offsets, b0, b1, bias, linear, table, k, 
         g = np.float32(-l2[2] / (1.0 + math.exp(d)))  # d/dd of -log sigmoid(d), over the batch
         for row, gr, s in ((r, g, s_pos), (r + 1, -g, s_neg)):
             n_slots = _accumulate(indices, values, offsets[row], offsets[row + 1], gr, s, linear, table, k, l2, opt,
-                                  states, slots, n_slots)
+                                  states, slots, n_slots, once)
     _after_batch(n_slots, linear, table, k, opt, states, slots)
-    _mark_features(indices, offsets[2 * b0], offsets[2 * b1], slots[7], 0)
     return total_loss
 
 
@@ -710,8 +733,8 @@ def train_pairs(indices, values, offsets, batch_size, threads, bias, linear, tab
         for b in range(t, n_batches, threads):
             b0 = b * batch_size
             losses[t] += _train_pair_batch(
-                indices, values, offsets, b0, min(b0 + batch_size, n), bias, linear, table, k, states, scratch,
-                s_pos, s_neg, seen, optimizer, lr, l2_linear, l2_factors, eps, counters[0] + b + 1, init_seed,
+                indices, values, offsets, b0, min(b0 + batch_size, n), _new_tag(b // threads, scratch[7]), bias,
+                linear, table, k, states, scratch, s_pos, s_neg, seen, optimizer, lr, l2_linear, l2_factors, eps, counters[0] + b + 1, init_seed,
                 init_std, acc0, inv_counts, priors)
     counters[0] += n_batches
     return losses.sum()
