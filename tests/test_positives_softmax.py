@@ -67,6 +67,21 @@ def test_softmax_gradient_is_the_derivative_of_the_full_catalogue_loss():
     assert not grads.linear[:4].any()  # the users' linear weights cancel
 
 
+def test_the_softmax_exp_is_exp_to_float32_precision():
+    """softmax._exp_shifted, the SIMD exp of the scores less the largest: within a few
+    float32 roundings of exp over the range it meets, at most exp(-87) far below, and
+    the sum."""
+    from fmctr.models.softmax import _POW2, _exp_shifted
+
+    x = np.r_[np.linspace(-86.0, 0.0, 50_001), -0.3466, 0.3466 - 1.0, -87.5, -200.0].astype(np.float32)
+    row = x + np.float32(3.0)
+    total = _exp_shifted(row, np.float32(3.0), _POW2)
+    exact = np.exp((x + np.float32(3.0)).astype(np.float64) - 3.0)
+    assert np.max(np.abs(row[:-2] - exact[:-2]) / exact[:-2]) < 4e-7
+    assert 0 < row[-1] <= 2e-38 and 0 < row[-2] <= 2e-38
+    assert total == pytest.approx(exact.sum(), rel=1e-6)
+
+
 def test_a_softmax_step_is_adagrads_step_on_the_gradient():
     """With Adagrad's initial accumulator at 1e8 and rate 1e4, one batch moves each
     weight by minus its gradient; the bias does not move (it cancels)."""

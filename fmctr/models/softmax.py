@@ -20,7 +20,10 @@ pairs within the item); each user feature x dL/dU_u on its factors.
 The dense part (scores, softmax, the two products back) is two numba kernels over
 the batch's users and then the catalogue's items, on the engine's threads: numpy's
 BLAS for products this thin (dim 32) took 5-15 ms a product with its own threads
-on two busy cores, against 0.5 ms on one. The scatter back into the features is numpy.
+on two busy cores, against 0.5 ms on one. The catalogue's towers and the scatter of
+the items' gradients back into their features are kernels too (_side_sums,
+_item_features): in numpy, with a float64 copy of every catalogue value's factors per
+batch, they took about half of a softmax fit (MovieLens-100k, dim 64).
 """
 
 from __future__ import annotations
@@ -33,7 +36,6 @@ import numpy as np
 
 from fmctr.hashing.tokens import Rows
 from fmctr.models.kernel import FAST
-from fmctr.models.towers import factor_sums, side_terms
 
 # The whole catalogue is scored for every batch: (batch x items) float32 scores.
 MAX_ITEMS = 200_000
@@ -55,25 +57,64 @@ def _row_of_each_value(rows: Rows) -> np.ndarray:
     return np.repeat(np.arange(len(rows)), np.diff(rows.offsets))
 
 
+LOG2E, LN2_HI, LN2_LO = np.float32(1.4426950408889634), np.float32(0.693359375), np.float32(-2.12194440e-4)
+# 2^-k for k = 0..127 (_exp_shifted's scale; float32)
+_POW2 = np.ldexp(np.float32(1), -np.arange(128)).astype(np.float32)
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=FAST, inline="always")
+def _exp_shifted(row, best, pow2):
+    """row[j] = exp(row[j] - best) in place (row[j] <= best), and their sum (float64):
+    exp(x) = 2^-k e^r with k = round(-x / ln 2), |r| <= ln2 / 2, e^r by its Taylor
+    series to r^7 (relative error under 2e-8, below float32's), 2^-k from a table;
+    an argument under -87 counts as -87 (1.6e-38, nothing beside the largest's 1). Written so that the loop runs in SIMD lanes: math.exp
+    is a scalar call without Intel's SVML, which numba uses where installed."""
+    total = 0.0
+    for j in range(len(row)):
+        x = max(row[j] - best, np.float32(-87.0))
+        k = np.floor(np.float32(0.5) - x * LOG2E)
+        r = (x + k * LN2_HI) + k * LN2_LO
+        e = np.float32(1) + r * (np.float32(1) + r * (np.float32(0.5) + r * (np.float32(1 / 6) + r * (
+            np.float32(1 / 24) + r * (np.float32(1 / 120) + r * (np.float32(1 / 720) + r * np.float32(1 / 5040)))))))
+        value = e * pow2[np.int32(k) & 127]  # (the mask: a NaN score reads no memory out of the table)
+        row[j] = value
+        total += value
+    return total
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=FAST, inline="always")
+def _scores(row, terms, user, sums_t):
+    """row = terms + sums_t^T user: eight factors a pass (each score loaded and stored
+    once per eight), the rest one at a time."""
+    dim, size = len(user), len(row)
+    row[:] = terms
+    eights = dim - dim % 8
+    for f0 in range(0, eights, 8):
+        u0, u1, u2, u3, u4, u5, u6, u7 = user[f0 : f0 + 8]
+        s0, s1, s2, s3 = sums_t[f0], sums_t[f0 + 1], sums_t[f0 + 2], sums_t[f0 + 3]
+        s4, s5, s6, s7 = sums_t[f0 + 4], sums_t[f0 + 5], sums_t[f0 + 6], sums_t[f0 + 7]
+        for j in range(size):
+            row[j] += (u0 * s0[j] + u1 * s1[j] + u2 * s2[j] + u3 * s3[j]) + (
+                u4 * s4[j] + u5 * s5[j] + u6 * s6[j] + u7 * s7[j])
+    for f in range(eights, dim):
+        u, s = user[f], sums_t[f]
+        for j in range(size):
+            row[j] += u * s[j]
+
+
 @numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=FAST, parallel=True)
 def _by_user(users, sums_t, terms, items, grad, grad_users, losses):
     """For each user b (a row of the batch): the scores of every item, the loss, the
     row of (softmax - onehot(items[b])) / batch into grad[b], and grad[b] @ sums.
-    `sums_t` is (dim, items): the loops over items, innermost, run in SIMD lanes."""
+    `sums_t` is (dim, items): the loops over items, innermost, run in SIMD lanes
+    (_scores, _exp_shifted: 1.5x the kernel with a factor a pass and math.exp)."""
     batch, size, dim = grad.shape[0], grad.shape[1], users.shape[1]
     for b in numba.prange(batch):
         row = grad[b]
-        row[:] = terms
-        for f in range(dim):
-            u = users[b, f]
-            for j in range(size):
-                row[j] += u * sums_t[f, j]
+        _scores(row, terms, users[b], sums_t)
         best = row.max()
         own = row[items[b]]
-        total = 0.0
-        for j in range(size):
-            row[j] = math.exp(row[j] - best)
-            total += row[j]
+        total = _exp_shifted(row, best, _POW2)
         losses[b] = math.log(total) + best - own
         scale = np.float32(1.0 / (total * batch))
         for j in range(size):
@@ -81,8 +122,9 @@ def _by_user(users, sums_t, terms, items, grad, grad_users, losses):
         row[items[b]] -= np.float32(1.0 / batch)
         for f in range(dim):
             acc = np.float32(0)
+            s = sums_t[f]
             for j in range(size):
-                acc += row[j] * sums_t[f, j]
+                acc += row[j] * s[j]
             grad_users[b, f] = acc
 
 
@@ -152,36 +194,96 @@ def softmax_gradients(w, context: Rows, items: np.ndarray, catalogue: Rows,
     """The loss and gradients of a batch of positives: users `context`, each one's
     catalogue row in `items` (`index`: CatalogueIndex.of(catalogue), kept between batches)."""
     batch, dim = len(items), w.factors.shape[1]
-    users = factor_sums(w, context)[0].astype(np.float32)
-    sums64, terms = side_terms(w, catalogue)
-    sums_t = np.ascontiguousarray(sums64.T, np.float32)
+    users, _, _ = _towers(w, context)
+    sums64, terms, sums_t = _towers(w, catalogue, transposed=True)
     grad = np.empty((batch, len(catalogue)), np.float32)
     grad_users, losses = np.empty((batch, dim), np.float32), np.empty(batch, np.float64)
-    _by_user(users, sums_t, terms.astype(np.float32), items, grad, grad_users, losses)
+    _by_user(users.astype(np.float32), sums_t, terms.astype(np.float32), items, grad, grad_users, losses)
     grad_sums_t, grad_terms = np.empty((dim, len(catalogue)), np.float32), np.empty(len(catalogue), np.float32)
-    _by_item(users, grad, grad_sums_t, grad_terms)
+    _by_item(users.astype(np.float32), grad, grad_sums_t, grad_terms)
     index = index if index is not None else CatalogueIndex.of(catalogue)
-    return _by_feature(w, context, index, float(losses.sum()), grad_users, grad_sums_t.T,
+    return _by_feature(w, context, index, float(losses.sum()), grad_users, grad_sums_t,
                        grad_terms.astype(np.float64), sums64)
 
 
-def _by_feature(w, context: Rows, catalogue: CatalogueIndex, loss: float, grad_users, grad_sums, grad_terms,
+def _towers(w, rows: Rows, transposed: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """fmctr.models.towers.side_terms of the rows, in a kernel: (factor sums (n, dim),
+    the FM of each row's features alone without the bias (n,)), float64; with
+    `transposed` the sums again as (dim, n) float32 (else an empty array)."""
+    n, dim = len(rows), w.factors.shape[1]
+    sums, terms = np.empty((n, dim), np.float64), np.empty(n, np.float64)
+    sums_t = np.empty((dim, n) if transposed else (0, 0), np.float32)
+    _side_sums(w.factors, w.linear, rows.indices, rows.values, rows.offsets, sums, terms, sums_t)
+    return sums, terms, sums_t
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy", parallel=True)
+def _side_sums(factors, linear, indices, values, offsets, sums, terms, sums_t):
+    """Per row j: sums[j] = sum_i v_i x_i and terms[j] = sum_i w_i x_i + the pairs
+    within the row, 0.5 (|sums[j]|^2 - sum_i |v_i x_i|^2); float64. And sums_t[:, j]
+    = sums[j] in float32 where sums_t is not empty."""
+    dim = factors.shape[1]
+    for j in numba.prange(len(offsets) - 1):
+        linear_sum, squares = 0.0, 0.0
+        for c in range(dim):
+            sums[j, c] = 0.0
+        for p in range(offsets[j], offsets[j + 1]):
+            f, x = indices[p], np.float64(values[p])
+            linear_sum += np.float64(linear[f]) * x
+            for c in range(dim):
+                v = np.float64(factors[f, c]) * x
+                sums[j, c] += v
+                squares += v * v
+        total = 0.0
+        for c in range(dim):
+            total += sums[j, c] * sums[j, c]
+        terms[j] = linear_sum + 0.5 * (total - squares)
+        if sums_t.shape[1]:
+            for c in range(dim):
+                sums_t[c, j] = np.float32(sums[j, c])
+
+
+def _by_feature(w, context: Rows, catalogue: CatalogueIndex, loss: float, grad_users, grad_sums_t, grad_terms,
                 sums) -> Gradients:
     """The gradients by user and by item, back into the features they sum."""
     user_factors = grad_users[_row_of_each_value(context)] * context.values[:, None]
-    at_item, x = catalogue.at_item, catalogue.values
-    own = w.factors[catalogue.rows.indices].astype(np.float64) * x[:, None]
-    item_terms = grad_terms[at_item]
-    item_factors = x[:, None] * (grad_sums[at_item] + item_terms[:, None] * (sums[at_item] - own))
     users, items = Grouping.of(context.indices), catalogue.grouping
     features = np.union1d(users.features, items.features)
     at_users, at_items = np.searchsorted(features, users.features), np.searchsorted(features, items.features)
     factors = np.zeros((len(features), w.factors.shape[1]), np.float64)
-    factors[at_items] = items.sum(item_factors)
-    factors[at_users] += users.sum(user_factors)
     linear = np.zeros(len(features), np.float64)
-    linear[at_items] = items.sum(x * item_terms)
+    item_factors, item_linear = np.empty((len(items.features), w.factors.shape[1]), np.float64), \
+        np.empty(len(items.features), np.float64)
+    _item_features(w.factors, catalogue.rows.indices, catalogue.values, catalogue.at_item, items.order, items.starts,
+                   grad_sums_t, grad_terms, sums, item_factors, item_linear)
+    factors[at_items] = item_factors
+    factors[at_users] += users.sum(user_factors)
+    linear[at_items] = item_linear
     return Gradients(loss, features, linear, factors)
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy", parallel=True)
+def _item_features(factors, indices, values, at_item, order, starts, grad_sums_t, grad_terms, sums, out_factors,
+                   out_linear):
+    """Each catalogue feature's gradient, summed over the catalogue values that hold it
+    (group g: values order[starts[g]:starts[g + 1]], the last to the end): for value p
+    (feature f, value x, item j) x dL/dt_j on the linear weight and x (dL/dS_j +
+    dL/dt_j (S_j - v_f x)) on the factors; float64 (dL/dS as _by_item leaves it, (dim,
+    items))."""
+    groups, dim = len(starts), factors.shape[1]
+    for g in numba.prange(groups):
+        end = starts[g + 1] if g + 1 < groups else len(order)
+        for c in range(dim):
+            out_factors[g, c] = 0.0
+        linear_sum = 0.0
+        for q in range(starts[g], end):
+            p = order[q]
+            f, j, x = indices[p], at_item[p], values[p]
+            t = grad_terms[j]
+            linear_sum += x * t
+            for c in range(dim):
+                out_factors[g, c] += x * (np.float64(grad_sums_t[c, j]) + t * (sums[j, c] - np.float64(factors[f, c]) * x))
+        out_linear[g] = linear_sum
 
 
 @dataclass
