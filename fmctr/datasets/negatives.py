@@ -104,17 +104,21 @@ def best_of_pool(users, items, drawn, codes, own, out) -> None:
     highest, leaving out a user's own positives (codes[r] + c in the sorted `own`;
     the first candidate where every one is). Ties to the first drawn. Scored one
     candidate at a time: gathering every candidate's vector first (numpy's einsum over
-    items[drawn]) moved a row of 8,192 x 32 x 4 vectors per chunk through memory."""
+    items[drawn]) moved a row of 8,192 x 32 x 4 vectors per chunk through memory. Each
+    candidate is looked for among its user's own keys alone, not all of `own` (a chunk
+    of 8,192 MovieLens-100k positives at dim 64: 31 -> 24 ms)."""
     count, n, pool = drawn.shape
-    dim = users.shape[1]
+    dim, size = users.shape[1], items.shape[0]
     for r in numba.prange(count):
+        # (the user's own keys, codes[r] + 0..size-1, are a run of `own`)
+        mine = own[np.searchsorted(own, codes[r]) : np.searchsorted(own, codes[r] + size)]
         for a in range(n):
             best, pick = -np.inf, drawn[r, a, 0]
             for q in range(pool):
                 c = drawn[r, a, q]
                 key = codes[r] + c
-                at = np.searchsorted(own, key)
-                if at < len(own) and own[at] == key:
+                at = np.searchsorted(mine, key)
+                if at < len(mine) and mine[at] == key:
                     continue
                 score = np.float32(0.0)
                 for f in range(dim):
