@@ -734,8 +734,8 @@ def train_pairs(indices, values, offsets, batch_size, threads, bias, linear, tab
             b0 = b * batch_size
             losses[t] += _train_pair_batch(
                 indices, values, offsets, b0, min(b0 + batch_size, n), _new_tag(b // threads, scratch[7]), bias,
-                linear, table, k, states, scratch, s_pos, s_neg, seen, optimizer, lr, l2_linear, l2_factors, eps, counters[0] + b + 1, init_seed,
-                init_std, acc0, inv_counts, priors)
+                linear, table, k, states, scratch, s_pos, s_neg, seen, optimizer, lr, l2_linear, l2_factors, eps,
+                counters[0] + b + 1, init_seed, init_std, acc0, inv_counts, priors)
     counters[0] += n_batches
     return losses.sum()
 

@@ -67,8 +67,9 @@ def _exp_shifted(row, best, pow2):
     """row[j] = exp(row[j] - best) in place (row[j] <= best), and their sum (float64):
     exp(x) = 2^-k e^r with k = round(-x / ln 2), |r| <= ln2 / 2, e^r by its Taylor
     series to r^7 (relative error under 2e-8, below float32's), 2^-k from a table;
-    an argument under -87 counts as -87 (1.6e-38, nothing beside the largest's 1). Written so that the loop runs in SIMD lanes: math.exp
-    is a scalar call without Intel's SVML, which numba uses where installed."""
+    an argument under -87 counts as -87 (1.6e-38, nothing beside the largest's 1).
+    Written so that the loop runs in SIMD lanes: math.exp is a scalar call without
+    Intel's SVML, which numba uses where installed."""
     total = 0.0
     for j in range(len(row)):
         x = max(row[j] - best, np.float32(-87.0))
@@ -282,7 +283,8 @@ def _item_features(factors, indices, values, at_item, order, starts, grad_sums_t
             t = grad_terms[j]
             linear_sum += x * t
             for c in range(dim):
-                out_factors[g, c] += x * (np.float64(grad_sums_t[c, j]) + t * (sums[j, c] - np.float64(factors[f, c]) * x))
+                own = np.float64(factors[f, c]) * x
+                out_factors[g, c] += x * (np.float64(grad_sums_t[c, j]) + t * (sums[j, c] - own))
         out_linear[g] = linear_sum
 
 
