@@ -253,29 +253,26 @@ def _by_feature(w, context: Rows, catalogue: CatalogueIndex, loss: float, grad_u
     at_users, at_items = np.searchsorted(features, users.features), np.searchsorted(features, items.features)
     factors = np.zeros((len(features), w.factors.shape[1]), np.float64)
     linear = np.zeros(len(features), np.float64)
-    item_factors, item_linear = np.empty((len(items.features), w.factors.shape[1]), np.float64), \
-        np.empty(len(items.features), np.float64)
     _item_features(w.factors, catalogue.rows.indices, catalogue.values, catalogue.at_item, items.order, items.starts,
-                   grad_sums_t, grad_terms, sums, item_factors, item_linear)
-    factors[at_items] = item_factors
+                   grad_sums_t, grad_terms, sums, at_items, factors, linear)
     factors[at_users] += users.sum(user_factors)
-    linear[at_items] = item_linear
     return Gradients(loss, features, linear, factors)
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy", parallel=True)
-def _item_features(factors, indices, values, at_item, order, starts, grad_sums_t, grad_terms, sums, out_factors,
+def _item_features(factors, indices, values, at_item, order, starts, grad_sums_t, grad_terms, sums, at, out_factors,
                    out_linear):
     """Each catalogue feature's gradient, summed over the catalogue values that hold it
     (group g: values order[starts[g]:starts[g + 1]], the last to the end): for value p
     (feature f, value x, item j) x dL/dt_j on the linear weight and x (dL/dS_j +
     dL/dt_j (S_j - v_f x)) on the factors; float64 (dL/dS as _by_item leaves it, (dim,
-    items))."""
+    items)), into rows at[g] of the outputs."""
     groups, dim = len(starts), factors.shape[1]
     for g in numba.prange(groups):
         end = starts[g + 1] if g + 1 < groups else len(order)
+        row = at[g]
         for c in range(dim):
-            out_factors[g, c] = 0.0
+            out_factors[row, c] = 0.0
         linear_sum = 0.0
         for q in range(starts[g], end):
             p = order[q]
@@ -284,8 +281,8 @@ def _item_features(factors, indices, values, at_item, order, starts, grad_sums_t
             linear_sum += x * t
             for c in range(dim):
                 own = np.float64(factors[f, c]) * x
-                out_factors[g, c] += x * (np.float64(grad_sums_t[c, j]) + t * (sums[j, c] - own))
-        out_linear[g] = linear_sum
+                out_factors[row, c] += x * (np.float64(grad_sums_t[c, j]) + t * (sums[j, c] - own))
+        out_linear[row] = linear_sum
 
 
 @dataclass
