@@ -157,10 +157,13 @@ class CpuEngine:
         if self._catalogue is None or self._catalogue.rows is not catalogue:
             self._catalogue = CatalogueIndex.of(catalogue)
         self.first_touch(self._catalogue.grouping.features)
+        # (the users' features met once for all the batches, not batch by batch: nothing
+        # reads a feature's factors before its batch, so the same weights)
+        contexts = positives.context.take(order)
+        self.first_touch(np.unique(contexts.indices).astype(np.int64))
         for lo in range(0, len(order), self.cfg.batch_size):
             batch = order[lo : lo + self.cfg.batch_size]
-            context = positives.context.take(batch)
-            self.first_touch(np.unique(context.indices).astype(np.int64))
+            context = contexts.slice(lo, lo + len(batch))
             grads = softmax_gradients(self.w, context, positives.items[batch], catalogue, self._catalogue)
             kernel.adagrad_rows(grads.features, grads.linear.astype(np.float32), grads.factors.astype(np.float32),
                                 self.w.linear, self.linear_state1, self.table, self.w.dim, self.cfg.l2_linear,
