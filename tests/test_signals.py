@@ -173,3 +173,26 @@ def test_a_finalizer_that_fails_after_the_signal_adds_no_traceback():
     line, then "Exception ignored in: <function ObjectRef.__del__ ...>" and a traceback."""
     proc = subprocess.run([sys.executable, "-c", HALF_MADE], capture_output=True, text=True, timeout=120)
     assert (proc.returncode, proc.stderr) == (143, "error: interrupted by SIGTERM\n")
+
+
+def test_a_signal_while_numba_compiles_comes_again_once_it_is_done(monkeypatch):
+    """A stop raised inside numba's compiler can leave a half-made llvmlite object that
+    is freed twice at exit (glibc aborts: exit -6 instead of 143): while numba's or
+    llvmlite's Python code is running, the handler sends the signal again shortly
+    instead of raising; elsewhere it raises at once."""
+    import numba
+
+    from fmctr.commands import cli
+
+    space: dict = {}
+    exec(compile("import sys\ndef where():\n    return sys._getframe()\n",
+                 os.path.join(os.path.dirname(numba.__file__), "compiler_stand_in.py"), "exec"), space)
+    sent = []
+    monkeypatch.setattr(cli, "_again_soon", sent.append)
+    monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)  # (the handler replaces it when it stops)
+    signals = cli._Signals()
+    signals._handle(signal.SIGTERM, space["where"]())
+    assert sent == [signal.SIGTERM] and signals.signal == 0
+    with pytest.raises(cli.Stopped):
+        signals._handle(signal.SIGTERM, sys._getframe())
+    assert signals.signal == signal.SIGTERM and sent == [signal.SIGTERM]

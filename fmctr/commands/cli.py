@@ -67,6 +67,27 @@ def _ignore_unraisable(unraisable) -> None:
     """sys.unraisablehook after a stop signal (see _Signals._handle)."""
 
 
+def _compiling(frame) -> bool:
+    """Whether the main thread is in numba's or llvmlite's Python code (compiling or
+    loading a kernel) at `frame` or in a frame that called it."""
+    folders = tuple(os.path.dirname(m.__file__) + os.sep for m in map(sys.modules.get, ("numba", "llvmlite"))
+                    if m is not None and getattr(m, "__file__", None))
+    while frame is not None and folders:
+        if frame.f_code.co_filename.startswith(folders):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _again_soon(signum: int) -> None:
+    """The signal sent to this process again in 50 ms, from a timer thread."""
+    import threading
+
+    timer = threading.Timer(0.05, os.kill, (os.getpid(), signum))
+    timer.daemon = True
+    timer.start()
+
+
 class _Signals:
     """The one signal setup, for every command. SIGINT and SIGTERM raise Stopped in
     the main thread at once; while training asks (`requested`, between blocks) they
@@ -90,6 +111,13 @@ class _Signals:
 
     def _handle(self, signum, frame) -> None:
         if self.signal:
+            return
+        if not self.training and _compiling(frame):
+            # Stopped raised inside numba's compiler can leave llvmlite objects half
+            # made, and one freed twice at exit aborts the process ("double free
+            # detected", exit -6, seen once in CI on `tune`): the signal comes again
+            # shortly, until the compiler is done.
+            _again_soon(signum)
             return
         self.signal = signum
         # From here the process unwinds to its one error line. Stopped may land inside
