@@ -195,13 +195,13 @@ def softmax_gradients(w, context: Rows, items: np.ndarray, catalogue: Rows,
     """The loss and gradients of a batch of positives: users `context`, each one's
     catalogue row in `items` (`index`: CatalogueIndex.of(catalogue), kept between batches)."""
     batch, dim = len(items), w.factors.shape[1]
-    users, _, _ = _towers(w, context)
+    users = _towers(w, context)[0].astype(np.float32)
     sums64, terms, sums_t = _towers(w, catalogue, transposed=True)
     grad = np.empty((batch, len(catalogue)), np.float32)
     grad_users, losses = np.empty((batch, dim), np.float32), np.empty(batch, np.float64)
-    _by_user(users.astype(np.float32), sums_t, terms.astype(np.float32), items, grad, grad_users, losses)
+    _by_user(users, sums_t, terms.astype(np.float32), items, grad, grad_users, losses)
     grad_sums_t, grad_terms = np.empty((dim, len(catalogue)), np.float32), np.empty(len(catalogue), np.float32)
-    _by_item(users.astype(np.float32), grad, grad_sums_t, grad_terms)
+    _by_item(users, grad, grad_sums_t, grad_terms)
     index = index if index is not None else CatalogueIndex.of(catalogue)
     return _by_feature(w, context, index, float(losses.sum()), grad_users, grad_sums_t,
                        grad_terms.astype(np.float64), sums64)
