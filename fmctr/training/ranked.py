@@ -39,19 +39,22 @@ def top_k(scores: np.ndarray, exclude: list[np.ndarray], k: int) -> np.ndarray:
 def ranking_at_k(top: np.ndarray, relevant: list[np.ndarray], k: int = K) -> dict:
     """Precision, recall and NDCG at k as fmctr.ranking defines them, averaged over the
     users with something relevant; vectorised over users, for a check every epoch."""
+    p, r, n = per_user_at_k(top, relevant, k)
+    users = max(len(p), 1)
+    return {f"precision@{k}": p.sum() / users, f"recall@{k}": r.sum() / users, f"ndcg@{k}": n.sum() / users}
+
+
+def per_user_at_k(top: np.ndarray, relevant: list[np.ndarray], k: int = K) -> tuple[np.ndarray, ...]:
+    """(precision, recall, NDCG) at k of each user with something relevant."""
     discount = 1.0 / np.log2(np.arange(2, k + 2))
-    p = r = n = 0.0
-    users = 0
+    out = []
     for row, rel in zip(top, relevant):
         if len(rel) == 0:
             continue
         hits = np.isin(row[:k], rel)
-        users += 1
-        p += hits.sum() / k
-        r += hits.sum() / len(rel)
-        n += (discount[: len(hits)] * hits).sum() / discount[: min(k, len(rel))].sum()
-    users = max(users, 1)
-    return {f"precision@{k}": p / users, f"recall@{k}": r / users, f"ndcg@{k}": n / users}
+        out.append((hits.sum() / k, hits.sum() / len(rel),
+                    (discount[: len(hits)] * hits).sum() / discount[: min(k, len(rel))].sum()))
+    return tuple(np.array(column, np.float64) for column in zip(*out)) if out else (np.zeros(0),) * 3
 
 
 class RankingCheck:
@@ -71,9 +74,16 @@ class RankingCheck:
 
     def measure_vectors(self, users: np.ndarray, items: np.ndarray) -> dict:
         """The metrics of ranking the catalogue by users @ items.T."""
+        metrics = ranking_at_k(self._tops(users, items), self.relevant)
+        return {name: (value if math.isfinite(value) else 0.0) for name, value in metrics.items()}
+
+    def ndcg_per_user(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """NDCG@K of each held-out user, ranking the catalogue by users @ items.T."""
+        return per_user_at_k(self._tops(users, items), self.relevant)[2]
+
+    def _tops(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         tops = []
         for lo in range(0, self.rows, USER_BLOCK):
             hi = min(lo + USER_BLOCK, self.rows)
             tops.append(top_k(users[lo:hi] @ items.T, self.seen[lo:hi], K))
-        metrics = ranking_at_k(np.concatenate(tops) if tops else np.zeros((0, K), np.int64), self.relevant)
-        return {name: (value if math.isfinite(value) else 0.0) for name, value in metrics.items()}
+        return np.concatenate(tops) if tops else np.zeros((0, K), np.int64)
