@@ -3,6 +3,7 @@
     bash ../shared/data/suite/fetch.sh           # once: ~/.cache/fmctr-suite/ml100k_*.parquet
     python bench/recall.py                       # both protocols, seed 0, peers cached
     python bench/recall.py --seeds 3 --json out.json
+    python bench/recall.py --seeds 3 --inits 3       # each model's chosen setting fitted 3 times a split, the mean
     python bench/recall.py --fmctr loss=bpr,dim=64  # fmctr with options over its defaults
     python bench/recall.py --choose --peers none    # changes of fmctr's defaults, scored on the carves only
     python bench/recall.py --choose --changes '[{"loss": "softmax", "history": true}]'  # history: below
@@ -69,6 +70,7 @@ CACHE = Path.home() / ".cache" / "fmctr-suite"
 # In the peers' cache keys: results from another metric function, or from other
 # splits (v4: LightFM's protocol holds out only users with 20 or more), are not reused.
 METRICS_VERSION = "ranking-v4"
+INIT_STEP = 100  # --inits: the refits' seeds are the split's seed + this x i
 K = 10
 BITS = 18
 # fmctr runs with its defaults for training from positives (fmctr.training.positives);
@@ -286,20 +288,29 @@ def carve_ndcg(fit, setting, frame, protocol, seed, shape) -> float:
     return ranking_metrics(vectors, matrix(carve_fit, shape), matrix(carve_valid, shape))[f"ndcg@{K}"]
 
 
-def choose_and_test(fit, settings, frame, protocol, seed, shape) -> dict:
+def choose_and_test(fit, settings, frame, protocol, seed, shape, inits: int = 1) -> dict:
     """Sweep on a carve of the training positives (unless there is one setting), refit
-    the best on all of them, test."""
+    the best on all of them, test. `inits` > 1: the best refitted that many times, with
+    seeds seed + INIT_STEP x i, and the metrics averaged (the model's expected score on
+    the split, not one draw's)."""
     (train, test), _ = carves(frame, protocol, seed)
     tried = [(carve_ndcg(fit, s, frame, protocol, seed, shape) if len(settings) > 1 else None, s) for s in settings]
     best = max(tried, key=lambda t: t[0] or 0)[1]
-    started = time.perf_counter()
-    vectors = fit(train, best, seed)
-    seconds = time.perf_counter() - started
     train_m, test_m = matrix(train, shape), matrix(test, shape)
-    out = {"setting": best, "seconds": round(seconds, 2), "sweep": [[v and round(v, 4), s] for v, s in tried],
-           "excluded": ranking_metrics(vectors, train_m, test_m), "train_pairs": train.height}
-    if protocol == "lightfm":
-        out["kept"] = ranking_metrics(vectors, train_m, test_m, exclude=False)
+    fits = []
+    for i in range(inits):
+        started = time.perf_counter()
+        vectors = fit(train, best, seed + INIT_STEP * i)
+        fits.append({"seconds": time.perf_counter() - started, "excluded": ranking_metrics(vectors, train_m, test_m)})
+        if protocol == "lightfm":
+            fits[-1]["kept"] = ranking_metrics(vectors, train_m, test_m, exclude=False)
+    out = {"setting": best, "seconds": round(float(np.mean([f["seconds"] for f in fits])), 2),
+           "sweep": [[v and round(v, 4), s] for v, s in tried], "train_pairs": train.height}
+    for part in ("excluded", "kept"):
+        if part in fits[0]:
+            out[part] = {m: float(np.mean([f[part][m] for f in fits])) for m in fits[0][part]}
+    if inits > 1:
+        out["inits"] = [f["excluded"] for f in fits]
     return out
 
 
@@ -322,7 +333,7 @@ def peer_fit(name):
     return lambda frame, setting, seed, shape: fn(matrix(frame, shape), setting, seed)
 
 
-def run(protocols, seeds, peers, fmctr_settings, refresh: bool) -> dict:
+def run(protocols, seeds, peers, fmctr_settings, refresh: bool, inits: int = 1) -> dict:
     frame = load()
     shape = (frame.get_column("u").max() + 1, frame.get_column("i").max() + 1)
     cache_file = CACHE / "recall-peers.json"
@@ -331,25 +342,30 @@ def run(protocols, seeds, peers, fmctr_settings, refresh: bool) -> dict:
     for protocol, seed in itertools.product(protocols, seeds):
         for name in peers:
             key = f"{METRICS_VERSION}/{protocol}/{seed}/{name}/{json.dumps(PEERS[name][1])}"
+            once, key = key, key + (f"/inits{inits}" if inits > 1 else "")
             if key not in cache:
                 fit = peer_fit(name)
-                cache[key] = choose_and_test(lambda f, s, sd: fit(f, s, sd, shape), PEERS[name][1], frame,
-                                             protocol, seed, shape)
+                # (with --inits, a setting already chosen on the carve is refitted, not swept again)
+                settings = [cache[once]["setting"]] if once in cache and inits > 1 else PEERS[name][1]
+                cache[key] = choose_and_test(lambda f, s, sd: fit(f, s, sd, shape), settings, frame,
+                                             protocol, seed, shape, inits)
+                cache[key]["sweep"] = cache[once]["sweep"] if len(settings) == 1 else cache[key]["sweep"]
                 cache_file.write_text(json.dumps(cache))
             results[(protocol, seed, name)] = cache[key]
         if not fmctr_settings:
             continue
         results[(protocol, seed, "fmctr")] = choose_and_test(
-            lambda f, s, sd: fmctr_vectors(f, shape, s, sd), fmctr_settings, frame, protocol, seed, shape)
+            lambda f, s, sd: fmctr_vectors(f, shape, s, sd), fmctr_settings, frame, protocol, seed, shape, inits)
         print(f"{protocol} seed {seed}: fmctr {results[(protocol, seed, 'fmctr')]['setting']}", file=sys.stderr)
     return results
 
 
-def table(results: dict, protocols, seeds) -> str:
+def table(results: dict, protocols, seeds, inits: int = 1) -> str:
     names = sorted({name for (_, _, name) in results}, key=lambda n: (n == "fmctr", n))
     lines = []
     for protocol in protocols:
-        lines.append(f"\n{protocol} protocol, {len(seeds)} seed(s), mean; training items excluded"
+        fits = f" x {inits} fits (seeds) each" if inits > 1 else ""
+        lines.append(f"\n{protocol} protocol, {len(seeds)} seed(s){fits}, mean; training items excluded"
                      + (" (P@10 kept: training items left in the ranking)" if protocol == "lightfm" else ""))
         lines.append(f"{'model':<14}{'P@10':>8}{'R@10':>8}{'NDCG@10':>9}{'MAP@10':>8}{'AUC':>8}"
                      + (f"{'P@10 kept':>11}" if protocol == "lightfm" else "") + "  fit s  chosen")
@@ -381,6 +397,8 @@ def main() -> None:
                                                    "none: peers only")
     parser.add_argument("--choose", action="store_true", help="score changes of fmctr's defaults on the carves only")
     parser.add_argument("--changes", default=None, help="with --choose: a JSON list of changes instead of CHOICES")
+    parser.add_argument("--inits", type=int, default=1, help="refit every model's chosen setting this many times "
+                                                             "(other seeds) and report the mean")
     parser.add_argument("--refresh-peers", action="store_true")
     parser.add_argument("--json", default=None, help="also write every number here")
     args = parser.parse_args()
@@ -390,8 +408,8 @@ def main() -> None:
         return
     peers = [] if args.peers == "none" else args.peers.split(",")
     given = {k: _value(v) for k, v in (kv.split("=") for kv in args.fmctr.split(",") if "=" in kv)}
-    results = run(protocols, seeds, peers, [] if args.fmctr == "none" else [given], args.refresh_peers)
-    print(table(results, protocols, seeds))
+    results = run(protocols, seeds, peers, [] if args.fmctr == "none" else [given], args.refresh_peers, args.inits)
+    print(table(results, protocols, seeds, args.inits))
     if args.json:
         Path(args.json).write_text(json.dumps({"/".join(map(str, k)): v for k, v in results.items()}, indent=1))
 
