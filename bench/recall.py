@@ -346,10 +346,12 @@ def run(protocols, seeds, peers, fmctr_settings, refresh: bool, inits: int = 1) 
             if key not in cache:
                 fit = peer_fit(name)
                 # (with --inits, a setting already chosen on the carve is refitted, not swept again)
-                settings = [cache[once]["setting"]] if once in cache and inits > 1 else PEERS[name][1]
+                chosen = cache.get(once) if inits > 1 else None
+                settings = [chosen["setting"]] if chosen else PEERS[name][1]
                 cache[key] = choose_and_test(lambda f, s, sd: fit(f, s, sd, shape), settings, frame,
                                              protocol, seed, shape, inits)
-                cache[key]["sweep"] = cache[once]["sweep"] if len(settings) == 1 else cache[key]["sweep"]
+                if chosen:
+                    cache[key]["sweep"] = chosen["sweep"]
                 cache_file.write_text(json.dumps(cache))
             results[(protocol, seed, name)] = cache[key]
         if not fmctr_settings:
